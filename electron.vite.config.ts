@@ -1,0 +1,36 @@
+import { resolve } from 'node:path';
+import { defineConfig } from 'electron-vite';
+import { svelte } from '@sveltejs/vite-plugin-svelte';
+
+// One build, three runtimes (see docs/architecture.md):
+//   out/main      — Node: Electron main, the core's utility-process entry, the studio server CLI
+//   out/preload   — the sandboxed preload (CommonJS: sandboxed preloads cannot load ES modules)
+//   out/renderer  — the browser bundle shared by Electron and the studio server
+export default defineConfig({
+  main: {
+    build: {
+      rolldownOptions: {
+        input: {
+          index: resolve('src/main/hosts/electron/main.ts'),
+          'core-host': resolve('src/main/hosts/electron/core-host.ts'),
+          server: resolve('src/main/hosts/server/cli.ts'),
+        },
+      },
+    },
+  },
+  preload: {
+    build: {
+      rolldownOptions: {
+        input: { index: resolve('src/preload/index.ts') },
+        output: { format: 'cjs', entryFileNames: '[name].cjs' },
+      },
+    },
+  },
+  renderer: {
+    root: 'src/renderer',
+    build: {
+      rolldownOptions: { input: resolve('src/renderer/index.html') },
+    },
+    plugins: [svelte()],
+  },
+});

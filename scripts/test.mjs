@@ -1,0 +1,66 @@
+#!/usr/bin/env node
+// `npm test` after setup: type checks, unit + end-to-end tests (vitest), native tests when
+// native/ exists; then one closing line "tests: N passed, N failed" over everything.
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
+const artifacts = join(ROOT, 'tests', 'artifacts');
+mkdirSync(artifacts, { recursive: true });
+let passed = 0;
+let failed = 0;
+const failures = [];
+
+function step(name, cmd, args, env = {}) {
+  console.log(`\n=== ${name}`);
+  const r = spawnSync(cmd, args, { cwd: ROOT, stdio: 'inherit', env: { ...process.env, ...env } });
+  return r.status ?? 1;
+}
+
+for (const [name, args] of [
+  ['typecheck (tsc: main, preload)', ['tsc', '--noEmit', '-p', 'tsconfig.node.json']],
+  ['typecheck (tsc: preload)', ['tsc', '--noEmit', '-p', 'tsconfig.preload.json']],
+  ['typecheck (svelte-check: renderer)', ['svelte-check', '--tsconfig', './tsconfig.web.json', '--fail-on-warnings']],
+]) {
+  if (step(name, 'npx', args) === 0) passed++;
+  else {
+    failed++;
+    failures.push(name);
+  }
+}
+
+const report = join(artifacts, 'vitest.json');
+step('vitest (unit, e2e)', 'npx', ['vitest', 'run', '--reporter=default', '--reporter=json', `--outputFile.json=${report}`]);
+if (existsSync(report)) {
+  const json = JSON.parse(readFileSync(report, 'utf8'));
+  passed += json.numPassedTests;
+  failed += json.numFailedTests;
+  // A file that failed to load has no failed *tests*, but the run is still red: count it once.
+  if (!json.success && json.numFailedTests === 0) failed++;
+  if (!json.success) failures.push('vitest');
+} else {
+  failed++;
+  failures.push('vitest (no report)');
+}
+
+const nativeRunner = join(ROOT, 'tests', 'native', 'run.sh');
+if (existsSync(nativeRunner)) {
+  console.log('\n=== native worker tests');
+  const r = spawnSync('bash', [nativeRunner], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+  process.stdout.write(r.stdout ?? '');
+  const m = /native: (\d+) passed, (\d+) failed/.exec(r.stdout ?? '');
+  if (m) {
+    passed += Number(m[1]);
+    failed += Number(m[2]);
+  }
+  if (r.status !== 0 || !m) {
+    if (!m) failed++;
+    failures.push('native');
+  }
+}
+
+if (failures.length) console.log(`\nFailed: ${failures.join(', ')}`);
+console.log(`\ntests: ${passed} passed, ${failed} failed`);
+process.exit(failed === 0 ? 0 : 1);

@@ -1,0 +1,164 @@
+// Dataset import: scan → decode each file with sharp into a staging folder → one transaction.
+// Invariant: the library sees all of an import or none of it; a cancel, crash or bug before the
+// commit leaves the database exactly as it was (staged files are only ever temp files).
+import { createHash, randomUUID } from 'node:crypto';
+import { createReadStream, readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import type { ImportFileReport, ImportInput, ImportReport } from '../../../shared/api';
+import { cancelled, conflict } from '../../../shared/errors';
+import type { Db } from '../db/database';
+import type { EventBus } from '../events';
+import { ImageRejected, MAX_FILE_BYTES, processImage } from './images';
+import { DatasetRepo, type NewImage } from './repo';
+import { captionFor, scanFiles, scanFolder, type Candidate } from './scan';
+
+/** Files decoded at once: libvips already threads inside one image, so 2 keeps 2 cores busy without swamping memory. */
+const CONCURRENCY = 2;
+
+interface Staged extends Omit<NewImage, 'normalized' | 'thumb'> {
+  index: number;
+  normalizedPath: string;
+  thumbPath: string;
+}
+
+export class DatasetImporter {
+  private readonly active_ = new Map<string, AbortController>();
+
+  constructor(
+    private readonly db_: Db,
+    private readonly repo_: DatasetRepo,
+    private readonly bus_: EventBus,
+    private readonly stagingRoot_: string,
+  ) {}
+
+  cancel(importId: string): boolean {
+    const controller = this.active_.get(importId);
+    if (!controller) return false;
+    controller.abort();
+    return true;
+  }
+
+  async run(input: ImportInput): Promise<ImportReport> {
+    const importId = input.importId ?? randomUUID();
+    if (this.active_.has(importId)) throw conflict(`An import with id "${importId}" is already running.`);
+    const existing = input.datasetId !== undefined ? this.repo_.existingHashes(this.repo_.summary(input.datasetId).id) : new Map<string, string>();
+
+    const controller = new AbortController();
+    this.active_.set(importId, controller);
+    await mkdir(this.stagingRoot_, { recursive: true });
+    const staging = await mkdtemp(join(this.stagingRoot_, 'import-'));
+    try {
+      const scan = input.source.kind === 'folder' ? await scanFolder(input.source.path) : await scanFiles(input.source.paths);
+      const reports: ImportFileReport[] = scan.candidates.map((c) => ({ path: c.displayPath, status: 'skipped' }));
+      const staged: Staged[] = [];
+      const seen = new Map(existing);
+      let done = 0;
+      const total = scan.candidates.length;
+
+      const progress = (candidate: Candidate) => {
+        done++;
+        this.bus_.emit({ type: 'import.progress', importId, done, total, current: candidate.displayPath });
+      };
+      const reject = (index: number, error: unknown) => {
+        if (!(error instanceof ImageRejected)) throw error;
+        reports[index]!.status = 'skipped';
+        reports[index]!.reason = error.message;
+      };
+
+      // Pass 1, in scan order: cheap checks and content hashes, so "duplicate of X" always names
+      // the first file in folder order whatever the decode timing.
+      const toDecode: { index: number; sha256: string; bytes: number }[] = [];
+      for (const [index, candidate] of scan.candidates.entries()) {
+        if (controller.signal.aborted) break;
+        try {
+          if (candidate.rejected) throw new ImageRejected(candidate.rejected);
+          const st = await stat(candidate.absPath);
+          if (st.size === 0) throw new ImageRejected('empty file (0 bytes)');
+          if (st.size > MAX_FILE_BYTES) throw new ImageRejected(`file too large (${Math.round(st.size / 2 ** 20)} MiB; limit ${MAX_FILE_BYTES / 2 ** 20} MiB)`);
+          const sha256 = await hashFile(candidate.absPath);
+          const dup = seen.get(sha256);
+          if (dup !== undefined) throw new ImageRejected(`duplicate of ${dup}`);
+          seen.set(sha256, candidate.displayPath);
+          toDecode.push({ index, sha256, bytes: st.size });
+        } catch (error) {
+          reject(index, error);
+          progress(candidate);
+        }
+      }
+
+      // Pass 2, concurrent: decode with sharp and stage the stored copies on disk.
+      const decodeOne = async ({ index, sha256, bytes }: (typeof toDecode)[number]): Promise<void> => {
+        const candidate = scan.candidates[index]!;
+        try {
+          const image = await processImage(await readFile(candidate.absPath));
+          const normalizedPath = join(staging, `${index}.png`);
+          const thumbPath = join(staging, `${index}.webp`);
+          await writeFile(normalizedPath, image.normalized);
+          await writeFile(thumbPath, image.thumb);
+          const { caption, source } = captionFor(scan, candidate);
+          staged.push({
+            index,
+            relPath: candidate.displayPath,
+            width: image.width,
+            height: image.height,
+            format: image.format,
+            bytes,
+            sha256,
+            caption,
+            captionSource: source,
+            repeats: candidate.repeats,
+            classTokens: candidate.classTokens,
+            normalizedPath,
+            thumbPath,
+          });
+          reports[index]!.status = 'imported';
+        } catch (error) {
+          reject(index, error);
+        } finally {
+          progress(candidate);
+        }
+      };
+
+      let next = 0;
+      const workers = Array.from({ length: Math.min(CONCURRENCY, toDecode.length) }, async () => {
+        while (next < toDecode.length) {
+          if (controller.signal.aborted) return;
+          await decodeOne(toDecode[next++]!);
+        }
+      });
+      await Promise.all(workers);
+      if (controller.signal.aborted) throw cancelled('Import cancelled; nothing was added to the library.');
+
+      staged.sort((a, b) => a.index - b.index);
+      let datasetId: number | null = input.datasetId ?? null;
+      if (staged.length > 0) {
+        const name = input.name ?? (scan.root ? basename(scan.root) : `Imported images ${new Date().toISOString().slice(0, 10)}`);
+        const trigger = input.triggerWord ? input.triggerWord : null;
+        // One synchronous transaction: no other API call can interleave with it on this connection.
+        datasetId = this.db_.transaction(() => {
+          const id = datasetId ?? this.repo_.create(name, trigger, scan.root);
+          if (input.datasetId !== undefined && input.triggerWord) this.repo_.update(id, { triggerWord: trigger });
+          for (const s of staged) {
+            const imageId = this.repo_.insertImage(id, { ...s, normalized: readFileSync(s.normalizedPath), thumb: readFileSync(s.thumbPath) });
+            reports[s.index]!.imageId = imageId;
+          }
+          this.repo_.touch(id);
+          return id;
+        })();
+        this.bus_.emit({ type: 'library.changed', what: 'datasets', id: datasetId });
+      }
+      const imported = staged.length;
+      return { importId, datasetId, imported, skipped: reports.length - imported, files: reports };
+    } finally {
+      this.active_.delete(importId);
+      await rm(staging, { recursive: true, force: true });
+    }
+  }
+}
+
+async function hashFile(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}

@@ -1,0 +1,67 @@
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import type { HealthReport } from '../../../shared/api';
+import { ExpectedError } from '../../../shared/errors';
+import { MIGRATIONS, type Migration } from './migrations';
+
+export type Db = Database.Database;
+
+/**
+ * Opens (creating if needed) the library database and brings it to the latest schema.
+ * `:memory:` is accepted for tests; it still runs the real migrations.
+ */
+export function openDatabase(file: string, migrations: readonly Migration[] = MIGRATIONS): Db {
+  if (file !== ':memory:') mkdirSync(dirname(file), { recursive: true });
+  const db = new Database(file);
+  try {
+    // WAL lets readers (the UI listing the library) proceed while a long import commits.
+    db.pragma('journal_mode = WAL');
+    db.pragma('synchronous = NORMAL');
+    db.pragma('foreign_keys = ON');
+    db.pragma('busy_timeout = 5000');
+    migrate(db, migrations);
+    return db;
+  } catch (error) {
+    db.close();
+    throw error;
+  }
+}
+
+export function schemaVersion(db: Db): number {
+  return db.pragma('user_version', { simple: true }) as number;
+}
+
+export function migrate(db: Db, migrations: readonly Migration[] = MIGRATIONS): number {
+  const current = schemaVersion(db);
+  const latest = migrations.length ? migrations[migrations.length - 1]!.version : 0;
+  if (current > latest) {
+    throw new ExpectedError(
+      'unsupported',
+      `This library was written by a newer Shira Studio (schema v${current}; this build knows up to v${latest}). Update the app, or open another data folder.`,
+    );
+  }
+  for (const m of migrations) {
+    if (m.version <= current) continue;
+    db.transaction(() => {
+      db.exec(m.sql);
+      db.prepare('INSERT INTO migrations (version, name) VALUES (?, ?)').run(m.version, m.name);
+      // user_version is part of the database header and is rolled back with the transaction.
+      db.pragma(`user_version = ${m.version}`);
+    })();
+  }
+  return schemaVersion(db);
+}
+
+export function checkHealth(db: Db): HealthReport {
+  const integrity = (db.pragma('integrity_check') as { integrity_check: string }[]).map((r) => r.integrity_check);
+  const foreignKeyViolations = (db.pragma('foreign_key_check') as unknown[]).length;
+  const journalMode = db.pragma('journal_mode', { simple: true }) as string;
+  return {
+    ok: integrity.length === 1 && integrity[0] === 'ok' && foreignKeyViolations === 0,
+    integrity,
+    foreignKeyViolations,
+    journalMode,
+    schemaVersion: schemaVersion(db),
+  };
+}

@@ -1,0 +1,176 @@
+// Versioned schema. A migration is applied exactly once, inside one transaction together with the
+// `PRAGMA user_version` bump, so a crash mid-migration leaves the previous version intact.
+// Never edit a shipped migration: append a new one.
+
+export interface Migration {
+  version: number;
+  name: string;
+  sql: string;
+}
+
+const now = `(strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))`;
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: 'library v1: models, datasets, adapters, training runs, generations, mixes',
+    sql: /* sql */ `
+      CREATE TABLE migrations (
+        version    INTEGER PRIMARY KEY,
+        name       TEXT NOT NULL,
+        applied_at TEXT NOT NULL DEFAULT ${now}
+      );
+
+      CREATE TABLE base_models (
+        id           INTEGER PRIMARY KEY,
+        name         TEXT NOT NULL UNIQUE,
+        family       TEXT NOT NULL,
+        resolution   INTEGER NOT NULL CHECK (resolution > 0),
+        config_json  TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(config_json)),
+        weights_path TEXT,
+        -- identity of the base weights; adapters refuse to apply to another base
+        weights_hash TEXT,
+        is_default   INTEGER NOT NULL DEFAULT 0 CHECK (is_default IN (0, 1)),
+        created_at   TEXT NOT NULL DEFAULT ${now}
+      );
+      CREATE UNIQUE INDEX base_models_one_default ON base_models (is_default) WHERE is_default = 1;
+
+      CREATE TABLE datasets (
+        id           INTEGER PRIMARY KEY,
+        name         TEXT NOT NULL CHECK (length(name) > 0),
+        trigger_word TEXT,
+        source_path  TEXT,
+        created_at   TEXT NOT NULL DEFAULT ${now},
+        updated_at   TEXT NOT NULL DEFAULT ${now}
+      );
+
+      CREATE TABLE dataset_images (
+        id             INTEGER PRIMARY KEY,
+        dataset_id     INTEGER NOT NULL REFERENCES datasets (id) ON DELETE CASCADE,
+        rel_path       TEXT NOT NULL,
+        width          INTEGER NOT NULL CHECK (width > 0),
+        height         INTEGER NOT NULL CHECK (height > 0),
+        format         TEXT NOT NULL,
+        bytes          INTEGER NOT NULL CHECK (bytes > 0),
+        sha256         TEXT NOT NULL,
+        caption        TEXT NOT NULL DEFAULT '',
+        caption_source TEXT NOT NULL DEFAULT 'none' CHECK (caption_source IN ('sidecar', 'folder', 'none', 'user')),
+        -- kohya "N_name" folders: N repeats per epoch, "name" as class tokens
+        repeats        INTEGER NOT NULL DEFAULT 1 CHECK (repeats >= 1),
+        class_tokens   TEXT,
+        created_at     TEXT NOT NULL DEFAULT ${now},
+        UNIQUE (dataset_id, sha256)
+      );
+      CREATE INDEX dataset_images_by_dataset ON dataset_images (dataset_id, id);
+
+      -- Pixels live apart from the metadata rows so listing a dataset never reads them.
+      CREATE TABLE dataset_image_data (
+        image_id          INTEGER PRIMARY KEY REFERENCES dataset_images (id) ON DELETE CASCADE,
+        -- orientation applied, alpha flattened onto white, 8-bit sRGB, long side <= 2048, PNG
+        normalized        BLOB NOT NULL,
+        thumb_webp        BLOB NOT NULL
+      );
+
+      CREATE TABLE adapters (
+        id               INTEGER PRIMARY KEY,
+        name             TEXT NOT NULL CHECK (length(name) > 0),
+        kind             TEXT NOT NULL CHECK (kind IN ('shira', 'lora')),
+        -- SHiRA: {mask, density, seed, ...}; LoRA: {rank, alpha, ...}
+        method_json      TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(method_json)),
+        base_model_id    INTEGER REFERENCES base_models (id) ON DELETE RESTRICT,
+        dataset_id       INTEGER REFERENCES datasets (id) ON DELETE SET NULL,
+        trigger_words    TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(trigger_words)),
+        preferred_weight REAL NOT NULL DEFAULT 1.0,
+        notes            TEXT NOT NULL DEFAULT '',
+        cover_generation_id INTEGER,
+        content_hash     TEXT,
+        file_sha256      TEXT,
+        created_at       TEXT NOT NULL DEFAULT ${now},
+        updated_at       TEXT NOT NULL DEFAULT ${now}
+      );
+      CREATE INDEX adapters_by_base ON adapters (base_model_id);
+
+      CREATE TABLE adapter_tags (
+        adapter_id INTEGER NOT NULL REFERENCES adapters (id) ON DELETE CASCADE,
+        tag        TEXT NOT NULL CHECK (length(tag) > 0),
+        PRIMARY KEY (adapter_id, tag)
+      ) WITHOUT ROWID;
+
+      -- One row per adapted tensor. 'encoding' names how values/indices are laid out so later
+      -- formats (implicit Rand/Struct indices, delta+varint) arrive without a table change.
+      CREATE TABLE adapter_tensors (
+        id          INTEGER PRIMARY KEY,
+        adapter_id  INTEGER NOT NULL REFERENCES adapters (id) ON DELETE CASCADE,
+        name        TEXT NOT NULL,
+        shape_json  TEXT NOT NULL CHECK (json_valid(shape_json)),
+        mask_kind   TEXT,
+        encoding    TEXT NOT NULL,
+        meta_json   TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(meta_json)),
+        values_blob BLOB NOT NULL,
+        index_blob  BLOB,
+        UNIQUE (adapter_id, name)
+      );
+
+      CREATE TABLE training_runs (
+        id            INTEGER PRIMARY KEY,
+        kind          TEXT NOT NULL CHECK (kind IN ('shira', 'lora', 'base')),
+        dataset_id    INTEGER REFERENCES datasets (id) ON DELETE SET NULL,
+        base_model_id INTEGER REFERENCES base_models (id) ON DELETE SET NULL,
+        adapter_id    INTEGER REFERENCES adapters (id) ON DELETE SET NULL,
+        config_json   TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(config_json)),
+        status        TEXT NOT NULL DEFAULT 'queued' CHECK (status IN ('queued', 'running', 'completed', 'failed', 'cancelled')),
+        device        TEXT,
+        error         TEXT,
+        created_at    TEXT NOT NULL DEFAULT ${now},
+        started_at    TEXT,
+        finished_at   TEXT
+      );
+
+      CREATE TABLE training_loss (
+        run_id  INTEGER NOT NULL REFERENCES training_runs (id) ON DELETE CASCADE,
+        step    INTEGER NOT NULL CHECK (step >= 0),
+        loss    REAL NOT NULL,
+        lr      REAL,
+        elapsed_ms INTEGER,
+        PRIMARY KEY (run_id, step)
+      ) WITHOUT ROWID;
+
+      CREATE TABLE generations (
+        id              INTEGER PRIMARY KEY,
+        base_model_id   INTEGER REFERENCES base_models (id) ON DELETE SET NULL,
+        prompt          TEXT NOT NULL,
+        negative_prompt TEXT NOT NULL DEFAULT '',
+        seed            INTEGER NOT NULL,
+        sampler         TEXT NOT NULL,
+        steps           INTEGER NOT NULL CHECK (steps > 0),
+        guidance        REAL NOT NULL,
+        width           INTEGER NOT NULL CHECK (width > 0),
+        height          INTEGER NOT NULL CHECK (height > 0),
+        -- [{adapterId, alpha}] as used, so a recipe re-runs even after adapters are renamed
+        mix_json        TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(mix_json)),
+        image_png       BLOB NOT NULL,
+        thumb_webp      BLOB,
+        favourite       INTEGER NOT NULL DEFAULT 0 CHECK (favourite IN (0, 1)),
+        duration_ms     INTEGER,
+        created_at      TEXT NOT NULL DEFAULT ${now}
+      );
+      CREATE INDEX generations_recent ON generations (created_at DESC);
+
+      CREATE TABLE mixes (
+        id         INTEGER PRIMARY KEY,
+        name       TEXT NOT NULL UNIQUE CHECK (length(name) > 0),
+        created_at TEXT NOT NULL DEFAULT ${now},
+        updated_at TEXT NOT NULL DEFAULT ${now}
+      );
+
+      CREATE TABLE mix_entries (
+        mix_id     INTEGER NOT NULL REFERENCES mixes (id) ON DELETE CASCADE,
+        adapter_id INTEGER NOT NULL REFERENCES adapters (id) ON DELETE CASCADE,
+        alpha      REAL NOT NULL CHECK (alpha BETWEEN -4 AND 4),
+        PRIMARY KEY (mix_id, adapter_id)
+      ) WITHOUT ROWID;
+    `,
+  },
+];
+
+export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

@@ -1,0 +1,122 @@
+// Electron main process: windows, the media protocol, the folder picker, and supervision of the
+// core's utility process. It never opens the database itself.
+import { app, BrowserWindow, dialog, ipcMain, MessageChannelMain, protocol, session, shell, utilityProcess, type UtilityProcess } from 'electron';
+import { join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { argValue, resolveDataDir } from '../../core/paths';
+import { ELECTRON_CSP, isAllowedUrl, MEDIA_SCHEME, secureWebPreferences } from './security';
+
+const here = fileURLToPath(new URL('.', import.meta.url));
+const rendererUrl = process.env.ELECTRON_RENDERER_URL;
+const rendererFile = join(here, '../renderer/index.html');
+const appUrlPrefix = rendererUrl ?? pathToFileURL(join(here, '../renderer/')).href;
+const dataDir = resolveDataDir(argValue(process.argv, 'data-dir'));
+
+protocol.registerSchemesAsPrivileged([{ scheme: MEDIA_SCHEME, privileges: { standard: true, secure: true, supportFetchAPI: true } }]);
+
+let coreProcess: UtilityProcess | null = null;
+let mediaRequests = 0;
+const pendingMedia = new Map<number, (r: { mime: string | null; bytes: Uint8Array | null }) => void>();
+
+function startCore(): UtilityProcess {
+  const child = utilityProcess.fork(join(here, 'core-host.js'), ['--data-dir', dataDir], { serviceName: 'Shira Studio core', stdio: 'inherit' });
+  child.on('message', (m: { type: string; requestId?: number; mime?: string | null; bytes?: Uint8Array | null }) => {
+    if (m.type === 'media' && m.requestId !== undefined) {
+      pendingMedia.get(m.requestId)?.({ mime: m.mime ?? null, bytes: m.bytes ?? null });
+      pendingMedia.delete(m.requestId);
+    }
+  });
+  child.on('exit', (code) => {
+    if (coreProcess !== child) return;
+    coreProcess = null;
+    for (const resolve of pendingMedia.values()) resolve({ mime: null, bytes: null });
+    pendingMedia.clear();
+    if (code !== 0 && !quitting) {
+      // Restart and give every window a fresh port; their pending calls fail and they retry.
+      console.error(`Shira Studio core exited with code ${code}; restarting.`);
+      coreProcess = startCore();
+      for (const win of BrowserWindow.getAllWindows()) connectWindow(win);
+    }
+  });
+  return child;
+}
+
+function connectWindow(win: BrowserWindow): void {
+  if (!coreProcess) return;
+  const { port1, port2 } = new MessageChannelMain();
+  coreProcess.postMessage({ type: 'connect' }, [port1]);
+  win.webContents.postMessage('shira:core-port', null, [port2]);
+}
+
+function createWindow(): BrowserWindow {
+  const win = new BrowserWindow({
+    width: 1440,
+    height: 900,
+    minWidth: 1280,
+    minHeight: 720,
+    backgroundColor: '#111214',
+    title: 'Shira Studio',
+    show: false,
+    webPreferences: secureWebPreferences(join(here, '../preload/index.cjs')),
+  });
+  win.once('ready-to-show', () => win.show());
+  win.webContents.on('did-finish-load', () => connectWindow(win));
+  win.webContents.on('will-navigate', (event, url) => {
+    if (!url.startsWith(appUrlPrefix)) event.preventDefault();
+  });
+  win.webContents.setWindowOpenHandler(({ url }) => {
+    // Links to docs open in the user's browser; the app never opens a second web window.
+    if (url.startsWith('https://')) void shell.openExternal(url);
+    return { action: 'deny' };
+  });
+  if (rendererUrl) void win.loadURL(rendererUrl);
+  else void win.loadFile(rendererFile);
+  return win;
+}
+
+let quitting = false;
+
+app.whenReady().then(() => {
+  const ses = session.defaultSession;
+  ses.setPermissionRequestHandler((_wc, _permission, callback) => callback(false));
+  ses.webRequest.onBeforeRequest((details, callback) => callback({ cancel: !isAllowedUrl(details.url, appUrlPrefix) }));
+  ses.webRequest.onHeadersReceived((details, callback) => {
+    callback({ responseHeaders: { ...details.responseHeaders, 'Content-Security-Policy': [ELECTRON_CSP] } });
+  });
+  protocol.handle(MEDIA_SCHEME, async (request) => {
+    const url = new URL(request.url);
+    const id = Number(url.pathname.replace(/^\//, ''));
+    if (!coreProcess || !Number.isSafeInteger(id)) return new Response('Not found', { status: 404 });
+    const requestId = ++mediaRequests;
+    const media = await new Promise<{ mime: string | null; bytes: Uint8Array | null }>((resolve) => {
+      pendingMedia.set(requestId, resolve);
+      coreProcess!.postMessage({ type: 'media', requestId, kind: url.host, id });
+    });
+    if (!media.bytes || !media.mime) return new Response('Not found', { status: 404 });
+    return new Response(Buffer.from(media.bytes), { headers: { 'Content-Type': media.mime } });
+  });
+  ipcMain.handle('shira:pick-folder', async (event) => {
+    const win = BrowserWindow.fromWebContents(event.sender);
+    if (!win || !event.senderFrame?.url.startsWith(appUrlPrefix)) return null;
+    const result = await dialog.showOpenDialog(win, { properties: ['openDirectory'], title: 'Choose a folder of images' });
+    return result.canceled ? null : (result.filePaths[0] ?? null);
+  });
+  coreProcess = startCore();
+  createWindow();
+  app.on('activate', () => {
+    if (BrowserWindow.getAllWindows().length === 0) createWindow();
+  });
+});
+
+app.on('before-quit', () => {
+  quitting = true;
+  coreProcess?.kill();
+});
+
+app.on('window-all-closed', () => {
+  if (process.platform !== 'darwin') app.quit();
+});
+
+app.on('web-contents-created', (_event, contents) => {
+  contents.on('will-attach-webview', (event) => event.preventDefault());
+});

@@ -1,0 +1,5 @@
+export * from './errors';
+export * from './schema';
+export * from './api';
+export * from './protocol';
+export * from './bridge';
