@@ -69,9 +69,9 @@ describe('layering', () => {
     expect(violations(core, (_s, f) => f.includes(`${join('src', 'main', 'hosts')}`))).toEqual([]);
   });
 
-  it('the studio server host never imports electron', () => {
-    const server = files(join(SRC, 'main/hosts/server'));
-    expect(violations(server, (s) => s === 'electron' || s.startsWith('electron/'))).toEqual([]);
+  it('the studio server and CLI hosts never import electron', () => {
+    const plainNode = [...files(join(SRC, 'main/hosts/server')), ...files(join(SRC, 'main/hosts/cli'))];
+    expect(violations(plainNode, (s) => s === 'electron' || s.startsWith('electron/'))).toEqual([]);
   });
 
   it('shared code is runtime-neutral: no Node built-ins, no packages', () => {
