@@ -2,12 +2,14 @@
 //   node out/main/tools.js pack --folder DIR --out FILE.safetensors [--resolution 64] [--fit cover|contain] [--trigger WORD]
 // Reads a folder the way the app's import does (kohya folders, caption sidecars, the same rejects)
 // and writes the packed dataset the native worker trains from.
+import { writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { argValue } from '../../core/paths';
 import { ImageRejected, processImage } from '../../core/datasets/images';
 import { captionFor, scanFolder } from '../../core/datasets/scan';
 import { packImages, type PackFit, type PackSource } from '../../core/worker/pack';
+import { buildClipartDataset, extractAuthors } from './clipart';
 
 const USAGE = 'Usage: tools pack --folder DIR --out FILE.safetensors [--resolution 64] [--fit cover|contain] [--trigger WORD]';
 
@@ -36,10 +38,32 @@ async function pack(argv: string[]): Promise<void> {
   console.log(JSON.stringify({ out: resolve(out), images: result.count, skipped, resolution, bytes: result.bytes }));
 }
 
+async function clipart(argv: string[]): Promise<void> {
+  const summary = await buildClipartDataset({
+    root: argValue(argv, 'root') ?? '/usr/share/openclipart/png',
+    authorsFile: argValue(argv, 'authors') ?? resolve('resources/data/openclipart-authors.tsv'),
+    resolution: Number(argValue(argv, 'resolution') ?? 64),
+    outDir: resolve(argValue(argv, 'out-dir') ?? `.data/clipart-${argValue(argv, 'resolution') ?? 64}`),
+    limit: argValue(argv, 'limit') ? Number(argValue(argv, 'limit')) : undefined,
+    log: (line) => console.error(line),
+  });
+  console.log(JSON.stringify(summary));
+}
+
+function clipartAuthors(argv: string[]): void {
+  const authors = extractAuthors(argValue(argv, 'svg') ?? '/usr/share/openclipart/svg');
+  const out = resolve(argValue(argv, 'out') ?? 'resources/data/openclipart-authors.tsv');
+  const header = '# basename<TAB>author, from <dc:creator> in Debian openclipart-svg (public domain); regenerate: tools clipart-authors\n';
+  writeFileSync(out, header + [...authors].map(([k, v]) => `${k}\t${v}`).join('\n') + '\n');
+  console.log(JSON.stringify({ out, entries: authors.size }));
+}
+
 async function main(): Promise<void> {
   const [command, ...rest] = process.argv.slice(2);
   if (command === 'pack') return pack(rest);
-  throw new Error(USAGE);
+  if (command === 'clipart') return clipart(rest);
+  if (command === 'clipart-authors') return clipartAuthors(rest);
+  throw new Error(`${USAGE}\n       tools clipart [--root DIR] [--resolution 64] [--out-dir DIR] [--limit N]\n       tools clipart-authors [--svg DIR] [--out FILE]`);
 }
 
 main().catch((error: unknown) => {
