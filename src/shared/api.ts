@@ -173,7 +173,8 @@ export type ResultOf<M extends MethodName> = Api[M]['result'] extends Result<inf
 // ---- Events: the core's one-way stream to every connected client ----
 
 export type CoreEvent =
-  | { type: 'import.progress'; importId: string; done: number; total: number; current: string }
+  /** reading: cheap checks and hashing, over every file found; decoding: sharp, over the files that passed. */
+  | { type: 'import.progress'; importId: string; phase: 'reading' | 'decoding'; done: number; total: number; current: string }
   | { type: 'library.changed'; what: 'datasets' | 'adapters' | 'models'; id?: number }
   | { type: 'log'; level: 'info' | 'warn' | 'error'; message: string; time: string };
 

@@ -17,6 +17,13 @@ export interface ShiraBridge {
   pathsForFiles(files: File[]): string[];
 }
 
+declare global {
+  interface Window {
+    /** Present only inside the Electron app (set by the preload). */
+    shira?: ShiraBridge;
+  }
+}
+
 /** Studio-server HTTP surface used by the browser transport (paths relative to the page origin). */
 export const SERVER_PATHS = {
   ws: '/ws',

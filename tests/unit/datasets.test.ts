@@ -194,16 +194,19 @@ describe('dataset import', () => {
     const events: CoreEvent[] = [];
     core.events.subscribe((e) => {
       events.push(e);
-      if (e.type === 'import.progress' && e.importId === 'cancel-me' && e.done === 3) void call('datasets.cancelImport', { importId: 'cancel-me' });
+      if (e.type === 'import.progress' && e.importId === 'cancel-me' && e.phase === 'decoding' && e.done === 3) void call('datasets.cancelImport', { importId: 'cancel-me' });
     });
     const error = await call('datasets.import', { source: { kind: 'folder', path: folder }, importId: 'cancel-me' }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(ApiCallError);
     expect((error as ApiCallError).type).toBe('cancelled');
     expect(count(core, 'datasets')).toBe(0);
     const progress = events.filter((e) => e.type === 'import.progress');
-    expect(progress.length).toBeGreaterThanOrEqual(3);
-    expect(progress.length).toBeLessThan(12);
-    expect(progress[0]).toMatchObject({ total: 12 });
+    // Every file is read first (phase "reading"), then decoding stops soon after the cancel.
+    expect(progress.filter((e) => e.phase === 'reading')).toHaveLength(12);
+    expect(progress[0]).toMatchObject({ phase: 'reading', done: 1, total: 12 });
+    const decoding = progress.filter((e) => e.phase === 'decoding');
+    expect(decoding.length).toBeGreaterThanOrEqual(3);
+    expect(decoding.length).toBeLessThan(12);
     expect(await call('datasets.cancelImport', { importId: 'cancel-me' })).toEqual({ cancelled: false });
   });
 

@@ -135,8 +135,11 @@ describe('studio server', () => {
       headers: auth,
       body: JSON.stringify({ method: 'datasets.import', input: { source: { kind: 'folder', path: folder } } }),
     });
-    const report = JSON.parse(imported.body) as { value: { files: { imageId: number }[] } };
+    const report = JSON.parse(imported.body) as { value: { datasetId: number; files: { imageId: number }[] } };
     const imageId = report.value.files[0]!.imageId;
+    // The staging folder is not a place the dataset can be said to come from.
+    const dataset = await http(`${base}/api/call`, { method: 'POST', headers: auth, body: JSON.stringify({ method: 'datasets.get', input: { id: report.value.datasetId } }) });
+    expect(JSON.parse(dataset.body).value.sourcePath).toBeNull();
     const thumb = await http(`${base}/media/thumb/${imageId}`, { headers: auth });
     expect(thumb.status).toBe(200);
     expect(thumb.headers['content-type']).toBe('image/webp');

@@ -15,6 +15,11 @@ import { APP_NAME } from './paths';
 
 export const APP_VERSION = '0.1.0';
 
+/** Where the studio server stages browser uploads (one sub-folder per upload). */
+export function uploadsDir(dataDir: string): string {
+  return join(dataDir, 'uploads');
+}
+
 export interface CoreOptions {
   dataDir: string;
   host: HostKind;
@@ -42,7 +47,7 @@ export class Core {
     this.log = new Logger(options.databaseFile === ':memory:' ? null : join(options.dataDir, 'logs', 'core.log'), this.events);
     this.db = openDatabase(dbFile);
     this.datasets_ = new DatasetRepo(this.db);
-    this.importer_ = new DatasetImporter(this.db, this.datasets_, this.events, join(options.dataDir, 'tmp'));
+    this.importer_ = new DatasetImporter(this.db, this.datasets_, this.events, join(options.dataDir, 'tmp'), uploadsDir(options.dataDir));
     this.registry = new ApiRegistry(this.handlers(options.host), (method, error) => this.log.error(`internal error in ${method}`, error));
     this.log.info(`core started (${options.host}) with library ${dbFile}, schema v${schemaVersion(this.db)}`);
   }
@@ -119,12 +124,12 @@ function listAdapters(db: Db, query: string | undefined, kind: 'shira' | 'lora' 
               (SELECT json_group_array(tag) FROM adapter_tags t WHERE t.adapter_id = a.id) AS tags_json,
               (SELECT coalesce(sum(length(values_blob) + coalesce(length(index_blob), 0)), 0) FROM adapter_tensors x WHERE x.adapter_id = a.id) AS size_bytes
        FROM adapters a
-       WHERE (?1 IS NULL OR a.kind = ?1)
-         AND (?2 IS NULL OR a.name LIKE ?2 ESCAPE '\\' OR a.trigger_words LIKE ?2 ESCAPE '\\' OR a.notes LIKE ?2 ESCAPE '\\'
-              OR EXISTS (SELECT 1 FROM adapter_tags t WHERE t.adapter_id = a.id AND t.tag LIKE ?2 ESCAPE '\\'))
+       WHERE (@kind IS NULL OR a.kind = @kind)
+         AND (@like IS NULL OR a.name LIKE @like ESCAPE '\\' OR a.trigger_words LIKE @like ESCAPE '\\' OR a.notes LIKE @like ESCAPE '\\'
+              OR EXISTS (SELECT 1 FROM adapter_tags t WHERE t.adapter_id = a.id AND t.tag LIKE @like ESCAPE '\\'))
        ORDER BY a.updated_at DESC, a.id DESC`,
     )
-    .all(kind ?? null, like) as {
+    .all({ kind: kind ?? null, like }) as {
     id: number;
     name: string;
     kind: 'shira' | 'lora';

@@ -4,7 +4,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { createReadStream, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { basename, isAbsolute, join, relative } from 'node:path';
 import type { ImportFileReport, ImportInput, ImportReport } from '../../../shared/api';
 import { cancelled, conflict } from '../../../shared/errors';
 import type { Db } from '../db/database';
@@ -30,6 +30,7 @@ export class DatasetImporter {
     private readonly repo_: DatasetRepo,
     private readonly bus_: EventBus,
     private readonly stagingRoot_: string,
+    private readonly uploadsRoot_: string,
   ) {}
 
   cancel(importId: string): boolean {
@@ -53,13 +54,9 @@ export class DatasetImporter {
       const reports: ImportFileReport[] = scan.candidates.map((c) => ({ path: c.displayPath, status: 'skipped' }));
       const staged: Staged[] = [];
       const seen = new Map(existing);
-      let done = 0;
-      const total = scan.candidates.length;
 
-      const progress = (candidate: Candidate) => {
-        done++;
-        this.bus_.emit({ type: 'import.progress', importId, done, total, current: candidate.displayPath });
-      };
+      const progress = (phase: 'reading' | 'decoding', done: number, total: number, candidate: Candidate) =>
+        this.bus_.emit({ type: 'import.progress', importId, phase, done, total, current: candidate.displayPath });
       const reject = (index: number, error: unknown) => {
         if (!(error instanceof ImageRejected)) throw error;
         reports[index]!.status = 'skipped';
@@ -83,11 +80,13 @@ export class DatasetImporter {
           toDecode.push({ index, sha256, bytes: st.size });
         } catch (error) {
           reject(index, error);
-          progress(candidate);
+        } finally {
+          progress('reading', index + 1, scan.candidates.length, candidate);
         }
       }
 
       // Pass 2, concurrent: decode with sharp and stage the stored copies on disk.
+      let decoded = 0;
       const decodeOne = async ({ index, sha256, bytes }: (typeof toDecode)[number]): Promise<void> => {
         const candidate = scan.candidates[index]!;
         try {
@@ -116,7 +115,7 @@ export class DatasetImporter {
         } catch (error) {
           reject(index, error);
         } finally {
-          progress(candidate);
+          progress('decoding', ++decoded, toDecode.length, candidate);
         }
       };
 
@@ -137,7 +136,9 @@ export class DatasetImporter {
         const trigger = input.triggerWord ? input.triggerWord : null;
         // One synchronous transaction: no other API call can interleave with it on this connection.
         datasetId = this.db_.transaction(() => {
-          const id = datasetId ?? this.repo_.create(name, trigger, scan.root);
+          // Browser uploads arrive through a staging folder that is emptied on restart: no origin to record.
+          const origin = scan.root && !isInside(scan.root, this.uploadsRoot_) ? scan.root : null;
+          const id = datasetId ?? this.repo_.create(name, trigger, origin);
           if (input.datasetId !== undefined && input.triggerWord) this.repo_.update(id, { triggerWord: trigger });
           for (const s of staged) {
             const imageId = this.repo_.insertImage(id, { ...s, normalized: readFileSync(s.normalizedPath), thumb: readFileSync(s.thumbPath) });
@@ -155,6 +156,11 @@ export class DatasetImporter {
       await rm(staging, { recursive: true, force: true });
     }
   }
+}
+
+function isInside(path: string, folder: string): boolean {
+  const rel = relative(folder, path);
+  return rel !== '' && !rel.startsWith('..') && !isAbsolute(rel);
 }
 
 async function hashFile(path: string): Promise<string> {

@@ -17,7 +17,7 @@ import { pipeline } from 'node:stream/promises';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { MEDIA_KINDS, type MediaKind } from '../../../shared/api';
 import { connect } from '../../core/connection';
-import type { Core } from '../../core/core';
+import { uploadsDir, type Core } from '../../core/core';
 
 export const TOKEN_COOKIE = 'shira_token';
 const MAX_UPLOAD_BYTES = 256 * 1024 * 1024;
@@ -84,9 +84,9 @@ export async function startStudioServer(options: StudioServerOptions): Promise<S
   const bindHost = options.host ?? '127.0.0.1';
   const token = options.token ?? generateToken();
   const rendererDir = resolve(options.rendererDir);
-  const uploadsDir = join(core.dataDir, 'uploads');
+  const uploads = uploadsDir(core.dataDir);
   // Uploads are staging copies for one import; a fresh server start owns none of them.
-  await rm(uploadsDir, { recursive: true, force: true });
+  await rm(uploads, { recursive: true, force: true });
 
   let port = 0;
   const allowedHosts = () => {
@@ -158,7 +158,7 @@ export async function startStudioServer(options: StudioServerOptions): Promise<S
     }
     const declared = Number(req.headers['content-length'] ?? 0);
     if (declared > MAX_UPLOAD_BYTES) return sendJson(res, 413, { type: 'bad_input', message: `File larger than ${MAX_UPLOAD_BYTES / 2 ** 20} MiB.` });
-    const folder = join(uploadsDir, uploadId);
+    const folder = join(uploads, uploadId);
     const target = join(folder, rel);
     await mkdir(dirname(target), { recursive: true });
     let size = 0;

@@ -1,0 +1,132 @@
+// The root of the renderer's state: one instance per window, shared with components via context.
+// It owns the subscriptions to the core and routes events to the parts that care.
+import type { AppInfo, CoreEvent, HealthReport } from '../../../../shared/api';
+import { errorMessage } from '../errors';
+import type { ApiClient, ConnectionStatus } from '../transport';
+import { VIEWS, type ViewId } from '../views';
+import { DatasetsState } from './datasets.svelte';
+import { ImporterState } from './importer.svelte';
+import { LibraryState } from './library.svelte';
+import { Toasts } from './toasts.svelte';
+
+export type HealthState = { kind: 'unknown' } | { kind: 'ok' } | { kind: 'bad'; message: string };
+
+function describeHealth(report: HealthReport): HealthState {
+  if (report.ok) return { kind: 'ok' };
+  const problems = report.integrity.filter((row) => row !== 'ok');
+  if (report.foreignKeyViolations > 0) problems.push(`${report.foreignKeyViolations} broken reference(s) between records`);
+  return { kind: 'bad', message: problems.join('; ') || 'The database reported a problem.' };
+}
+
+export class Studio {
+  readonly api: ApiClient;
+  readonly toasts = new Toasts();
+  readonly library: LibraryState;
+  readonly datasets: DatasetsState;
+  readonly importer: ImporterState;
+
+  view = $state<ViewId>('library');
+  info = $state.raw<AppInfo | null>(null);
+  health = $state.raw<HealthState>({ kind: 'unknown' });
+  connection = $state<ConnectionStatus>('connecting');
+  /** Failed reconnects in a row: after a few, the banner also suggests re-opening the link. */
+  reconnectAttempts = $state(0);
+
+  readonly #unsubscribe: (() => void)[] = [];
+
+  constructor(api: ApiClient) {
+    this.api = api;
+    this.library = new LibraryState(api);
+    this.datasets = new DatasetsState(api, this.toasts);
+    this.importer = new ImporterState(api, this.datasets, this.toasts, () => this.info);
+  }
+
+  get modalOpen(): boolean {
+    return this.importer.isOpen || this.datasets.pendingDelete !== null;
+  }
+
+  start(): void {
+    this.#unsubscribe.push(
+      this.api.on((event) => this.#onEvent(event)),
+      this.api.onStatus((status) => this.#onStatus(status)),
+    );
+    this.#loadAll();
+  }
+
+  dispose(): void {
+    for (const unsubscribe of this.#unsubscribe.splice(0)) unsubscribe();
+  }
+
+  navigate(view: ViewId): void {
+    this.view = view;
+  }
+
+  openImport(): void {
+    this.view = 'datasets';
+    this.importer.open();
+  }
+
+  /** Global shortcuts: Ctrl/Cmd+1…6 switch views, Ctrl/Cmd+I imports. Returns whether it was handled. */
+  handleShortcut(event: KeyboardEvent): boolean {
+    if (!(event.ctrlKey || event.metaKey) || event.altKey || event.shiftKey || this.modalOpen) return false;
+    // `code`, not `key`: on AZERTY and similar layouts the digit row needs Shift to type digits.
+    const digit = /^(?:Digit|Numpad)([1-9])$/.exec(event.code);
+    if (digit) {
+      const view = VIEWS[Number(digit[1]) - 1];
+      if (!view) return false;
+      this.navigate(view.id);
+      return true;
+    }
+    if (event.key.toLowerCase() === 'i') {
+      this.openImport();
+      return true;
+    }
+    return false;
+  }
+
+  async refreshHealth(): Promise<void> {
+    try {
+      this.health = describeHealth(await this.api.call('app.health', {}));
+    } catch (error) {
+      this.health = { kind: 'bad', message: errorMessage(error) };
+    }
+  }
+
+  #loadAll(): void {
+    void this.api.call('app.info', {}).then(
+      (info) => (this.info = info),
+      (error) => this.toasts.error('read the app information', error),
+    );
+    void this.refreshHealth();
+    void this.library.load();
+    void this.datasets.loadList();
+  }
+
+  #onStatus(status: ConnectionStatus): void {
+    const wasDown = this.connection === 'reconnecting';
+    this.reconnectAttempts = status === 'reconnecting' ? this.reconnectAttempts + 1 : 0;
+    this.connection = status;
+    // Events sent while the socket was down are lost: reload what they would have changed.
+    if (status === 'open' && wasDown) {
+      void this.refreshHealth();
+      void this.library.load();
+      this.datasets.refreshSoon();
+    }
+  }
+
+  #onEvent(event: CoreEvent): void {
+    switch (event.type) {
+      case 'import.progress':
+        this.importer.onEvent(event);
+        break;
+      case 'library.changed':
+        if (event.what === 'datasets') this.datasets.refreshSoon();
+        else if (event.what === 'adapters') void this.library.load();
+        break;
+      case 'log':
+        // A failing call already reports its own error where it happened; repeating the core's
+        // log line as a toast would say the same thing twice. A log panel can show these later.
+        break;
+    }
+  }
+}
