@@ -16,6 +16,8 @@ describe('clipart captions', () => {
     expect(titleWords('horse_1_konstantin_r._01.png', 'Konsatantin Rotkevich')).toEqual(['horse']);
     // No author, or an author the name does not spell: the words stay.
     expect(titleWords('brown_fish_01.png', undefined)).toEqual(['brown', 'fish']);
+    expect(titleWords('time1.png', undefined)).toEqual(['time']);
+    expect(titleWords('farfalla_butterfly_fra1.png', 'Architetto Francesco Rollandin')).toEqual(['farfalla', 'butterfly']);
     expect(titleWords('red_apple_01.png', 'Someone Else')).toEqual(['red', 'apple']);
     // Never strips the whole name.
     expect(titleWords('rory_01.png', 'Rory McCann')).toEqual(['rory']);

@@ -33,7 +33,11 @@ function listPngs(dir: string): string[] {
 
 const words = (text: string) => text.toLowerCase().split(/[^a-z0-9]+/).filter(Boolean);
 
-const nameTokens = (fileName: string) => words(fileName.replace(/\.png$/i, '')).filter((t) => !/^\d+$/.test(t));
+// "time1" → "time": series numbers glued to a word are not part of it.
+const nameTokens = (fileName: string) =>
+  words(fileName.replace(/\.png$/i, ''))
+    .map((t) => t.replace(/(?<=[a-z])\d+$/, ''))
+    .filter((t) => !/^\d+$/.test(t));
 
 /** Same word, allowing the misspellings authors' metadata has (Konsatantin/konstantin). */
 const sameWord = (a: string, b: string) => a === b || (a.length >= 4 && b.length >= 4 && a.slice(0, 4) === b.slice(0, 4));
@@ -44,13 +48,17 @@ export function titleWords(fileName: string, author: string | undefined, aliases
   // A user name the author signs files with (Gerald G. → "ganson"), at the very end.
   while (tokens.length > 1 && aliases.has(tokens[tokens.length - 1]!.replace(/\d+$/, ''))) tokens = tokens.slice(0, -1);
   const authorTokens = author ? words(author) : [];
-  // The longest suffix of the name that spells the start of the author's name, the last token
-  // possibly cut short (names are truncated to ~24 characters before the number).
+  // The longest suffix of the name that spells consecutive words of the author's name (from any
+  // of them: "fra" for Architetto Francesco…), the last one possibly cut short (names are
+  // truncated to ~24 characters before the number).
+  const spells = (suffix: string[], from: number) =>
+    suffix.every((t, i) => {
+      const a = authorTokens[from + i]!;
+      return i === suffix.length - 1 ? a.startsWith(t) || sameWord(t, a) : sameWord(t, a);
+    });
   for (let start = 1; start < tokens.length && authorTokens.length; start++) {
     const suffix = tokens.slice(start);
-    if (suffix.length > authorTokens.length) continue;
-    const matches = suffix.every((t, i) => (i === suffix.length - 1 ? authorTokens[i]!.startsWith(t) || sameWord(t, authorTokens[i]!) : sameWord(t, authorTokens[i]!)));
-    if (matches) return tokens.slice(0, start);
+    for (let from = 0; from + suffix.length <= authorTokens.length; from++) if (spells(suffix, from)) return tokens.slice(0, start);
   }
   return tokens;
 }
