@@ -36,6 +36,21 @@ export interface HealthReport {
   schemaVersion: number;
 }
 
+export type WorkerState = 'stopped' | 'starting' | 'ready' | 'closed' | 'failed';
+
+export interface WorkerStatus {
+  /** False when no worker binary is built here; `reason` says what to do. */
+  available: boolean;
+  state: WorkerState;
+  binary: string | null;
+  reason?: string;
+  /** From the worker's readiness line once it has started. */
+  version?: string;
+  device?: string;
+  torch?: string;
+  cuda?: boolean;
+}
+
 export interface BaseModel {
   id: number;
   name: string;
@@ -130,6 +145,8 @@ export const api = {
   'app.info': method<Schema<Record<string, never>>, AppInfo>(v.empty()),
   'app.health': method<Schema<Record<string, never>>, HealthReport>(v.empty()),
   'models.list': method<Schema<Record<string, never>>, BaseModel[]>(v.empty()),
+  /** The native engine's state; `start: true` launches it if it is not running. */
+  'worker.status': method<Schema<{ start?: boolean }>, WorkerStatus>(v.object({ start: v.optional(v.boolean()) })),
   'datasets.list': method<Schema<Record<string, never>>, DatasetSummary[]>(v.empty()),
   'datasets.get': method<Schema<{ id: number }>, Dataset>(v.object({ id })),
   'datasets.import': method<Schema<ImportInput>, ImportReport>(

@@ -1,8 +1,10 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { makeCore } from './helpers';
 
-const cleanups: (() => void)[] = [];
-afterEach(() => cleanups.splice(0).forEach((c) => c()));
+const cleanups: (() => void | Promise<void>)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0)) await c();
+});
 
 describe('adapters.list', () => {
   it('lists an empty library, then filters by kind and searches names, tags and trigger words', async () => {

@@ -6,8 +6,10 @@ import { authorAliases, buildClipartDataset, cleanCaption, titleWords } from '..
 import { readSafetensors } from '../../src/main/core/worker/safetensors';
 import { tempDir, writeTree } from './helpers';
 
-const cleanups: (() => void)[] = [];
-afterEach(() => cleanups.splice(0).forEach((c) => c()));
+const cleanups: (() => void | Promise<void>)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0)) await c();
+});
 
 describe('clipart captions', () => {
   it('drops trailing numbers and the truncated author name', () => {

@@ -5,8 +5,10 @@ import { checkHealth, migrate, openDatabase, schemaVersion } from '../../src/mai
 import { LATEST_SCHEMA_VERSION, MIGRATIONS, type Migration } from '../../src/main/core/db/migrations';
 import { tempDir } from './helpers';
 
-const cleanups: (() => void)[] = [];
-afterEach(() => cleanups.splice(0).forEach((c) => c()));
+const cleanups: (() => void | Promise<void>)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0)) await c();
+});
 function dbFile(): string {
   const dir = tempDir();
   cleanups.push(dir.cleanup);

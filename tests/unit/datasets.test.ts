@@ -8,8 +8,10 @@ import { DatasetRepo } from '../../src/main/core/datasets/repo';
 import { parseKohyaFolder } from '../../src/main/core/datasets/scan';
 import { makeCore, pngClaiming, solidImage, tempDir, writeTree } from './helpers';
 
-const cleanups: (() => void)[] = [];
-afterEach(() => cleanups.splice(0).forEach((c) => c()));
+const cleanups: (() => void | Promise<void>)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0)) await c();
+});
 
 function setup() {
   const env = makeCore();

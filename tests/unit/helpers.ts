@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { deflateSync } from 'node:zlib';
 import sharp from 'sharp';
-import { Core } from '../../src/main/core/core';
+import { Core, type CoreOptions } from '../../src/main/core/core';
 import type { InputOf, MethodName, ResultOf } from '../../src/shared/api';
 import { ApiCallError } from '../../src/shared/errors';
 
@@ -13,9 +13,9 @@ export function tempDir(prefix = 'shira-test-'): { path: string; cleanup: () => 
 }
 
 /** A core on a real SQLite file built from the real migrations, in a throwaway data dir. */
-export function makeCore(): { core: Core; dataDir: string; call: Caller; cleanup: () => void } {
+export function makeCore(options: Partial<CoreOptions> = {}): { core: Core; dataDir: string; call: Caller; cleanup: () => Promise<void> } {
   const dir = tempDir('shira-core-');
-  const core = new Core({ dataDir: dir.path, host: 'test' });
+  const core = new Core({ dataDir: dir.path, host: 'test', ...options });
   const call: Caller = async (method, input) => {
     const outcome = await core.registry.dispatch(method, input, { client: 'test' });
     if (!outcome.ok) throw new ApiCallError(outcome.error);
@@ -25,8 +25,8 @@ export function makeCore(): { core: Core; dataDir: string; call: Caller; cleanup
     core,
     dataDir: dir.path,
     call,
-    cleanup: () => {
-      core.close();
+    cleanup: async () => {
+      await core.close();
       dir.cleanup();
     },
   };

@@ -4,8 +4,10 @@ import { ExpectedError } from '../../src/shared/errors';
 import { ApiRegistry, type Handlers } from '../../src/main/core/registry';
 import { makeCore } from './helpers';
 
-const cleanups: (() => void)[] = [];
-afterEach(() => cleanups.splice(0).forEach((c) => c()));
+const cleanups: (() => void | Promise<void>)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0)) await c();
+});
 
 describe('API registry', () => {
   it('has a handler for every method of the contract', () => {

@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { packImages, withTrigger } from '../../src/main/core/worker/pack';
 import { readSafetensors, writeSafetensors } from '../../src/main/core/worker/safetensors';
 import { WorkerError, WorkerSupervisor, type WorkerEvent } from '../../src/main/core/worker/supervisor';
-import { tempDir } from './helpers';
+import { makeCore, tempDir } from './helpers';
 
 const FAKE = resolve(__dirname, '../fixtures/fake-worker.mjs');
 const cleanups: (() => void | Promise<void>)[] = [];
@@ -144,5 +144,24 @@ describe('safetensors and packed datasets', () => {
     expect(JSON.parse(back.metadata.repeats!)).toEqual([3, 1]);
     expect(withTrigger('', 'x')).toBe('x');
     await expect(packImages([], file, { resolution: 8 })).rejects.toMatchObject({ type: 'bad_input' });
+  });
+});
+
+describe('core ↔ worker', () => {
+  it('reports a missing engine with what to do, without failing', async () => {
+    const { call, cleanup } = makeCore({ worker: { binary: '/nonexistent/native/build/shira-worker' } });
+    cleanups.push(cleanup);
+    expect(await call('worker.status', { start: true })).toMatchObject({ available: false, state: 'stopped', reason: expect.stringMatching(/not built.*npm start/) });
+  });
+
+  it('starts the engine on request and reports its device', async () => {
+    const { call, core, cleanup } = makeCore({ worker: { binary: process.execPath, args: [FAKE] } });
+    cleanups.push(cleanup);
+    expect(await call('worker.status', {})).toMatchObject({ available: true, state: 'stopped' });
+    expect(await call('worker.status', { start: true })).toMatchObject({ available: true, state: 'ready', version: 'fake-1', device: 'cpu' });
+    const pid = core.worker!.pid!;
+    await cleanup();
+    cleanups.pop();
+    expect(() => process.kill(pid, 0)).toThrow();
   });
 });

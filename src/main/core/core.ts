@@ -1,8 +1,10 @@
 // The plain-Node core: one database, one API registry, one event stream. Hosts (Electron's
 // utility process, the studio server, tests) construct it and relay messages; that is all they do.
 // This folder must never import `electron` (tests/unit/layering.test.ts enforces it).
+import { existsSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import type { AdapterSummary, BaseModel, HostKind, MediaKind } from '../../shared/api';
+import type { AdapterSummary, BaseModel, HostKind, MediaKind, WorkerStatus } from '../../shared/api';
 import { checkHealth, openDatabase, schemaVersion, type Db } from './db/database';
 import { EventBus } from './events';
 import { Logger } from './logger';
@@ -12,6 +14,7 @@ import { DatasetRepo } from './datasets/repo';
 import { FORMAT_LABELS, MAX_INPUT_PIXELS } from './datasets/images';
 import { MAX_IMPORT_FILES } from './datasets/scan';
 import { APP_NAME } from './paths';
+import { WorkerSupervisor } from './worker/supervisor';
 
 export const APP_VERSION = '0.1.0';
 
@@ -25,6 +28,8 @@ export interface CoreOptions {
   host: HostKind;
   /** Overrides `<dataDir>/library.sqlite`; `:memory:` for tests. */
   databaseFile?: string;
+  /** The native shira-worker; null when none is built. Started on first use, not at start-up. */
+  worker?: { binary: string; args?: string[]; threads?: number } | null;
 }
 
 export interface Media {
@@ -40,6 +45,8 @@ export class Core {
   readonly dataDir: string;
   private readonly datasets_: DatasetRepo;
   private readonly importer_: DatasetImporter;
+  private readonly worker_: WorkerSupervisor | null;
+  private readonly workerBinary_: string | null;
 
   constructor(options: CoreOptions) {
     this.dataDir = options.dataDir;
@@ -48,6 +55,16 @@ export class Core {
     this.db = openDatabase(dbFile);
     this.datasets_ = new DatasetRepo(this.db);
     this.importer_ = new DatasetImporter(this.db, this.datasets_, this.events, join(options.dataDir, 'tmp'), uploadsDir(options.dataDir));
+    this.workerBinary_ = options.worker?.binary ?? null;
+    this.worker_ =
+      options.worker && existsSync(options.worker.binary)
+        ? new WorkerSupervisor({
+            binary: options.worker.binary,
+            args: options.worker.args,
+            threads: options.worker.threads ?? availableParallelism(),
+            logFile: join(options.dataDir, 'logs', 'worker.log'),
+          })
+        : null;
     this.registry = new ApiRegistry(this.handlers(options.host), (method, error) => this.log.error(`internal error in ${method}`, error));
     this.log.info(`core started (${options.host}) with library ${dbFile}, schema v${schemaVersion(this.db)}`);
   }
@@ -59,8 +76,46 @@ export class Core {
     return { bytes, mime: kind === 'thumb' ? 'image/webp' : 'image/png' };
   }
 
-  close(): void {
+  /** The supervised native worker, or null when none is built. */
+  get worker(): WorkerSupervisor | null {
+    return this.worker_;
+  }
+
+  async close(): Promise<void> {
+    await this.worker_?.close();
     this.db.close();
+  }
+
+  private async workerStatus(start: boolean): Promise<WorkerStatus> {
+    const w = this.worker_;
+    if (!w) {
+      return {
+        available: false,
+        state: 'stopped',
+        binary: this.workerBinary_,
+        reason: this.workerBinary_
+          ? `The native engine is not built (${this.workerBinary_} is missing). Run \`npm start\` once to build it.`
+          : 'No native engine is configured for this host.',
+      };
+    }
+    if (start && w.state !== 'ready') {
+      try {
+        await w.start();
+      } catch (error) {
+        this.log.warn('worker failed to start', error);
+      }
+    }
+    const info = w.info ?? {};
+    return {
+      available: true,
+      state: w.state,
+      binary: this.workerBinary_,
+      ...(typeof info.version === 'string' ? { version: info.version } : {}),
+      ...(typeof info.device === 'string' ? { device: info.device } : {}),
+      ...(typeof info.torch === 'string' ? { torch: info.torch } : {}),
+      ...(typeof info.cuda === 'boolean' ? { cuda: info.cuda } : {}),
+      ...(w.state === 'failed' ? { reason: 'The native engine failed to start or kept crashing; see logs/worker.log.' } : {}),
+    };
   }
 
   private handlers(host: HostKind): Handlers {
@@ -77,6 +132,7 @@ export class Core {
       }),
       'app.health': () => checkHealth(this.db),
       'models.list': () => listModels(this.db),
+      'worker.status': ({ start }) => this.workerStatus(start ?? false),
       'datasets.list': () => datasets.list(),
       'datasets.get': ({ id }) => datasets.get(id),
       'datasets.import': (input) => this.importer_.run(input),

@@ -20,6 +20,15 @@ export function osAppDataDir(env: NodeJS.ProcessEnv = process.env, platform = pr
   return env.XDG_CONFIG_HOME ?? join(homedir(), '.config');
 }
 
+/**
+ * The native worker binary: SHIRA_WORKER_BIN, else the CMake build next to the app
+ * (`<root>/native/build/shira-worker`, root being two folders above out/main/).
+ */
+export function defaultWorkerBinary(appRoot: string, env: NodeJS.ProcessEnv = process.env): string {
+  if (env.SHIRA_WORKER_BIN) return resolve(env.SHIRA_WORKER_BIN);
+  return join(appRoot, 'native', 'build', process.platform === 'win32' ? 'shira-worker.exe' : 'shira-worker');
+}
+
 /** Reads `--name value` / `--name=value` from argv; hosts share this so flags mean the same everywhere. */
 export function argValue(argv: readonly string[], name: string): string | undefined {
   const flag = `--${name}`;

@@ -5,11 +5,13 @@
 import type { MessagePortMain } from 'electron';
 import { connect } from '../../core/connection';
 import { Core } from '../../core/core';
-import { argValue, resolveDataDir } from '../../core/paths';
+import { fileURLToPath } from 'node:url';
+import { argValue, defaultWorkerBinary, resolveDataDir } from '../../core/paths';
 import { MEDIA_KINDS, type MediaKind } from '../../../shared/api';
 
 const parentPort = process.parentPort;
-const core = new Core({ dataDir: resolveDataDir(argValue(process.argv, 'data-dir')), host: 'electron' });
+const appRoot = fileURLToPath(new URL('../../', import.meta.url));
+const core = new Core({ dataDir: resolveDataDir(argValue(process.argv, 'data-dir')), host: 'electron', worker: { binary: defaultWorkerBinary(appRoot) } });
 let clients = 0;
 
 type ParentMessage = { type: 'connect' } | { type: 'media'; requestId: number; kind: string; id: number };
@@ -30,4 +32,5 @@ parentPort.on('message', (event: { data: ParentMessage; ports: MessagePortMain[]
 
 parentPort.postMessage({ type: 'ready' });
 
-process.on('exit', () => core.close());
+// The main process kills this one on quit; close the worker first so it does not outlive us.
+process.on('SIGTERM', () => void core.close().finally(() => process.exit(0)));

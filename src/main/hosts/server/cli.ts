@@ -1,7 +1,7 @@
 // `npm run serve` / `node out/main/server.js [--port N] [--host H] [--data-dir DIR]`
 import { fileURLToPath } from 'node:url';
 import { Core } from '../../core/core';
-import { argValue, resolveDataDir } from '../../core/paths';
+import { argValue, defaultWorkerBinary, resolveDataDir } from '../../core/paths';
 import { isLoopback, startStudioServer } from './server';
 
 async function main(): Promise<void> {
@@ -15,7 +15,8 @@ async function main(): Promise<void> {
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`--port must be an integer 0–65535, got "${portText}"`);
   const host = argValue(argv, 'host') ?? '127.0.0.1';
   const dataDir = resolveDataDir(argValue(argv, 'data-dir'));
-  const core = new Core({ dataDir, host: 'server' });
+  const appRoot = fileURLToPath(new URL('../../', import.meta.url));
+  const core = new Core({ dataDir, host: 'server', worker: { binary: defaultWorkerBinary(appRoot) } });
   const rendererDir = fileURLToPath(new URL('../renderer/', import.meta.url));
   const server = await startStudioServer({ core, rendererDir, host, port });
   if (!isLoopback(host)) {
@@ -25,8 +26,7 @@ async function main(): Promise<void> {
   console.log(`Open ${server.url}`);
   const shutdown = () => {
     void server.close().finally(() => {
-      core.close();
-      process.exit(0);
+      void core.close().finally(() => process.exit(0));
     });
   };
   process.on('SIGINT', shutdown);

@@ -1,6 +1,6 @@
 // The root of the renderer's state: one instance per window, shared with components via context.
 // It owns the subscriptions to the core and routes events to the parts that care.
-import type { AppInfo, CoreEvent, HealthReport } from '../../../../shared/api';
+import type { AppInfo, CoreEvent, HealthReport, WorkerStatus } from '../../../../shared/api';
 import { errorMessage } from '../errors';
 import type { ApiClient, ConnectionStatus } from '../transport';
 import { VIEWS, type ViewId } from '../views';
@@ -28,6 +28,8 @@ export class Studio {
   view = $state<ViewId>('library');
   info = $state.raw<AppInfo | null>(null);
   health = $state.raw<HealthState>({ kind: 'unknown' });
+  /** The native engine; started in the background so the first generation does not wait for it. */
+  engine = $state.raw<WorkerStatus | null>(null);
   connection = $state<ConnectionStatus>('connecting');
   /** Failed reconnects in a row: after a few, the banner also suggests re-opening the link. */
   reconnectAttempts = $state(0);
@@ -98,6 +100,10 @@ export class Studio {
       (error) => this.toasts.error('read the app information', error),
     );
     void this.refreshHealth();
+    void this.api.call('worker.status', { start: true }).then(
+      (status) => (this.engine = status),
+      () => (this.engine = null),
+    );
     void this.library.load();
     void this.datasets.loadList();
   }
