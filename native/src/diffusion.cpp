@@ -1,0 +1,95 @@
+#include "diffusion.h"
+
+#include "common.h"
+
+NoiseSchedule noise_schedule_init(const DiffusionConfig& c) {
+    NoiseSchedule s;
+    s.num_train_timesteps = c.num_train_timesteps;
+    s.prediction_type     = c.prediction_type;
+    const auto    f64     = torch::TensorOptions().dtype(torch::kFloat64);
+    torch::Tensor betas;
+    if (c.beta_schedule == "scaled_linear") {
+        // SD's schedule: linear in √β.
+        betas = torch::linspace(std::sqrt(c.beta_start), std::sqrt(c.beta_end), c.num_train_timesteps, f64).pow(2);
+    } else {
+        betas = torch::linspace(c.beta_start, c.beta_end, c.num_train_timesteps, f64);
+    }
+    s.alphas_cumprod = torch::cumprod(1.0 - betas, 0);
+    return s;
+}
+
+torch::Tensor images_to_model(const torch::Tensor& images_u8) {
+    return images_u8.permute({0, 3, 1, 2}).to(torch::kFloat32).div(127.5).sub(1.0);
+}
+
+torch::Tensor images_from_model(const torch::Tensor& x) {
+    return x.detach().to(torch::kCPU, torch::kFloat32).add(1.0).mul(127.5).round().clamp(0, 255).to(torch::kUInt8)
+        .permute({0, 2, 3, 1}).contiguous();
+}
+
+torch::Tensor diffusion_loss(DiffusionModel& model, const NoiseSchedule& s, const torch::Tensor& x0,
+                             const torch::Tensor& context, at::Generator& gen) {
+    const int64_t B = x0.size(0);
+    // 1. sample t ~ U{0..T-1} and ε ~ N(0, I) (Algorithm 1, lines 3-4)
+    torch::Tensor t   = torch::randint(0, s.num_train_timesteps, {B}, gen, torch::kInt64);
+    torch::Tensor eps = torch::randn(x0.sizes(), gen, torch::kFloat32).to(x0.device());
+    torch::Tensor a   = s.alphas_cumprod.index_select(0, t).to(torch::kFloat32).to(x0.device()).view({B, 1, 1, 1});
+    // 2. forward process q(x_t | x_0) = N(√ᾱ_t x_0, (1-ᾱ_t) I) (eq. 4)
+    torch::Tensor x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps;
+    // 3. target: ε, or v = √ᾱ_t ε − √(1-ᾱ_t) x_0 (Salimans & Ho §4)
+    torch::Tensor target = s.prediction_type == PREDICTION_TYPE_EPSILON ? eps : a.sqrt() * eps - (1 - a).sqrt() * x0;
+    torch::Tensor pred   = model.predict(x_t, t.to(x0.device()), context);
+    return torch::mse_loss(pred, target);
+}
+
+torch::Tensor ddim_sample(DiffusionModel& model, const NoiseSchedule& s, const SampleParams& p,
+                          const std::function<bool()>& should_stop) {
+    if (p.batch < 1 || p.batch > 64) throw_bad_input("sample: batch must be in 1..64");
+    if (p.steps < 1 || p.steps > s.num_train_timesteps) throw_bad_input("sample: steps must be in 1..num_train_timesteps");
+    const int64_t size = p.size > 0 ? p.size : model.config.unet.sample_size;
+    const int64_t down = 1ll << (model.config.unet.block_out_channels.size() - 1);
+    if (size % down != 0 || size > 1024) throw_bad_input("sample: size must be a multiple of " + std::to_string(down) + " up to 1024");
+
+    torch::NoGradGuard no_grad;
+    std::vector<std::string> prompts;
+    for (int64_t i = 0; i < p.batch; ++i) prompts.push_back(p.prompts.empty() ? "" : p.prompts[i % p.prompts.size()]);
+    std::vector<std::string> negatives(p.batch, p.negative_prompt);
+    // Conditional and unconditional branches share one batched UNet call: [uncond; cond].
+    torch::Tensor context = model.text->encode(negatives);
+    context               = torch::cat({context, model.text->encode(prompts)}, 0);
+
+    at::Generator gen = at::detail::createCPUGenerator(p.seed);
+    // x_T ~ N(0, I)
+    torch::Tensor x = torch::randn({p.batch, model.config.unet.out_channels, size, size}, gen, torch::kFloat32).to(model.device);
+
+    // "leading" spacing with steps_offset = 1, as SD's DDIMScheduler config.
+    const int64_t ratio = s.num_train_timesteps / p.steps;
+    for (int64_t i = p.steps - 1; i >= 0; --i) {
+        if (should_stop && should_stop()) throw WorkerError(ERROR_TYPE_CANCELLED, "sample cancelled");
+        const int64_t t      = std::min(i * ratio + 1, s.num_train_timesteps - 1);
+        const int64_t t_prev = t - ratio;
+        // 1. compute alphas
+        const double alpha_prod_t      = s.alphas_cumprod[t].item<double>();
+        const double alpha_prod_t_prev = t_prev >= 0 ? s.alphas_cumprod[t_prev].item<double>() : 1.0;
+        const double beta_prod_t       = 1.0 - alpha_prod_t;
+        // 2. model output with classifier-free guidance: ε̂ = ε_u + w (ε_c − ε_u)
+        torch::Tensor tt  = torch::full({2 * p.batch}, t, torch::TensorOptions().dtype(torch::kInt64).device(model.device));
+        auto          out = model.predict(torch::cat({x, x}, 0), tt, context).chunk(2, 0);
+        torch::Tensor model_output = out[0] + p.guidance * (out[1] - out[0]);
+        // 3. predicted x_0 (DDIM eq. 12, "predicted x_0") and ε, from either parameterisation
+        torch::Tensor pred_x0, pred_eps;
+        if (s.prediction_type == PREDICTION_TYPE_EPSILON) {
+            pred_eps = model_output;
+            pred_x0  = (x - std::sqrt(beta_prod_t) * pred_eps) / std::sqrt(alpha_prod_t);
+        } else {
+            pred_x0  = std::sqrt(alpha_prod_t) * x - std::sqrt(beta_prod_t) * model_output;
+            pred_eps = std::sqrt(alpha_prod_t) * model_output + std::sqrt(beta_prod_t) * x;
+        }
+        // Pixel space: clip x̂_0 to the data range and re-derive ε̂ (diffusers' clip_sample).
+        pred_x0  = pred_x0.clamp(-1.0, 1.0);
+        pred_eps = (x - std::sqrt(alpha_prod_t) * pred_x0) / std::sqrt(beta_prod_t);
+        // 4. x_{t-1} = √ᾱ_{t-1} x̂_0 + √(1-ᾱ_{t-1}) ε̂  (DDIM eq. 12 with σ_t = 0)
+        x = std::sqrt(alpha_prod_t_prev) * pred_x0 + std::sqrt(1.0 - alpha_prod_t_prev) * pred_eps;
+    }
+    return images_from_model(x);
+}

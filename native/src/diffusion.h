@@ -1,0 +1,46 @@
+// DDPM training objective and DDIM sampling with classifier-free guidance.
+//
+// References: DDPM, Ho et al. 2020 (arXiv 2006.11239); DDIM, Song et al. 2021 (arXiv 2010.02502);
+// v-prediction, Salimans & Ho 2022 (arXiv 2202.00512); CFG, Ho & Salimans 2022 (arXiv 2207.12598).
+// All random draws come from a CPU generator and are then moved to the model's device, so a seed
+// gives the same noise on every device (results are still only bit-stable on one device).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/torch.h>
+
+#include "model.h"
+
+struct NoiseSchedule {
+    torch::Tensor  alphas_cumprod;  // [T] fp64 on CPU: ᾱ_t = Π_{s≤t} (1 − β_s)
+    int64_t        num_train_timesteps = 1000;
+    PredictionType prediction_type = PREDICTION_TYPE_EPSILON;
+};
+
+NoiseSchedule noise_schedule_init(const DiffusionConfig& config);
+
+// uint8 [N, H, W, 3] -> fp32 [N, 3, H, W] in [-1, 1] (and back, clamped and rounded).
+torch::Tensor images_to_model(const torch::Tensor& images_u8);
+torch::Tensor images_from_model(const torch::Tensor& x);
+
+// Simple loss L_simple (DDPM eq. 14) on a batch: x0 [B, 3, H, W] in [-1, 1], context [B, L, D].
+torch::Tensor diffusion_loss(DiffusionModel& model, const NoiseSchedule& schedule, const torch::Tensor& x0,
+                             const torch::Tensor& context, at::Generator& gen);
+
+struct SampleParams {
+    std::vector<std::string> prompts;          // one per image; repeated to fill `batch` if shorter
+    std::string              negative_prompt;  // the unconditional branch of CFG
+    int64_t                  batch = 1;
+    int64_t                  steps = 20;
+    double                   guidance = 5.0;
+    int64_t                  size = 0;  // 0 = model sample_size
+    uint64_t                 seed = 0;
+};
+
+// DDIM (η = 0) with "leading" timestep spacing as in SD. Returns uint8 [B, H, W, 3].
+// `should_stop` is polled once per step (may be empty).
+torch::Tensor ddim_sample(DiffusionModel& model, const NoiseSchedule& schedule, const SampleParams& params,
+                          const std::function<bool()>& should_stop = {});

@@ -1,0 +1,119 @@
+// shira-worker entry point.
+//
+//   shira-worker [--device auto|cpu|cuda] [serve]         JSON-lines protocol on stdin/stdout
+//   shira-worker train  (--model M.safetensors | --config C.json) --data D.safetensors --out A.safetensors [--key value]...
+//   shira-worker sample --model M.safetensors [--adapter A.safetensors [--alpha 1]] --prompt "..." --out S.safetensors
+//   shira-worker init   --config C.json --out M.safetensors [--seed N]
+//   shira-worker bench | inspect --path A.safetensors | info
+//
+// Every "--key value" becomes an argument of the protocol op of the same name, so the CLI and the
+// protocol cannot drift apart. Output is JSON lines (progress events, then the result).
+#include <iostream>
+#include <string>
+
+#include "common.h"
+#include "worker.h"
+
+namespace {
+
+Json parse_value(const std::string& s) {
+    if (s == "true" || s == "false") return s == "true";
+    try {
+        size_t used = 0;
+        if (s.find_first_of(".eE") == std::string::npos) {
+            const long long v = std::stoll(s, &used);
+            if (used == s.size()) return v;
+        } else {
+            const double v = std::stod(s, &used);
+            if (used == s.size()) return v;
+        }
+    } catch (const std::exception&) {
+    }
+    return s;
+}
+
+void print(const Json& j) { std::cout << j.dump(-1, ' ', false, Json::error_handler_t::replace) << '\n' << std::flush; }
+
+int usage() {
+    std::cerr << "usage: shira-worker [--device auto|cpu|cuda] [serve|train|sample|init|bench|inspect|info] [--key value]...\n";
+    return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::string command = "serve", device_name = "auto";
+    Json        args    = Json::object();
+    for (int i = 1; i < argc; ++i) {
+        std::string a = argv[i];
+        if (a.rfind("--", 0) == 0) {
+            if (i + 1 >= argc) return usage();
+            std::string key = a.substr(2), value = argv[++i];
+            if (key == "device") {
+                device_name = value;
+            } else if (key == "targets" || key == "exclude") {  // comma-separated lists
+                Json list = Json::array();
+                size_t start = 0;
+                while (start <= value.size()) {
+                    size_t end = value.find(',', start);
+                    if (end == std::string::npos) end = value.size();
+                    if (end > start) list.push_back(value.substr(start, end - start));
+                    start = end + 1;
+                }
+                args[key] = list;
+            } else {
+                args[key] = parse_value(value);
+            }
+        } else if (a == "-h" || a == "--help") {
+            return usage();
+        } else {
+            command = a;
+        }
+    }
+    try {
+        const torch::Device device = device_from_name(device_name);
+        if (command == "serve") return worker_serve(device);
+
+        WorkerState st(device);
+        auto emit = [](const Json& e) { print(e); };
+        auto load = [&] {
+            Json load_args = Json::object();
+            if (args.contains("model")) load_args["path"] = args["model"];
+            if (args.contains("config")) load_args["config"] = args["config"];
+            if (args.contains("seed")) load_args["seed"] = args["seed"];
+            worker_run_op(st, "load_model", load_args, emit);
+        };
+        Json result;
+        if (command == "train") {
+            load();
+            result = worker_run_op(st, "train", args, emit);
+        } else if (command == "sample") {
+            load();
+            if (args.contains("adapter")) {
+                Json mix = {{"adapters", {{{"path", args["adapter"]}, {"alpha", args.value("alpha", Json(1.0))}}}}};
+                worker_run_op(st, "apply_mix", mix, emit);
+            }
+            result = worker_run_op(st, "sample", args, emit);
+        } else if (command == "init") {
+            load();
+            result = worker_run_op(st, "save_model", args, emit);
+        } else if (command == "bench") {
+            result = worker_run_op(st, "bench", args, emit);
+        } else if (command == "inspect") {
+            result = worker_run_op(st, "adapter_inspect", args, emit);
+        } else if (command == "info") {
+            result = worker_run_op(st, "info", args, emit);
+        } else {
+            return usage();
+        }
+        print({{"ok", true}, {"result", result}});
+        return 0;
+    } catch (const WorkerError& e) {
+        print({{"ok", false}, {"error", {{"type", error_type_name(e.type)}, {"message", e.what()}}}});
+    } catch (const c10::Error& e) {
+        print({{"ok", false}, {"error", {{"type", "internal"}, {"message", e.what_without_backtrace()}}}});
+    } catch (const std::exception& e) {
+        print({{"ok", false}, {"error", {{"type", "internal"}, {"message", e.what()}}}});
+    }
+    return 1;
+}

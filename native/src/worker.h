@@ -1,0 +1,43 @@
+// The worker's operations, shared by the JSON-lines protocol (stdin/stdout) and the CLI.
+//
+// Protocol: one request per line {"id": any, "op": str, "args": {..}}; replies
+// {"id", "ok": true, "result": {..}} or {"id", "ok": false, "error": {"type", "message"}};
+// progress {"id", "event": "progress", ...}. Long ops (train, sample, bench) run on a job thread
+// so that info and cancel are served while they run; other ops that touch the model answer
+// "busy" meanwhile. Tensors and images travel as files (temp name, then rename), never as JSON numbers.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "model.h"
+#include "shira.h"
+
+using Json = nlohmann::json;
+using EmitFn = std::function<void(const Json&)>;
+
+torch::Device device_from_name(const std::string& name);  // "auto" | "cpu" | "cuda" | "cuda:N"
+
+struct WorkerState {
+    explicit WorkerState(torch::Device device) : device(device) {}
+    torch::Device                   device;
+    std::unique_ptr<DiffusionModel> model;
+    MixState                        mix;
+    std::map<std::string, std::shared_ptr<Adapter>> adapters;  // by path, for apply_mix
+    std::atomic<bool>               cancel{false};
+};
+
+// Runs one op synchronously. Throws WorkerError for expected failures. `emit` receives progress
+// events (without "id"; the caller adds it).
+Json worker_run_op(WorkerState& state, const std::string& op, const Json& args, const EmitFn& emit);
+bool worker_op_is_long(const std::string& op);
+
+// The stdin/stdout loop: prints the readiness line, then serves until EOF or {"op":"shutdown"}.
+int worker_serve(torch::Device device);
