@@ -15,6 +15,7 @@ import { FORMAT_LABELS, MAX_INPUT_PIXELS } from './datasets/images';
 import { MAX_IMPORT_FILES } from './datasets/scan';
 import { APP_NAME } from './paths';
 import { WorkerSupervisor } from './worker/supervisor';
+import { findBuiltinModels, registerBuiltinModels } from './models/builtin';
 
 export const APP_VERSION = '0.1.0';
 
@@ -28,6 +29,8 @@ export interface CoreOptions {
   host: HostKind;
   /** Overrides `<dataDir>/library.sqlite`; `:memory:` for tests. */
   databaseFile?: string;
+  /** Where the shipped base models live (`<resources>/models/<name>/`); registered at start. */
+  resourcesDir?: string;
   /** The native shira-worker; null when none is built. Started on first use, not at start-up. */
   worker?: { binary: string; args?: string[]; threads?: number } | null;
 }
@@ -53,6 +56,7 @@ export class Core {
     const dbFile = options.databaseFile ?? join(options.dataDir, 'library.sqlite');
     this.log = new Logger(options.databaseFile === ':memory:' ? null : join(options.dataDir, 'logs', 'core.log'), this.events);
     this.db = openDatabase(dbFile);
+    if (options.resourcesDir) registerBuiltinModels(this.db, findBuiltinModels(options.resourcesDir));
     this.datasets_ = new DatasetRepo(this.db);
     this.importer_ = new DatasetImporter(this.db, this.datasets_, this.events, join(options.dataDir, 'tmp'), uploadsDir(options.dataDir));
     this.workerBinary_ = options.worker?.binary ?? null;

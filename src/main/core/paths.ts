@@ -29,6 +29,11 @@ export function defaultWorkerBinary(appRoot: string, env: NodeJS.ProcessEnv = pr
   return join(appRoot, 'native', 'build', process.platform === 'win32' ? 'shira-worker.exe' : 'shira-worker');
 }
 
+/** The app's shipped resources (built-in models, sample data): `<root>/resources`. */
+export function resourcesDir(appRoot: string): string {
+  return join(appRoot, 'resources');
+}
+
 /** Reads `--name value` / `--name=value` from argv; hosts share this so flags mean the same everywhere. */
 export function argValue(argv: readonly string[], name: string): string | undefined {
   const flag = `--${name}`;

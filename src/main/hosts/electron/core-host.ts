@@ -6,12 +6,12 @@ import type { MessagePortMain } from 'electron';
 import { connect } from '../../core/connection';
 import { Core } from '../../core/core';
 import { fileURLToPath } from 'node:url';
-import { argValue, defaultWorkerBinary, resolveDataDir } from '../../core/paths';
+import { argValue, defaultWorkerBinary, resolveDataDir, resourcesDir } from '../../core/paths';
 import { MEDIA_KINDS, type MediaKind } from '../../../shared/api';
 
 const parentPort = process.parentPort;
 const appRoot = fileURLToPath(new URL('../../', import.meta.url));
-const core = new Core({ dataDir: resolveDataDir(argValue(process.argv, 'data-dir')), host: 'electron', worker: { binary: defaultWorkerBinary(appRoot) } });
+const core = new Core({ dataDir: resolveDataDir(argValue(process.argv, 'data-dir')), host: 'electron', resourcesDir: resourcesDir(appRoot), worker: { binary: defaultWorkerBinary(appRoot) } });
 let clients = 0;
 
 type ParentMessage = { type: 'connect' } | { type: 'media'; requestId: number; kind: string; id: number };
