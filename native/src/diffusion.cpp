@@ -42,8 +42,28 @@ torch::Tensor diffusion_loss(DiffusionModel& model, const NoiseSchedule& s, cons
     return torch::mse_loss(pred, target);
 }
 
-torch::Tensor ddim_sample(DiffusionModel& model, const NoiseSchedule& s, const SampleParams& p,
-                          const std::function<bool()>& should_stop) {
+SamplerType str_to_sampler_type(const std::string& name) {
+    if (name == "ddim") return SAMPLER_TYPE_DDIM;
+    if (name == "euler") return SAMPLER_TYPE_EULER;
+    throw_bad_input("unknown sampler '" + name + "' (allowed: ddim, euler)");
+}
+
+namespace {
+
+// Model output with classifier-free guidance: out_u + w (out_c − out_u). The two branches share one
+// batched UNet call on [x; x] with context [uncond; cond] ([2B, L, D]).
+torch::Tensor guided_output(DiffusionModel& model, const torch::Tensor& x_in, int64_t t, const torch::Tensor& context,
+                            double guidance) {
+    const int64_t B  = x_in.size(0);
+    torch::Tensor tt = torch::full({2 * B}, t, torch::TensorOptions().dtype(torch::kInt64).device(model.device));
+    auto          out = model.predict(torch::cat({x_in, x_in}, 0), tt, context).chunk(2, 0);
+    return out[0] + guidance * (out[1] - out[0]);
+}
+
+}  // namespace
+
+torch::Tensor sample_images(DiffusionModel& model, const NoiseSchedule& s, const SampleParams& p,
+                            const std::function<bool()>& should_stop) {
     if (p.batch < 1 || p.batch > 64) throw_bad_input("sample: batch must be in 1..64");
     if (p.steps < 1 || p.steps > s.num_train_timesteps) throw_bad_input("sample: steps must be in 1..num_train_timesteps");
     const int64_t size = p.size > 0 ? p.size : model.config.unet.sample_size;
@@ -54,28 +74,53 @@ torch::Tensor ddim_sample(DiffusionModel& model, const NoiseSchedule& s, const S
     std::vector<std::string> prompts;
     for (int64_t i = 0; i < p.batch; ++i) prompts.push_back(p.prompts.empty() ? "" : p.prompts[i % p.prompts.size()]);
     std::vector<std::string> negatives(p.batch, p.negative_prompt);
-    // Conditional and unconditional branches share one batched UNet call: [uncond; cond].
     torch::Tensor context = model.text->encode(negatives);
     context               = torch::cat({context, model.text->encode(prompts)}, 0);
 
     at::Generator gen = at::detail::createCPUGenerator(p.seed);
-    // x_T ~ N(0, I)
+    // x_T ~ N(0, I) (scaled by σ_max for Euler below)
     torch::Tensor x = torch::randn({p.batch, model.config.unet.out_channels, size, size}, gen, torch::kFloat32).to(model.device);
 
-    // "leading" spacing with steps_offset = 1, as SD's DDIMScheduler config.
+    // "leading" spacing with steps_offset = 1, as SD's scheduler configs: t_i = i·⌊T/steps⌋ + 1.
     const int64_t ratio = s.num_train_timesteps / p.steps;
+    auto timestep = [&](int64_t i) { return std::min(i * ratio + 1, s.num_train_timesteps - 1); };
+
+    if (p.sampler == SAMPLER_TYPE_EULER) {
+        // Variance-exploding view of the DDPM chain: x = x_0 + σ ε with σ_t = √((1−ᾱ_t)/ᾱ_t); the UNet sees
+        // x/√(σ²+1) (= the DDPM x_t). Karras et al. 2022 Alg. 1 (no churn) / k-diffusion sample_euler.
+        auto sigma_of = [&](int64_t t) {
+            const double a = s.alphas_cumprod[t].item<double>();
+            return std::sqrt((1.0 - a) / a);
+        };
+        x = x * sigma_of(timestep(p.steps - 1));
+        for (int64_t i = p.steps - 1; i >= 0; --i) {
+            if (should_stop && should_stop()) throw WorkerError(ERROR_TYPE_CANCELLED, "sample cancelled");
+            const int64_t t          = timestep(i);
+            const double  sigma      = sigma_of(t);
+            const double  sigma_next = i > 0 ? sigma_of(timestep(i - 1)) : 0.0;
+            const double  c_in       = 1.0 / std::sqrt(sigma * sigma + 1.0);
+            torch::Tensor out        = guided_output(model, x * c_in, t, context, p.guidance);
+            // Denoised D(x; σ): ε-pred x − σ ε̂; v-pred c_skip x + c_out v̂ with c_skip = 1/(σ²+1), c_out = −σ/√(σ²+1).
+            torch::Tensor denoised = s.prediction_type == PREDICTION_TYPE_EPSILON
+                                         ? x - sigma * out
+                                         : x * (c_in * c_in) - out * (sigma * c_in);
+            denoised = denoised.clamp(-1.0, 1.0);  // pixel space: same clip as DDIM's clip_sample
+            // dx/dσ = (x − D)/σ, one Euler step to σ_next (σ_next = 0 lands on D).
+            x = x + (x - denoised) / sigma * (sigma_next - sigma);
+        }
+        return images_from_model(x);
+    }
+
     for (int64_t i = p.steps - 1; i >= 0; --i) {
         if (should_stop && should_stop()) throw WorkerError(ERROR_TYPE_CANCELLED, "sample cancelled");
-        const int64_t t      = std::min(i * ratio + 1, s.num_train_timesteps - 1);
+        const int64_t t      = timestep(i);
         const int64_t t_prev = t - ratio;
         // 1. compute alphas
         const double alpha_prod_t      = s.alphas_cumprod[t].item<double>();
         const double alpha_prod_t_prev = t_prev >= 0 ? s.alphas_cumprod[t_prev].item<double>() : 1.0;
         const double beta_prod_t       = 1.0 - alpha_prod_t;
         // 2. model output with classifier-free guidance: ε̂ = ε_u + w (ε_c − ε_u)
-        torch::Tensor tt  = torch::full({2 * p.batch}, t, torch::TensorOptions().dtype(torch::kInt64).device(model.device));
-        auto          out = model.predict(torch::cat({x, x}, 0), tt, context).chunk(2, 0);
-        torch::Tensor model_output = out[0] + p.guidance * (out[1] - out[0]);
+        torch::Tensor model_output = guided_output(model, x, t, context, p.guidance);
         // 3. predicted x_0 (DDIM eq. 12, "predicted x_0") and ε, from either parameterisation
         torch::Tensor pred_x0, pred_eps;
         if (s.prediction_type == PREDICTION_TYPE_EPSILON) {

@@ -30,7 +30,14 @@ torch::Tensor images_from_model(const torch::Tensor& x);
 torch::Tensor diffusion_loss(DiffusionModel& model, const NoiseSchedule& schedule, const torch::Tensor& x0,
                              const torch::Tensor& context, at::Generator& gen);
 
+enum SamplerType {
+    SAMPLER_TYPE_DDIM,   // DDIM η = 0 (Song et al. eq. 12)
+    SAMPLER_TYPE_EULER,  // Euler on the DDPM σ_t = √((1−ᾱ_t)/ᾱ_t) (Karras et al. 2022, Alg. 1 without churn)
+};
+SamplerType str_to_sampler_type(const std::string& name);  // "ddim" | "euler", else BAD_INPUT
+
 struct SampleParams {
+    SamplerType              sampler = SAMPLER_TYPE_DDIM;
     std::vector<std::string> prompts;          // one per image; repeated to fill `batch` if shorter
     std::string              negative_prompt;  // the unconditional branch of CFG
     int64_t                  batch = 1;
@@ -40,7 +47,13 @@ struct SampleParams {
     uint64_t                 seed = 0;
 };
 
-// DDIM (η = 0) with "leading" timestep spacing as in SD. Returns uint8 [B, H, W, 3].
-// `should_stop` is polled once per step (may be empty).
-torch::Tensor ddim_sample(DiffusionModel& model, const NoiseSchedule& schedule, const SampleParams& params,
-                          const std::function<bool()>& should_stop = {});
+// DDIM (η = 0) or Euler, both with "leading" timestep spacing as in SD and classifier-free guidance.
+// Returns uint8 [B, H, W, 3]. `should_stop` is polled once per step (may be empty). Deterministic for a
+// seed on one device: the only random draw is x_T from a CPU generator seeded with params.seed.
+torch::Tensor sample_images(DiffusionModel& model, const NoiseSchedule& schedule, const SampleParams& params,
+                            const std::function<bool()>& should_stop = {});
+// Kept name: sample_images with whatever params.sampler says.
+inline torch::Tensor ddim_sample(DiffusionModel& model, const NoiseSchedule& schedule, const SampleParams& params,
+                                 const std::function<bool()>& should_stop = {}) {
+    return sample_images(model, schedule, params, should_stop);
+}

@@ -90,6 +90,7 @@ ModelConfig model_config_from_json(const json& j) {
     u.attention_heads       = get_or(unet, "attention_heads", u.attention_heads);
     u.norm_num_groups       = get_or(unet, "norm_num_groups", u.norm_num_groups);
     u.use_linear_projection = get_or(unet, "use_linear_projection", u.use_linear_projection);
+    u.patch_size            = get_or(unet, "patch_size", u.patch_size);
     const size_t levels     = u.block_out_channels.size();
     check(levels >= 1 && levels <= 6, "unet.block_out_channels needs 1..6 entries");
     check(u.attention.size() == levels, "unet.attention must have one entry per block_out_channels entry");
@@ -100,9 +101,10 @@ ModelConfig model_config_from_json(const json& j) {
         check(ch > 0 && ch % u.norm_num_groups == 0, "every block_out_channels entry must be a multiple of norm_num_groups");
         check(ch % u.attention_heads == 0, "every block_out_channels entry must be a multiple of attention_heads");
     }
-    const int64_t down = 1ll << (levels - 1);
+    check(u.patch_size >= 1 && u.patch_size <= 8, "unet.patch_size must be in 1..8");
+    const int64_t down = (1ll << (levels - 1)) * u.patch_size;
     check(u.sample_size >= down && u.sample_size % down == 0,
-          "unet.sample_size must be a multiple of 2^(levels-1) = " + std::to_string(down));
+          "unet.sample_size must be a multiple of patch_size * 2^(levels-1) = " + std::to_string(down));
 
     TextConfig& t = c.text;
     t.vocab       = get_or(text, "vocab", t.vocab);
@@ -110,6 +112,8 @@ ModelConfig model_config_from_json(const json& j) {
     t.layers      = get_or(text, "layers", t.layers);
     t.heads       = get_or(text, "heads", t.heads);
     t.max_length  = get_or(text, "max_length", t.max_length);
+    t.spare_buckets = get_or(text, "spare_buckets", t.spare_buckets);
+    check(t.spare_buckets >= 0 && t.spare_buckets <= 65536, "text_encoder.spare_buckets must be in 0..65536");
     check(t.width > 0 && t.heads > 0 && t.width % t.heads == 0, "text_encoder.width must be a multiple of heads");
     check(t.layers >= 0 && t.layers <= 24, "text_encoder.layers must be in 0..24");
     check(t.max_length >= 2 && t.max_length <= 512, "text_encoder.max_length must be in 2..512");
@@ -141,13 +145,15 @@ json model_config_to_json(const ModelConfig& c) {
               {"layers_per_block", c.unet.layers_per_block},
               {"attention_heads", c.unet.attention_heads},
               {"norm_num_groups", c.unet.norm_num_groups},
-              {"use_linear_projection", c.unet.use_linear_projection}}},
+              {"use_linear_projection", c.unet.use_linear_projection},
+              {"patch_size", c.unet.patch_size}}},
             {"text_encoder",
              {{"vocab", c.text.vocab},
               {"width", c.text.width},
               {"layers", c.text.layers},
               {"heads", c.text.heads},
-              {"max_length", c.text.max_length}}},
+              {"max_length", c.text.max_length},
+              {"spare_buckets", c.text.spare_buckets}}},
             {"diffusion",
              {{"num_train_timesteps", c.diffusion.num_train_timesteps},
               {"beta_start", c.diffusion.beta_start},
@@ -159,7 +165,13 @@ json model_config_to_json(const ModelConfig& c) {
 // ---------------------------------------------------------------------------------------------
 // Tokenizer + text encoder (CLIPTextModel names: embeddings.*, encoder.layers.N.*, final_layer_norm)
 
-WordTokenizer::WordTokenizer(std::vector<std::string> words) {
+uint64_t fnv1a64(const std::string& s) {
+    uint64_t h = 14695981039346656037ull;  // FNV-64 offset basis
+    for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+    return h;
+}
+
+WordTokenizer::WordTokenizer(std::vector<std::string> words, int64_t spare) : spare_buckets(spare) {
     const std::vector<std::string> specials = {"<pad>", "<unk>", "<bos>", "<eos>"};
     vocab = specials;
     for (const auto& w : words) {
@@ -174,7 +186,11 @@ std::vector<int64_t> WordTokenizer::encode(const std::string& text, int64_t max_
     auto flush = [&] {
         if (word.empty()) return;
         auto it = ids.find(word);
-        out.push_back(it == ids.end() ? kUnk : it->second);
+        if (it != ids.end()) {
+            out.push_back(it->second);
+        } else {
+            out.push_back(spare_buckets > 0 ? (int64_t)vocab.size() + (int64_t)(fnv1a64(word) % (uint64_t)spare_buckets) : kUnk);
+        }
         word.clear();
     };
     for (char ch : text) {
@@ -232,9 +248,9 @@ TORCH_MODULE(CLIPLayer);
 
 struct WordTextEncoderModuleImpl : nn::Module {
     explicit WordTextEncoderModuleImpl(const TextConfig& c) {
-        WordTokenizer tok(c.vocab);
+        WordTokenizer tok(c.vocab, c.spare_buckets);
         auto          embeddings = std::make_shared<nn::Module>();
-        token_embedding = embeddings->register_module("token_embedding", nn::Embedding((int64_t)tok.vocab.size(), c.width));
+        token_embedding = embeddings->register_module("token_embedding", nn::Embedding(tok.num_ids(), c.width));
         position_embedding = embeddings->register_module("position_embedding", nn::Embedding(c.max_length, c.width));
         register_module("embeddings", embeddings);
         auto encoder = std::make_shared<nn::Module>();
@@ -257,7 +273,7 @@ struct WordTextEncoderModuleImpl : nn::Module {
 TORCH_MODULE(WordTextEncoderModule);
 
 struct WordTextEncoder : TextEncoder {
-    explicit WordTextEncoder(const TextConfig& c) : config(c), tokenizer(c.vocab), net(c) {}
+    explicit WordTextEncoder(const TextConfig& c) : config(c), tokenizer(c.vocab, c.spare_buckets), net(c) {}
     torch::Tensor encode(const std::vector<std::string>& prompts) override {
         std::vector<int64_t> ids;
         for (const auto& p : prompts) {
@@ -426,7 +442,8 @@ struct UNetImpl : nn::Module {
         const auto&   ch     = c.block_out_channels;
         const int64_t levels = (int64_t)ch.size(), g = c.norm_num_groups, heads = c.attention_heads;
         const int64_t temb   = 4 * ch[0];
-        conv_in              = register_module("conv_in", Layer(LAYER_KIND_CONV, c.in_channels, ch[0], 3, 1, 1));
+        const int64_t p2     = c.patch_size * c.patch_size;
+        conv_in              = register_module("conv_in", Layer(LAYER_KIND_CONV, c.in_channels * p2, ch[0], 3, 1, 1));
         auto time_embedding  = register_module("time_embedding", std::make_shared<nn::Module>());
         linear_1             = time_embedding->register_module("linear_1", Layer(LAYER_KIND_LINEAR, ch[0], temb));
         linear_2             = time_embedding->register_module("linear_2", Layer(LAYER_KIND_LINEAR, temb, temb));
@@ -474,7 +491,7 @@ struct UNetImpl : nn::Module {
             up_blocks.push_back(b);
         }
         conv_norm_out = register_module("conv_norm_out", group_norm(g, cur));
-        conv_out      = register_module("conv_out", Layer(LAYER_KIND_CONV, cur, c.out_channels, 3, 1, 1));
+        conv_out      = register_module("conv_out", Layer(LAYER_KIND_CONV, cur, c.out_channels * p2, 3, 1, 1));
     }
 
     UNetConfig         config;
@@ -511,7 +528,8 @@ torch::Tensor unet_forward(UNetImpl& u, const torch::Tensor& x, const torch::Ten
     // 1. time
     torch::Tensor temb = u.linear_2(torch::silu(u.linear_1(timestep_embedding(t, u.config.block_out_channels[0]))));
     // 2. pre-process
-    torch::Tensor              h = u.conv_in(x);
+    const int64_t              p = u.config.patch_size;
+    torch::Tensor              h = u.conv_in(p > 1 ? torch::pixel_unshuffle(x, p) : x);
     std::vector<torch::Tensor> skips = {h};
     // 3. down
     for (auto& b : u.down_blocks) {
@@ -538,7 +556,8 @@ torch::Tensor unet_forward(UNetImpl& u, const torch::Tensor& x, const torch::Ten
         if (b->samplers) h = b->samplers[0]->as<SamplerImpl>()->forward(h);
     }
     // 6. post-process
-    return u.conv_out(torch::silu(u.conv_norm_out(h)));
+    torch::Tensor out = u.conv_out(torch::silu(u.conv_norm_out(h)));
+    return p > 1 ? torch::pixel_shuffle(out, p) : out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -587,6 +606,11 @@ std::unique_ptr<DiffusionModel> model_load(const std::string& path, torch::Devic
         config_json = json::parse(it->second);
     } catch (const std::exception& e) {
         throw_bad_input(std::string("model config is not JSON: ") + e.what());
+    }
+    // Files written before spare buckets existed have none; the default (64) would not fit their embedding.
+    if (config_json.is_object() && config_json.contains("text_encoder") && config_json["text_encoder"].is_object() &&
+        !config_json["text_encoder"].contains("spare_buckets")) {
+        config_json["text_encoder"]["spare_buckets"] = 0;
     }
     auto m      = model_init(model_config_from_json(config_json), 0, torch::kCPU);
     auto params = m->named_parameters();

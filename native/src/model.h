@@ -27,6 +27,9 @@ struct UNetConfig {
     int64_t              attention_heads = 4;
     int64_t              norm_num_groups = 8;
     bool                 use_linear_projection = false;  // SD-1.5: proj_in/proj_out are 1x1 convs
+    // Pixel-space models on a CPU budget: space-to-depth by patch_size before conv_in and back after
+    // conv_out ([B,C,H,W] -> [B,C*p*p,H/p,W/p]), so every level runs at 1/p² of the pixels. 1 = off.
+    int64_t              patch_size = 1;
 };
 
 struct TextConfig {
@@ -35,6 +38,10 @@ struct TextConfig {
     int64_t                  layers = 2;
     int64_t                  heads = 4;
     int64_t                  max_length = 16;
+    // Out-of-vocabulary words hash (FNV-1a 64) into this many extra embedding rows after the vocab,
+    // so a new trigger word ("inkfx") gets a stable embedding of its own that adapters can bind to.
+    // 0 = every unknown word is <unk> (models saved before spare buckets existed).
+    int64_t                  spare_buckets = 64;
 };
 
 struct DiffusionConfig {
@@ -56,12 +63,18 @@ struct ModelConfig {
 ModelConfig    model_config_from_json(const nlohmann::json& j);
 nlohmann::json model_config_to_json(const ModelConfig& config);
 
+uint64_t fnv1a64(const std::string& s);
+
 // Lower-case words split on anything but [a-z0-9'], wrapped as <bos> w.. <eos> <pad>.. to max_length.
+// Ids: [0, vocab.size()) the vocab (specials first); an unknown word w maps to
+// vocab.size() + fnv1a64(w) % spare_buckets (or <unk> when spare_buckets == 0). Embedding rows = num_ids().
 struct WordTokenizer {
-    explicit WordTokenizer(std::vector<std::string> vocab);
+    explicit WordTokenizer(std::vector<std::string> vocab, int64_t spare_buckets = 0);
     std::vector<int64_t>     encode(const std::string& text, int64_t max_length) const;
+    int64_t                  num_ids() const { return (int64_t)vocab.size() + spare_buckets; }
     std::vector<std::string> vocab;
     std::map<std::string, int64_t> ids;
+    int64_t                  spare_buckets = 0;
     static constexpr int64_t kPad = 0, kUnk = 1, kBos = 2, kEos = 3;
 };
 

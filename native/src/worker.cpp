@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sys/stat.h>
@@ -50,6 +51,12 @@ std::string get_str(const Json& args, const char* key, const std::string& fallba
     if (!args.contains(key)) return fallback;
     if (!args.at(key).is_string()) throw_bad_input(std::string("argument '") + key + "' must be a string");
     return args.at(key).get<std::string>();
+}
+
+bool get_bool(const Json& args, const char* key, bool fallback) {
+    if (!args.contains(key)) return fallback;
+    if (!args.at(key).is_boolean()) throw_bad_input(std::string("argument '") + key + "' must be true or false");
+    return args.at(key).get<bool>();
 }
 
 std::string need_str(const Json& args, const char* key) {
@@ -174,6 +181,113 @@ Json op_load_model(WorkerState& st, const Json& args) {
     return model_summary(*st.model);
 }
 
+// ---- training helpers
+
+// Prompts for sample_every: a JSON array, or one string that is either a JSON array or '|'-separated
+// (prompts contain commas, so a comma list cannot work on the CLI).
+std::vector<std::string> get_prompt_list(const Json& args, const char* key) {
+    if (!args.contains(key)) return {};
+    const Json& v = args.at(key);
+    if (v.is_array()) return get_str_list(args, key, {});
+    if (!v.is_string()) throw_bad_input(std::string("argument '") + key + "' must be an array of strings or a string");
+    const std::string s = v.get<std::string>();
+    if (!s.empty() && s[0] == '[') {
+        Json parsed;
+        try {
+            parsed = Json::parse(s);
+        } catch (const std::exception&) {
+            throw_bad_input(std::string("argument '") + key + "' looks like JSON but does not parse");
+        }
+        return get_str_list(Json{{key, parsed}}, key, {});
+    }
+    std::vector<std::string> out;
+    size_t start = 0;
+    while (start <= s.size()) {
+        size_t end = s.find('|', start);
+        if (end == std::string::npos) end = s.size();
+        if (end > start) out.push_back(s.substr(start, end - start));
+        start = end + 1;
+    }
+    return out;
+}
+
+using AdamWState = torch::optim::AdamWParamState;
+
+AdamWState* adam_state(torch::optim::AdamW& opt, const torch::Tensor& p) {
+    auto it = opt.state().find(c10::guts::to_string(p.unsafeGetTensorImpl()));
+    return it == opt.state().end() ? nullptr : static_cast<AdamWState*>(it->second.get());
+}
+
+// Checkpoint of a full fine-tune, one safetensors file written by temp+rename:
+//   "param.<name>", "ema.<name>" (when EMA is on), "adam.exp_avg.<name>", "adam.exp_avg_sq.<name>" (after step 1),
+//   "rng" uint8 = the data-order/noise CPU generator state; __metadata__: step, steps, seed, adam_step, config.
+// Resuming restores all of it, so K/2 + resume + K/2 steps equal K straight steps bit for bit on CPU.
+void checkpoint_save(const std::string& path, const DiffusionModel& model,
+                     const std::vector<std::pair<std::string, torch::Tensor>>& named, torch::optim::AdamW& opt,
+                     const std::map<std::string, torch::Tensor>& ema, at::Generator& gen, int64_t step, int64_t steps,
+                     uint64_t seed) {
+    std::map<std::string, torch::Tensor> t;
+    int64_t                              adam_step = 0;
+    for (const auto& [name, p] : named) {
+        t["param." + name] = p.detach();
+        if (auto* s = adam_state(opt, p)) {
+            t["adam.exp_avg." + name]    = s->exp_avg();
+            t["adam.exp_avg_sq." + name] = s->exp_avg_sq();
+            adam_step                    = s->step();
+        }
+    }
+    for (const auto& [name, e] : ema) t["ema." + name] = e;
+    t["rng"] = gen.get_state();
+    safetensors_save(path, t,
+                     {{"format", "shira-studio-checkpoint"}, {"method", "full"}, {"step", std::to_string(step)},
+                      {"steps", std::to_string(steps)}, {"seed", std::to_string(seed)},
+                      {"adam_step", std::to_string(adam_step)}, {"config", model_config_to_json(model.config).dump()}});
+}
+
+// Returns the step the checkpoint was written after.
+int64_t checkpoint_load(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& named,
+                        torch::optim::AdamW& opt, std::map<std::string, torch::Tensor>& ema, at::Generator& gen,
+                        int64_t steps) {
+    SafeTensors ck = safetensors_load(path);
+    if (ck.metadata["format"] != "shira-studio-checkpoint") throw_bad_input("'" + path + "' is not a training checkpoint");
+    int64_t step = 0, saved_steps = 0, adam_step = 0;
+    try {
+        step        = std::stoll(ck.metadata.at("step"));
+        saved_steps = std::stoll(ck.metadata.at("steps"));
+        adam_step   = std::stoll(ck.metadata.at("adam_step"));
+    } catch (const std::exception&) {
+        throw_bad_input("checkpoint '" + path + "' has malformed metadata");
+    }
+    if (saved_steps != steps) {
+        throw_bad_input("checkpoint was made for steps=" + std::to_string(saved_steps) + "; resume with the same steps so the schedule matches");
+    }
+    if (!ck.tensors.count("rng")) throw_bad_input("checkpoint '" + path + "' has no rng state");
+    torch::NoGradGuard no_grad;
+    for (const auto& [name, p] : named) {
+        auto it = ck.tensors.find("param." + name);
+        if (it == ck.tensors.end() || it->second.sizes() != p.sizes()) {
+            throw_bad_input("checkpoint '" + path + "' does not fit this model (tensor '" + name + "')");
+        }
+        p.copy_(it->second);
+        if (adam_step > 0) {
+            auto a = ck.tensors.find("adam.exp_avg." + name), b = ck.tensors.find("adam.exp_avg_sq." + name);
+            if (a == ck.tensors.end() || b == ck.tensors.end()) throw_bad_input("checkpoint lacks optimiser state for '" + name + "'");
+            auto s = std::make_unique<AdamWState>();
+            s->step(adam_step);
+            s->exp_avg(a->second.to(p.device(), p.scalar_type()).clone());
+            s->exp_avg_sq(b->second.to(p.device(), p.scalar_type()).clone());
+            opt.state()[c10::guts::to_string(p.unsafeGetTensorImpl())] = std::move(s);
+        }
+        if (!ema.empty()) {
+            auto e = ck.tensors.find("ema." + name);
+            if (e == ck.tensors.end()) throw_bad_input("checkpoint has no EMA copy of '" + name + "' but ema is set");
+            ema.at(name).copy_(e->second);
+        }
+    }
+    gen.set_state(ck.tensors.at("rng"));
+    return step;
+}
+
 Json op_train(WorkerState& st, const Json& args, const EmitFn& emit) {
     DiffusionModel& model  = need_model(st);
     const std::string method = get_str(args, "method", "shira");
@@ -190,6 +304,29 @@ Json op_train(WorkerState& st, const Json& args, const EmitFn& emit) {
     const std::string schedule   = get_str(args, "schedule", "cosine");
     if (schedule != "cosine" && schedule != "constant") throw_bad_input("schedule must be 'cosine' or 'constant'");
     const auto        targets    = get_str_list(args, "targets", kDefaultTargets);
+    const bool        flip       = get_bool(args, "flip", false);
+    const double      ema_decay  = get_num(args, "ema", 0.0, 0.0, 0.999999);
+    const int64_t     ckpt_every = get_int(args, "checkpoint_every", 0, 0, 10000000);
+    const std::string ckpt_path  = get_str(args, "checkpoint", "");
+    const std::string resume     = get_str(args, "resume", "");
+    // Sampling every N steps: fixed seed, so the images of successive steps are comparable.
+    const int64_t     sample_every = get_int(args, "sample_every", 0, 0, 10000000);
+    const auto        sample_prompts = get_prompt_list(args, "sample_prompts");
+    const std::string sample_dir = get_str(args, "sample_dir", "");
+    SampleParams      sp;
+    sp.sampler  = str_to_sampler_type(get_str(args, "sample_sampler", "ddim"));
+    sp.steps    = get_int(args, "sample_steps", 20, 1, 1000);
+    sp.guidance = get_num(args, "sample_guidance", 5.0, 0, 100);
+    sp.seed     = (uint64_t)get_int(args, "sample_seed", 0, 0, INT64_MAX);
+    sp.prompts  = sample_prompts;
+    sp.batch    = (int64_t)sample_prompts.size();
+    if (sample_every > 0 && (sample_prompts.empty() || sample_prompts.size() > 64 || sample_dir.empty())) {
+        throw_bad_input("sample_every needs sample_prompts (1..64 prompts) and sample_dir");
+    }
+    if (method != "full" && (ema_decay > 0 || ckpt_every > 0 || !resume.empty())) {
+        throw_bad_input("ema, checkpoint_every and resume are supported for method 'full' only");
+    }
+    if (ckpt_every > 0 && ckpt_path.empty()) throw_bad_input("checkpoint_every needs checkpoint (a path)");
     str_to_mask_type(get_str(args, "mask", "struct"));  // validate cheap arguments before reading files
     Dataset           data       = dataset_load(need_str(args, "data"), model);
     if (st.mix.active()) mix_clear(model, st.mix);
@@ -198,6 +335,8 @@ Json op_train(WorkerState& st, const Json& args, const EmitFn& emit) {
     at::Generator gen   = at::detail::createCPUGenerator(seed);
     torch::manual_seed(seed);
     const int64_t N = data.images.size(0);
+    // Every random draw of a step comes from `gen` in a fixed order (pick, drop, flip, t, ε), so its
+    // state alone fixes the rest of the run (checkpoint/resume).
     auto batch_loss = [&]() {
         torch::Tensor            pick = torch::randint(0, N, {batch}, gen, torch::kInt64);
         torch::Tensor            drop = torch::rand({batch}, gen);
@@ -207,10 +346,15 @@ Json op_train(WorkerState& st, const Json& args, const EmitFn& emit) {
             caps.push_back(drop[i].item<double>() < dropout ? "" : data.captions[pick[i].item<int64_t>()]);
         }
         torch::Tensor x0 = data.images.index_select(0, pick.to(model.device));
+        if (flip) {
+            torch::Tensor f = (torch::rand({batch}, gen) < 0.5).to(model.device).view({batch, 1, 1, 1});
+            x0              = torch::where(f, x0.flip({3}), x0);
+        }
         return diffusion_loss(model, noise, x0, model.text->encode(caps), gen);
     };
 
     std::vector<torch::Tensor> params;
+    std::vector<std::pair<std::string, torch::Tensor>> named;  // full: every model parameter by name
     std::string                mask_name;
     std::vector<Adapter>       excluded;
     if (method == "shira") {
@@ -239,9 +383,10 @@ Json op_train(WorkerState& st, const Json& args, const EmitFn& emit) {
         o.targets       = targets;
         params          = lora_attach(model, o);
     } else {
-        for (auto& [_, p] : model.named_parameters()) {
+        for (auto& [name, p] : model.named_parameters()) {
             p.set_requires_grad(true);
             params.push_back(p);
+            named.emplace_back(name, p);
         }
     }
     int64_t trainable = 0;
@@ -249,12 +394,46 @@ Json op_train(WorkerState& st, const Json& args, const EmitFn& emit) {
 
     // AdamW without weight decay (paper Table 9; decay would pull trained entries toward 0, not W0).
     torch::optim::AdamW opt(params, torch::optim::AdamWOptions(lr).weight_decay(0.0));
+    // EMA of the full model's weights (what `out` saves when on). Decay warms up as min(d, (1+n)/(10+n)),
+    // diffusers' EMAModel default, so early averages are not dominated by the random init.
+    std::map<std::string, torch::Tensor> ema;
+    if (ema_decay > 0) {
+        for (const auto& [name, p] : named) ema[name] = p.detach().clone();
+    }
+    auto ema_update = [&](int64_t n) {
+        torch::NoGradGuard no_grad;
+        const double d = std::min(ema_decay, (1.0 + (double)n) / (10.0 + (double)n));
+        for (const auto& [name, p] : named) ema.at(name).mul_(d).add_(p.detach(), 1.0 - d);
+    };
+    // Samples of the weights as they are now (EMA weights when EMA is on); sampling draws only from its
+    // own seeded generator, so it does not disturb the training stream.
+    auto emit_sample = [&](int64_t step) {
+        torch::NoGradGuard                   no_grad;
+        std::map<std::string, torch::Tensor> live;
+        if (!ema.empty()) {
+            for (const auto& [name, p] : named) {
+                live[name] = p.detach().clone();
+                p.detach().copy_(ema.at(name));
+            }
+        }
+        torch::Tensor images = sample_images(model, noise, sp, [&] { return st.cancel.load(); });
+        for (const auto& [name, w] : live) model.named_parameters().at(name).detach().copy_(w);
+        std::error_code ec;
+        std::filesystem::create_directories(sample_dir, ec);
+        if (ec) throw WorkerError(ERROR_TYPE_BAD_INPUT, "cannot create sample_dir '" + sample_dir + "': " + ec.message());
+        const std::string path = sample_dir + "/step_" + std::to_string(step) + ".safetensors";
+        safetensors_save(path, {{"images", images}},
+                         {{"step", std::to_string(step)}, {"prompts", Json(sample_prompts).dump()}, {"seed", std::to_string(sp.seed)}});
+        emit({{"event", "sample"}, {"step", step}, {"path", path}});
+    };
+
     const double        t_start = now_s();
     double              last_loss = 0, first_loss = -1;
     bool                cancelled = false;
-    int64_t             step = 0;
+    int64_t             step = 0, start_step = 0;
     try {
-        for (step = 1; step <= steps; ++step) {
+        if (!resume.empty()) start_step = checkpoint_load(resume, named, opt, ema, gen, steps);
+        for (step = start_step + 1; step <= steps; ++step) {
             if (st.cancel.load()) {
                 cancelled = true;
                 break;
@@ -270,13 +449,19 @@ Json op_train(WorkerState& st, const Json& args, const EmitFn& emit) {
             opt.step();
             opt.zero_grad();
             if (method == "shira") shira_write_values(model);
+            if (!ema.empty()) ema_update(step);
             last_loss = loss_sum;
             if (first_loss < 0) first_loss = loss_sum;
             if (!std::isfinite(last_loss)) throw WorkerError(ERROR_TYPE_INTERNAL, "loss became non-finite at step " + std::to_string(step));
             if (step % every == 0 || step == steps) {
-                const double elapsed = now_s() - t_start, it_s = (double)step / std::max(elapsed, 1e-9);
+                const double elapsed = now_s() - t_start, it_s = (double)(step - start_step) / std::max(elapsed, 1e-9);
                 emit({{"event", "progress"}, {"step", step}, {"steps", steps}, {"loss", last_loss}, {"it_s", it_s},
                       {"eta_s", (double)(steps - step) / it_s}});
+            }
+            if (sample_every > 0 && (step % sample_every == 0 || step == steps)) emit_sample(step);
+            if (ckpt_every > 0 && (step % ckpt_every == 0 || step == steps)) {
+                checkpoint_save(ckpt_path, model, named, opt, ema, gen, step, steps, seed);
+                emit({{"event", "checkpoint"}, {"step", step}, {"path", ckpt_path}});
             }
         }
     } catch (...) {
@@ -303,6 +488,10 @@ Json op_train(WorkerState& st, const Json& args, const EmitFn& emit) {
     for (auto& [_, p] : model.named_parameters()) p.set_requires_grad(false);
     if (cancelled) throw WorkerError(ERROR_TYPE_CANCELLED, "train cancelled before step " + std::to_string(step));
     if (method == "full") {
+        if (!ema.empty()) {
+            torch::NoGradGuard no_grad;
+            for (const auto& [name, p] : named) p.detach().copy_(ema.at(name));
+        }
         model_save(model, out);
     } else {
         adapter.metadata = {{"model", model.config.name}, {"method", method}, {"steps", std::to_string(steps)},
@@ -313,8 +502,8 @@ Json op_train(WorkerState& st, const Json& args, const EmitFn& emit) {
         }
         adapter_save(adapter, out);
     }
-    return {{"out", out}, {"steps", steps}, {"first_loss", first_loss}, {"final_loss", last_loss}, {"trainable", trainable},
-            {"seconds", now_s() - t_start}, {"grad_paths", paths}};
+    return {{"out", out}, {"steps", steps}, {"start_step", start_step}, {"first_loss", first_loss}, {"final_loss", last_loss},
+            {"trainable", trainable}, {"ema", ema_decay}, {"seconds", now_s() - t_start}, {"grad_paths", paths}};
 }
 
 Json op_sample(WorkerState& st, const Json& args) {
@@ -325,6 +514,7 @@ Json op_sample(WorkerState& st, const Json& args) {
     } else {
         p.prompts = {get_str(args, "prompt", "")};
     }
+    p.sampler         = str_to_sampler_type(get_str(args, "sampler", "ddim"));
     p.negative_prompt = get_str(args, "negative_prompt", "");
     p.batch           = get_int(args, "batch", 1, 1, 64);
     p.steps           = get_int(args, "steps", 20, 1, 1000);
@@ -333,7 +523,7 @@ Json op_sample(WorkerState& st, const Json& args) {
     p.seed            = (uint64_t)get_int(args, "seed", 0, 0, INT64_MAX);
     const std::string out = get_str(args, "out", temp_output("sample"));
     const double      t0  = now_s();
-    torch::Tensor     images = ddim_sample(model, noise_schedule_init(model.config.diffusion), p, [&] { return st.cancel.load(); });
+    torch::Tensor     images = sample_images(model, noise_schedule_init(model.config.diffusion), p, [&] { return st.cancel.load(); });
     safetensors_save(out, {{"images", images}}, {{"seed", std::to_string(p.seed)}});
     return {{"out", out}, {"shape", images.sizes().vec()}, {"ms", (now_s() - t0) * 1000}};
 }
@@ -459,24 +649,30 @@ struct Server {
         std::cout << line << '\n' << std::flush;
     }
 
-    void reply_error(const Json& id, ErrorType type, const std::string& message) {
-        write({{"id", id}, {"ok", false}, {"error", {{"type", error_type_name(type)}, {"message", message}}}});
+    static Json error_reply(const Json& id, ErrorType type, const std::string& message) {
+        return {{"id", id}, {"ok", false}, {"error", {{"type", error_type_name(type)}, {"message", message}}}};
     }
+    void reply_error(const Json& id, ErrorType type, const std::string& message) { write(error_reply(id, type, message)); }
 
-    void run(const Json& id, const std::string& op, const Json& args) {
+    // `before_reply` runs just before the final reply is written: a job clears `busy` there, so a client
+    // that sends its next request as soon as it reads the reply never sees a stale "busy".
+    void run(const Json& id, const std::string& op, const Json& args, const std::function<void()>& before_reply = {}) {
+        Json reply;
         try {
             Json result = worker_run_op(state, op, args, [&](Json e) {
                 e["id"] = id;
                 write(e);
             });
-            write({{"id", id}, {"ok", true}, {"result", result}});
+            reply = {{"id", id}, {"ok", true}, {"result", result}};
         } catch (const WorkerError& e) {
-            reply_error(id, e.type, e.what());
+            reply = error_reply(id, e.type, e.what());
         } catch (const c10::Error& e) {
-            reply_error(id, ERROR_TYPE_INTERNAL, e.what_without_backtrace());
+            reply = error_reply(id, ERROR_TYPE_INTERNAL, e.what_without_backtrace());
         } catch (const std::exception& e) {
-            reply_error(id, ERROR_TYPE_INTERNAL, e.what());
+            reply = error_reply(id, ERROR_TYPE_INTERNAL, e.what());
         }
+        if (before_reply) before_reply();
+        write(reply);
     }
 
     void join_job() {
@@ -530,10 +726,7 @@ struct Server {
         join_job();
         state.cancel = false;
         busy         = true;
-        job          = std::thread([this, id, op, args] {
-            run(id, op, args);
-            busy = false;
-        });
+        job          = std::thread([this, id, op, args] { run(id, op, args, [this] { busy = false; }); });
         return true;
     }
 };

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Configures (once) and builds native/ into native/build, then runs the native tests through ctest.
-# Last line is always "native: N passed, N failed". Env: SHIRA_BUILD_JOBS (default 2), OMP_NUM_THREADS (default 2).
+# Last line is always "native: N passed, N failed". Env: SHIRA_BUILD_JOBS (default 2), OMP_NUM_THREADS (default 1),
+# SHIRA_BUILD_DIR (default native/build; a separate one keeps a second build from racing `npm start`'s).
 set -u
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-BUILD="$ROOT/native/build"
+BUILD="${SHIRA_BUILD_DIR:-$ROOT/native/build}"
 JOBS="${SHIRA_BUILD_JOBS:-2}"
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then
   cmake -S "$ROOT/native" -B "$BUILD" || { echo "native: 0 passed, 1 failed"; exit 1; }

@@ -452,6 +452,36 @@ void test_model() {
     WordTokenizer tok({"red", "square"});
     EXPECT((tok.encode("Red, SQUARE! dog", 6) == std::vector<int64_t>{2, 4, 5, 1, 3, 0}));
     EXPECT((tok.encode("red red red red red red", 4) == std::vector<int64_t>{2, 4, 4, 3}));
+    // Spare buckets: an unknown word gets vocab.size() + FNV-1a64(word) % buckets, stable and distinct from <unk>.
+    WordTokenizer spare({"red", "square"}, 64);
+    const int64_t nv = (int64_t)spare.vocab.size();
+    auto ink = spare.encode("red inkfx", 5), ink2 = spare.encode("InkFX square", 5), zorp = spare.encode("zorp", 4);
+    EXPECT(spare.num_ids() == nv + 64);
+    EXPECT(ink[2] == nv + (int64_t)(fnv1a64("inkfx") % 64) && ink[2] == ink2[1] && ink[2] != WordTokenizer::kUnk);
+    EXPECT(zorp[1] >= nv && zorp[1] < nv + 64 && zorp[1] != ink[2]);
+    EXPECT(fnv1a64("") == 14695981039346656037ull && fnv1a64("a") == 0xaf63dc4c8601ec8cull);  // published FNV-1a 64 vectors
+    EXPECT(model->config.text.spare_buckets == 64 &&
+           names.at("text_encoder.embeddings.token_embedding.weight").size(0) == (int64_t)model->config.text.vocab.size() + 4 + 64);
+    {
+        torch::NoGradGuard g;
+        torch::Tensor e = model->text->encode({"inkfx", "inkfx", "zorp"});
+        check_close("same unknown word -> same context", e[0], e[1], 0);
+        EXPECT(maxdiff(e[0], e[2]) > 1e-3);
+        std::printf("  spare buckets: 'inkfx' -> id %lld, 'zorp' -> id %lld (vocab %lld + 64)\n", (long long)ink[2], (long long)zorp[1], (long long)nv);
+    }
+    // A file written before spare buckets existed (config without the field) still loads, with none.
+    {
+        Json old = model_config_to_json(tiny_config());
+        old["text_encoder"]["spare_buckets"] = 0;
+        auto om = model_init(model_config_from_json(old), 1, torch::kCPU);
+        model_save(*om, path);
+        SafeTensors raw = safetensors_load(path);
+        Json cfg = Json::parse(raw.metadata.at("config"));
+        cfg["text_encoder"].erase("spare_buckets");
+        raw.metadata["config"] = cfg.dump();
+        safetensors_save(path, raw.tensors, raw.metadata);
+        EXPECT(model_load(path, torch::kCPU)->config.text.spare_buckets == 0);
+    }
     Json bad = model_config_to_json(tiny_config());
     bad["unet"]["norm_num_groups"] = 7;
     EXPECT(throws_type(ERROR_TYPE_BAD_INPUT, [&] { model_config_from_json(bad); }));
@@ -528,6 +558,82 @@ void test_train() {
     EXPECT(bit_identical(*st.model, w0));
 }
 
+// Full fine-tune: K steps straight vs K/2, a "kill" (cancel right after the checkpoint), resume, K/2 more,
+// with EMA, flip and sampling on; the saved models must be bit-identical.
+void test_resume() {
+    const std::string data = write_dataset();
+    Json cfg = model_config_to_json(tiny_config());
+    const std::string ck = kTmp + "-ck.safetensors", a_out = kTmp + "-fullA.safetensors", b_out = kTmp + "-fullB.safetensors";
+    const std::string sdir = kTmp + "-samples";
+    Json base = {{"data", data}, {"method", "full"}, {"steps", 6}, {"batch", 2}, {"lr", 1e-3}, {"seed", 3}, {"ema", 0.9}, {"flip", true}};
+    EmitFn quiet = [](const Json&) {};
+    {
+        WorkerState st(torch::kCPU);
+        worker_run_op(st, "load_model", {{"config", cfg}, {"seed", 7}}, quiet);
+        Json args = base;
+        args["out"] = a_out;
+        worker_run_op(st, "train", args, quiet);
+    }
+    std::vector<Json> events;
+    {
+        WorkerState st(torch::kCPU);
+        worker_run_op(st, "load_model", {{"config", cfg}, {"seed", 7}}, quiet);
+        Json args = base;
+        args["out"] = kTmp + "-never.safetensors";
+        args["checkpoint_every"] = 3;
+        args["checkpoint"] = ck;
+        args["sample_every"] = 3;
+        args["sample_prompts"] = "red square, small|blue square";
+        args["sample_steps"] = 2;
+        args["sample_dir"] = sdir;
+        EmitFn kill = [&](const Json& e) {
+            events.push_back(e);
+            if (e.value("event", "") == "checkpoint") st.cancel = true;
+        };
+        EXPECT(throws_type(ERROR_TYPE_CANCELLED, [&] { worker_run_op(st, "train", args, kill); }));
+    }
+    {
+        WorkerState st(torch::kCPU);  // a fresh process: fresh init from the config, then resume
+        worker_run_op(st, "load_model", {{"config", cfg}, {"seed", 99}}, quiet);
+        Json args = base;
+        args["out"] = b_out;
+        args["resume"] = ck;
+        args["sample_every"] = 3;
+        args["sample_prompts"] = Json::array({"red square, small", "blue square"});
+        args["sample_steps"] = 2;
+        args["sample_dir"] = sdir;
+        Json r = worker_run_op(st, "train", args, [&](const Json& e) { events.push_back(e); });
+        EXPECT(r["start_step"] == 3);
+    }
+    SafeTensors A = safetensors_load(a_out), B = safetensors_load(b_out);
+    double worst = 0;
+    bool   same  = A.tensors.size() == B.tensors.size();
+    for (const auto& [k, t] : A.tensors) {
+        same = same && B.tensors.count(k) && torch::equal(t, B.tensors.at(k));
+        if (B.tensors.count(k)) worst = std::max(worst, maxdiff(t, B.tensors.at(k)));
+    }
+    std::printf("  full fine-tune 6 steps straight vs 3 + kill + resume + 3 (EMA 0.9, flip): %s, maxdiff %.3e\n",
+                same ? "bit-identical" : "DIFFERENT", worst);
+    EXPECT(same);
+    int samples = 0;
+    for (const auto& e : events) {
+        if (e.value("event", "") != "sample") continue;
+        ++samples;
+        SafeTensors im = safetensors_load(e["path"].get<std::string>());
+        EXPECT(im.tensors.at("images").sizes() == torch::IntArrayRef({2, 16, 16, 3}));
+    }
+    EXPECT(samples == 2);  // steps 3 (before the kill) and 6
+    EXPECT(throws_type(ERROR_TYPE_BAD_INPUT, [&] {
+        WorkerState st(torch::kCPU);
+        worker_run_op(st, "load_model", {{"config", cfg}}, quiet);
+        Json args = base;
+        args["out"] = b_out;
+        args["resume"] = ck;
+        args["steps"] = 8;  // another schedule: refused
+        worker_run_op(st, "train", args, quiet);
+    }));
+}
+
 void test_sample() {
     auto          model = model_init(tiny_config(), 6, torch::kCPU);
     NoiseSchedule s     = noise_schedule_init(model->config.diffusion);
@@ -543,18 +649,41 @@ void test_sample() {
     EXPECT(a.scalar_type() == torch::kUInt8 && a.sizes() == torch::IntArrayRef({2, 16, 16, 3}));
     EXPECT(torch::equal(a, b));
     EXPECT(!torch::equal(a, c));
-    std::printf("  same seed -> identical uint8 images; other seed -> %lld of %lld bytes differ\n", (long long)a.ne(c).sum().item<int64_t>(),
+    std::printf("  ddim: same seed -> identical uint8 images; other seed -> %lld of %lld bytes differ\n", (long long)a.ne(c).sum().item<int64_t>(),
                 (long long)a.numel());
+    // Euler: deterministic per seed, different from DDIM's images, guidance changes the result.
+    p.sampler = SAMPLER_TYPE_EULER;
+    p.seed    = 42;
+    torch::Tensor e1 = sample_images(*model, s, p), e2 = sample_images(*model, s, p);
+    p.seed           = 43;
+    torch::Tensor e3 = sample_images(*model, s, p);
+    p.seed           = 42;
+    p.guidance       = 1.0;
+    torch::Tensor e4 = sample_images(*model, s, p);
+    EXPECT(e1.sizes() == a.sizes() && torch::equal(e1, e2));
+    EXPECT(!torch::equal(e1, e3) && !torch::equal(e1, e4) && !torch::equal(e1, a));
+    std::printf("  euler: same seed identical; other seed %lld, guidance 1 vs 5 %lld, euler vs ddim %lld bytes differ\n",
+                (long long)e1.ne(e3).sum().item<int64_t>(), (long long)e1.ne(e4).sum().item<int64_t>(), (long long)e1.ne(a).sum().item<int64_t>());
+    // v-prediction models sample through both samplers.
+    Json v = model_config_to_json(tiny_config());
+    v["diffusion"]["prediction_type"] = "v_prediction";
+    auto vm = model_init(model_config_from_json(v), 6, torch::kCPU);
+    for (SamplerType sampler : {SAMPLER_TYPE_DDIM, SAMPLER_TYPE_EULER}) {
+        p.sampler = sampler;
+        EXPECT(sample_images(*vm, noise_schedule_init(vm->config.diffusion), p).sizes() == a.sizes());
+    }
+    EXPECT(throws_type(ERROR_TYPE_BAD_INPUT, [] { str_to_sampler_type("plms"); }));
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-    torch::set_num_threads(2);
+    // One thread: the machines are shared, and an oversubscribed OpenMP pool is many times slower.
+    torch::set_num_threads(1);
     const std::map<std::string, std::function<void()>> cases = {
         {"safetensors", test_safetensors}, {"masks", test_masks}, {"sparse_grad", test_sparse_grad},
         {"fused_forward", test_fused_forward}, {"mix", test_mix}, {"lora", test_lora},
-        {"model", test_model}, {"train", test_train}, {"sample", test_sample},
+        {"model", test_model}, {"train", test_train}, {"sample", test_sample}, {"resume", test_resume},
     };
     int run = 0;
     for (const auto& [name, fn] : cases) {
