@@ -5,11 +5,16 @@
 import { writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
-import { argValue } from '../../core/paths';
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { argValue, defaultWorkerBinary } from '../../core/paths';
 import { ImageRejected, processImage } from '../../core/datasets/images';
 import { captionFor, scanFolder } from '../../core/datasets/scan';
 import { packImages, type PackFit, type PackSource } from '../../core/worker/pack';
 import { buildClipartDataset, extractAuthors } from './clipart';
+import { sampleGrid, trainBase } from './base-model';
+import { writeModelCard } from './model-card';
 
 const USAGE = 'Usage: tools pack --folder DIR --out FILE.safetensors [--resolution 64] [--fit cover|contain] [--trigger WORD]';
 
@@ -58,8 +63,38 @@ function clipartAuthors(argv: string[]): void {
   console.log(JSON.stringify({ out, entries: authors.size }));
 }
 
+async function trainBaseCommand(argv: string[]): Promise<void> {
+  const appRoot = fileURLToPath(new URL('../../', import.meta.url));
+  const resolution = Number(argValue(argv, 'resolution') ?? 64);
+  const device = argValue(argv, 'device') ?? 'auto';
+  const worker = defaultWorkerBinary(appRoot);
+  const outDir = resolve(argValue(argv, 'out') ?? join(appRoot, 'resources', 'models', `clipart-${resolution}`));
+  const threads = Number(argValue(argv, 'threads') ?? availableParallelism());
+  const summary = await trainBase({
+    worker,
+    device,
+    resolution,
+    // CPU default: a short run that a laptop finishes in about an hour; use --steps 40000 on a GPU.
+    steps: Number(argValue(argv, 'steps') ?? 3000),
+    batch: Number(argValue(argv, 'batch') ?? 16),
+    lr: Number(argValue(argv, 'lr') ?? 4e-4),
+    ema: Number(argValue(argv, 'ema') ?? 0.995),
+    threads,
+    resume: argv.includes('--resume'),
+    runDir: resolve(argValue(argv, 'run-dir') ?? `.data/runs/base-${resolution}`),
+    outDir,
+    dataDir: resolve(argValue(argv, 'data') ?? `.data/clipart-${resolution}`),
+    log: (line) => console.error(line),
+  });
+  await sampleGrid(worker, outDir, join(outDir, 'samples.png'), [1, 2, 3, 4], threads);
+  writeModelCard(outDir, resolve(argValue(argv, 'data') ?? `.data/clipart-${resolution}`));
+  console.log(JSON.stringify(summary));
+}
+
 async function main(): Promise<void> {
   const [command, ...rest] = process.argv.slice(2);
+  if (command === 'train-base') return trainBaseCommand(rest);
+  if (command === 'model-card') return writeModelCard(resolve(rest[0] ?? 'resources/models/clipart-64'), resolve(rest[1] ?? '.data/clipart-64'));
   if (command === 'pack') return pack(rest);
   if (command === 'clipart') return clipart(rest);
   if (command === 'clipart-authors') return clipartAuthors(rest);

@@ -1,0 +1,76 @@
+// MODEL_CARD.md for a built-in model, from what the run recorded (training.json) and the data
+// manifest — never typed by hand, so the card cannot drift from the weights beside it.
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { SAMPLE_PROMPTS } from './base-model';
+
+export function writeModelCard(modelDir: string, dataDir: string): void {
+  const training = JSON.parse(readFileSync(join(modelDir, 'training.json'), 'utf8')) as {
+    name: string;
+    weights: { tensors: number; bytes: number };
+    wall_seconds: number;
+    sessions: number;
+    result: { first_loss?: number; final_loss?: number; trainable?: number; steps?: number; seconds?: number };
+    hardware: string;
+    device: string;
+    threads: number;
+    steps: number;
+    batch: number;
+    lr: number;
+    ema: number;
+  };
+  const config = JSON.parse(readFileSync(join(modelDir, 'config.json'), 'utf8')) as { unet: Record<string, unknown>; text_encoder: { vocab: string[] } & Record<string, unknown>; diffusion: Record<string, unknown> };
+  const manifest = existsSync(join(dataDir, 'manifest.json'))
+    ? (JSON.parse(readFileSync(join(dataDir, 'manifest.json'), 'utf8')) as { files: number; unreadable: number; duplicates: number; kept: number; train: { images: number }; heldout: { images: number }; categories: Record<string, number> })
+    : null;
+  const { vocab, ...text } = config.text_encoder;
+  const gpu = training.device.startsWith('cuda');
+  const lines = [
+    `# ${training.name} — Shira Studio's built-in base model`,
+    '',
+    `A small text-to-image diffusion model (pixel space, ${String(config.unet.sample_size)}×${String(config.unet.sample_size)}) trained by this project on public-domain clipart, so the app works offline out of the box. It is a test bed for style adapters (SHiRA and LoRA), not a general image model: expect clipart-like shapes and colours on white.`,
+    '',
+    '## Training hardware',
+    '',
+    `Trained on **${gpu ? 'a CUDA GPU' : 'CPU'}** — ${training.hardware}, ${training.threads} thread(s), device \`${training.device}\`. ${gpu ? '' : 'No GPU was available to the session that trained these weights; a longer GPU run (`npm run train:base -- --device cuda --steps 40000`) will give a better model with the same recipe.'}`,
+    '',
+    '| | |',
+    '| --- | --- |',
+    `| steps × batch | ${training.steps} × ${training.batch} |`,
+    `| learning rate | ${training.lr} (AdamW, cosine, EMA ${training.ema}, horizontal flips, 10 % caption dropout) |`,
+    `| wall time | ${(training.wall_seconds / 60).toFixed(1)} min over ${training.sessions} sitting(s) |`,
+    `| training loss (v-prediction MSE) | ${training.result.first_loss?.toFixed(4) ?? '?'} at the first step → ${training.result.final_loss?.toFixed(4) ?? '?'} at the last |`,
+    `| parameters | ${training.result.trainable?.toLocaleString('en') ?? '?'} (UNet + text encoder) |`,
+    `| weights | fp16 safetensors, ${(training.weights.bytes / 2 ** 20).toFixed(1)} MiB, ${training.weights.tensors} tensors |`,
+    '',
+    '## Architecture',
+    '',
+    '```json',
+    JSON.stringify({ unet: config.unet, text_encoder: { ...text, vocab: `${vocab.length} words (vocab.txt)` }, diffusion: config.diffusion }, null, 1),
+    '```',
+    '',
+    '## Data',
+    '',
+    "Debian's `openclipart-png` (Open Clip Art Library, public domain). Captions come from the file's words (author names and series numbers removed) plus its folder path; pictures are flattened onto white, trimmed, padded to a square and resized; near-duplicates are removed; 6 % of each top-level category is held out. Recipe: `src/main/hosts/cli/clipart.ts`.",
+    '',
+    manifest
+      ? `${manifest.files} files → ${manifest.unreadable} unreadable, ${manifest.duplicates} near-duplicates removed → ${manifest.kept} images: ${manifest.train.images} for training, ${manifest.heldout.images} held out. Categories: ${Object.entries(manifest.categories).map(([c, n]) => `${c} ${n}`).join(', ')}.`
+      : '',
+    '',
+    '## Samples',
+    '',
+    `![samples](samples.png)`,
+    '',
+    `Rows: seeds 1–4; columns: ${SAMPLE_PROMPTS.map((p) => `"${p}"`).join(', ')}. DDIM, 30 steps, guidance 4.`,
+    '',
+    '## Reproduce',
+    '',
+    '```sh',
+    `npm run train:base -- --resolution ${String(config.unet.sample_size)} --steps ${training.steps} --batch ${training.batch}   # add --resume after an interruption`,
+    '```',
+    '',
+    'Licence: the weights are released under the same terms as this repository; the training data is public domain.',
+    '',
+  ];
+  writeFileSync(join(modelDir, 'MODEL_CARD.md'), lines.join('\n'));
+}
