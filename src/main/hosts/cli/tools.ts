@@ -15,6 +15,7 @@ import { packImages, type PackFit, type PackSource } from '../../core/worker/pac
 import { buildClipartDataset, extractAuthors } from './clipart';
 import { sampleGrid, trainBase } from './base-model';
 import { writeModelCard } from './model-card';
+import { buildStyleSet, STYLE_NAMES, type StyleName } from './styles';
 
 const USAGE = 'Usage: tools pack --folder DIR --out FILE.safetensors [--resolution 64] [--fit cover|contain] [--trigger WORD]';
 
@@ -94,6 +95,19 @@ async function trainBaseCommand(argv: string[]): Promise<void> {
 async function main(): Promise<void> {
   const [command, ...rest] = process.argv.slice(2);
   if (command === 'train-base') return trainBaseCommand(rest);
+  if (command === 'style-set') {
+    const style = argValue(rest, 'style') as StyleName;
+    if (!STYLE_NAMES.includes(style)) throw new Error(`--style must be one of ${STYLE_NAMES.join(', ')}`);
+    const r = await buildStyleSet({
+      source: resolve(argValue(rest, 'source') ?? '.data/clipart-64/heldout.safetensors'),
+      style,
+      out: resolve(argValue(rest, 'out') ?? `.data/styles/${style}.safetensors`),
+      count: Number(argValue(rest, 'count') ?? 60),
+      offset: Number(argValue(rest, 'offset') ?? 0),
+      stride: Number(argValue(rest, 'stride') ?? 1),
+    });
+    return console.log(JSON.stringify(r));
+  }
   if (command === 'model-card') return writeModelCard(resolve(rest[0] ?? 'resources/models/clipart-64'), resolve(rest[1] ?? '.data/clipart-64'));
   if (command === 'pack') return pack(rest);
   if (command === 'clipart') return clipart(rest);
