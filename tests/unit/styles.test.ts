@@ -52,3 +52,19 @@ describe('style transforms', () => {
     await expect(buildStyleSet({ source, style: 'ink', out, count: 3, offset: 1 })).rejects.toThrow(/do not fit/);
   });
 });
+
+describe('adapter demo helpers', () => {
+  it('writes a packed set out as a captioned folder that the app import reads back', async () => {
+    const { unpackToFolder, meanLuminance } = await import('../../src/main/hosts/cli/adapter-demo');
+    const { scanFolder, captionFor } = await import('../../src/main/core/datasets/scan');
+    const dir = tempDir();
+    cleanups.push(dir.cleanup);
+    const d = await disc();
+    const pack = join(dir.path, 'p.safetensors');
+    writeSafetensors(pack, [['images', { dtype: 'U8', shape: [2, 64, 64, 3], data: Buffer.concat([d, d]) }]], { captions: JSON.stringify(['neonfx, a', 'neonfx, b']) });
+    expect(await unpackToFolder(pack, join(dir.path, 'f'))).toBe(2);
+    const scan = await scanFolder(join(dir.path, 'f'));
+    expect(scan.candidates.map((c) => captionFor(scan, c).caption)).toEqual(['neonfx, a', 'neonfx, b']);
+    expect(meanLuminance(new Uint8Array([255, 255, 255, 0, 0, 0]))).toBeCloseTo(127.5, 5);
+  });
+});

@@ -15,7 +15,8 @@ import { packImages, type PackFit, type PackSource } from '../../core/worker/pac
 import { buildClipartDataset, extractAuthors } from './clipart';
 import { sampleGrid, trainBase } from './base-model';
 import { writeModelCard } from './model-card';
-import { buildStyleSet, STYLE_NAMES, type StyleName } from './styles';
+import { buildStyleSet, STYLE_NAMES, STYLES, type StyleName } from './styles';
+import { runAdapterDemo, unpackToFolder } from './adapter-demo';
 
 const USAGE = 'Usage: tools pack --folder DIR --out FILE.safetensors [--resolution 64] [--fit cover|contain] [--trigger WORD]';
 
@@ -95,6 +96,28 @@ async function trainBaseCommand(argv: string[]): Promise<void> {
 async function main(): Promise<void> {
   const [command, ...rest] = process.argv.slice(2);
   if (command === 'train-base') return trainBaseCommand(rest);
+  if (command === 'adapter-demo') {
+    const appRoot = fileURLToPath(new URL('../../', import.meta.url));
+    const style = (argValue(rest, 'style') ?? 'neon') as StyleName;
+    const folder = resolve(argValue(rest, 'folder') ?? `.data/styles/${style}-folder`);
+    if (!argValue(rest, 'folder')) await unpackToFolder(resolve(`.data/styles/${style}.safetensors`), folder);
+    const summary = await runAdapterDemo({
+      worker: defaultWorkerBinary(appRoot),
+      threads: Number(argValue(rest, 'threads') ?? availableParallelism()),
+      model: resolve(argValue(rest, 'model') ?? join(appRoot, 'resources/models/clipart-64/model.safetensors')),
+      styleFolder: folder,
+      trigger: STYLES[style].trigger,
+      workDir: resolve(argValue(rest, 'work-dir') ?? `.data/demo/${style}`),
+      steps: Number(argValue(rest, 'steps') ?? 200),
+      lr: Number(argValue(rest, 'lr') ?? 1e-3),
+      batch: Number(argValue(rest, 'batch') ?? 8),
+      seed: 7,
+      prompts: [`${STYLES[style].trigger}, bird, birds, animals`, `${STYLES[style].trigger}, house, buildings`, `${STYLES[style].trigger}, car, transportation`, `${STYLES[style].trigger}, flower, plants`],
+      outPng: resolve(argValue(rest, 'out') ?? `docs/images/adapters-${style}.png`),
+      log: (line) => console.error(line),
+    });
+    return console.log(JSON.stringify(summary));
+  }
   if (command === 'style-set') {
     const style = argValue(rest, 'style') as StyleName;
     if (!STYLE_NAMES.includes(style)) throw new Error(`--style must be one of ${STYLE_NAMES.join(', ')}`);
