@@ -17,6 +17,7 @@ import { sampleGrid, trainBase } from './base-model';
 import { writeModelCard } from './model-card';
 import { buildStyleSet, STYLE_NAMES, STYLES, type StyleName } from './styles';
 import { runAdapterDemo, unpackToFolder } from './adapter-demo';
+import { evalBase } from './eval-base';
 
 const USAGE = 'Usage: tools pack --folder DIR --out FILE.safetensors [--resolution 64] [--fit cover|contain] [--trigger WORD]';
 
@@ -96,6 +97,21 @@ async function trainBaseCommand(argv: string[]): Promise<void> {
 async function main(): Promise<void> {
   const [command, ...rest] = process.argv.slice(2);
   if (command === 'train-base') return trainBaseCommand(rest);
+  if (command === 'eval-base') {
+    const appRoot = fileURLToPath(new URL('../../', import.meta.url));
+    const resolution = Number(argValue(rest, 'resolution') ?? 64);
+    const result = await evalBase({
+      worker: defaultWorkerBinary(appRoot),
+      threads: Number(argValue(rest, 'threads') ?? availableParallelism()),
+      model: resolve(argValue(rest, 'model') ?? join(appRoot, `resources/models/clipart-${resolution}/model.safetensors`)),
+      train: resolve(argValue(rest, 'data') ?? `.data/clipart-${resolution}`, 'train.safetensors'),
+      heldout: resolve(argValue(rest, 'data') ?? `.data/clipart-${resolution}`, 'heldout.safetensors'),
+      perCategory: Number(argValue(rest, 'per-category') ?? 16),
+      minImages: Number(argValue(rest, 'min-images') ?? 100),
+      log: (line) => console.error(line),
+    });
+    return console.log(JSON.stringify(result));
+  }
   if (command === 'adapter-demo') {
     const appRoot = fileURLToPath(new URL('../../', import.meta.url));
     const style = (argValue(rest, 'style') ?? 'neon') as StyleName;
