@@ -49,7 +49,7 @@ describe('built-in model tooling', () => {
   it('builds the vocabulary from words seen at least twice, most frequent first', () => {
     expect(buildVocab(['Red apple, food', 'green apple, food', "bird's nest, animals"])).toEqual(['apple', 'food']);
     const config = baseModelConfig('m', 64, ['a']) as { unet: { sample_size: number; patch_size: number }; text_encoder: { vocab: string[] } };
-    expect(config.unet).toMatchObject({ sample_size: 64, patch_size: 2 });
+    expect(config.unet).toMatchObject({ sample_size: 64, patch_size: 4 });
     expect(config.text_encoder.vocab).toEqual(['a']);
   });
 

@@ -82,6 +82,7 @@ async function trainBaseCommand(argv: string[]): Promise<void> {
     batch: Number(argValue(argv, 'batch') ?? 16),
     lr: Number(argValue(argv, 'lr') ?? 4e-4),
     ema: Number(argValue(argv, 'ema') ?? 0.995),
+    patchSize: Number(argValue(argv, 'patch') ?? 4),
     threads,
     resume: argv.includes('--resume'),
     runDir: resolve(argValue(argv, 'run-dir') ?? `.data/runs/base-${resolution}`),
