@@ -1,6 +1,6 @@
 // The root of the renderer's state: one instance per window, shared with components via context.
 // It owns the subscriptions to the core and routes events to the parts that care.
-import type { AppInfo, CoreEvent, HealthReport, WorkerStatus } from '../../../../shared/api';
+import type { AppInfo, BaseModel, CoreEvent, HealthReport, WorkerStatus } from '../../../../shared/api';
 import { errorMessage } from '../errors';
 import type { ApiClient, ConnectionStatus } from '../transport';
 import { VIEWS, type ViewId } from '../views';
@@ -30,6 +30,8 @@ export class Studio {
   health = $state.raw<HealthState>({ kind: 'unknown' });
   /** The native engine; started in the background so the first generation does not wait for it. */
   engine = $state.raw<WorkerStatus | null>(null);
+  models = $state.raw<BaseModel[]>([]);
+  readonly defaultModel = $derived(this.models.find((m) => m.isDefault) ?? null);
   connection = $state<ConnectionStatus>('connecting');
   /** Failed reconnects in a row: after a few, the banner also suggests re-opening the link. */
   reconnectAttempts = $state(0);
@@ -103,6 +105,10 @@ export class Studio {
     void this.api.call('worker.status', { start: true }).then(
       (status) => (this.engine = status),
       () => (this.engine = null),
+    );
+    void this.api.call('models.list', {}).then(
+      (models) => (this.models = models),
+      (error) => this.toasts.error('list the base models', error),
     );
     void this.library.load();
     void this.datasets.loadList();
