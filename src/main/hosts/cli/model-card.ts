@@ -24,6 +24,18 @@ export function writeModelCard(modelDir: string, dataDir: string): void {
     ? (JSON.parse(readFileSync(join(dataDir, 'manifest.json'), 'utf8')) as { files: number; unreadable: number; duplicates: number; kept: number; train: { images: number }; heldout: { images: number }; categories: Record<string, number> })
     : null;
   const { vocab, ...text } = config.text_encoder;
+  const evalFile = join(modelDir, 'eval.json');
+  const ev = existsSync(evalFile)
+    ? (JSON.parse(readFileSync(evalFile, 'utf8')) as {
+        categories: string[];
+        chance: number;
+        classifier_heldout_accuracy: number;
+        generated_accuracy: { overall: number; per_category: Record<string, number>; vs_chance: number };
+        frechet: { generated_vs_heldout: number; train_subset_vs_heldout: number; samples: number; feature_dim: number };
+        sample_ms_64px_25steps_cfg: number;
+      })
+    : null;
+  const pct = (x: number) => `${(100 * x).toFixed(1)} %`;
   const gpu = training.device.startsWith('cuda');
   const lines = [
     `# ${training.name} — Shira Studio's built-in base model`,
@@ -42,6 +54,22 @@ export function writeModelCard(modelDir: string, dataDir: string): void {
     `| training loss (v-prediction MSE) | ${training.result.first_loss?.toFixed(4) ?? '?'} at the first step → ${training.result.final_loss?.toFixed(4) ?? '?'} at the last |`,
     `| parameters | ${training.result.trainable?.toLocaleString('en') ?? '?'} (UNet + text encoder) |`,
     `| weights | fp16 safetensors, ${(training.weights.bytes / 2 ** 20).toFixed(1)} MiB, ${training.weights.tensors} tensors |`,
+    '',
+    '## Quality (`npm run eval:base`)',
+    '',
+    ...(ev
+      ? [
+          `A ${ev.categories.length}-way category classifier (an MLP on 16×16 thumbnails) trained on the real training images of the top-level categories with ≥ 100 images reaches ${pct(ev.classifier_heldout_accuracy)} on the held-out real images (chance ${pct(ev.chance)}).`,
+          '',
+          `| metric | value |`,
+          `| --- | --- |`,
+          `| generated samples classified as their prompt's category, overall | **${pct(ev.generated_accuracy.overall)}** = ${ev.generated_accuracy.vs_chance.toFixed(2)}× chance (target ≥ 3×) |`,
+          ...Object.entries(ev.generated_accuracy.per_category).map(([c, a]) => `| … ${c} | ${pct(a)} |`),
+          `| Fréchet distance, generated vs held-out (${ev.frechet.samples} samples, ${ev.frechet.feature_dim}-d classifier features) | ${ev.frechet.generated_vs_heldout.toFixed(2)} |`,
+          `| Fréchet distance, real training subset vs held-out (the floor at this sample size) | ${ev.frechet.train_subset_vs_heldout.toFixed(2)} |`,
+          `| one 64×64 image, 25 DDIM steps with guidance, this CPU | ${ev.sample_ms_64px_25steps_cfg.toFixed(0)} ms |`,
+        ]
+      : ['Not evaluated yet: run `npm run eval:base -- --write`.']),
     '',
     '## Architecture',
     '',

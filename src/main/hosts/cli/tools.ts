@@ -6,7 +6,7 @@ import { writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { availableParallelism } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { argValue, defaultWorkerBinary } from '../../core/paths';
 import { ImageRejected, processImage } from '../../core/datasets/images';
@@ -111,6 +111,12 @@ async function main(): Promise<void> {
       minImages: Number(argValue(rest, 'min-images') ?? 100),
       log: (line) => console.error(line),
     });
+    // --write records the numbers beside the weights, where the model card quotes them.
+    if (rest.includes('--write')) {
+      const modelDir = dirname(String(result.model));
+      writeFileSync(join(modelDir, 'eval.json'), `${JSON.stringify(result, null, 1)}\n`);
+      writeModelCard(modelDir, resolve(argValue(rest, 'data') ?? `.data/clipart-${resolution}`));
+    }
     return console.log(JSON.stringify(result));
   }
   if (command === 'adapter-demo') {
