@@ -25,6 +25,11 @@ struct ShiraSlot {
     torch::Tensor idx;        // [K] int64 flat indices into weight, sorted ascending
     torch::Tensor rows, cols; // [K] int64, idx in the [out, numel/out] matrix view
     torch::Tensor base_vals;  // [K] W0 at idx in the weight's dtype: restore is a copy, never a subtraction
+    // Row split for the sparse gradient (built on first use): rows whose every column is in the mask (Struct's
+    // trained rows) get one dense product g[:, full_rows]ᵀ x; only the rest (the diagonal) is gathered.
+    // full_pos / rest_pos index the K-vector; full_pos runs row by row, matching that product's row-major order.
+    torch::Tensor full_rows, full_pos, rest_pos;
+    bool          row_split_ready = false;
     GradPath      path = GRAD_PATH_AUTO;
     GradPath      chosen = GRAD_PATH_AUTO;  // resolved path once AUTO has measured
     double        sparse_ms = -1, dense_ms = -1;

@@ -4,7 +4,8 @@
 //   shira-worker train  (--model M.safetensors | --config C.json) --data D.safetensors --out A.safetensors [--key value]...
 //   shira-worker sample --model M.safetensors [--adapter A.safetensors [--alpha 1]] --prompt "..." --out S.safetensors
 //   shira-worker init   --config C.json --out M.safetensors [--seed N]
-//   shira-worker bench | inspect --path A.safetensors | info
+//   shira-worker export --path A.safetensors --out DIR [--format peft|native]   PEFT folder (adapter_config.json + weights)
+//   shira-worker bench --kind train|switch|grad [--quick true] [--models builtin,sd15] | inspect --path A.safetensors | info
 //
 // Every "--key value" becomes an argument of the protocol op of the same name, so the CLI and the
 // protocol cannot drift apart. Output is JSON lines (progress events, then the result).
@@ -35,7 +36,7 @@ Json parse_value(const std::string& s) {
 void print(const Json& j) { std::cout << j.dump(-1, ' ', false, Json::error_handler_t::replace) << '\n' << std::flush; }
 
 int usage() {
-    std::cerr << "usage: shira-worker [--device auto|cpu|cuda] [serve|train|sample|init|bench|inspect|info] [--key value]...\n";
+    std::cerr << "usage: shira-worker [--device auto|cpu|cuda] [serve|train|sample|init|export|bench|inspect|info] [--key value]...\n";
     return 2;
 }
 
@@ -99,6 +100,8 @@ int main(int argc, char** argv) {
             result = worker_run_op(st, "save_model", args, emit);
         } else if (command == "bench") {
             result = worker_run_op(st, "bench", args, emit);
+        } else if (command == "export") {
+            result = worker_run_op(st, "adapter_export", args, emit);
         } else if (command == "inspect") {
             result = worker_run_op(st, "adapter_inspect", args, emit);
         } else if (command == "info") {

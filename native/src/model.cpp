@@ -570,8 +570,9 @@ std::map<std::string, torch::Tensor> DiffusionModel::named_parameters() const {
     return out;
 }
 
-std::map<std::string, std::shared_ptr<LayerImpl>> DiffusionModel::layers() const {
-    std::map<std::string, std::shared_ptr<LayerImpl>> out;
+const std::map<std::string, std::shared_ptr<LayerImpl>>& DiffusionModel::layers() const {
+    if (!layers_cache_.empty()) return layers_cache_;
+    auto& out = layers_cache_;
     for (const auto& m : unet->named_modules()) {
         if (auto l = std::dynamic_pointer_cast<LayerImpl>(m.value())) out["unet." + m.key()] = l;
     }

@@ -100,9 +100,12 @@ struct DiffusionModel {
 
     // "unet.<path>" / "text_encoder.<path>" -> parameter (live tensors, not copies).
     std::map<std::string, torch::Tensor> named_parameters() const;
-    // Every adaptable layer by module path ("unet.mid_block.attentions.0.proj_in").
-    std::map<std::string, std::shared_ptr<LayerImpl>> layers() const;
+    // Every adaptable layer by module path ("unet.mid_block.attentions.0.proj_in"). Built once and cached:
+    // the module tree never changes after init, and walking it costs ~ms per call (switching, every step).
+    const std::map<std::string, std::shared_ptr<LayerImpl>>& layers() const;
     torch::Tensor predict(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context);
+
+    mutable std::map<std::string, std::shared_ptr<LayerImpl>> layers_cache_;
 };
 
 // Random init (seeded) from a config; weights in fp32.

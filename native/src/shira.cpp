@@ -43,17 +43,46 @@ std::vector<std::pair<std::string, std::shared_ptr<LayerImpl>>> target_layers(Di
     return out;
 }
 
-torch::Tensor sparse_path(const torch::Tensor& g, const torch::Tensor& x, const ShiraSlot& s) {
-    // g [N, m], x [N, n]. Transposed copies make each gathered row contiguous over N, so the
-    // product below streams memory instead of striding by m or n per element.
-    const int64_t N = g.size(0), K = s.idx.numel();
-    torch::Tensor gt = g.t().contiguous(), xt = x.t().contiguous();
-    torch::Tensor out = torch::empty({K}, g.options());
+// dL/dδ_k = Σ_n g[n, i_k]·x[n, j_k] for the entries (rows, cols), streaming over N in bounded chunks.
+torch::Tensor gather_grad(const torch::Tensor& gt, const torch::Tensor& xt, const torch::Tensor& rows, const torch::Tensor& cols) {
+    // gt [m, N], xt [n, N]: each gathered row is contiguous over N, so the product streams memory.
+    const int64_t N = gt.size(1), K = rows.numel();
+    torch::Tensor out = torch::empty({K}, gt.options());
     // Bounds the [chunk, N] temporaries to ~16 MiB each regardless of K.
     const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 22) / std::max<int64_t>(N, 1));
     for (int64_t b = 0; b < K; b += chunk) {
         const int64_t e = std::min(K, b + chunk);
-        out.slice(0, b, e).copy_((gt.index_select(0, s.rows.slice(0, b, e)) * xt.index_select(0, s.cols.slice(0, b, e))).sum(1));
+        out.slice(0, b, e).copy_((gt.index_select(0, rows.slice(0, b, e)) * xt.index_select(0, cols.slice(0, b, e))).sum(1));
+    }
+    return out;
+}
+
+void prepare_row_split(ShiraSlot& s, int64_t m, int64_t n) {
+    torch::Tensor counts = torch::bincount(s.rows.cpu(), {}, m);
+    torch::Tensor full   = counts.eq(n);
+    torch::Tensor in_full = full.index_select(0, s.rows.cpu());
+    s.full_rows       = full.nonzero().reshape(-1).to(s.idx.device());
+    s.full_pos        = in_full.nonzero().reshape(-1).to(s.idx.device());
+    s.rest_pos        = (~in_full).nonzero().reshape(-1).to(s.idx.device());
+    s.row_split_ready = true;
+}
+
+torch::Tensor sparse_path(const torch::Tensor& g, const torch::Tensor& x, const ShiraSlot& slot_in) {
+    auto& s = const_cast<ShiraSlot&>(slot_in);  // the row split is a cache of the (fixed) mask
+    // g [N, m], x [N, n].
+    if (!s.row_split_ready) prepare_row_split(s, g.size(1), x.size(1));
+    torch::Tensor out = torch::empty({s.idx.numel()}, g.options());
+    if (s.full_rows.numel()) {
+        // Struct: d× the FLOPs of the full dW, one GEMM.
+        out.index_put_({s.full_pos}, g.index_select(1, s.full_rows).t().mm(x).reshape(-1));
+    }
+    if (s.rest_pos.numel() && s.rest_pos.numel() <= g.size(1) + x.size(1)) {
+        // A few entries (Struct's diagonal): gather their columns directly instead of transposing all of g and x.
+        torch::Tensor r = s.rows.index_select(0, s.rest_pos), c = s.cols.index_select(0, s.rest_pos);
+        out.index_put_({s.rest_pos}, (g.index_select(1, r) * x.index_select(1, c)).sum(0));
+    } else if (s.rest_pos.numel()) {
+        torch::Tensor gt = g.t().contiguous(), xt = x.t().contiguous();
+        out.index_put_({s.rest_pos}, gather_grad(gt, xt, s.rows.index_select(0, s.rest_pos), s.cols.index_select(0, s.rest_pos)));
     }
     return out;
 }
@@ -86,17 +115,17 @@ struct ShiraFunction : torch::autograd::Function<ShiraFunction> {
             if (layer->kind == LAYER_KIND_LINEAR) {
                 if (need_x) grad_x = g.matmul(W.to(g.scalar_type()));
                 g2 = g.reshape({-1, layer->out_features});
-                x2 = x.reshape({-1, layer->in_features});
+                x2 = x.reshape({-1, layer->in_features}).to(g.scalar_type());  // bf16 autocast: g is bf16, x may be fp32
             } else {  // a 1x1 conv is a Linear over channels: [B, C, H, W] -> [B·H·W, C]
                 if (need_x) grad_x = torch::conv2d(g, W.to(g.scalar_type()).transpose(0, 1));
                 g2 = g.permute({0, 2, 3, 1}).reshape({-1, layer->out_features});
-                x2 = x.permute({0, 2, 3, 1}).reshape({-1, layer->in_features});
+                x2 = x.permute({0, 2, 3, 1}).reshape({-1, layer->in_features}).to(g.scalar_type());
             }
             grad_values = shira_matrix_grad(g2, x2, slot, slot.path);
         } else {
             // General convs take the dense path: unfold would need [B·H·W, in·kh·kw] per step, which costs
             // more than the weight gradient it avoids for the kernel sizes used here.
-            auto res = at::convolution_backward(g, x, W.to(g.scalar_type()), c10::nullopt, {layer->stride, layer->stride},
+            auto res = at::convolution_backward(g, x.to(g.scalar_type()), W.to(g.scalar_type()), c10::nullopt, {layer->stride, layer->stride},
                                                 {layer->padding, layer->padding}, {1, 1}, false, {0, 0}, 1,
                                                 {need_x, true, false});
             grad_x      = std::get<0>(res);
@@ -446,7 +475,12 @@ Adapter adapter_load(const std::string& path) {
             if (n < 1 || (t.numel() && (ij.min().item<int64_t>() < 0 || ij[1].max().item<int64_t>() >= n))) {
                 throw_bad_input("adapter '" + path + "': SHiRA indices out of range for '" + name + "'");
             }
-            a.shira[name] = {ij[0] * n + ij[1], t, n};
+            // Mixing relies on sorted, unique indices (PEFT writes row-major order; other writers may not).
+            auto [idx, order] = (ij[0] * n + ij[1]).sort();
+            if (idx.numel() > 1 && idx.slice(0, 1).eq(idx.slice(0, 0, -1)).any().item<bool>()) {
+                throw_bad_input("adapter '" + path + "': duplicate SHiRA indices for '" + name + "'");
+            }
+            a.shira[name] = {idx.contiguous(), t.index_select(0, order).contiguous(), n};
         } else if (ends_with(key, ".lora_A.weight")) {
             const std::string name = key.substr(0, key.size() - 14);
             auto              it   = st.tensors.find(name + ".lora_B.weight");
@@ -488,8 +522,9 @@ double mix_apply(DiffusionModel& model, MixState& state, const std::vector<std::
         for (const auto& [name, t] : a->shira) {
             auto it = layers.find(name);
             if (it == layers.end()) throw_bad_input("adapter layer '" + name + "' is not in the model");
+            // idx is sorted (adapter_load / shira_detach guarantee it), so its last entry is the maximum.
             if (t.cols != cols_of(it->second->weight) ||
-                (t.idx.numel() && t.idx.max().item<int64_t>() >= it->second->weight.numel())) {
+                (t.idx.numel() && t.idx[t.idx.numel() - 1].item<int64_t>() >= it->second->weight.numel())) {
                 throw_bad_input("adapter indices exceed layer '" + name + "'");
             }
         }
@@ -513,23 +548,33 @@ double mix_apply(DiffusionModel& model, MixState& state, const std::vector<std::
             W.add_(BA.view(W.sizes()).to(W.scalar_type()), alpha * t.alpha / (double)t.rank());
         }
     }
-    // 3. SHiRA: over the union U of indices, W[U] = W0[U] + Σ αᵢ Sᵢ (overlaps accumulate via the inverse map)
-    std::map<std::string, std::vector<std::pair<torch::Tensor, torch::Tensor>>> per_layer;
+    // 3. SHiRA: over the union U of indices, W[U] = W0[U] + Σ αᵢ Sᵢ (overlaps accumulate via the inverse map).
+    // One adapter on a layer (the common switch A → B) needs no union: its indices are already sorted and unique.
+    std::map<std::string, std::vector<std::pair<const ShiraTensor*, double>>> per_layer;
     for (const auto& [a, alpha] : mix) {
-        for (const auto& [name, t] : a->shira) per_layer[name].emplace_back(t.idx, t.values * alpha);
+        for (const auto& [name, t] : a->shira) per_layer[name].emplace_back(&t, alpha);
     }
     for (auto& [name, parts] : per_layer) {
-        torch::Tensor& W = layers.at(name)->weight;
+        torch::Tensor& W    = layers.at(name)->weight;
+        torch::Tensor  flat = W.view(-1);
+        if (parts.size() == 1) {
+            const ShiraTensor& t   = *parts[0].first;
+            torch::Tensor      idx = t.idx.to(W.device());
+            torch::Tensor      base = flat.index_select(0, idx);
+            flat.index_put_({idx}, (base.to(torch::kFloat32) + t.values.to(W.device()) * parts[0].second).to(W.scalar_type()));
+            state.shira_union[name] = idx;
+            state.shira_base[name]  = base;
+            continue;
+        }
         std::vector<torch::Tensor> idxs, vals;
-        for (auto& [i, v] : parts) {
-            idxs.push_back(i);
-            vals.push_back(v);
+        for (auto& [t, alpha] : parts) {
+            idxs.push_back(t->idx);
+            vals.push_back(t->values * alpha);
         }
         torch::Tensor all_idx = torch::cat(idxs).to(W.device());
         auto [uni, inverse, counts] = torch::_unique2(all_idx, true, true, false);
         torch::Tensor acc = torch::zeros({uni.numel()}, torch::TensorOptions().dtype(torch::kFloat32).device(W.device()));
         acc.index_add_(0, inverse, torch::cat(vals).to(W.device()));
-        torch::Tensor flat = W.view(-1);
         torch::Tensor base = flat.index_select(0, uni);
         flat.index_put_({uni}, (base.to(torch::kFloat32) + acc).to(W.scalar_type()));
         state.shira_union[name] = uni;

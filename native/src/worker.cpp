@@ -5,13 +5,16 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <set>
 #include <fstream>
 #include <iostream>
 #include <sys/stat.h>
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/autocast_mode.h>
 
 #include "common.h"
+#include "bench.h"
 #include "diffusion.h"
 #include "safetensors.h"
 
@@ -364,7 +367,7 @@ Json op_train(WorkerState& st, const Json& args, const EmitFn& emit) {
         o.density   = density;
         o.seed      = seed;
         o.targets   = targets;
-        const std::string path = get_str(args, "grad_path", "dense");
+        const std::string path = get_str(args, "grad_path", "auto");  // docs/benchmarks.md: auto >= dense end to end
         if (path != "auto" && path != "sparse" && path != "dense") throw_bad_input("grad_path must be auto, sparse or dense");
         o.grad_path = path == "auto" ? GRAD_PATH_AUTO : path == "sparse" ? GRAD_PATH_SPARSE : GRAD_PATH_DENSE;
         for (const auto& p : get_str_list(args, "exclude", {})) excluded.push_back(adapter_load(p));
@@ -426,6 +429,24 @@ Json op_train(WorkerState& st, const Json& args, const EmitFn& emit) {
                          {{"step", std::to_string(step)}, {"prompts", Json(sample_prompts).dump()}, {"seed", std::to_string(sp.seed)}});
         emit({{"event", "sample"}, {"step", step}, {"path", path}});
     };
+
+    // bf16 autocast on CUDA (issue 3): matmuls/convs run in bf16 while weights, SHiRA values, LoRA factors
+    // and optimiser state stay fp32. Thread-local, so it is switched on for this job's thread only and off
+    // again on every exit; CPU runs never enable it.
+    const bool use_autocast = model.device.is_cuda() && get_str(args, "precision", "bf16") == "bf16";
+    struct AutocastScope {
+        bool on;
+        explicit AutocastScope(bool on) : on(on) {
+            if (!on) return;
+            at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+            at::autocast::set_enabled(true);
+        }
+        ~AutocastScope() {
+            if (!on) return;
+            at::autocast::set_enabled(false);
+            at::autocast::clear_cache();
+        }
+    } autocast_scope(use_autocast);
 
     const double        t_start = now_s();
     double              last_loss = 0, first_loss = -1;
@@ -503,7 +524,8 @@ Json op_train(WorkerState& st, const Json& args, const EmitFn& emit) {
         adapter_save(adapter, out);
     }
     return {{"out", out}, {"steps", steps}, {"start_step", start_step}, {"first_loss", first_loss}, {"final_loss", last_loss},
-            {"trainable", trainable}, {"ema", ema_decay}, {"seconds", now_s() - t_start}, {"grad_paths", paths}};
+            {"trainable", trainable}, {"ema", ema_decay}, {"autocast_bf16", use_autocast}, {"seconds", now_s() - t_start},
+            {"grad_paths", paths}};
 }
 
 Json op_sample(WorkerState& st, const Json& args) {
@@ -563,28 +585,67 @@ Json op_adapter_inspect(const Json& args) {
             {"tensors", tensors}};
 }
 
-Json op_bench(WorkerState& st, const Json& args, const EmitFn& emit) {
-    // Sparse vs dense-then-gather weight gradient for SD-1.5-like Linear shapes (out × in) at N tokens.
-    const double  density = get_num(args, "density", 0.02, 1e-9, 1);
-    const int64_t tokens  = get_int(args, "tokens", 1024, 1, 1 << 20);
-    const int     reps    = (int)get_int(args, "reps", 3, 1, 100);
-    const std::vector<std::array<int64_t, 2>> shapes = {{320, 320}, {320, 768}, {2560, 320}, {320, 1280}, {1280, 1280}};
-    Json rows = Json::array();
-    for (const auto& s : shapes) {
-        for (MaskType mask : {MASK_TYPE_STRUCT, MASK_TYPE_RAND}) {
-            if (st.cancel.load()) throw WorkerError(ERROR_TYPE_CANCELLED, "bench cancelled");
-            const int64_t K   = shira_k(s[0] * s[1], density);
-            torch::Tensor idx = mask == MASK_TYPE_STRUCT ? mask_struct(s[0], s[1], K) : mask_rand(s[0] * s[1], K, 0);
-            auto          t   = shira_time_grad_paths(tokens, s[0], s[1], idx, reps);
-            Json row = {{"name", "grad_path"}, {"device", "cpu"}, {"shape", {s[0], s[1]}}, {"mask", mask_type_name(mask)},
-                        {"tokens", tokens}, {"k", K}, {"sparse_ms", t.sparse_ms}, {"dense_ms", t.dense_ms},
-                        {"winner", t.sparse_ms <= t.dense_ms ? "sparse" : "dense"}, {"maxdiff", t.maxdiff},
-                        {"dense_dw_bytes", t.dense_dw_bytes}};
-            emit({{"event", "bench_row"}, {"row", row}});
-            rows.push_back(row);
-        }
+// PEFT layout (notes §4.6): a folder with adapter_model.safetensors ("base_model.model.<module>.shira_weight" fp32 [K],
+// ".shira_indices" int32 [2, K]) and adapter_config.json, one folder per component: the UNet's layers at the top
+// (module paths relative to the UNet, as get_peft_model(pipe.unet) names them), text-encoder layers in text_encoder/.
+// PEFT sizes each layer as K = r·(m+n); `r` here is the whole-adapter average, so stock PEFT loads the file only where
+// that matches (density-based masks give every layer its own K; the per-layer K are in the file's metadata).
+Json op_adapter_export(const Json& args) {
+    const Adapter     a      = adapter_load(need_str(args, "path"));
+    const std::string out    = need_str(args, "out");
+    const std::string format = get_str(args, "format", "peft");
+    if (format == "native") {
+        adapter_save(a, out);
+        return {{"out", out}, {"format", format}};
     }
-    return {{"rows", rows}};
+    if (format != "peft") throw_bad_input("format must be 'peft' or 'native'");
+    if (a.kind != ADAPTER_KIND_SHIRA) throw_bad_input("PEFT export is for SHiRA adapters (LoRA files already use PEFT's key names)");
+    Json folders = Json::array();
+    for (const std::string component : {"unet", "text_encoder"}) {
+        std::map<std::string, torch::Tensor> tensors;
+        std::set<std::string>                targets;
+        Json                                 ks = Json::object();
+        int64_t                              total_k = 0, total_mn = 0;
+        for (const auto& [name, t] : a.shira) {
+            if (name.rfind(component + ".", 0) != 0) continue;
+            const std::string module = name.substr(component.size() + 1);
+            const std::string key    = "base_model.model." + module;
+            const int64_t     m      = t.idx.numel() ? t.idx[t.idx.numel() - 1].item<int64_t>() / t.cols + 1 : 0;
+            tensors[key + ".shira_weight"]  = t.values.to(torch::kFloat32);
+            tensors[key + ".shira_indices"] = torch::stack({torch::div(t.idx, t.cols, "floor"), t.idx.remainder(t.cols)}).to(torch::kInt32);
+            ks[module] = t.idx.numel();
+            total_k += t.idx.numel();
+            total_mn += m + t.cols;  // m is a lower bound (the last trained row); exact for Struct/diagonal masks
+            // PEFT matches target_modules as dotted suffixes; numeric leaves need their parents ("ff.net.2").
+            std::string leaf = module.substr(module.rfind('.') == std::string::npos ? 0 : module.rfind('.') + 1);
+            for (const char* multi : {"ff.net.0.proj", "ff.net.2", "to_out.0"}) {
+                if (layer_matches(module, {multi})) leaf = multi;
+            }
+            targets.insert(leaf);
+        }
+        if (tensors.empty()) continue;
+        const std::string dir = component == "unet" ? out : out + "/text_encoder";
+        std::error_code ec;
+        std::filesystem::create_directories(dir, ec);
+        if (ec) throw_bad_input("cannot create '" + dir + "': " + ec.message());
+        const int64_t r = std::max<int64_t>(1, std::llround((double)total_k / (double)std::max<int64_t>(1, total_mn)));
+        std::string mask = a.metadata.count("mask") ? a.metadata.at("mask") : "random";
+        if (mask == "rand") mask = "random";
+        Json config = {{"peft_type", "SHIRA"}, {"r", r}, {"mask_type", mask}, {"target_modules", Json(std::vector<std::string>(targets.begin(), targets.end()))},
+                       {"random_seed", a.metadata.count("seed") ? Json(std::stoll(a.metadata.at("seed"))) : Json(nullptr)},
+                       {"fan_in_fan_out", false}, {"init_weights", true}, {"inference_mode", true}, {"modules_to_save", nullptr},
+                       {"task_type", nullptr}, {"base_model_name_or_path", nullptr}, {"revision", nullptr}};
+        safetensors_save(dir + "/adapter_model.safetensors", tensors,
+                         {{"format", "pt"}, {"shira_k", ks.dump()}, {"source", "shira-studio"}});
+        write_file_atomic(dir + "/adapter_config.json", config.dump(2) + "\n");
+        folders.push_back({{"dir", dir}, {"tensors", (int64_t)tensors.size() / 2}, {"r", r}, {"trainable", total_k}});
+    }
+    if (folders.empty()) throw_bad_input("adapter has no SHiRA tensors to export");
+    return {{"out", out}, {"format", format}, {"folders", folders}};
+}
+
+Json op_bench(WorkerState& st, const Json& args, const EmitFn& emit) {
+    return bench_run(args, st.device, emit, [&] { return st.cancel.load(); });
 }
 
 }  // namespace
@@ -620,10 +681,7 @@ Json worker_run_op(WorkerState& st, const std::string& op, const Json& args, con
     if (op == "apply_mix") return op_apply_mix(st, args);
     if (op == "clear_mix") return {{"ms", mix_clear(need_model(st), st.mix)}};
     if (op == "adapter_inspect") return op_adapter_inspect(args);
-    if (op == "adapter_export") {
-        adapter_save(adapter_load(need_str(args, "path")), need_str(args, "out"));
-        return {{"out", need_str(args, "out")}};
-    }
+    if (op == "adapter_export") return op_adapter_export(args);
     if (op == "bench") return op_bench(st, args, emit);
     throw_bad_input("unknown op '" + op +
                     "' (allowed: info, load_model, unload, save_model, train, cancel, sample, apply_mix, clear_mix, "

@@ -2,6 +2,7 @@
 // Reference-oracle style (llm.c): the fused/sparse production path is compared against plain
 // dense autograd, printing maxdiff so regressions show their size, not just a failure.
 #include <cstdio>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <string>
@@ -218,10 +219,11 @@ void test_masks() {
     std::printf("  masks: exact K, sorted/unique, seed determinism, Struct pattern, non-overlap, top-K (WM/Grad/SNIP)\n");
 }
 
-std::shared_ptr<ShiraSlot> make_slot(const torch::Tensor& W, double density, uint64_t seed) {
+std::shared_ptr<ShiraSlot> make_slot(const torch::Tensor& W, double density, uint64_t seed, bool structured = false) {
     const int64_t n = W.numel() / W.size(0);
     auto          s = std::make_shared<ShiraSlot>();
-    s->idx          = mask_rand(W.numel(), shira_k(W.numel(), density), seed);
+    const int64_t K = shira_k(W.numel(), density);
+    s->idx          = structured ? mask_struct(W.size(0), n, K) : mask_rand(W.numel(), K, seed);
     s->rows         = torch::div(s->idx, n, "floor");
     s->cols         = s->idx.remainder(n);
     s->base_vals    = W.detach().reshape(-1).index_select(0, s->idx).clone();
@@ -242,10 +244,11 @@ void test_sparse_grad() {
         {"conv3x3 s2 [8x16x3x3], x [2,16,9,9]", Layer(LAYER_KIND_CONV, 16, 8, 3, 2, 1), torch::randn({2, 16, 9, 9})},
     };
     for (auto& c : cases) {
+      for (bool structured : {false, true}) {  // Struct takes the full-row GEMM + diagonal-gather split
         for (GradPath path : {GRAD_PATH_SPARSE, GRAD_PATH_DENSE, GRAD_PATH_AUTO}) {
             auto& L = *c.layer;
             for (auto& p : L.parameters()) p.set_requires_grad(false);
-            L.shira       = make_slot(L.weight, 0.1, 3);
+            L.shira       = make_slot(L.weight, 0.1, 3, structured);
             L.shira->path = path;
             // Oracle: dense autograd through an ordinary weight, gathered at the mask.
             torch::Tensor W2 = L.weight.detach().clone().requires_grad_(true);
@@ -255,11 +258,13 @@ void test_sparse_grad() {
             torch::Tensor probe = torch::randn(y1.sizes());
             (y1 * probe).sum().backward();
             (y2 * probe).sum().backward();
-            const char* pn = path == GRAD_PATH_SPARSE ? "sparse" : path == GRAD_PATH_DENSE ? "dense" : "auto";
+            const std::string pn = std::string(structured ? "struct " : "rand ") +
+                                   (path == GRAD_PATH_SPARSE ? "sparse" : path == GRAD_PATH_DENSE ? "dense" : "auto");
             check_close((std::string(c.name) + " dδ " + pn).c_str(), L.shira->values.grad(), W2.grad().view(-1).index_select(0, L.shira->idx), 1e-4);
             check_close((std::string(c.name) + " dx " + pn).c_str(), x1.grad(), x2.grad(), 1e-4);
             L.shira.reset();
         }
+      }
     }
     // Timing of the two paths (SD-1.5 attention shapes, 1024 tokens, 2 % density).
     for (auto [m, n] : std::vector<std::pair<int64_t, int64_t>>{{320, 320}, {1280, 1280}}) {
@@ -380,6 +385,40 @@ void test_mix() {
     EXPECT(bit_identical(*model, with_a));
     mix_clear(*model, st);
     EXPECT(bit_identical(*model, w0));
+}
+
+// PEFT export: keys "base_model.model.<module>.shira_weight|shira_indices" relative to the UNet, int32 [2, K]
+// (row, col) indices, and an adapter_config.json PEFT can parse.
+void test_export() {
+    auto    model = model_init(tiny_config(), 3, torch::kCPU);
+    Adapter A     = random_shira(*model, MASK_TYPE_STRUCT, 1, 0.1);
+    A.metadata["mask"] = "struct";
+    A.metadata["seed"] = "1";
+    const std::string src = kTmp + "-exp.safetensors", dir = kTmp + "-peft";
+    adapter_save(A, src);
+    WorkerState st(torch::kCPU);
+    Json r = worker_run_op(st, "adapter_export", {{"path", src}, {"out", dir}}, [](const Json&) {});
+    SafeTensors peft = safetensors_load(dir + "/adapter_model.safetensors");
+    EXPECT(peft.tensors.size() == 2 * A.shira.size());
+    for (const auto& [name, t] : A.shira) {
+        const std::string key = "base_model.model." + name.substr(5);  // drop "unet."
+        EXPECT(peft.tensors.count(key + ".shira_weight") && peft.tensors.count(key + ".shira_indices"));
+        if (!peft.tensors.count(key + ".shira_indices")) continue;
+        const torch::Tensor& ij = peft.tensors.at(key + ".shira_indices");
+        EXPECT(ij.scalar_type() == torch::kInt32 && ij.size(0) == 2 && ij.size(1) == t.idx.numel());
+        EXPECT(torch::equal(ij[0].to(torch::kInt64) * t.cols + ij[1].to(torch::kInt64), t.idx));
+        EXPECT(torch::equal(peft.tensors.at(key + ".shira_weight"), t.values));
+    }
+    std::ifstream in(dir + "/adapter_config.json");
+    Json cfg = Json::parse(in);
+    EXPECT(cfg["peft_type"] == "SHIRA" && cfg["mask_type"] == "struct" && cfg["r"].get<int64_t>() >= 1);
+    auto tm = cfg["target_modules"].get<std::vector<std::string>>();
+    for (const char* want : {"to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"}) {
+        EXPECT(std::find(tm.begin(), tm.end(), want) != tm.end());
+    }
+    std::printf("  PEFT export: %zu tensors, r=%lld, target_modules %s\n", peft.tensors.size(), (long long)cfg["r"].get<int64_t>(),
+                cfg["target_modules"].dump().c_str());
+    EXPECT(throws_type(ERROR_TYPE_BAD_INPUT, [&] { worker_run_op(st, "adapter_export", {{"path", src}, {"out", dir}, {"format", "onnx"}}, [](const Json&) {}); }));
 }
 
 void test_lora() {
@@ -683,7 +722,7 @@ int main(int argc, char** argv) {
     const std::map<std::string, std::function<void()>> cases = {
         {"safetensors", test_safetensors}, {"masks", test_masks}, {"sparse_grad", test_sparse_grad},
         {"fused_forward", test_fused_forward}, {"mix", test_mix}, {"lora", test_lora},
-        {"model", test_model}, {"train", test_train}, {"sample", test_sample}, {"resume", test_resume},
+        {"model", test_model}, {"train", test_train}, {"sample", test_sample}, {"resume", test_resume}, {"export", test_export},
     };
     int run = 0;
     for (const auto& [name, fn] : cases) {

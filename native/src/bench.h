@@ -1,0 +1,35 @@
+// Benchmarks (issue 3): per-step training time and peak memory of SHiRA (each mask) vs parameter-matched
+// LoRA vs full fine-tune, whole-model adapter switching A→B (SHiRA scatter vs LoRA fuse), and the
+// per-layer sparse vs dense-then-gather weight gradient. Each row goes to `emit` as
+// {"event":"bench_row","row":{name, device, model, ...}} as soon as it is measured.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "model.h"
+
+// The two model sizes benchmarked. "builtin": 64×64 pixels, channels [64,128,256], attention [no,yes,yes],
+// 2 layers per block (stands in for the shipped model). "sd15": SD-1.5's UNet shape (channels
+// [320,640,1280,1280], attention on the first three levels, 2 layers per block, 8 heads, context 768)
+// with random weights and a 1-layer text encoder; the spatial size is an argument so CPUs finish.
+ModelConfig bench_model_config(const std::string& name, int64_t size);
+
+// Peak memory since the last reset: on CUDA the caching allocator's peak allocated bytes; on CPU the
+// process's peak resident set (VmHWM, reset through /proc/self/clear_refs), which also counts the
+// weights and anything else resident. `kind` names which one was measured.
+struct MemProbe {
+    std::string kind;
+    int64_t     base_bytes = -1;  // allocated / resident at reset
+    int64_t     peak_bytes = -1;
+};
+void    mem_peak_reset(torch::Device device, MemProbe& probe);
+void    mem_peak_read(torch::Device device, MemProbe& probe);
+void    device_sync(torch::Device device);  // waits for queued kernels so wall-clock timings are honest
+
+// kind: "train" | "switch" | "grad". Returns {"rows": [...]}.
+nlohmann::json bench_run(const nlohmann::json& args, torch::Device device,
+                         const std::function<void(const nlohmann::json&)>& emit, const std::function<bool()>& should_stop);
