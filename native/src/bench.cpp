@@ -75,6 +75,12 @@ void device_sync(torch::Device device) {
 #endif
 }
 
+#ifdef SHIRA_HAS_CUDA
+// StatType::AGGREGATE is 0 in every libtorch; its namespace moved (c10::cuda::CUDACachingAllocator in 1.x,
+// c10::CachingDeviceAllocator in 2.x), so the index is spelled out instead of the enum.
+constexpr size_t kAggregateStat = 0;
+#endif
+
 void mem_peak_reset(torch::Device device, MemProbe& probe) {
 #ifdef SHIRA_HAS_CUDA
     if (device.is_cuda()) {
@@ -82,7 +88,7 @@ void mem_peak_reset(torch::Device device, MemProbe& probe) {
         c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
         const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
         probe.kind       = "cuda_allocator_peak_allocated";
-        probe.base_bytes = stats.allocated_bytes[(size_t)c10::cuda::CUDACachingAllocator::StatType::AGGREGATE].current;
+        probe.base_bytes = stats.allocated_bytes[kAggregateStat].current;
         return;
     }
 #endif
@@ -98,7 +104,7 @@ void mem_peak_read(torch::Device device, MemProbe& probe) {
     if (device.is_cuda()) {
         device_sync(device);
         const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
-        probe.peak_bytes = stats.allocated_bytes[(size_t)c10::cuda::CUDACachingAllocator::StatType::AGGREGATE].peak;
+        probe.peak_bytes = stats.allocated_bytes[kAggregateStat].peak;
         return;
     }
 #endif
