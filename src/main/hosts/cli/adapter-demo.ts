@@ -86,7 +86,7 @@ export async function runAdapterDemo(o: DemoOptions): Promise<Record<string, unk
     await worker.request('load_model', { path: o.model });
     const sample = async (label: string) => {
       const out = join(o.workDir, `sample-${label}.safetensors`);
-      await worker.request('sample', { prompt: o.prompts, seed: o.seed, steps: 30, guidance: 4, out });
+      await worker.request('sample', { prompt: o.prompts, batch: o.prompts.length, seed: o.seed, steps: 30, guidance: 4, out });
       const t = readSafetensors(out).tensors.get('images')!;
       shape = t.shape;
       grids.push(t.data);

@@ -6,13 +6,14 @@
 //      `--resume`, samples every M steps (written as PNG grids beside the checkpoints)
 //   4. export: fp16 weights, config, vocabulary, a sample grid and MODEL_CARD.md into
 //      resources/models/<name>/, where the app registers it as the default base model
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { appendFileSync, copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import sharp from 'sharp';
 import { readSafetensors, writeSafetensors, type TensorData } from '../../core/worker/safetensors';
+import { WorkerSupervisor } from '../../core/worker/supervisor';
 import { buildClipartDataset } from './clipart';
 
 export function buildVocab(captions: readonly string[], minCount = 2, max = 8192): string[] {
@@ -232,22 +233,24 @@ function exportBase(o: TrainBaseOptions & { name: string; configFile: string; fi
   return summary;
 }
 
-/** A prompts × seeds grid of the exported model, for the model card. */
-export function sampleGrid(worker: string, modelDir: string, out: string, seeds = [1, 2, 3, 4], threads = 2): Promise<void> {
+/** A prompts × seeds grid of the exported model, for the model card, through the worker protocol. */
+export async function sampleGrid(worker: string, modelDir: string, out: string, seeds = [1, 2, 3, 4], threads = 1): Promise<void> {
   const tmp = join(modelDir, '.grid.safetensors');
   const parts: Uint8Array[] = [];
   let shape: number[] = [];
-  for (const seed of seeds) {
-    const r = spawnSync(worker, ['sample', '--model', join(modelDir, 'model.safetensors'), '--prompt', JSON.stringify(SAMPLE_PROMPTS), '--seed', String(seed), '--steps', '30', '--guidance', '4', '--out', tmp], {
-      encoding: 'utf8',
-      env: { ...process.env, OMP_NUM_THREADS: String(threads) },
-    });
-    if (r.status !== 0) throw new Error(`sampling failed: ${r.stdout}${r.stderr}`);
-    const t = readSafetensors(tmp).tensors.get('images')!;
-    shape = t.shape;
-    parts.push(t.data);
+  const w = new WorkerSupervisor({ binary: worker, threads });
+  try {
+    await w.request('load_model', { path: join(modelDir, 'model.safetensors') });
+    for (const seed of seeds) {
+      await w.request('sample', { prompt: SAMPLE_PROMPTS, batch: SAMPLE_PROMPTS.length, seed, steps: 30, guidance: 4, out: tmp });
+      const t = readSafetensors(tmp).tensors.get('images')!;
+      shape = t.shape;
+      parts.push(t.data);
+    }
+  } finally {
+    await w.close();
   }
-  const [n, h, w] = shape as [number, number, number];
-  writeSafetensors(tmp, [['images', { dtype: 'U8', shape: [n * seeds.length, h, w, 3], data: Buffer.concat(parts) }]]);
-  return imagesToGrid(tmp, n, out, 2).finally(() => rmSync(tmp, { force: true }));
+  const [n, h, wd] = shape as [number, number, number];
+  writeSafetensors(tmp, [['images', { dtype: 'U8', shape: [n * seeds.length, h, wd, 3], data: Buffer.concat(parts) }]]);
+  await imagesToGrid(tmp, n, out, 2).finally(() => rmSync(tmp, { force: true }));
 }

@@ -90,7 +90,7 @@ async function trainBaseCommand(argv: string[]): Promise<void> {
     dataDir: resolve(argValue(argv, 'data') ?? `.data/clipart-${resolution}`),
     log: (line) => console.error(line),
   });
-  await sampleGrid(worker, outDir, join(outDir, 'samples.png'), [1, 2, 3, 4], threads);
+  await sampleGrid(worker, outDir, join(outDir, 'samples.png'), [1, 2, 3, 4], 1);
   writeModelCard(outDir, resolve(argValue(argv, 'data') ?? `.data/clipart-${resolution}`));
   console.log(JSON.stringify(summary));
 }
@@ -153,6 +153,11 @@ async function main(): Promise<void> {
       stride: Number(argValue(rest, 'stride') ?? 1),
     });
     return console.log(JSON.stringify(r));
+  }
+  if (command === 'sample-grid') {
+    const appRoot = fileURLToPath(new URL('../../', import.meta.url));
+    const dir = resolve(rest[0] ?? join(appRoot, 'resources/models/clipart-64'));
+    return sampleGrid(defaultWorkerBinary(appRoot), dir, join(dir, 'samples.png'));
   }
   if (command === 'model-card') return writeModelCard(resolve(rest[0] ?? 'resources/models/clipart-64'), resolve(rest[1] ?? '.data/clipart-64'));
   if (command === 'pack') return pack(rest);

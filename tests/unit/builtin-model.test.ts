@@ -1,0 +1,53 @@
+// The shipped base model, through the real worker binary the app runs: it must load and draw.
+// The worker is built by `npm test`'s set-up; outside CI a missing build skips with the reason.
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { findBuiltinModels } from '../../src/main/core/models/builtin';
+import { readSafetensors } from '../../src/main/core/worker/safetensors';
+import { WorkerSupervisor } from '../../src/main/core/worker/supervisor';
+import { tempDir } from './helpers';
+
+const ROOT = resolve(__dirname, '../..');
+const WORKER = join(ROOT, 'native', 'build', 'shira-worker');
+const models = findBuiltinModels(join(ROOT, 'resources'));
+const runnable = existsSync(WORKER) || process.env.CI === 'true';
+
+const cleanups: (() => void | Promise<void>)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0)) await c();
+});
+
+describe.runIf(runnable)('shipped base model', () => {
+  it('is present, with fp16 weights under 60 MB', () => {
+    expect(models.map((m) => m.name)).toContain('clipart-64');
+    const weights = readSafetensors(models.find((m) => m.name === 'clipart-64')!.weightsPath);
+    const dtypes = new Set([...weights.tensors.values()].map((t) => t.dtype));
+    expect(dtypes).toEqual(new Set(['F16']));
+    expect([...weights.tensors.values()].reduce((a, t) => a + t.data.byteLength, 0)).toBeLessThan(60 * 2 ** 20);
+  });
+
+  it('loads in the worker and draws a non-constant image, the same one for the same seed', async () => {
+    const model = models.find((m) => m.name === 'clipart-64')!;
+    const dir = tempDir();
+    const worker = new WorkerSupervisor({ binary: WORKER, threads: 1 });
+    cleanups.push(dir.cleanup, () => worker.close());
+    await worker.request('load_model', { path: model.weightsPath });
+    const draw = async (seed: number, name: string) => {
+      const out = join(dir.path, name);
+      await worker.request('sample', { prompt: 'bird, birds, animals', seed, steps: 8, guidance: 4, out });
+      return readSafetensors(out).tensors.get('images')!;
+    };
+    const a = await draw(1, 'a.safetensors');
+    const b = await draw(1, 'b.safetensors');
+    const c = await draw(2, 'c.safetensors');
+    expect(a.shape).toEqual([1, 64, 64, 3]);
+    const values = [...a.data];
+    const mean = values.reduce((s, x) => s + x, 0) / values.length;
+    const std = Math.sqrt(values.reduce((s, x) => s + (x - mean) ** 2, 0) / values.length);
+    console.log(`sample mean ${mean.toFixed(1)}, std ${std.toFixed(1)}`);
+    expect(std).toBeGreaterThan(5);
+    expect(Buffer.from(a.data).equals(Buffer.from(b.data))).toBe(true);
+    expect(Buffer.from(a.data).equals(Buffer.from(c.data))).toBe(false);
+  });
+});
