@@ -3,7 +3,7 @@
 //   and a parameter-matched LoRA on the built-in model → sample base vs every adapter at the same
 //   seeds → one PNG grid and a JSON summary (train time, loss, trainable values, a style number).
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import sharp from 'sharp';
 import { readSafetensors, writeSafetensors } from '../../core/worker/safetensors';
 import { WorkerSupervisor } from '../../core/worker/supervisor';
@@ -113,6 +113,7 @@ export async function runAdapterDemo(o: DemoOptions): Promise<Record<string, unk
   const [n, h, w] = shape as [number, number, number];
   const all = join(o.workDir, 'grid.safetensors');
   writeSafetensors(all, [['images', { dtype: 'U8', shape: [n * grids.length, h, w, 3], data: Buffer.concat(grids) }]]);
+  mkdirSync(dirname(o.outPng), { recursive: true });
   await imagesToGrid(all, n, o.outPng, 2);
   rmSync(all, { force: true });
   return { style_mean_luminance: styleLuma, images: styleImages.length, steps: o.steps, lr: o.lr, batch: o.batch, prompts: o.prompts, rows };
