@@ -32,23 +32,11 @@ double median(std::vector<double> v) {
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-int64_t proc_status_kb(const char* field) {
-    std::ifstream in("/proc/self/status");
-    std::string   line;
-    const size_t  len = std::strlen(field);
-    while (std::getline(in, line)) {
-        if (line.compare(0, len, field) == 0) return std::stoll(line.substr(len + 1));
-    }
-    return -1;
-}
+int64_t proc_status_kb(const char* field) { return proc_field_kib("/proc/self/status", field); }
 
 int64_t mem_available_bytes() {
-    std::ifstream in("/proc/meminfo");
-    std::string   line;
-    while (std::getline(in, line)) {
-        if (line.rfind("MemAvailable:", 0) == 0) return std::stoll(line.substr(13)) * 1024;
-    }
-    return -1;
+    const int64_t kib = proc_field_kib("/proc/meminfo", "MemAvailable:");
+    return kib < 0 ? -1 : kib * 1024;
 }
 
 }  // namespace

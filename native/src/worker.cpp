@@ -92,12 +92,8 @@ std::string temp_output(const std::string& stem) {
 }
 
 int64_t rss_bytes() {
-    std::ifstream in("/proc/self/status");
-    std::string   line;
-    while (std::getline(in, line)) {
-        if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
-    }
-    return -1;
+    const int64_t kib = proc_field_kib("/proc/self/status", "VmRSS:");
+    return kib < 0 ? -1 : kib * 1024;
 }
 
 // ---- dataset: images uint8 [N, H, W, 3]; __metadata__["captions"] = JSON array of N strings

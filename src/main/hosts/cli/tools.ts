@@ -19,6 +19,9 @@ import { buildStyleSet, STYLE_NAMES, STYLES, type StyleName } from './styles';
 import { runAdapterDemo, unpackToFolder } from './adapter-demo';
 import { evalBase } from './eval-base';
 
+/** The app's root (two folders above out/main/): native/, resources/. */
+const appRoot = fileURLToPath(new URL('../../', import.meta.url));
+
 const USAGE = 'Usage: tools pack --folder DIR --out FILE.safetensors [--resolution 64] [--fit cover|contain] [--trigger WORD]';
 
 async function pack(argv: string[]): Promise<void> {
@@ -67,7 +70,6 @@ function clipartAuthors(argv: string[]): void {
 }
 
 async function trainBaseCommand(argv: string[]): Promise<void> {
-  const appRoot = fileURLToPath(new URL('../../', import.meta.url));
   const resolution = Number(argValue(argv, 'resolution') ?? 64);
   const device = argValue(argv, 'device') ?? 'auto';
   const worker = defaultWorkerBinary(appRoot);
@@ -99,8 +101,7 @@ async function main(): Promise<void> {
   const [command, ...rest] = process.argv.slice(2);
   if (command === 'train-base') return trainBaseCommand(rest);
   if (command === 'eval-base') {
-    const appRoot = fileURLToPath(new URL('../../', import.meta.url));
-    const resolution = Number(argValue(rest, 'resolution') ?? 64);
+      const resolution = Number(argValue(rest, 'resolution') ?? 64);
     const result = await evalBase({
       worker: defaultWorkerBinary(appRoot),
       threads: Number(argValue(rest, 'threads') ?? availableParallelism()),
@@ -120,8 +121,7 @@ async function main(): Promise<void> {
     return console.log(JSON.stringify(result));
   }
   if (command === 'adapter-demo') {
-    const appRoot = fileURLToPath(new URL('../../', import.meta.url));
-    const style = (argValue(rest, 'style') ?? 'neon') as StyleName;
+      const style = (argValue(rest, 'style') ?? 'neon') as StyleName;
     const folder = resolve(argValue(rest, 'folder') ?? `.data/styles/${style}-folder`);
     if (!argValue(rest, 'folder')) await unpackToFolder(resolve(`.data/styles/${style}.safetensors`), folder);
     const summary = await runAdapterDemo({
@@ -155,8 +155,7 @@ async function main(): Promise<void> {
     return console.log(JSON.stringify(r));
   }
   if (command === 'sample-grid') {
-    const appRoot = fileURLToPath(new URL('../../', import.meta.url));
-    const dir = resolve(rest[0] ?? join(appRoot, 'resources/models/clipart-64'));
+      const dir = resolve(rest[0] ?? join(appRoot, 'resources/models/clipart-64'));
     return sampleGrid(defaultWorkerBinary(appRoot), dir, join(dir, 'samples.png'));
   }
   if (command === 'model-card') return writeModelCard(resolve(rest[0] ?? 'resources/models/clipart-64'), resolve(rest[1] ?? '.data/clipart-64'));
