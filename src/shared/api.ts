@@ -123,14 +123,137 @@ export interface AdapterSummary {
   id: number;
   name: string;
   kind: AdapterKind;
+  /** How it was trained: SHiRA {method, mask, density, seed, …}; LoRA {method, rank, alpha, …}. */
   method: Record<string, unknown>;
   baseModelId: number | null;
+  baseModelName: string | null;
+  /** SHA-256 of the base weights; the adapter refuses any other base. */
+  baseWeightsHash: string | null;
+  datasetId: number | null;
   triggerWords: string[];
   preferredWeight: number;
   tags: string[];
+  notes: string;
+  coverGenerationId: number | null;
+  /** Stored bytes (encoded values + indices). */
   sizeBytes: number;
+  /** Trained values: SHiRA Σ K, LoRA Σ |A| + |B|. */
+  trainable: number;
+  /** sizeBytes / trainable; PEFT's SHiRA files need 12. */
+  bytesPerValue: number | null;
+  /** SHA-256 over the decoded tensors (encoding-independent). */
+  contentHash: string | null;
+  /** SHA-256 of the exported .safetensors file, and its 10-hex AutoV2 short form. */
+  fileSha256: string | null;
+  autoV2: string | null;
   createdAt: string;
   updatedAt: string;
+}
+
+export interface AdapterTensorInfo {
+  name: string;
+  shape: number[];
+  encoding: string;
+  bytes: number;
+  k?: number;
+  rank?: number;
+}
+
+export interface AdapterDetail extends AdapterSummary {
+  tensors: AdapterTensorInfo[];
+  training: {
+    runId: number;
+    config: Record<string, unknown>;
+    device: string | null;
+    steps: number;
+    startedAt: string | null;
+    finishedAt: string | null;
+    result: Record<string, unknown> | null;
+    /** At most ~400 points of the loss curve. */
+    loss: { step: number; loss: number }[];
+  } | null;
+}
+
+export interface AdapterUpdate {
+  name?: string;
+  tags?: string[];
+  notes?: string;
+  triggerWords?: string[];
+  preferredWeight?: number;
+  coverGenerationId?: number | null;
+}
+
+export interface MixEntry {
+  adapterId: number;
+  alpha: number;
+}
+
+export interface MixResult {
+  /** The base model the mix is fused into. */
+  baseModelId: number | null;
+  entries: MixEntry[];
+  /** Worker time to re-blend the weights (the number the UI shows). */
+  switchMs: number;
+  /** Worker time decoding adapters that were not cached. */
+  loadMs: number;
+  /** Whole call, including reading the library and loading the base when it changed. */
+  totalMs: number;
+  cacheHits: number;
+  cacheMisses: number;
+  layersReblended: number;
+  layersUnchanged: number;
+}
+
+export interface SavedMix {
+  id: number;
+  name: string;
+  entries: MixEntry[];
+  createdAt: string;
+  updatedAt: string;
+}
+
+export type JobStatus = 'queued' | 'running' | 'completed' | 'failed' | 'cancelled';
+export type MaskKind = 'struct' | 'rand' | 'wm' | 'grad' | 'snip';
+export const MASK_KINDS: readonly MaskKind[] = ['struct', 'rand', 'wm', 'grad', 'snip'];
+
+export interface TrainingRequest {
+  datasetId: number;
+  /** Default: the default base model. */
+  baseModelId?: number;
+  name?: string;
+  method: AdapterKind;
+  /** SHiRA mask (default struct) and density (default 0.02); a LoRA with `matchDensity` gets the rank whose size matches. */
+  mask?: MaskKind;
+  density?: number;
+  rank?: number;
+  matchDensity?: number;
+  steps?: number;
+  lr?: number;
+  batch?: number;
+  seed?: number;
+  checkpointEvery?: number;
+  valuesDtype?: 'f16' | 'f32';
+  samplePrompts?: string[];
+  sampleEvery?: number;
+}
+
+export interface TrainingJob {
+  id: number;
+  name: string;
+  kind: AdapterKind;
+  status: JobStatus;
+  datasetId: number | null;
+  baseModelId: number | null;
+  adapterId: number | null;
+  step: number;
+  steps: number;
+  attempts: number;
+  config: TrainingRequest;
+  error: string | null;
+  result: Record<string, unknown> | null;
+  createdAt: string;
+  startedAt: string | null;
+  finishedAt: string | null;
 }
 
 // ---- Input schemas ----
@@ -169,9 +292,76 @@ export const api = {
   ),
   'datasets.removeImage': method<Schema<{ imageId: number }>, { removed: boolean }>(v.object({ imageId: id })),
   'datasets.delete': method<Schema<{ id: number }>, { deleted: boolean }>(v.object({ id })),
-  'adapters.list': method<Schema<{ query?: string; kind?: AdapterKind }>, AdapterSummary[]>(
-    v.object({ query: v.optional(v.string({ max: 200 })), kind: v.optional(v.enum(['shira', 'lora'] as const)) }),
+  'adapters.list': method<Schema<{ query?: string; kind?: AdapterKind; baseModelId?: number; tag?: string; sort?: 'recent' | 'name' | 'size' }>, AdapterSummary[]>(
+    v.object({
+      query: v.optional(v.string({ max: 200 })),
+      kind: v.optional(v.enum(['shira', 'lora'] as const)),
+      baseModelId: v.optional(id),
+      tag: v.optional(v.string({ min: 1, max: 100 })),
+      sort: v.optional(v.enum(['recent', 'name', 'size'] as const)),
+    }),
   ),
+  'adapters.get': method<Schema<{ id: number }>, AdapterDetail>(v.object({ id })),
+  'adapters.update': method<Schema<{ id: number } & AdapterUpdate>, AdapterSummary>(
+    v.object({
+      id,
+      name: v.optional(v.string({ min: 1, max: 200, trim: true })),
+      tags: v.optional(v.array(v.string({ min: 1, max: 100, trim: true }), { max: 100 })),
+      notes: v.optional(v.string({ max: 20_000 })),
+      triggerWords: v.optional(v.array(v.string({ min: 1, max: 100, trim: true }), { max: 50 })),
+      preferredWeight: v.optional(v.number({ min: -4, max: 4 })),
+      coverGenerationId: v.optional(v.nullable(id)),
+    }),
+  ),
+  'adapters.duplicate': method<Schema<{ id: number; name?: string }>, AdapterSummary>(v.object({ id, name: v.optional(v.string({ min: 1, max: 200, trim: true })) })),
+  'adapters.delete': method<Schema<{ id: number }>, { deleted: boolean }>(v.object({ id })),
+  /** Writes `<dir>/<name>.safetensors` + `<name>.shira.json`. */
+  'adapters.export': method<Schema<{ id: number; dir: string }>, { file: string; sidecar: string; sha256: string; autoV2: string }>(
+    v.object({ id, dir: v.string({ min: 1, max: 4096 }) }),
+  ),
+  /** A package (.safetensors, with its .shira.json when present) or a PEFT SHiRA/LoRA file. */
+  'adapters.import': method<Schema<{ path: string; name?: string; baseModelId?: number }>, AdapterSummary>(
+    v.object({ path: v.string({ min: 1, max: 4096 }), name: v.optional(v.string({ min: 1, max: 200, trim: true })), baseModelId: v.optional(id) }),
+  ),
+  /** Fuses W0 + Σ αᵢ·Sᵢ into the worker's base model; an empty list restores W0. */
+  'mix.apply': method<Schema<{ entries?: MixEntry[]; mixId?: number }>, MixResult>(
+    v.object({ entries: v.optional(v.array(v.object({ adapterId: id, alpha: v.number({ min: -4, max: 4 }) }), { max: 32 })), mixId: v.optional(id) }),
+  ),
+  'mix.current': method<Schema<Record<string, never>>, { baseModelId: number | null; entries: MixEntry[] }>(v.empty()),
+  'mixes.list': method<Schema<Record<string, never>>, SavedMix[]>(v.empty()),
+  'mixes.save': method<Schema<{ id?: number; name: string; entries: MixEntry[] }>, SavedMix>(
+    v.object({
+      id: v.optional(id),
+      name: v.string({ min: 1, max: 200, trim: true }),
+      entries: v.array(v.object({ adapterId: id, alpha: v.number({ min: -4, max: 4 }) }), { min: 1, max: 32 }),
+    }),
+  ),
+  'mixes.delete': method<Schema<{ id: number }>, { deleted: boolean }>(v.object({ id })),
+  'training.start': method<Schema<TrainingRequest>, TrainingJob>(
+    v.object({
+      datasetId: id,
+      baseModelId: v.optional(id),
+      name: v.optional(v.string({ min: 1, max: 200, trim: true })),
+      method: v.enum(['shira', 'lora'] as const),
+      mask: v.optional(v.enum(['struct', 'rand', 'wm', 'grad', 'snip'] as const)),
+      density: v.optional(v.number({ min: 0.0001, max: 0.5 })),
+      rank: v.optional(v.int({ min: 1, max: 256 })),
+      matchDensity: v.optional(v.number({ min: 0.0001, max: 0.5 })),
+      steps: v.optional(v.int({ min: 1, max: 200_000 })),
+      lr: v.optional(v.number({ min: 1e-7, max: 1 })),
+      batch: v.optional(v.int({ min: 1, max: 64 })),
+      seed: v.optional(v.int({ min: 0, max: 2 ** 31 - 1 })),
+      checkpointEvery: v.optional(v.int({ min: 1, max: 100_000 })),
+      valuesDtype: v.optional(v.enum(['f16', 'f32'] as const)),
+      samplePrompts: v.optional(v.array(v.string({ min: 1, max: 300 }), { max: 8 })),
+      sampleEvery: v.optional(v.int({ min: 1, max: 100_000 })),
+    }) as Schema<TrainingRequest>,
+  ),
+  'training.list': method<Schema<{ status?: JobStatus }>, TrainingJob[]>(
+    v.object({ status: v.optional(v.enum(['queued', 'running', 'completed', 'failed', 'cancelled'] as const)) }),
+  ),
+  'training.get': method<Schema<{ id: number }>, TrainingJob>(v.object({ id })),
+  'training.cancel': method<Schema<{ id: number }>, TrainingJob>(v.object({ id })),
 } as const;
 
 export interface ImportInput {
@@ -192,7 +382,10 @@ export type ResultOf<M extends MethodName> = Api[M]['result'] extends Result<inf
 export type CoreEvent =
   /** reading: cheap checks and hashing, over every file found; decoding: sharp, over the files that passed. */
   | { type: 'import.progress'; importId: string; phase: 'reading' | 'decoding'; done: number; total: number; current: string }
-  | { type: 'library.changed'; what: 'datasets' | 'adapters' | 'models'; id?: number }
+  | { type: 'library.changed'; what: 'datasets' | 'adapters' | 'models' | 'mixes'; id?: number }
+  | { type: 'training.progress'; jobId: number; step: number; steps: number; loss: number; itS: number; etaS: number }
+  | { type: 'training.sample'; jobId: number; step: number; path: string }
+  | { type: 'training.changed'; jobId: number; status: JobStatus; adapterId: number | null; error: string | null }
   | { type: 'log'; level: 'info' | 'warn' | 'error'; message: string; time: string };
 
 export type CoreEventType = CoreEvent['type'];

@@ -3,6 +3,7 @@ import { api } from '../../src/shared/api';
 import { ExpectedError } from '../../src/shared/errors';
 import { ApiRegistry, type Handlers } from '../../src/main/core/registry';
 import { makeCore } from './helpers';
+import { LATEST_SCHEMA_VERSION } from '../../src/main/core/db/migrations';
 
 const cleanups: (() => void | Promise<void>)[] = [];
 afterEach(async () => {
@@ -65,7 +66,7 @@ describe('API registry', () => {
     const { call, dataDir, cleanup } = makeCore();
     cleanups.push(cleanup);
     const info = await call('app.info', {});
-    expect(info).toMatchObject({ name: 'Shira Studio', host: 'test', dataDir, schemaVersion: 1 });
+    expect(info).toMatchObject({ name: 'Shira Studio', host: 'test', dataDir, schemaVersion: LATEST_SCHEMA_VERSION });
     const health = await call('app.health', {});
     expect(health).toMatchObject({ ok: true, integrity: ['ok'], journalMode: 'wal' });
   });

@@ -1,10 +1,11 @@
 // The plain-Node core: one database, one API registry, one event stream. Hosts (Electron's
 // utility process, the studio server, tests) construct it and relay messages; that is all they do.
 // This folder must never import `electron` (tests/unit/layering.test.ts enforces it).
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import type { AdapterSummary, BaseModel, HostKind, MediaKind, WorkerStatus } from '../../shared/api';
+import type { BaseModel, HostKind, MediaKind, WorkerStatus } from '../../shared/api';
+import { badInput, unsupported } from '../../shared/errors';
 import { checkHealth, openDatabase, schemaVersion, type Db } from './db/database';
 import { EventBus } from './events';
 import { Logger } from './logger';
@@ -16,6 +17,9 @@ import { MAX_IMPORT_FILES } from './datasets/scan';
 import { APP_NAME } from './paths';
 import { WorkerSupervisor } from './worker/supervisor';
 import { findBuiltinModels, registerBuiltinModels } from './models/builtin';
+import { AdapterLibrary, adapterCacheDir } from './adapters/library';
+import { Mixer } from './adapters/mixer';
+import { TrainingQueue } from './jobs/training';
 
 export const APP_VERSION = '0.1.0';
 
@@ -49,7 +53,12 @@ export class Core {
   private readonly datasets_: DatasetRepo;
   private readonly importer_: DatasetImporter;
   private readonly worker_: WorkerSupervisor | null;
+  /** A second engine process for training, so generating and mixing stay possible meanwhile. */
+  private readonly trainer_: WorkerSupervisor | null;
   private readonly workerBinary_: string | null;
+  readonly adapters: AdapterLibrary;
+  readonly mixer: Mixer;
+  readonly training: TrainingQueue;
 
   constructor(options: CoreOptions) {
     this.dataDir = options.dataDir;
@@ -60,17 +69,23 @@ export class Core {
     this.datasets_ = new DatasetRepo(this.db);
     this.importer_ = new DatasetImporter(this.db, this.datasets_, this.events, join(options.dataDir, 'tmp'), uploadsDir(options.dataDir));
     this.workerBinary_ = options.worker?.binary ?? null;
-    this.worker_ =
+    const engine = (name: string) =>
       options.worker && existsSync(options.worker.binary)
         ? new WorkerSupervisor({
             binary: options.worker.binary,
             args: options.worker.args,
             threads: options.worker.threads ?? availableParallelism(),
-            logFile: join(options.dataDir, 'logs', 'worker.log'),
+            logFile: join(options.dataDir, 'logs', `${name}.log`),
           })
         : null;
+    this.worker_ = engine('worker');
+    this.trainer_ = engine('trainer');
+    this.adapters = new AdapterLibrary(this.db, adapterCacheDir(options.dataDir));
+    this.mixer = new Mixer(this.db, this.adapters, () => this.worker_);
+    this.training = new TrainingQueue(this.db, this.adapters, this.events, this.log, join(options.dataDir, 'jobs'), this.trainer_);
     this.registry = new ApiRegistry(this.handlers(options.host), (method, error) => this.log.error(`internal error in ${method}`, error));
     this.log.info(`core started (${options.host}) with library ${dbFile}, schema v${schemaVersion(this.db)}`);
+    this.training.start();
   }
 
   /** Images by URL for both hosts (`/media/<kind>/<id>` and `shira-media://<kind>/<id>`). */
@@ -85,7 +100,14 @@ export class Core {
     return this.worker_;
   }
 
+  /** The training engine process (tests kill it to check crash recovery). */
+  get trainer(): WorkerSupervisor | null {
+    return this.trainer_;
+  }
+
   async close(): Promise<void> {
+    await this.training.close();
+    await this.trainer_?.close();
     await this.worker_?.close();
     this.db.close();
   }
@@ -158,7 +180,68 @@ export class Core {
         this.events.emit({ type: 'library.changed', what: 'datasets', id });
         return { deleted };
       },
-      'adapters.list': ({ query, kind }) => listAdapters(this.db, query, kind),
+      'adapters.list': (filter) => this.adapters.list(filter),
+      'adapters.get': ({ id }) => this.adapters.detail(id),
+      'adapters.update': ({ id, ...patch }) => {
+        const summary = this.adapters.update(id, patch);
+        this.events.emit({ type: 'library.changed', what: 'adapters', id });
+        return summary;
+      },
+      'adapters.duplicate': ({ id, name }) => {
+        const summary = this.adapters.duplicate(id, name);
+        this.events.emit({ type: 'library.changed', what: 'adapters', id: summary.id });
+        return summary;
+      },
+      'adapters.delete': async ({ id }) => {
+        await this.mixer.forget(id);
+        const deleted = this.adapters.delete(id);
+        if (deleted) this.events.emit({ type: 'library.changed', what: 'adapters', id });
+        return { deleted };
+      },
+      'adapters.export': ({ id, dir }) => this.adapters.exportPackage(id, dir),
+      'adapters.import': async ({ path, name, baseModelId }) => {
+        const w = this.worker_;
+        const tmp = join(this.dataDir, 'tmp');
+        const summary = await this.adapters.importPackage(path, {
+          name,
+          baseModelId,
+          convert: w
+            ? async (src) => {
+                mkdirSync(tmp, { recursive: true });
+                const out = join(tmp, `convert-${process.pid}-${Date.now()}.safetensors`);
+                await w.request('adapter_convert', { path: src, out });
+                return out;
+              }
+            : undefined,
+          // The worker decodes every index and checks its checksum before anything is stored.
+          verify: w ? async (file) => void (await w.request('adapter_inspect', { path: file })) : undefined,
+        });
+        this.events.emit({ type: 'library.changed', what: 'adapters', id: summary.id });
+        return summary;
+      },
+      'mix.apply': async ({ entries, mixId }) => {
+        if ((entries === undefined) === (mixId === undefined)) throw badInput('Give either entries or mixId.');
+        return this.mixer.apply(entries ?? this.mixer.mixEntries(mixId!));
+      },
+      'mix.current': () => this.mixer.current(),
+      'mixes.list': () => this.mixer.listMixes(),
+      'mixes.save': (input) => {
+        const mix = this.mixer.saveMix(input);
+        this.events.emit({ type: 'library.changed', what: 'mixes', id: mix.id });
+        return mix;
+      },
+      'mixes.delete': ({ id }) => {
+        const deleted = this.mixer.deleteMix(id);
+        if (deleted) this.events.emit({ type: 'library.changed', what: 'mixes', id });
+        return { deleted };
+      },
+      'training.start': (req) => {
+        if (!this.trainer_) throw unsupported('The native engine is not built, so nothing can be trained. Run `npm start` once to build it.');
+        return this.training.enqueue(req);
+      },
+      'training.list': ({ status }) => this.training.list(status),
+      'training.get': ({ id }) => this.training.get(id),
+      'training.cancel': ({ id }) => this.training.cancel(id),
     };
   }
 }
@@ -174,45 +257,4 @@ function listModels(db: Db): BaseModel[] {
     created_at: string;
   }[];
   return rows.map((r) => ({ id: r.id, name: r.name, family: r.family, resolution: r.resolution, weightsHash: r.weights_hash, isDefault: r.is_default === 1, createdAt: r.created_at }));
-}
-
-function listAdapters(db: Db, query: string | undefined, kind: 'shira' | 'lora' | undefined): AdapterSummary[] {
-  const like = query ? `%${query.replace(/[\\%_]/g, (c) => `\\${c}`)}%` : null;
-  const rows = db
-    .prepare(
-      `SELECT a.*,
-              (SELECT json_group_array(tag) FROM adapter_tags t WHERE t.adapter_id = a.id) AS tags_json,
-              (SELECT coalesce(sum(length(values_blob) + coalesce(length(index_blob), 0)), 0) FROM adapter_tensors x WHERE x.adapter_id = a.id) AS size_bytes
-       FROM adapters a
-       WHERE (@kind IS NULL OR a.kind = @kind)
-         AND (@like IS NULL OR a.name LIKE @like ESCAPE '\\' OR a.trigger_words LIKE @like ESCAPE '\\' OR a.notes LIKE @like ESCAPE '\\'
-              OR EXISTS (SELECT 1 FROM adapter_tags t WHERE t.adapter_id = a.id AND t.tag LIKE @like ESCAPE '\\'))
-       ORDER BY a.updated_at DESC, a.id DESC`,
-    )
-    .all({ kind: kind ?? null, like }) as {
-    id: number;
-    name: string;
-    kind: 'shira' | 'lora';
-    method_json: string;
-    base_model_id: number | null;
-    trigger_words: string;
-    preferred_weight: number;
-    tags_json: string;
-    size_bytes: number;
-    created_at: string;
-    updated_at: string;
-  }[];
-  return rows.map((r) => ({
-    id: r.id,
-    name: r.name,
-    kind: r.kind,
-    method: JSON.parse(r.method_json) as Record<string, unknown>,
-    baseModelId: r.base_model_id,
-    triggerWords: JSON.parse(r.trigger_words) as string[],
-    preferredWeight: r.preferred_weight,
-    tags: (JSON.parse(r.tags_json) as string[]).sort(),
-    sizeBytes: r.size_bytes,
-    createdAt: r.created_at,
-    updatedAt: r.updated_at,
-  }));
 }

@@ -171,6 +171,25 @@ export const MIGRATIONS: readonly Migration[] = [
       ) WITHOUT ROWID;
     `,
   },
+  {
+    version: 2,
+    name: 'durable training jobs; adapter identity lookups',
+    sql: /* sql */ `
+      -- A training job is a training_runs row: queued → running → completed | failed | cancelled.
+      -- 'running' rows found at start were interrupted (app quit, crash) and go back to 'queued';
+      -- the job then resumes from its last checkpoint, so attempts counts worker deaths, not restarts.
+      ALTER TABLE training_runs ADD COLUMN name TEXT;
+      ALTER TABLE training_runs ADD COLUMN step INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE training_runs ADD COLUMN steps INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE training_runs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE training_runs ADD COLUMN result_json TEXT CHECK (result_json IS NULL OR json_valid(result_json));
+      CREATE INDEX training_runs_by_status ON training_runs (status, id);
+      CREATE INDEX adapters_by_content ON adapters (content_hash);
+      CREATE INDEX adapters_by_file ON adapters (file_sha256);
+      -- trained values (SHiRA: Σ K; LoRA: Σ |A| + |B|), for bytes per value and parameter matching
+      ALTER TABLE adapters ADD COLUMN trainable INTEGER NOT NULL DEFAULT 0;
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

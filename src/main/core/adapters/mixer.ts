@@ -1,0 +1,164 @@
+// Fused-mode switching (paper §3.2): the worker's resident base weights become W0 + Σ αᵢ·Sᵢ.
+// The worker keeps decoded adapters in an LRU and re-blends only the layers whose adapters or α
+// changed; this side picks the base, checks every adapter belongs to it, and hands over
+// content-addressed cache files. Nothing here touches a tensor.
+import type { MixEntry, MixResult, SavedMix } from '../../../shared/api';
+import { badInput, notFound, unsupported } from '../../../shared/errors';
+import type { Db } from '../db/database';
+import type { WorkerSupervisor } from '../worker/supervisor';
+import type { AdapterLibrary } from './library';
+
+interface ApplyReply {
+  ms: number;
+  load_ms?: number;
+  cache_hits?: number;
+  cache_misses?: number;
+  layers_reblended?: number;
+  layers_unchanged?: number;
+}
+
+interface BaseRow {
+  id: number;
+  name: string;
+  weights_path: string | null;
+  weights_hash: string | null;
+}
+
+export class Mixer {
+  /** What the worker holds: which base (by worker pid, so a restarted worker reloads) and which mix. */
+  private loaded_: { pid: number | undefined; baseModelId: number } | null = null;
+  private entries_: MixEntry[] = [];
+
+  constructor(
+    private readonly db: Db,
+    private readonly library: AdapterLibrary,
+    private readonly worker: () => WorkerSupervisor | null,
+  ) {}
+
+  current(): { baseModelId: number | null; entries: MixEntry[] } {
+    const w = this.worker();
+    const valid = this.loaded_ && w && w.state === 'ready' && w.pid === this.loaded_.pid;
+    return { baseModelId: valid ? this.loaded_!.baseModelId : null, entries: valid ? [...this.entries_] : [] };
+  }
+
+  /** Loads `baseModelId` (default: the default model) into the worker unless it is already there. */
+  async ensureBase(baseModelId?: number): Promise<{ base: BaseRow; ms: number }> {
+    const w = this.requireWorker();
+    const base = (
+      baseModelId !== undefined
+        ? this.db.prepare('SELECT id, name, weights_path, weights_hash FROM base_models WHERE id = ?').get(baseModelId)
+        : this.db.prepare('SELECT id, name, weights_path, weights_hash FROM base_models WHERE is_default = 1').get()
+    ) as BaseRow | undefined;
+    if (!base) throw notFound(baseModelId !== undefined ? `Base model ${baseModelId} does not exist.` : 'There is no default base model.');
+    if (!base.weights_path) throw unsupported(`Base model "${base.name}" has no weights file.`);
+    const t0 = performance.now();
+    if (w.state !== 'ready') await w.start();
+    if (!this.loaded_ || this.loaded_.baseModelId !== base.id || this.loaded_.pid !== w.pid) {
+      this.loaded_ = null;
+      this.entries_ = [];
+      await w.request('load_model', { path: base.weights_path, identity: base.weights_hash ?? '' });
+      this.loaded_ = { pid: w.pid, baseModelId: base.id };
+    }
+    return { base, ms: performance.now() - t0 };
+  }
+
+  async apply(entries: readonly MixEntry[]): Promise<MixResult> {
+    const t0 = performance.now();
+    const seen = new Set<number>();
+    for (const e of entries) {
+      if (seen.has(e.adapterId)) throw badInput(`Adapter ${e.adapterId} appears twice in the mix; give it one weight.`);
+      seen.add(e.adapterId);
+    }
+    const summaries = entries.map((e) => this.library.summary(e.adapterId));
+    const bases = new Set(summaries.map((s) => s.baseModelId));
+    if (bases.size > 1) {
+      const [a, b] = summaries.filter((s, i, all) => all.findIndex((x) => x.baseModelId === s.baseModelId) === i);
+      throw badInput(`"${a!.name}" (${a!.baseModelName ?? 'unknown base'}) and "${b!.name}" (${b!.baseModelName ?? 'unknown base'}) were trained on different base models and cannot be mixed.`);
+    }
+    const wanted = summaries.length ? (summaries[0]!.baseModelId ?? undefined) : (this.loaded_?.baseModelId ?? undefined);
+    if (summaries.length && wanted === undefined) throw badInput(`"${summaries[0]!.name}" has no base model recorded, so it cannot be applied.`);
+    const { base } = await this.ensureBase(wanted);
+    for (const s of summaries) {
+      if (s.baseWeightsHash && base.weights_hash && s.baseWeightsHash !== base.weights_hash) {
+        throw badInput(`"${s.name}" was trained on other weights than "${base.name}" has now; it cannot be applied.`);
+      }
+    }
+    const adapters = entries.map((e) => ({ path: this.library.cacheFile(e.adapterId).path, alpha: e.alpha }));
+    const reply = await this.requireWorker().request<ApplyReply>('apply_mix', { adapters });
+    this.entries_ = entries.map((e) => ({ ...e }));
+    return {
+      baseModelId: base.id,
+      entries: [...this.entries_],
+      switchMs: reply.ms,
+      loadMs: reply.load_ms ?? 0,
+      totalMs: performance.now() - t0,
+      cacheHits: reply.cache_hits ?? 0,
+      cacheMisses: reply.cache_misses ?? 0,
+      layersReblended: reply.layers_reblended ?? 0,
+      layersUnchanged: reply.layers_unchanged ?? 0,
+    };
+  }
+
+  /** Called before an adapter is deleted: a fused adapter must leave the weights first. */
+  async forget(adapterId: number): Promise<void> {
+    if (!this.entries_.some((e) => e.adapterId === adapterId)) return;
+    const w = this.worker();
+    if (w && w.state === 'ready' && this.loaded_?.pid === w.pid) await w.request('clear_mix', {});
+    this.entries_ = [];
+  }
+
+  // ---- saved mixes ----
+
+  listMixes(): SavedMix[] {
+    const mixes = this.db.prepare('SELECT * FROM mixes ORDER BY updated_at DESC, id DESC').all() as { id: number; name: string; created_at: string; updated_at: string }[];
+    const entries = this.db.prepare('SELECT adapter_id, alpha FROM mix_entries WHERE mix_id = ? ORDER BY rowid');
+    return mixes.map((m) => ({
+      id: m.id,
+      name: m.name,
+      entries: (entries.all(m.id) as { adapter_id: number; alpha: number }[]).map((e) => ({ adapterId: e.adapter_id, alpha: e.alpha })),
+      createdAt: m.created_at,
+      updatedAt: m.updated_at,
+    }));
+  }
+
+  mixEntries(id: number): MixEntry[] {
+    const mix = this.listMixes().find((m) => m.id === id);
+    if (!mix) throw notFound(`Mix ${id} does not exist.`);
+    return mix.entries;
+  }
+
+  saveMix(input: { id?: number; name: string; entries: MixEntry[] }): SavedMix {
+    for (const e of input.entries) this.library.summary(e.adapterId);
+    const id = this.db.transaction(() => {
+      let mixId = input.id;
+      const clash = this.db.prepare('SELECT id FROM mixes WHERE name = ?').get(input.name) as { id: number } | undefined;
+      if (clash && clash.id !== mixId) throw badInput(`A mix named "${input.name}" already exists; choose another name.`);
+      if (mixId !== undefined) {
+        const r = this.db.prepare(`UPDATE mixes SET name = ?, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?`).run(input.name, mixId);
+        if (r.changes === 0) throw notFound(`Mix ${mixId} does not exist.`);
+        this.db.prepare('DELETE FROM mix_entries WHERE mix_id = ?').run(mixId);
+      } else {
+        mixId = Number(this.db.prepare('INSERT INTO mixes (name) VALUES (?)').run(input.name).lastInsertRowid);
+      }
+      const put = this.db.prepare('INSERT INTO mix_entries (mix_id, adapter_id, alpha) VALUES (?, ?, ?)');
+      const seen = new Set<number>();
+      for (const e of input.entries) {
+        if (seen.has(e.adapterId)) throw badInput(`Adapter ${e.adapterId} appears twice in the mix; give it one weight.`);
+        seen.add(e.adapterId);
+        put.run(mixId, e.adapterId, e.alpha);
+      }
+      return mixId;
+    })();
+    return this.listMixes().find((m) => m.id === id)!;
+  }
+
+  deleteMix(id: number): boolean {
+    return this.db.prepare('DELETE FROM mixes WHERE id = ?').run(id).changes > 0;
+  }
+
+  private requireWorker(): WorkerSupervisor {
+    const w = this.worker();
+    if (!w) throw unsupported('The native engine is not built, so adapters cannot be applied. Run `npm start` once to build it.');
+    return w;
+  }
+}
