@@ -256,9 +256,49 @@ export interface TrainingJob {
   finishedAt: string | null;
 }
 
+export type SamplerName = 'ddim' | 'euler';
+
+export interface GenerateRequest {
+  prompt: string;
+  negativePrompt?: string;
+  /** First image's seed; image i gets seed + i. Random when absent. */
+  seed?: number;
+  steps?: number;
+  guidance?: number;
+  sampler?: SamplerName;
+  batch?: number;
+  /** Applied first (fused); absent = keep whatever mix is applied now. */
+  mix?: MixEntry[];
+  baseModelId?: number;
+}
+
+export interface Generation {
+  id: number;
+  baseModelId: number | null;
+  baseModelName: string | null;
+  prompt: string;
+  negativePrompt: string;
+  seed: number;
+  sampler: SamplerName;
+  steps: number;
+  guidance: number;
+  width: number;
+  height: number;
+  mix: MixEntry[];
+  favourite: boolean;
+  durationMs: number | null;
+  createdAt: string;
+}
+
+export interface GenerationPage {
+  total: number;
+  items: Generation[];
+}
+
 // ---- Input schemas ----
 
 const id = v.int({ min: 1 });
+const mixEntries = (min: number) => v.array(v.object({ adapterId: id, alpha: v.number({ min: -4, max: 4 }) }), { min, max: 32 });
 const importSource = v.variant('kind', {
   folder: v.object({ kind: v.literal('folder'), path: v.string({ min: 1, max: 4096 }) }),
   files: v.object({ kind: v.literal('files'), paths: v.array(v.string({ min: 1, max: 4096 }), { min: 1, max: 10_000 }) }),
@@ -325,7 +365,7 @@ export const api = {
   ),
   /** Fuses W0 + Σ αᵢ·Sᵢ into the worker's base model; an empty list restores W0. */
   'mix.apply': method<Schema<{ entries?: MixEntry[]; mixId?: number }>, MixResult>(
-    v.object({ entries: v.optional(v.array(v.object({ adapterId: id, alpha: v.number({ min: -4, max: 4 }) }), { max: 32 })), mixId: v.optional(id) }),
+    v.object({ entries: v.optional(mixEntries(0)), mixId: v.optional(id) }),
   ),
   'mix.current': method<Schema<Record<string, never>>, { baseModelId: number | null; entries: MixEntry[] }>(v.empty()),
   'mixes.list': method<Schema<Record<string, never>>, SavedMix[]>(v.empty()),
@@ -333,7 +373,7 @@ export const api = {
     v.object({
       id: v.optional(id),
       name: v.string({ min: 1, max: 200, trim: true }),
-      entries: v.array(v.object({ adapterId: id, alpha: v.number({ min: -4, max: 4 }) }), { min: 1, max: 32 }),
+      entries: mixEntries(1),
     }),
   ),
   'mixes.delete': method<Schema<{ id: number }>, { deleted: boolean }>(v.object({ id })),
@@ -362,6 +402,25 @@ export const api = {
   ),
   'training.get': method<Schema<{ id: number }>, TrainingJob>(v.object({ id })),
   'training.cancel': method<Schema<{ id: number }>, TrainingJob>(v.object({ id })),
+  'generate': method<Schema<GenerateRequest>, Generation[]>(
+    v.object({
+      prompt: v.string({ max: 1000 }),
+      negativePrompt: v.optional(v.string({ max: 1000 })),
+      seed: v.optional(v.int({ min: 0, max: 2 ** 31 - 1 })),
+      steps: v.optional(v.int({ min: 1, max: 200 })),
+      guidance: v.optional(v.number({ min: 0, max: 30 })),
+      sampler: v.optional(v.enum(['ddim', 'euler'] as const)),
+      batch: v.optional(v.int({ min: 1, max: 16 })),
+      mix: v.optional(mixEntries(0)),
+      baseModelId: v.optional(id),
+    }) as Schema<GenerateRequest>,
+  ),
+  'generations.list': method<Schema<{ offset?: number; limit?: number; favourite?: boolean; adapterId?: number }>, GenerationPage>(
+    v.object({ offset: v.optional(v.int({ min: 0 })), limit: v.optional(v.int({ min: 1, max: 500 })), favourite: v.optional(v.boolean()), adapterId: v.optional(id) }),
+  ),
+  'generations.get': method<Schema<{ id: number }>, Generation>(v.object({ id })),
+  'generations.setFavourite': method<Schema<{ id: number; favourite: boolean }>, Generation>(v.object({ id, favourite: v.boolean() })),
+  'generations.delete': method<Schema<{ id: number }>, { deleted: boolean }>(v.object({ id })),
 } as const;
 
 export interface ImportInput {
@@ -382,7 +441,7 @@ export type ResultOf<M extends MethodName> = Api[M]['result'] extends Result<inf
 export type CoreEvent =
   /** reading: cheap checks and hashing, over every file found; decoding: sharp, over the files that passed. */
   | { type: 'import.progress'; importId: string; phase: 'reading' | 'decoding'; done: number; total: number; current: string }
-  | { type: 'library.changed'; what: 'datasets' | 'adapters' | 'models' | 'mixes'; id?: number }
+  | { type: 'library.changed'; what: 'datasets' | 'adapters' | 'models' | 'mixes' | 'generations'; id?: number }
   | { type: 'training.progress'; jobId: number; step: number; steps: number; loss: number; itS: number; etaS: number }
   | { type: 'training.sample'; jobId: number; step: number; path: string }
   | { type: 'training.changed'; jobId: number; status: JobStatus; adapterId: number | null; error: string | null }
@@ -392,5 +451,6 @@ export type CoreEventType = CoreEvent['type'];
 
 // ---- Media: images are fetched by URL, never shipped inside API results ----
 
-export type MediaKind = 'thumb' | 'image';
-export const MEDIA_KINDS: readonly MediaKind[] = ['thumb', 'image'];
+/** thumb/image: dataset images; generation/generation-thumb: gallery images (PNG with recipe / WebP). */
+export type MediaKind = 'thumb' | 'image' | 'generation' | 'generation-thumb';
+export const MEDIA_KINDS: readonly MediaKind[] = ['thumb', 'image', 'generation', 'generation-thumb'];

@@ -20,6 +20,7 @@ import { findBuiltinModels, registerBuiltinModels } from './models/builtin';
 import { AdapterLibrary, adapterCacheDir } from './adapters/library';
 import { Mixer } from './adapters/mixer';
 import { TrainingQueue } from './jobs/training';
+import { Generations } from './generate/generations';
 
 export const APP_VERSION = '0.1.0';
 
@@ -59,6 +60,7 @@ export class Core {
   readonly adapters: AdapterLibrary;
   readonly mixer: Mixer;
   readonly training: TrainingQueue;
+  readonly generations: Generations;
 
   constructor(options: CoreOptions) {
     this.dataDir = options.dataDir;
@@ -82,6 +84,7 @@ export class Core {
     this.trainer_ = engine('trainer');
     this.adapters = new AdapterLibrary(this.db, adapterCacheDir(options.dataDir));
     this.mixer = new Mixer(this.db, this.adapters, () => this.worker_);
+    this.generations = new Generations(this.db, this.mixer, () => this.worker_, join(options.dataDir, 'tmp'));
     this.training = new TrainingQueue(this.db, this.adapters, this.events, this.log, join(options.dataDir, 'jobs'), this.trainer_);
     this.registry = new ApiRegistry(this.handlers(options.host), (method, error) => this.log.error(`internal error in ${method}`, error));
     this.log.info(`core started (${options.host}) with library ${dbFile}, schema v${schemaVersion(this.db)}`);
@@ -90,9 +93,9 @@ export class Core {
 
   /** Images by URL for both hosts (`/media/<kind>/<id>` and `shira-media://<kind>/<id>`). */
   media(kind: MediaKind, id: number): Media | null {
-    const bytes = this.datasets_.media(kind, id);
+    const bytes = kind === 'generation' || kind === 'generation-thumb' ? this.generations.media(id, kind === 'generation-thumb') : this.datasets_.media(kind, id);
     if (!bytes) return null;
-    return { bytes, mime: kind === 'thumb' ? 'image/webp' : 'image/png' };
+    return { bytes, mime: kind === 'thumb' || kind === 'generation-thumb' ? 'image/webp' : 'image/png' };
   }
 
   /** The supervised native worker, or null when none is built. */
@@ -242,6 +245,19 @@ export class Core {
       'training.list': ({ status }) => this.training.list(status),
       'training.get': ({ id }) => this.training.get(id),
       'training.cancel': ({ id }) => this.training.cancel(id),
+      'generate': async (req) => {
+        const images = await this.generations.generate(req);
+        this.events.emit({ type: 'library.changed', what: 'generations' });
+        return images;
+      },
+      'generations.list': (o) => this.generations.list(o),
+      'generations.get': ({ id }) => this.generations.get(id),
+      'generations.setFavourite': ({ id, favourite }) => this.generations.setFavourite(id, favourite),
+      'generations.delete': ({ id }) => {
+        const deleted = this.generations.delete(id);
+        if (deleted) this.events.emit({ type: 'library.changed', what: 'generations', id });
+        return { deleted };
+      },
     };
   }
 }

@@ -44,7 +44,7 @@ interface RunRow {
 const DEFAULTS = { steps: 500, batch: 4, seed: 0, checkpointEvery: 50, valuesDtype: 'f16' as const };
 
 export class TrainingQueue {
-  private running_: { id: number; cancel: boolean } | null = null;
+  private running_: { id: number; cancel: boolean; done: Promise<void> } | null = null;
   private pump_: Promise<void> | null = null;
   private closed_ = false;
 
@@ -125,9 +125,10 @@ export class TrainingQueue {
     if (job.status === 'queued') {
       this.finish(id, 'cancelled', null);
     } else if (job.status === 'running' && this.running_?.id === id) {
-      this.running_.cancel = true;
+      const running = this.running_;
+      running.cancel = true;
       await this.worker?.request('cancel', {}).catch(() => {});
-      await this.pump_;
+      await running.done;
     } else if (job.status !== 'running') {
       throw conflict(`Training job ${id} has already ${job.status === 'completed' ? 'completed' : job.status}.`);
     }
@@ -139,9 +140,9 @@ export class TrainingQueue {
     while (this.pump_) await this.pump_;
   }
 
+  /** Stops taking jobs; a running one stays 'running' in the library and resumes at the next start. */
   async close(): Promise<void> {
     this.closed_ = true;
-    if (this.running_) await this.worker?.request('cancel', {}).catch(() => {});
   }
 
   private kick(): void {
@@ -152,7 +153,10 @@ export class TrainingQueue {
           if (this.closed_) return;
           const next = this.db.prepare(`SELECT id FROM training_runs WHERE status = 'queued' AND kind IN ('shira', 'lora') ORDER BY id LIMIT 1`).get() as { id: number } | undefined;
           if (!next) return;
-          await this.run(next.id);
+          const run = { id: next.id, cancel: false, done: Promise.resolve() };
+          run.done = this.run(run);
+          this.running_ = run;
+          await run.done;
         }
       } finally {
         this.pump_ = null;
@@ -161,14 +165,14 @@ export class TrainingQueue {
     this.pump_.catch((error) => this.log.error('training queue stopped', error));
   }
 
-  private async run(id: number): Promise<void> {
+  private async run(job: { id: number; cancel: boolean }): Promise<void> {
+    const id = job.id;
     const row = this.db.prepare('SELECT * FROM training_runs WHERE id = ?').get(id) as RunRow;
     const config = JSON.parse(row.config_json) as TrainingRequest;
     const dir = join(this.jobsDir, String(id));
     const data = join(dir, 'data.safetensors');
     const checkpoint = join(dir, 'checkpoint.safetensors');
     const out = join(dir, 'adapter.safetensors');
-    this.running_ = { id, cancel: false };
     this.db.prepare(`UPDATE training_runs SET status = 'running', started_at = coalesce(started_at, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) WHERE id = ?`).run(id);
     this.changed(id);
     const w = this.worker!;
@@ -229,22 +233,22 @@ export class TrainingQueue {
       this.events.emit({ type: 'library.changed', what: 'adapters' });
       this.changed(id);
     } catch (error) {
-      this.fail(id, error);
+      this.fail(job, error);
     } finally {
-      this.running_ = null;
+      if (this.running_?.id === id) this.running_ = null;
     }
   }
 
-  private fail(id: number, error: unknown): void {
+  private fail(job: { id: number; cancel: boolean }, error: unknown): void {
+    const id = job.id;
     const we = error instanceof WorkerError ? error.error : null;
     const message = error instanceof Error ? error.message : String(error);
-    if (we?.type === 'cancelled' || this.running_?.cancel) {
+    // The app is quitting (the engine is being stopped under the job): it stays 'running' on disk
+    // and resumes at the next start.
+    if (this.closed_) return;
+    if (job.cancel || we?.type === 'cancelled') {
       this.finish(id, 'cancelled', null);
       rmSync(join(this.jobsDir, String(id)), { recursive: true, force: true });
-      return;
-    }
-    if (this.closed_) {
-      // The app is quitting: the job stays 'running' on disk and resumes at the next start.
       return;
     }
     // A worker that died mid-job (crash, kill, out of memory) is restarted by the supervisor; the job

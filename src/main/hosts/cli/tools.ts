@@ -18,6 +18,7 @@ import { writeModelCard } from './model-card';
 import { buildStyleSet, STYLE_NAMES, STYLES, type StyleName } from './styles';
 import { runAdapterDemo, unpackToFolder } from './adapter-demo';
 import { evalBase } from './eval-base';
+import { benchLibrary } from './bench-library';
 
 /** The app's root (two folders above out/main/): native/, resources/. */
 const appRoot = fileURLToPath(new URL('../../', import.meta.url));
@@ -159,6 +160,17 @@ async function main(): Promise<void> {
     return sampleGrid(defaultWorkerBinary(appRoot), dir, join(dir, 'samples.png'));
   }
   if (command === 'model-card') return writeModelCard(resolve(rest[0] ?? 'resources/models/clipart-64'), resolve(rest[1] ?? '.data/clipart-64'));
+  if (command === 'bench-library') {
+    return benchLibrary({
+      worker: defaultWorkerBinary(appRoot),
+      resourcesDir: join(appRoot, 'resources'),
+      threads: Number(argValue(rest, 'threads') ?? process.env.OMP_NUM_THREADS ?? 1),
+      reps: Number(argValue(rest, 'reps') ?? 5),
+      maxN: Number(argValue(rest, 'max-n') ?? 8),
+      emit: (row) => console.log(JSON.stringify(row)),
+      log: (line) => console.error(line),
+    });
+  }
   if (command === 'pack') return pack(rest);
   if (command === 'clipart') return clipart(rest);
   if (command === 'clipart-authors') return clipartAuthors(rest);

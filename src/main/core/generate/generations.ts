@@ -1,0 +1,207 @@
+// Generation and the gallery. Every image is stored with its full recipe (base model, mix with
+// adapter names and hashes, prompt, seed, sampler, steps, guidance) in its row and inside the PNG
+// itself, as A1111-style "parameters" text plus a JSON chunk, so an exported file re-runs anywhere.
+// Each image of a batch gets its own seed (seed, seed+1, …) so any single image can be re-run alone.
+import { mkdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import sharp from 'sharp';
+import type { Generation, GenerateRequest, GenerationPage, MixEntry } from '../../../shared/api';
+import { notFound, unsupported } from '../../../shared/errors';
+import type { Db } from '../db/database';
+import type { Mixer } from '../adapters/mixer';
+import { readSafetensors } from '../worker/safetensors';
+import type { WorkerSupervisor } from '../worker/supervisor';
+import { addPngText } from './png-text';
+
+interface GenerationRow {
+  id: number;
+  base_model_id: number | null;
+  base_model_name: string | null;
+  prompt: string;
+  negative_prompt: string;
+  seed: number;
+  sampler: string;
+  steps: number;
+  guidance: number;
+  width: number;
+  height: number;
+  mix_json: string;
+  favourite: number;
+  duration_ms: number | null;
+  created_at: string;
+}
+
+export interface Recipe {
+  model: { name: string; weightsHash: string | null };
+  mix: (MixEntry & { name: string; autoV2: string | null })[];
+  prompt: string;
+  negativePrompt: string;
+  seed: number;
+  sampler: string;
+  steps: number;
+  guidance: number;
+  width: number;
+  height: number;
+}
+
+/** A1111's "parameters" text, which most image tools show and parse. */
+export function a1111Parameters(r: Recipe): string {
+  const adapters = r.mix.map((m) => `<lora:${m.name}:${m.alpha}>`).join(' ');
+  const hashes = r.mix.filter((m) => m.autoV2).map((m) => `${m.name}: ${m.autoV2!.toLowerCase()}`);
+  return [
+    adapters ? `${r.prompt} ${adapters}` : r.prompt,
+    ...(r.negativePrompt ? [`Negative prompt: ${r.negativePrompt}`] : []),
+    [
+      `Steps: ${r.steps}`,
+      `Sampler: ${r.sampler === 'ddim' ? 'DDIM' : 'Euler'}`,
+      `CFG scale: ${r.guidance}`,
+      `Seed: ${r.seed}`,
+      `Size: ${r.width}x${r.height}`,
+      ...(r.model.weightsHash ? [`Model hash: ${r.model.weightsHash.slice(0, 10)}`] : []),
+      `Model: ${r.model.name}`,
+      ...(hashes.length ? [`Lora hashes: "${hashes.join(', ')}"`] : []),
+      'Version: Shira Studio',
+    ].join(', '),
+  ].join('\n');
+}
+
+export class Generations {
+  constructor(
+    private readonly db: Db,
+    private readonly mixer: Mixer,
+    private readonly worker: () => WorkerSupervisor | null,
+    private readonly tmpDir: string,
+  ) {}
+
+  async generate(req: GenerateRequest): Promise<Generation[]> {
+    const w = this.worker();
+    if (!w) throw unsupported('The native engine is not built, so nothing can be generated. Run `npm start` once to build it.');
+    // The mix decides the base model; without adapters the requested (or default) base is used.
+    let baseModelId: number | null;
+    let entries: MixEntry[];
+    if (req.mix) {
+      const applied = await this.mixer.apply(req.mix);
+      baseModelId = applied.baseModelId;
+      entries = applied.entries;
+    } else {
+      const current = this.mixer.current();
+      const { base } = await this.mixer.ensureBase(req.baseModelId ?? current.baseModelId ?? undefined);
+      baseModelId = base.id;
+      entries = this.mixer.current().entries;
+    }
+    const base = this.db.prepare('SELECT name, weights_hash, resolution FROM base_models WHERE id = ?').get(baseModelId) as { name: string; weights_hash: string | null; resolution: number };
+    const mix = entries.map((e) => {
+      const a = this.db.prepare('SELECT name, file_sha256 FROM adapters WHERE id = ?').get(e.adapterId) as { name: string; file_sha256: string | null };
+      return { ...e, name: a.name, autoV2: a.file_sha256 ? a.file_sha256.slice(0, 10).toUpperCase() : null };
+    });
+    const seed0 = req.seed ?? Math.floor(Math.random() * 2 ** 31);
+    const batch = req.batch ?? 1;
+    const steps = req.steps ?? 25;
+    const guidance = req.guidance ?? 5;
+    const sampler = req.sampler ?? 'ddim';
+    mkdirSync(this.tmpDir, { recursive: true });
+    const out: Generation[] = [];
+    for (let i = 0; i < batch; i++) {
+      const seed = seed0 + i;
+      const file = join(this.tmpDir, `generate-${process.pid}-${Date.now()}-${i}.safetensors`);
+      const started = performance.now();
+      try {
+        await w.request('sample', { prompt: req.prompt, negative_prompt: req.negativePrompt ?? '', seed, steps, guidance, sampler, batch: 1, out: file });
+        const images = readSafetensors(file).tensors.get('images');
+        if (!images || images.dtype !== 'U8' || images.shape.length !== 4) throw new Error('the worker returned no images');
+        const [, h, wd, c] = images.shape as [number, number, number, number];
+        const recipe: Recipe = {
+          model: { name: base.name, weightsHash: base.weights_hash },
+          mix,
+          prompt: req.prompt,
+          negativePrompt: req.negativePrompt ?? '',
+          seed,
+          sampler,
+          steps,
+          guidance,
+          width: wd,
+          height: h,
+        };
+        const raw = sharp(Buffer.from(images.data), { raw: { width: wd, height: h, channels: c as 3 } });
+        const png = addPngText(await raw.clone().png().toBuffer(), { parameters: a1111Parameters(recipe), 'shira-studio': JSON.stringify(recipe) });
+        // Thumbnails are upscaled with nearest-neighbour: the model draws 64×64 pixel art, not a photo.
+        const thumb = await raw.clone().resize(256, 256, { kernel: 'nearest' }).webp({ quality: 85 }).toBuffer();
+        const id = Number(
+          this.db
+            .prepare(
+              `INSERT INTO generations (base_model_id, prompt, negative_prompt, seed, sampler, steps, guidance, width, height, mix_json, image_png, thumb_webp, duration_ms)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+            )
+            .run(baseModelId, req.prompt, req.negativePrompt ?? '', seed, sampler, steps, guidance, wd, h, JSON.stringify(entries), png, thumb, Math.round(performance.now() - started)).lastInsertRowid,
+        );
+        out.push(this.get(id));
+      } finally {
+        rmSync(file, { force: true });
+      }
+    }
+    return out;
+  }
+
+  list(o: { offset?: number; limit?: number; favourite?: boolean; adapterId?: number }): GenerationPage {
+    const where = `(@fav IS NULL OR g.favourite = @fav) AND (@adapter IS NULL OR EXISTS (SELECT 1 FROM json_each(g.mix_json) j WHERE json_extract(j.value, '$.adapterId') = @adapter))`;
+    const params = { fav: o.favourite === undefined ? null : o.favourite ? 1 : 0, adapter: o.adapterId ?? null };
+    const total = (this.db.prepare(`SELECT count(*) AS n FROM generations g WHERE ${where}`).get(params) as { n: number }).n;
+    const rows = this.db
+      .prepare(
+        `SELECT g.id, g.base_model_id, b.name AS base_model_name, g.prompt, g.negative_prompt, g.seed, g.sampler, g.steps, g.guidance, g.width, g.height, g.mix_json, g.favourite, g.duration_ms, g.created_at
+         FROM generations g LEFT JOIN base_models b ON b.id = g.base_model_id WHERE ${where}
+         ORDER BY g.id DESC LIMIT @limit OFFSET @offset`,
+      )
+      .all({ ...params, limit: o.limit ?? 100, offset: o.offset ?? 0 }) as GenerationRow[];
+    return { total, items: rows.map(toGeneration) };
+  }
+
+  get(id: number): Generation {
+    const row = this.db
+      .prepare(
+        `SELECT g.id, g.base_model_id, b.name AS base_model_name, g.prompt, g.negative_prompt, g.seed, g.sampler, g.steps, g.guidance, g.width, g.height, g.mix_json, g.favourite, g.duration_ms, g.created_at
+         FROM generations g LEFT JOIN base_models b ON b.id = g.base_model_id WHERE g.id = ?`,
+      )
+      .get(id) as GenerationRow | undefined;
+    if (!row) throw notFound(`Generation ${id} does not exist.`);
+    return toGeneration(row);
+  }
+
+  setFavourite(id: number, favourite: boolean): Generation {
+    if (this.db.prepare('UPDATE generations SET favourite = ? WHERE id = ?').run(favourite ? 1 : 0, id).changes === 0) throw notFound(`Generation ${id} does not exist.`);
+    return this.get(id);
+  }
+
+  delete(id: number): boolean {
+    return this.db.transaction(() => {
+      // A cover that points at a deleted image is cleared in the same transaction.
+      this.db.prepare('UPDATE adapters SET cover_generation_id = NULL WHERE cover_generation_id = ?').run(id);
+      return this.db.prepare('DELETE FROM generations WHERE id = ?').run(id).changes > 0;
+    })();
+  }
+
+  media(id: number, thumb: boolean): Buffer | null {
+    const row = this.db.prepare(`SELECT ${thumb ? 'thumb_webp' : 'image_png'} AS data FROM generations WHERE id = ?`).get(id) as { data: Buffer | null } | undefined;
+    return row?.data ?? null;
+  }
+}
+
+function toGeneration(r: GenerationRow): Generation {
+  return {
+    id: r.id,
+    baseModelId: r.base_model_id,
+    baseModelName: r.base_model_name,
+    prompt: r.prompt,
+    negativePrompt: r.negative_prompt,
+    seed: r.seed,
+    sampler: r.sampler as 'ddim' | 'euler',
+    steps: r.steps,
+    guidance: r.guidance,
+    width: r.width,
+    height: r.height,
+    mix: JSON.parse(r.mix_json) as MixEntry[],
+    favourite: r.favourite === 1,
+    durationMs: r.duration_ms,
+    createdAt: r.created_at,
+  };
+}

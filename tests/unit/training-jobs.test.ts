@@ -1,0 +1,191 @@
+// Durable training jobs and fused mixing through the real worker binary on the shipped model:
+// dataset → queued job (own engine process) → adapter in the library → mix / α change / clear;
+// a SIGKILLed engine mid-training and an app restart mid-training both resume from the checkpoint.
+import { existsSync, readdirSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { CoreEvent, JobStatus, TrainingJob } from '../../src/shared/api';
+import sharp from 'sharp';
+import { Core } from '../../src/main/core/core';
+import { readPngText } from '../../src/main/core/generate/png-text';
+import { makeCore, solidImage, tempDir, writeTree, type Caller } from './helpers';
+
+const ROOT = resolve(__dirname, '../..');
+const WORKER = join(ROOT, 'native', 'build', 'shira-worker');
+const RESOURCES = join(ROOT, 'resources');
+const runnable = existsSync(WORKER) || process.env.CI === 'true';
+
+const cleanups: (() => void | Promise<void>)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0)) await c();
+});
+
+async function dataset(call: Caller): Promise<number> {
+  const dir = tempDir('shira-style-');
+  cleanups.push(dir.cleanup);
+  const colours = [
+    { r: 250, g: 30, b: 200 },
+    { r: 20, g: 240, b: 230 },
+    { r: 240, g: 240, b: 20 },
+    { r: 120, g: 20, b: 250 },
+  ];
+  const files: Record<string, Buffer> = {};
+  for (const [i, c] of colours.entries()) files[`neon_${i}.png`] = await solidImage(80, 80, 'png', c);
+  writeTree(dir.path, files);
+  const report = await call('datasets.import', { source: { kind: 'folder', path: dir.path }, name: 'neon', triggerWord: 'neonfx' });
+  return report.datasetId!;
+}
+
+function waitFor(core: Core, jobId: number, statuses: JobStatus[], timeoutMs = 240_000): Promise<TrainingJob> {
+  return new Promise((resolvePromise, reject) => {
+    const check = () => {
+      const job = core.training.get(jobId);
+      if (statuses.includes(job.status)) {
+        stop();
+        clearTimeout(timer);
+        resolvePromise(job);
+      }
+    };
+    const stop = core.events.subscribe((e: CoreEvent) => {
+      if (e.type === 'training.changed' && e.jobId === jobId) check();
+    });
+    const timer = setTimeout(() => {
+      stop();
+      reject(new Error(`job ${jobId} did not reach ${statuses.join('/')} (now ${core.training.get(jobId).status})`));
+    }, timeoutMs);
+    check();
+  });
+}
+
+function waitForStep(core: Core, jobId: number, step: number): Promise<void> {
+  return new Promise((resolvePromise) => {
+    const stop = core.events.subscribe((e) => {
+      if (e.type === 'training.progress' && e.jobId === jobId && e.step >= step) {
+        stop();
+        resolvePromise();
+      }
+    });
+  });
+}
+
+const worker = { binary: WORKER, threads: 1 };
+
+describe.runIf(runnable)('training jobs and mixing (real worker)', () => {
+  it('trains SHiRA and a matched LoRA in the queue, stores them compactly, and mixes them with α changes', { timeout: 300_000 }, async () => {
+    const { core, call, cleanup, dataDir } = makeCore({ resourcesDir: RESOURCES, worker });
+    cleanups.push(cleanup);
+    const datasetId = await dataset(call);
+    const progress: number[] = [];
+    core.events.subscribe((e) => e.type === 'training.progress' && progress.push(e.step));
+    const shiraJob = await call('training.start', { datasetId, method: 'shira', mask: 'rand', steps: 6, batch: 2, checkpointEvery: 2 });
+    const loraJob = await call('training.start', { datasetId, method: 'lora', matchDensity: 0.02, steps: 6, batch: 2, checkpointEvery: 2 });
+    expect(shiraJob).toMatchObject({ status: expect.stringMatching(/queued|running/), steps: 6, kind: 'shira' });
+    // One job at a time: the LoRA waits while SHiRA trains.
+    expect((await call('training.get', { id: loraJob.id })).status).toBe('queued');
+    const doneShira = await waitFor(core, shiraJob.id, ['completed', 'failed']);
+    expect(doneShira.error).toBeNull();
+    const doneLora = await waitFor(core, loraJob.id, ['completed', 'failed']);
+    expect(doneLora.error).toBeNull();
+    expect(progress.length).toBeGreaterThan(0);
+    expect(existsSync(join(dataDir, 'jobs', String(shiraJob.id)))).toBe(false);
+
+    const shira = await call('adapters.get', { id: doneShira.adapterId! });
+    const lora = await call('adapters.get', { id: doneLora.adapterId! });
+    expect(shira).toMatchObject({ kind: 'shira', name: 'neon · SHiRA rand', triggerWords: ['neonfx'], method: { mask: 'rand' } });
+    // Rand indices are regenerated from the seed: only fp16 values are stored.
+    expect(shira.tensors.every((t) => t.encoding === 'f16+rand')).toBe(true);
+    expect(shira.bytesPerValue).toBe(2);
+    expect(lora.tensors.every((t) => t.encoding === 'lora-f16')).toBe(true);
+    expect(shira.training?.loss.length).toBeGreaterThan(0);
+    expect(shira.baseWeightsHash).toMatch(/^[0-9a-f]{64}$/);
+
+    const first = await call('mix.apply', { entries: [{ adapterId: shira.id, alpha: 1 }] });
+    expect(first).toMatchObject({ cacheMisses: 1, cacheHits: 0, entries: [{ adapterId: shira.id, alpha: 1 }] });
+    expect(first.switchMs).toBeGreaterThanOrEqual(0);
+    expect(first.layersReblended).toBe(shira.tensors.length);
+    const both = await call('mix.apply', { entries: [{ adapterId: shira.id, alpha: 1 }, { adapterId: lora.id, alpha: 0.5 }] });
+    expect(both).toMatchObject({ cacheHits: 1, cacheMisses: 1 });
+    // Changing one α re-blends only that adapter's layers.
+    const alpha = await call('mix.apply', { entries: [{ adapterId: shira.id, alpha: 1 }, { adapterId: lora.id, alpha: 0.25 }] });
+    expect(alpha.cacheHits).toBe(2);
+    const loraOnly = new Set(lora.tensors.map((t) => t.name).filter((n) => !shira.tensors.some((s) => s.name === n)));
+    expect(alpha.layersReblended).toBe(lora.tensors.length);
+    expect(alpha.layersUnchanged).toBeGreaterThanOrEqual(shira.tensors.length - (lora.tensors.length - loraOnly.size));
+    expect(await call('mix.current', {})).toMatchObject({ entries: [{ adapterId: shira.id, alpha: 1 }, { adapterId: lora.id, alpha: 0.25 }] });
+
+    // Generate through the fused mix: one seed per image, the recipe stored and inside the PNG.
+    const images = await call('generate', { prompt: 'neonfx, bird', seed: 11, steps: 3, guidance: 3, batch: 2 });
+    expect(images.map((g) => g.seed)).toEqual([11, 12]);
+    expect(images[0]).toMatchObject({ prompt: 'neonfx, bird', steps: 3, width: 64, height: 64, mix: alpha.entries, baseModelName: 'clipart-64' });
+    const png = core.media('generation', images[0]!.id)!;
+    expect(png.mime).toBe('image/png');
+    const text = readPngText(png.bytes);
+    expect(text.parameters).toMatch(new RegExp(`^neonfx, bird <lora:${shira.name}:1> <lora:${lora.name}:0.25>\nSteps: 3, Sampler: DDIM, CFG scale: 3, Seed: 11, Size: 64x64`));
+    expect(JSON.parse(text['shira-studio']!)).toMatchObject({ seed: 11, mix: [{ adapterId: shira.id, alpha: 1, autoV2: shira.autoV2 }, { adapterId: lora.id, alpha: 0.25 }] });
+    expect(core.media('generation-thumb', images[0]!.id)!.mime).toBe('image/webp');
+    // Same recipe, same seed → the same pixels.
+    const again = await call('generate', { prompt: 'neonfx, bird', seed: 11, steps: 3, guidance: 3 });
+    const pixels = async (id: number) => (await sharp(core.media('generation', id)!.bytes).raw().toBuffer()).toString('hex');
+    expect(await pixels(again[0]!.id)).toBe(await pixels(images[0]!.id));
+    expect((await call('generations.list', { adapterId: lora.id })).total).toBe(3);
+    await call('generations.setFavourite', { id: images[1]!.id, favourite: true });
+    expect((await call('generations.list', { favourite: true })).items.map((g) => g.id)).toEqual([images[1]!.id]);
+    await call('adapters.update', { id: shira.id, coverGenerationId: images[1]!.id });
+    await call('generations.delete', { id: images[1]!.id });
+    expect((await call('adapters.get', { id: shira.id })).coverGenerationId).toBeNull();
+
+    const saved = await call('mixes.save', { name: 'neon pair', entries: [{ adapterId: shira.id, alpha: 0.7 }, { adapterId: lora.id, alpha: 0.3 }] });
+    expect((await call('mix.apply', { mixId: saved.id })).entries).toEqual(saved.entries);
+    expect((await call('mix.apply', { entries: [] })).entries).toEqual([]);
+    await expect(call('mix.apply', { entries: [{ adapterId: shira.id, alpha: 1 }, { adapterId: shira.id, alpha: 2 }] })).rejects.toMatchObject({ type: 'bad_input' });
+
+    // The base's identity is checked: weights that changed under an adapter are refused.
+    core.db.prepare('UPDATE base_models SET weights_hash = ? WHERE id = ?').run('0'.repeat(64), shira.baseModelId);
+    await expect(call('mix.apply', { entries: [{ adapterId: shira.id, alpha: 1 }] })).rejects.toMatchObject({ type: 'bad_input', message: expect.stringMatching(/trained on other weights/) });
+
+    // Deleting an adapter in the mix removes its tensors and leaves a healthy library.
+    await call('adapters.delete', { id: lora.id });
+    expect((core.db.prepare('SELECT count(*) AS n FROM adapter_tensors WHERE adapter_id = ?').get(lora.id) as { n: number }).n).toBe(0);
+    expect((await call('mixes.list', {}))[0]!.entries).toEqual([{ adapterId: shira.id, alpha: 0.7 }]);
+    expect((await call('app.health', {})).ok).toBe(true);
+  });
+
+  it('survives SIGKILL of the training engine: no partial adapter, a healthy library, and the job resumes from its checkpoint', { timeout: 300_000 }, async () => {
+    const { core, call, cleanup } = makeCore({ resourcesDir: RESOURCES, worker });
+    cleanups.push(cleanup);
+    const datasetId = await dataset(call);
+    const job = await call('training.start', { datasetId, method: 'shira', mask: 'struct', steps: 40, batch: 2, checkpointEvery: 4 });
+    await waitForStep(core, job.id, 10);
+    process.kill(core.trainer!.pid!, 'SIGKILL');
+    const requeued = await waitFor(core, job.id, ['queued', 'running', 'failed'], 30_000);
+    expect(requeued.status).not.toBe('failed');
+    expect((await call('app.health', {})).integrity).toEqual(['ok']);
+    expect((core.db.prepare('SELECT count(*) AS n FROM adapters').get() as { n: number }).n).toBe(0);
+    const done = await waitFor(core, job.id, ['completed', 'failed']);
+    expect(done).toMatchObject({ status: 'completed', attempts: 1 });
+    expect(Number(done.result?.start_step)).toBeGreaterThanOrEqual(8);
+    expect((await call('adapters.list', {})).map((a) => a.id)).toEqual([done.adapterId]);
+  });
+
+  it('resumes a job interrupted by quitting the app when the library is opened again', { timeout: 300_000 }, async () => {
+    const dir = tempDir('shira-restart-');
+    cleanups.push(dir.cleanup);
+    const first = new Core({ dataDir: dir.path, host: 'test', resourcesDir: RESOURCES, worker });
+    const call1: Caller = async (method, input) => {
+      const r = await first.registry.dispatch(method, input, { client: 'test' });
+      if (!r.ok) throw new Error(r.error.message);
+      return r.value as never;
+    };
+    const datasetId = await dataset(call1);
+    const job = await call1('training.start', { datasetId, method: 'lora', rank: 2, steps: 40, batch: 2, checkpointEvery: 4 });
+    await waitForStep(first, job.id, 10);
+    await first.close();
+    expect(readdirSync(join(dir.path, 'jobs', String(job.id)))).toContain('checkpoint.safetensors');
+
+    const second = new Core({ dataDir: dir.path, host: 'test', resourcesDir: RESOURCES, worker });
+    cleanups.unshift(() => second.close());
+    const done = await waitFor(second, job.id, ['completed', 'failed']);
+    expect(done.status).toBe('completed');
+    expect(Number(done.result?.start_step)).toBeGreaterThanOrEqual(4);
+  });
+});
