@@ -355,9 +355,9 @@ export const api = {
   ),
   'adapters.duplicate': method<Schema<{ id: number; name?: string }>, AdapterSummary>(v.object({ id, name: v.optional(v.string({ min: 1, max: 200, trim: true })) })),
   'adapters.delete': method<Schema<{ id: number }>, { deleted: boolean }>(v.object({ id })),
-  /** Writes `<dir>/<name>.safetensors` + `<name>.shira.json`. */
-  'adapters.export': method<Schema<{ id: number; dir: string }>, { file: string; sidecar: string; sha256: string; autoV2: string }>(
-    v.object({ id, dir: v.string({ min: 1, max: 4096 }) }),
+  /** Writes `<dir>/<name>.safetensors` + `<name>.shira.json`; dir defaults to `<data>/exports`. */
+  'adapters.export': method<Schema<{ id: number; dir?: string }>, { file: string; sidecar: string; sha256: string; autoV2: string }>(
+    v.object({ id, dir: v.optional(v.string({ min: 1, max: 4096 })) }),
   ),
   /** A package (.safetensors, with its .shira.json when present) or a PEFT SHiRA/LoRA file. */
   'adapters.import': method<Schema<{ path: string; name?: string; baseModelId?: number }>, AdapterSummary>(
@@ -402,6 +402,8 @@ export const api = {
   ),
   'training.get': method<Schema<{ id: number }>, TrainingJob>(v.object({ id })),
   'training.cancel': method<Schema<{ id: number }>, TrainingJob>(v.object({ id })),
+  /** Preview grids so far (ids for `/media/training-sample/<id>`), oldest first. */
+  'training.samples': method<Schema<{ id: number }>, { id: number; step: number }[]>(v.object({ id })),
   'generate': method<Schema<GenerateRequest>, Generation[]>(
     v.object({
       prompt: v.string({ max: 1000 }),
@@ -443,7 +445,8 @@ export type CoreEvent =
   | { type: 'import.progress'; importId: string; phase: 'reading' | 'decoding'; done: number; total: number; current: string }
   | { type: 'library.changed'; what: 'datasets' | 'adapters' | 'models' | 'mixes' | 'generations'; id?: number }
   | { type: 'training.progress'; jobId: number; step: number; steps: number; loss: number; itS: number; etaS: number }
-  | { type: 'training.sample'; jobId: number; step: number; path: string }
+  /** A preview grid (one image per sample prompt) at `step`: `/media/training-sample/<sampleId>`. */
+  | { type: 'training.sample'; jobId: number; step: number; sampleId: number }
   | { type: 'training.changed'; jobId: number; status: JobStatus; adapterId: number | null; error: string | null }
   | { type: 'log'; level: 'info' | 'warn' | 'error'; message: string; time: string };
 
@@ -451,6 +454,6 @@ export type CoreEventType = CoreEvent['type'];
 
 // ---- Media: images are fetched by URL, never shipped inside API results ----
 
-/** thumb/image: dataset images; generation/generation-thumb: gallery images (PNG with recipe / WebP). */
-export type MediaKind = 'thumb' | 'image' | 'generation' | 'generation-thumb';
-export const MEDIA_KINDS: readonly MediaKind[] = ['thumb', 'image', 'generation', 'generation-thumb'];
+/** thumb/image: dataset images; generation/generation-thumb: gallery images (PNG with recipe / WebP); training-sample: preview grids. */
+export type MediaKind = 'thumb' | 'image' | 'generation' | 'generation-thumb' | 'training-sample';
+export const MEDIA_KINDS: readonly MediaKind[] = ['thumb', 'image', 'generation', 'generation-thumb', 'training-sample'];

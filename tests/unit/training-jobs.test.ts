@@ -77,7 +77,7 @@ describe.runIf(runnable)('training jobs and mixing (real worker)', () => {
     const datasetId = await dataset(call);
     const progress: number[] = [];
     core.events.subscribe((e) => e.type === 'training.progress' && progress.push(e.step));
-    const shiraJob = await call('training.start', { datasetId, method: 'shira', mask: 'rand', steps: 6, batch: 2, checkpointEvery: 2 });
+    const shiraJob = await call('training.start', { datasetId, method: 'shira', mask: 'rand', steps: 6, batch: 2, checkpointEvery: 2, samplePrompts: ['neonfx, bird', 'neonfx, car'], sampleEvery: 3 });
     const loraJob = await call('training.start', { datasetId, method: 'lora', matchDensity: 0.02, steps: 6, batch: 2, checkpointEvery: 2 });
     expect(shiraJob).toMatchObject({ status: expect.stringMatching(/queued|running/), steps: 6, kind: 'shira' });
     // One job at a time: the LoRA waits while SHiRA trains.
@@ -87,6 +87,10 @@ describe.runIf(runnable)('training jobs and mixing (real worker)', () => {
     const doneLora = await waitFor(core, loraJob.id, ['completed', 'failed']);
     expect(doneLora.error).toBeNull();
     expect(progress.length).toBeGreaterThan(0);
+    const samples = await call('training.samples', { id: shiraJob.id });
+    expect(samples.map((x) => x.step)).toEqual([3, 6]);
+    const grid = await sharp(core.media('training-sample', samples[0]!.id)!.bytes).metadata();
+    expect([grid.width, grid.height]).toEqual([256, 128]);
     expect(existsSync(join(dataDir, 'jobs', String(shiraJob.id)))).toBe(false);
 
     const shira = await call('adapters.get', { id: doneShira.adapterId! });

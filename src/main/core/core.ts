@@ -93,7 +93,12 @@ export class Core {
 
   /** Images by URL for both hosts (`/media/<kind>/<id>` and `shira-media://<kind>/<id>`). */
   media(kind: MediaKind, id: number): Media | null {
-    const bytes = kind === 'generation' || kind === 'generation-thumb' ? this.generations.media(id, kind === 'generation-thumb') : this.datasets_.media(kind, id);
+    const bytes =
+      kind === 'generation' || kind === 'generation-thumb'
+        ? this.generations.media(id, kind === 'generation-thumb')
+        : kind === 'training-sample'
+          ? this.training.sampleMedia(id)
+          : this.datasets_.media(kind, id);
     if (!bytes) return null;
     return { bytes, mime: kind === 'thumb' || kind === 'generation-thumb' ? 'image/webp' : 'image/png' };
   }
@@ -201,7 +206,7 @@ export class Core {
         if (deleted) this.events.emit({ type: 'library.changed', what: 'adapters', id });
         return { deleted };
       },
-      'adapters.export': ({ id, dir }) => this.adapters.exportPackage(id, dir),
+      'adapters.export': ({ id, dir }) => this.adapters.exportPackage(id, dir ?? join(this.dataDir, 'exports')),
       'adapters.import': async ({ path, name, baseModelId }) => {
         const w = this.worker_;
         const tmp = join(this.dataDir, 'tmp');
@@ -245,6 +250,7 @@ export class Core {
       'training.list': ({ status }) => this.training.list(status),
       'training.get': ({ id }) => this.training.get(id),
       'training.cancel': ({ id }) => this.training.cancel(id),
+      'training.samples': ({ id }) => this.training.samples(id),
       'generate': async (req) => {
         const images = await this.generations.generate(req);
         this.events.emit({ type: 'library.changed', what: 'generations' });

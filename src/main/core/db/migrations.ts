@@ -184,6 +184,14 @@ export const MIGRATIONS: readonly Migration[] = [
       ALTER TABLE training_runs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
       ALTER TABLE training_runs ADD COLUMN result_json TEXT CHECK (result_json IS NULL OR json_valid(result_json));
       CREATE INDEX training_runs_by_status ON training_runs (status, id);
+      -- Preview grids the worker draws every N steps (one row per sampling step, PNG).
+      CREATE TABLE training_samples (
+        id        INTEGER PRIMARY KEY,
+        run_id    INTEGER NOT NULL REFERENCES training_runs (id) ON DELETE CASCADE,
+        step      INTEGER NOT NULL CHECK (step >= 0),
+        image_png BLOB NOT NULL,
+        UNIQUE (run_id, step)
+      );
       CREATE INDEX adapters_by_content ON adapters (content_hash);
       CREATE INDEX adapters_by_file ON adapters (file_sha256);
       -- trained values (SHiRA: Σ K; LoRA: Σ |A| + |B|), for bytes per value and parameter matching

@@ -15,6 +15,7 @@ import type { EventBus } from '../events';
 import type { Logger } from '../logger';
 import { readAdapterFile } from '../adapters/format';
 import type { AdapterLibrary } from '../adapters/library';
+import { imagesToGridPng } from '../generate/grid';
 import { packDataset } from '../worker/pack';
 import { WorkerError, type WorkerSupervisor } from '../worker/supervisor';
 
@@ -114,6 +115,16 @@ export class TrainingQueue {
     return rows.map(toJob);
   }
 
+  /** Preview grids of a job so far: ids for `/media/training-sample/<id>`. */
+  samples(id: number): { id: number; step: number }[] {
+    this.get(id);
+    return this.db.prepare('SELECT id, step FROM training_samples WHERE run_id = ? ORDER BY step').all(id) as { id: number; step: number }[];
+  }
+
+  sampleMedia(sampleId: number): Buffer | null {
+    return (this.db.prepare('SELECT image_png FROM training_samples WHERE id = ?').get(sampleId) as { image_png: Buffer } | undefined)?.image_png ?? null;
+  }
+
   get(id: number): TrainingJob {
     const row = this.db.prepare(`SELECT * FROM training_runs WHERE id = ? AND kind IN ('shira', 'lora')`).get(id) as RunRow | undefined;
     if (!row) throw notFound(`Training job ${id} does not exist.`);
@@ -208,15 +219,27 @@ export class TrainingQueue {
       if (resume) this.log.info(`training job ${id} resumes from ${checkpoint}`);
       const putLoss = this.db.prepare('INSERT OR REPLACE INTO training_loss (run_id, step, loss, elapsed_ms) VALUES (?, ?, ?, ?)');
       const t0 = Date.now();
+      // Sample grids are converted while training goes on; the job folder is removed only after.
+      const pendingSamples: Promise<void>[] = [];
       const result = await w.request<Record<string, unknown>>('train', args, (e) => {
         if (e.event === 'progress' && typeof e.step === 'number' && typeof e.loss === 'number') {
           putLoss.run(id, e.step, e.loss, Date.now() - t0);
           this.db.prepare('UPDATE training_runs SET step = ? WHERE id = ?').run(e.step, id);
           this.events.emit({ type: 'training.progress', jobId: id, step: e.step, steps: Number(e.steps), loss: e.loss, itS: Number(e.it_s ?? 0), etaS: Number(e.eta_s ?? 0) });
         } else if (e.event === 'sample' && typeof e.path === 'string') {
-          this.events.emit({ type: 'training.sample', jobId: id, step: Number(e.step), path: e.path });
+          const path = e.path;
+          const step = Number(e.step);
+          pendingSamples.push(imagesToGridPng(path, 4)
+            .then((png) => {
+              const { id: sampleId } = this.db
+                .prepare('INSERT INTO training_samples (run_id, step, image_png) VALUES (?, ?, ?) ON CONFLICT (run_id, step) DO UPDATE SET image_png = excluded.image_png RETURNING id')
+                .get(id, step, png) as { id: number };
+              this.events.emit({ type: 'training.sample', jobId: id, step, sampleId });
+            })
+            .catch((error) => this.log.warn(`training job ${id}: could not read samples at step ${step}`, error)));
         }
       });
+      await Promise.all(pendingSamples);
       // Stored in one transaction with the run's completion (see the header comment).
       const content = readAdapterFile(out, `the adapter of job ${id}`);
       const dataset = this.db.prepare('SELECT trigger_word FROM datasets WHERE id = ?').get(row.dataset_id) as { trigger_word: string | null } | undefined;
