@@ -295,6 +295,30 @@ export interface GenerationPage {
   items: Generation[];
 }
 
+export interface ConceptRequest {
+  /** 1–4 adapters of one base model, each with its training images in the library. */
+  adapterIds: number[];
+  /** Weights at which all of them are fused (default [1]). */
+  alphas?: number[];
+  steps?: number;
+  guidance?: number;
+}
+
+/** Concept-loss numbers for a set of adapters (see docs/concept-loss.md for the definitions). */
+export interface ConceptReport {
+  id: number;
+  adapterIds: number[];
+  alphas: number[];
+  judge: { classes: string[]; heldoutAccuracy: number; heldoutAccuracyPerClass: number[] };
+  /** Style score of each adapter alone (α = 1), the base model's score on the same prompts, and drift. */
+  single: { adapterId: number; name: string; score: number; baseScore: number; drift: number }[];
+  /** Each adapter's score with all of them fused at α; drop in points and retention against single. */
+  fused: { alpha: number; adapterId: number; score: number; dropPoints: number; retention: number | null }[];
+  overlaps: { a: number; b: number; layers: number; awor: number; awomNormalized: number; awom: number }[];
+  seconds: number;
+  createdAt: string;
+}
+
 // ---- Input schemas ----
 
 const id = v.int({ min: 1 });
@@ -423,6 +447,17 @@ export const api = {
   'generations.get': method<Schema<{ id: number }>, Generation>(v.object({ id })),
   'generations.setFavourite': method<Schema<{ id: number; favourite: boolean }>, Generation>(v.object({ id, favourite: v.boolean() })),
   'generations.delete': method<Schema<{ id: number }>, { deleted: boolean }>(v.object({ id })),
+  /** Trains a style judge on the adapters' own images and measures single vs fused (a minute or two on CPU). */
+  'concept.evaluate': method<Schema<ConceptRequest>, ConceptReport>(
+    v.object({
+      adapterIds: v.array(id, { min: 1, max: 4 }),
+      alphas: v.optional(v.array(v.number({ min: 0.05, max: 2 }), { min: 1, max: 4 })),
+      steps: v.optional(v.int({ min: 1, max: 100 })),
+      guidance: v.optional(v.number({ min: 0, max: 30 })),
+    }) as Schema<ConceptRequest>,
+  ),
+  /** The newest stored report for exactly this set of adapters, or null. */
+  'concept.latest': method<Schema<{ adapterIds: number[] }>, ConceptReport | null>(v.object({ adapterIds: v.array(id, { min: 1, max: 4 }) })),
 } as const;
 
 export interface ImportInput {
@@ -448,6 +483,7 @@ export type CoreEvent =
   /** A preview grid (one image per sample prompt) at `step`: `/media/training-sample/<sampleId>`. */
   | { type: 'training.sample'; jobId: number; step: number; sampleId: number }
   | { type: 'training.changed'; jobId: number; status: JobStatus; adapterId: number | null; error: string | null }
+  | { type: 'concept.progress'; phase: string; done: number; total: number }
   | { type: 'log'; level: 'info' | 'warn' | 'error'; message: string; time: string };
 
 export type CoreEventType = CoreEvent['type'];

@@ -138,6 +138,22 @@ describe.runIf(runnable)('training jobs and mixing (real worker)', () => {
     await call('generations.delete', { id: images[1]!.id });
     expect((await call('adapters.get', { id: shira.id })).coverGenerationId).toBeNull();
 
+    // Concept loss of the two, measured by a judge trained on their own images; the mix is restored.
+    const phases: string[] = [];
+    core.events.subscribe((e) => e.type === 'concept.progress' && phases.push(e.phase));
+    const report = await call('concept.evaluate', { adapterIds: [lora.id, shira.id], steps: 2 });
+    expect(report.adapterIds).toEqual([shira.id, lora.id].sort((x, y) => x - y));
+    expect(report.judge.classes).toEqual(['base', ...[shira, lora].sort((x, y) => x.id - y.id).map((a) => a.name)]);
+    expect(report.single.map((x) => x.adapterId).sort()).toEqual([shira.id, lora.id].sort());
+    for (const x of [...report.single, ...report.fused]) expect(x.score).toBeGreaterThanOrEqual(0);
+    expect(report.fused).toHaveLength(2);
+    expect(report.overlaps).toHaveLength(1);
+    expect(report.overlaps[0]!.awor).toBeGreaterThanOrEqual(0);
+    expect(report.overlaps[0]!.awor).toBeLessThanOrEqual(1);
+    expect(phases).toContain('judge');
+    expect(await call('concept.latest', { adapterIds: [shira.id, lora.id] })).toEqual(report);
+    expect((await call('mix.current', {})).entries).toEqual([{ adapterId: shira.id, alpha: 1 }, { adapterId: lora.id, alpha: 0.25 }]);
+
     const saved = await call('mixes.save', { name: 'neon pair', entries: [{ adapterId: shira.id, alpha: 0.7 }, { adapterId: lora.id, alpha: 0.3 }] });
     expect((await call('mix.apply', { mixId: saved.id })).entries).toEqual(saved.entries);
     expect((await call('mix.apply', { entries: [] })).entries).toEqual([]);

@@ -21,6 +21,7 @@ import { AdapterLibrary, adapterCacheDir } from './adapters/library';
 import { Mixer } from './adapters/mixer';
 import { TrainingQueue } from './jobs/training';
 import { Generations } from './generate/generations';
+import { ConceptService } from './concept/service';
 
 export const APP_VERSION = '0.1.0';
 
@@ -61,6 +62,7 @@ export class Core {
   readonly mixer: Mixer;
   readonly training: TrainingQueue;
   readonly generations: Generations;
+  readonly concept: ConceptService;
 
   constructor(options: CoreOptions) {
     this.dataDir = options.dataDir;
@@ -85,6 +87,7 @@ export class Core {
     this.adapters = new AdapterLibrary(this.db, adapterCacheDir(options.dataDir));
     this.mixer = new Mixer(this.db, this.adapters, () => this.worker_);
     this.generations = new Generations(this.db, this.mixer, () => this.worker_, join(options.dataDir, 'tmp'));
+    this.concept = new ConceptService(this.db, this.adapters, this.mixer, () => this.worker_, join(options.dataDir, 'tmp'), (e) => this.events.emit(e));
     this.training = new TrainingQueue(this.db, this.adapters, this.events, this.log, join(options.dataDir, 'jobs'), this.trainer_);
     this.registry = new ApiRegistry(this.handlers(options.host), (method, error) => this.log.error(`internal error in ${method}`, error));
     this.log.info(`core started (${options.host}) with library ${dbFile}, schema v${schemaVersion(this.db)}`);
@@ -256,6 +259,8 @@ export class Core {
         this.events.emit({ type: 'library.changed', what: 'generations' });
         return images;
       },
+      'concept.evaluate': (req) => this.concept.evaluate(req),
+      'concept.latest': ({ adapterIds }) => this.concept.latest(adapterIds),
       'generations.list': (o) => this.generations.list(o),
       'generations.get': ({ id }) => this.generations.get(id),
       'generations.setFavourite': ({ id, favourite }) => this.generations.setFavourite(id, favourite),

@@ -193,6 +193,15 @@ export const MIGRATIONS: readonly Migration[] = [
         UNIQUE (run_id, step)
       );
       CREATE INDEX adapters_by_content ON adapters (content_hash);
+      -- Concept-loss measurements of a set of adapters (Compare view), newest wins per set.
+      CREATE TABLE concept_results (
+        id          INTEGER PRIMARY KEY,
+        -- sorted JSON array of adapter ids, the lookup key
+        adapter_ids TEXT NOT NULL CHECK (json_valid(adapter_ids)),
+        result_json TEXT NOT NULL CHECK (json_valid(result_json)),
+        created_at  TEXT NOT NULL DEFAULT ${now}
+      );
+      CREATE INDEX concept_results_by_set ON concept_results (adapter_ids, id);
       CREATE INDEX adapters_by_file ON adapters (file_sha256);
       -- trained values (SHiRA: Σ K; LoRA: Σ |A| + |B|), for bytes per value and parameter matching
       ALTER TABLE adapters ADD COLUMN trainable INTEGER NOT NULL DEFAULT 0;

@@ -5,7 +5,7 @@
 import { writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
-import { availableParallelism } from 'node:os';
+import { availableParallelism, cpus } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { argValue, defaultWorkerBinary } from '../../core/paths';
@@ -19,6 +19,8 @@ import { buildStyleSet, STYLE_NAMES, STYLES, type StyleName } from './styles';
 import { runAdapterDemo, unpackToFolder } from './adapter-demo';
 import { evalBase } from './eval-base';
 import { benchLibrary } from './bench-library';
+import { buildStyleBenchmark, CONCEPT_METHODS, conceptMarkdown, runConceptEval, SMALL_CONFIG, type ConceptMethod } from './concept-eval';
+import { writeConceptDoc } from './concept-doc';
 
 /** The app's root (two folders above out/main/): native/, resources/. */
 const appRoot = fileURLToPath(new URL('../../', import.meta.url));
@@ -160,6 +162,34 @@ async function main(): Promise<void> {
     return sampleGrid(defaultWorkerBinary(appRoot), dir, join(dir, 'samples.png'));
   }
   if (command === 'model-card') return writeModelCard(resolve(rest[0] ?? 'resources/models/clipart-64'), resolve(rest[1] ?? '.data/clipart-64'));
+  if (command === 'styles-data' || command === 'concept-eval') {
+    const list = (key: string) => argValue(rest, key)?.split(',').map((x) => x.trim()).filter(Boolean);
+    const o = {
+      ...SMALL_CONFIG,
+      worker: defaultWorkerBinary(appRoot),
+      threads: Number(argValue(rest, 'threads') ?? availableParallelism()),
+      model: resolve(argValue(rest, 'model') ?? join(appRoot, 'resources/models/clipart-64/model.safetensors')),
+      heldout: resolve(argValue(rest, 'heldout') ?? '.data/clipart-64/heldout.safetensors'),
+      workDir: resolve(argValue(rest, 'work-dir') ?? '.data/concept'),
+      ...(list('styles') ? { styles: list('styles') as StyleName[] } : {}),
+      ...(list('methods') ? { methods: list('methods') as ConceptMethod[] } : {}),
+      ...(list('seeds') ? { seeds: list('seeds')!.map(Number) } : {}),
+      ...(argValue(rest, 'steps') ? { steps: Number(argValue(rest, 'steps')) } : {}),
+      log: (line: string) => console.error(line),
+      emitRow: (row: Record<string, unknown>) => console.log(JSON.stringify(row)),
+    };
+    for (const st of o.styles) if (!STYLE_NAMES.includes(st)) throw new Error(`--styles: "${st}" is not one of ${STYLE_NAMES.join(', ')}`);
+    for (const m of o.methods) if (!(m in CONCEPT_METHODS)) throw new Error(`--methods: "${m}" is not one of ${Object.keys(CONCEPT_METHODS).join(', ')}`);
+    if (command === 'styles-data') return console.log(JSON.stringify(await buildStyleBenchmark(o)));
+    const result = await runConceptEval(o);
+    console.log(JSON.stringify({ name: 'summary', summary: result.summary, judge: result.judge, seconds: result.seconds }));
+    if (rest.includes('--write')) {
+      const hardware = `${cpus()[0]?.model ?? 'CPU'}, ${o.threads} thread(s)`;
+      writeConceptDoc(join(appRoot, 'docs', 'concept-loss.md'), conceptMarkdown(result, hardware, new Date().toISOString().slice(0, 10)));
+      writeFileSync(join(appRoot, 'docs', 'concept-loss.json'), `${JSON.stringify(result, null, 1)}\n`);
+    }
+    return;
+  }
   if (command === 'bench-library') {
     return benchLibrary({
       worker: defaultWorkerBinary(appRoot),
