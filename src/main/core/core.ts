@@ -111,6 +111,17 @@ export class Core {
     return this.worker_;
   }
 
+  /**
+   * Work on the mixing/generation engine runs one call at a time: the worker answers "busy" to a
+   * model-changing op while it samples, and a slider dragged during a generation must wait, not fail.
+   */
+  private lane_: Promise<unknown> = Promise.resolve();
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.lane_.then(fn, fn);
+    this.lane_ = run.catch(() => {});
+    return run;
+  }
+
   /** The training engine process (tests kill it to check crash recovery). */
   get trainer(): WorkerSupervisor | null {
     return this.trainer_;
@@ -204,7 +215,7 @@ export class Core {
         return summary;
       },
       'adapters.delete': async ({ id }) => {
-        await this.mixer.forget(id);
+        await this.serial(() => this.mixer.forget(id));
         const deleted = this.adapters.delete(id);
         if (deleted) this.events.emit({ type: 'library.changed', what: 'adapters', id });
         return { deleted };
@@ -232,7 +243,8 @@ export class Core {
       },
       'mix.apply': async ({ entries, mixId }) => {
         if ((entries === undefined) === (mixId === undefined)) throw badInput('Give either entries or mixId.');
-        return this.mixer.apply(entries ?? this.mixer.mixEntries(mixId!));
+        const chosen = entries ?? this.mixer.mixEntries(mixId!);
+        return this.serial(() => this.mixer.apply(chosen));
       },
       'mix.current': () => this.mixer.current(),
       'mixes.list': () => this.mixer.listMixes(),
@@ -255,11 +267,11 @@ export class Core {
       'training.cancel': ({ id }) => this.training.cancel(id),
       'training.samples': ({ id }) => this.training.samples(id),
       'generate': async (req) => {
-        const images = await this.generations.generate(req);
+        const images = await this.serial(() => this.generations.generate(req));
         this.events.emit({ type: 'library.changed', what: 'generations' });
         return images;
       },
-      'concept.evaluate': (req) => this.concept.evaluate(req),
+      'concept.evaluate': (req) => this.serial(() => this.concept.evaluate(req)),
       'concept.latest': ({ adapterIds }) => this.concept.latest(adapterIds),
       'generations.list': (o) => this.generations.list(o),
       'generations.get': ({ id }) => this.generations.get(id),
