@@ -1,7 +1,12 @@
-// Benchmarks (issue 3): per-step training time and peak memory of SHiRA (each mask) vs parameter-matched
-// LoRA vs full fine-tune, whole-model adapter switching A→B (SHiRA scatter vs LoRA fuse), and the
-// per-layer sparse vs dense-then-gather weight gradient. Each row goes to `emit` as
-// {"event":"bench_row","row":{name, device, model, ...}} as soon as it is measured.
+// Benchmarks (issues 3 and 5): per-step training time and peak memory of SHiRA (each mask) vs parameter-matched
+// LoRA vs full fine-tune ("train"), the per-layer sparse vs dense-then-gather weight gradient ("grad"), and
+// adapter switching ("switch"), whose rows are, per model:
+//   switch           warm whole-model switch A→B (SHiRA scatter vs LoRA fuse), per mask
+//   cold_switch      read + decode the v2 file + apply, per mask (LoRA: its v2 f16 file)
+//   bytes_per_value  file bytes per trained value, per mask and value dtype, vs PEFT (12) and fp16 LoRA
+//   blend_n          blending N = 1, 2, 4, 8 adapters (Rand SHiRA vs LoRA)
+//   alpha_change     one α changed in a 2-adapter mix: incremental re-blend vs clear + full apply
+// Each row goes to `emit` as {"event":"bench_row","row":{name, device, model, ...}} as soon as it is measured.
 #pragma once
 
 #include <functional>

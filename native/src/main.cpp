@@ -5,7 +5,12 @@
 //   shira-worker sample --model M.safetensors [--adapter A.safetensors [--alpha 1]] --prompt "..." --out S.safetensors
 //   shira-worker init   --config C.json --out M.safetensors [--seed N]
 //   shira-worker export --path A.safetensors --out DIR [--format peft|native]   PEFT folder (adapter_config.json + weights)
+//   shira-worker convert --path A.safetensors --out B.safetensors [--values f16|f32] [--model M | --config C]
+//                                                        any loadable adapter -> format v2 (docs/adapter-format.md);
+//                                                        v1/PEFT files need the model for their layer shapes
 //   shira-worker bench --kind train|switch|grad [--quick true] [--models builtin,sd15] | inspect --path A.safetensors | info
+//
+// --identity ID goes to load_model with --model/--config (train records it as the adapter's base_identity).
 //
 // Every "--key value" becomes an argument of the protocol op of the same name, so the CLI and the
 // protocol cannot drift apart. Output is JSON lines (progress events, then the result).
@@ -36,7 +41,7 @@ Json parse_value(const std::string& s) {
 void print(const Json& j) { std::cout << j.dump(-1, ' ', false, Json::error_handler_t::replace) << '\n' << std::flush; }
 
 int usage() {
-    std::cerr << "usage: shira-worker [--device auto|cpu|cuda] [serve|train|sample|init|export|bench|inspect|info] [--key value]...\n";
+    std::cerr << "usage: shira-worker [--device auto|cpu|cuda] [serve|train|sample|init|export|convert|bench|inspect|info] [--key value]...\n";
     return 2;
 }
 
@@ -82,6 +87,7 @@ int main(int argc, char** argv) {
             if (args.contains("model")) load_args["path"] = args["model"];
             if (args.contains("config")) load_args["config"] = args["config"];
             if (args.contains("seed")) load_args["seed"] = args["seed"];
+            if (args.contains("identity")) load_args["identity"] = args["identity"];
             worker_run_op(st, "load_model", load_args, emit);
         };
         Json result;
@@ -102,6 +108,9 @@ int main(int argc, char** argv) {
             result = worker_run_op(st, "bench", args, emit);
         } else if (command == "export") {
             result = worker_run_op(st, "adapter_export", args, emit);
+        } else if (command == "convert") {
+            if (args.contains("model") || args.contains("config")) load();
+            result = worker_run_op(st, "adapter_convert", args, emit);
         } else if (command == "inspect") {
             result = worker_run_op(st, "adapter_inspect", args, emit);
         } else if (command == "info") {

@@ -1,7 +1,15 @@
 #include "shira.h"
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <set>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
@@ -17,14 +25,6 @@ namespace {
 
 double now_ms() {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-// Per-layer seeds derived from the adapter seed and the layer path, so a Rand mask is regenerable
-// from (seed, path) alone and layers of equal shape do not get the same pattern.
-uint64_t layer_seed(uint64_t seed, const std::string& name) {
-    uint64_t h = 1469598103934665603ull ^ seed;
-    for (unsigned char c : name) h = (h ^ c) * 1099511628211ull;
-    return h;
 }
 
 int64_t cols_of(const torch::Tensor& w) { return w.numel() / w.size(0); }
@@ -225,35 +225,175 @@ void check_room(int64_t available, int64_t K) {
 
 torch::Tensor finish_mask(torch::Tensor idx) { return std::get<0>(idx.sort()).contiguous(); }
 
+// Sorts non-negative indices in place: LSD radix, at most 12 bits per pass (a 32 KiB histogram). Regenerating
+// a Rand mask sorts millions of indices per file, several times faster than a comparison sort.
+void radix_sort_indices(std::vector<int64_t>& v) {
+    if (v.size() < 2) return;
+    const uint64_t top    = (uint64_t)*std::max_element(v.begin(), v.end());
+    const int      bits   = top == 0 ? 1 : 64 - __builtin_clzll(top);
+    const int      passes = (bits + 11) / 12, width = (bits + passes - 1) / passes;
+    const uint64_t mask   = (1ull << width) - 1;
+    thread_local std::vector<int64_t> tmp;  // reused: see randperm_prefix
+    tmp.resize(v.size());
+    std::vector<size_t> count((size_t)mask + 2);
+    for (int pass = 0, shift = 0; pass < passes; ++pass, shift += width) {
+        std::fill(count.begin(), count.end(), 0);
+        for (int64_t x : v) ++count[(((uint64_t)x >> shift) & mask) + 1];
+        for (size_t b = 0; b + 1 < count.size(); ++b) count[b + 1] += count[b];
+        for (int64_t x : v) tmp[count[((uint64_t)x >> shift) & mask]++] = x;
+        v.swap(tmp);
+    }
+}
+
+torch::Tensor to_index_tensor(std::vector<int64_t>&& v) {
+    auto holder = new std::vector<int64_t>(std::move(v));
+    return torch::from_blob(holder->data(), {(int64_t)holder->size()}, [holder](void*) { delete holder; },
+                            torch::TensorOptions().dtype(torch::kInt64));
+}
+
+// Open-addressing int64 -> int64 map for at most `max_entries` keys >= 0 (no erase): the displaced slots of a
+// partial Fisher–Yates shuffle.
+struct SlotMap {
+    explicit SlotMap(int64_t max_entries) {
+        while (capacity_ < 2 * (uint64_t)max_entries + 1) capacity_ <<= 1;
+        keys_.assign(capacity_, -1);
+        vals_.resize(capacity_);
+    }
+    // The value at `key`, created as `key` itself (an untouched slot of the identity permutation).
+    int64_t& at(int64_t key) {
+        uint64_t h = ((uint64_t)key * 0x9E3779B97F4A7C15ull) & (capacity_ - 1);
+        while (keys_[h] != -1 && keys_[h] != key) h = (h + 1) & (capacity_ - 1);
+        if (keys_[h] == -1) {
+            keys_[h] = key;
+            vals_[h] = key;
+        }
+        return vals_[h];
+    }
+    uint64_t             capacity_ = 16;
+    std::vector<int64_t> keys_, vals_;
+};
+
+// The first K entries of torch::randperm(n, generator seeded with `seed`). randperm's CPU kernel is the
+// forward Fisher–Yates r[i] <-> r[i + random() % (n − i)] for i = 0..n−2 (random() = 32-bit mt19937 draw;
+// libtorch 2.x switches to 64-bit draws only for n >= 2^32/20), so entry i is final after step i and K
+// steps suffice. Slots < K live in a dense array. A slot >= K hit only once still holds its own index then,
+// and what it receives is never read again, so only slots hit twice or more (found by a first pass over the
+// draws, ~K²/2n of them) need a hash: that keeps the random accesses within two n-bit bitmaps.
+std::vector<int64_t> randperm_prefix(int64_t n, int64_t K, uint64_t seed) {
+    at::Generator gen   = at::detail::createCPUGenerator(seed);
+    auto*         impl  = at::check_generator<at::CPUGeneratorImpl>(gen);
+    const bool    wide  = (uint64_t)n >= std::numeric_limits<uint32_t>::max() / 20;
+    const int64_t steps = std::min(K, n - 1);
+    // Scratch reused across calls (a file regenerates many layers): fresh pages cost more than the work here.
+    thread_local std::vector<int64_t>  z;
+    thread_local std::vector<uint64_t> seen, multi;
+    z.resize(std::max<int64_t>(steps, 0));
+    seen.assign((n - K + 63) / 64 + 1, 0);
+    multi.assign(seen.size(), 0);
+    int64_t nmulti = 0;
+    for (int64_t i = 0; i < steps; ++i) {
+        // 32-bit modulo when it is exact (draw and n − i both fit): several times cheaper than 64-bit division.
+        z[i] = i + (wide ? (int64_t)(impl->random64() % (uint64_t)(n - i)) : (int64_t)(impl->random() % (uint32_t)(n - i)));
+        if (z[i] < K) continue;
+        const uint64_t p = (uint64_t)(z[i] - K), bit = 1ull << (p & 63);
+        if (!(seen[p >> 6] & bit)) {
+            seen[p >> 6] |= bit;
+        } else if (!(multi[p >> 6] & bit)) {
+            multi[p >> 6] |= bit;
+            ++nmulti;
+        }
+    }
+    std::vector<int64_t> low(K);
+    for (int64_t i = 0; i < K; ++i) low[i] = i;
+    SlotMap high(nmulti);
+    for (int64_t i = 0; i < steps; ++i) {
+        const int64_t zi = z[i], vi = low[i];
+        if (zi < K) {
+            low[i]  = low[zi];
+            low[zi] = vi;
+            continue;
+        }
+        const uint64_t p = (uint64_t)(zi - K);
+        if (!(multi[p >> 6] & (1ull << (p & 63)))) {
+            low[i] = zi;
+        } else {
+            int64_t& slot = high.at(zi);
+            low[i]        = slot;
+            slot          = vi;
+        }
+    }
+    return low;
+}
+
 }  // namespace
+
+uint64_t shira_layer_seed(uint64_t seed, const std::string& name) {
+    uint64_t h = 1469598103934665603ull ^ seed;
+    for (unsigned char c : name) h = (h ^ c) * 1099511628211ull;
+    return h;
+}
 
 torch::Tensor mask_struct(int64_t m, int64_t n, int64_t K, const torch::Tensor& exclude) {
     const auto    i64  = torch::TensorOptions().dtype(torch::kInt64);
     const int64_t dmin = std::min(m, n);
-    torch::Tensor diag = torch::arange(dmin, i64) * (n + 1);
     // Rows past dmin hold no diagonal entry, so n-1 new entries per row is the worst case.
     const int64_t remaining   = std::max<int64_t>(0, K - dmin);
     const int64_t rows_needed = remaining == 0 ? 1 : (remaining + std::max<int64_t>(1, n - 1) - 1) / std::max<int64_t>(1, n - 1);
     const int64_t f           = std::max<int64_t>(1, m / rows_needed);
+    if (!exclude.defined()) {
+        // The first K candidates of the general path below (the diagonal, then rows in phase order minus their
+        // diagonal entry), emitted row by row in sorted order without building the other m·n − K.
+        const int64_t        ndiag = std::min(dmin, K);
+        int64_t              left  = K - ndiag;
+        std::vector<int64_t> take(m, 0);  // row entries taken besides the diagonal, in column order
+        for (int64_t p = 0; p < f && left > 0; ++p) {
+            for (int64_t r = p; r < m && left > 0; r += f) {
+                take[r] = std::min(n - (r < dmin ? 1 : 0), left);
+                left -= take[r];
+            }
+        }
+        check_room(K - left, K);
+        std::vector<int64_t> out(K);
+        int64_t*             o = out.data();
+        for (int64_t r = 0; r < m; ++r) {
+            const bool    has_diag = r < ndiag;
+            const int64_t t = take[r], base = r * n;
+            if (r < dmin && t > r) {  // the taken columns skip the diagonal one: [0, r) ∪ (r, t]
+                for (int64_t c = 0; c < r; ++c) *o++ = base + c;
+                if (has_diag) *o++ = base + r;
+                for (int64_t c = r + 1; c <= t; ++c) *o++ = base + c;
+            } else {  // [0, t), then the diagonal (column r >= t) when selected
+                for (int64_t c = 0; c < t; ++c) *o++ = base + c;
+                if (has_diag) *o++ = base + r;
+            }
+        }
+        if (o != out.data() + K) throw WorkerError(ERROR_TYPE_INTERNAL, "mask_struct emitted a wrong count");
+        return to_index_tensor(std::move(out));
+    }
     std::vector<torch::Tensor> phases;
     for (int64_t p = 0; p < f; ++p) phases.push_back(torch::arange(p, m, f, i64));
     torch::Tensor rows    = torch::cat(phases);
     torch::Tensor entries = (rows.unsqueeze(1) * n + torch::arange(n, i64).unsqueeze(0)).reshape(-1);
     torch::Tensor r = torch::div(entries, n, "floor"), c = entries.remainder(n);
     entries = entries.masked_select(~(r.eq(c) & r.lt(dmin)));  // diagonal entries are already first
+    torch::Tensor diag = torch::arange(dmin, i64) * (n + 1);
     torch::Tensor cand = torch::cat({diag, entries});
-    if (exclude.defined()) cand = cand.masked_select(~exclude.reshape(-1).index_select(0, cand));
+    cand = cand.masked_select(~exclude.reshape(-1).index_select(0, cand));
     check_room(cand.numel(), K);
     return finish_mask(cand.slice(0, 0, K));
 }
 
 torch::Tensor mask_rand(int64_t numel, int64_t K, uint64_t seed, const torch::Tensor& exclude) {
-    torch::Tensor allowed = exclude.defined() ? (~exclude.reshape(-1)).nonzero().reshape(-1)
-                                              : torch::arange(numel, torch::TensorOptions().dtype(torch::kInt64));
+    if (!exclude.defined()) {
+        check_room(numel, K);
+        std::vector<int64_t> idx = randperm_prefix(numel, K, seed);
+        radix_sort_indices(idx);
+        return to_index_tensor(std::move(idx));
+    }
+    torch::Tensor allowed = (~exclude.reshape(-1)).nonzero().reshape(-1);
     check_room(allowed.numel(), K);
-    at::Generator gen  = at::detail::createCPUGenerator(seed);
-    torch::Tensor perm = torch::randperm(allowed.numel(), gen, torch::TensorOptions().dtype(torch::kInt64));
-    return finish_mask(allowed.index_select(0, perm.slice(0, 0, K)));
+    std::vector<int64_t> pick = randperm_prefix(allowed.numel(), K, seed);
+    return finish_mask(allowed.index_select(0, to_index_tensor(std::move(pick))));
 }
 
 torch::Tensor mask_topk(const torch::Tensor& scores, int64_t K, const torch::Tensor& exclude) {
@@ -267,13 +407,208 @@ torch::Tensor mask_topk(const torch::Tensor& scores, int64_t K, const torch::Ten
 }
 
 // ---------------------------------------------------------------------------------------------
+// Index checksum and Golomb–Rice code
+
+uint64_t shira_index_checksum(const torch::Tensor& idx_in) {
+    torch::Tensor  idx = idx_in.to(torch::kCPU, torch::kInt64).contiguous();
+    const int64_t* p   = idx.data_ptr<int64_t>();
+    uint64_t       h   = 14695981039346656037ull;
+    for (int64_t i = 0; i < idx.numel(); ++i) {
+        const uint64_t v = (uint64_t)p[i];
+        for (int b = 0; b < 64; b += 8) h = (h ^ ((v >> b) & 0xff)) * 1099511628211ull;
+    }
+    return h;
+}
+
+std::string checksum_hex(uint64_t checksum) {
+    char buf[17];
+    std::snprintf(buf, sizeof buf, "%016llx", (unsigned long long)checksum);
+    return buf;
+}
+
+namespace {
+
+struct BitWriter {
+    std::vector<uint8_t> bytes;
+    uint64_t             acc = 0;
+    int                  nacc = 0;  // pending bits in the low end of acc, < 8 between calls
+    void put(uint64_t value, int nbits) {  // nbits <= 56
+        acc = (acc << nbits) | value;
+        nacc += nbits;
+        while (nacc >= 8) {
+            nacc -= 8;
+            bytes.push_back((uint8_t)(acc >> nacc));
+        }
+        acc &= (1ull << nacc) - 1;
+    }
+    void finish() {
+        if (nacc > 0) bytes.push_back((uint8_t)(acc << (8 - nacc)));
+        nacc = 0;
+    }
+};
+
+}  // namespace
+
+RiceCode rice_encode(const torch::Tensor& idx_in) {
+    torch::Tensor  idx = idx_in.to(torch::kCPU, torch::kInt64).contiguous();
+    const int64_t  K   = idx.numel();
+    const int64_t* p   = idx.data_ptr<int64_t>();
+    std::vector<uint64_t> gaps(K);
+    for (int64_t i = 0; i < K; ++i) {
+        const int64_t g = i == 0 ? p[0] : p[i] - p[i - 1] - 1;
+        if (g < 0) throw WorkerError(ERROR_TYPE_INTERNAL, "rice_encode needs sorted unique non-negative indices");
+        gaps[i] = (uint64_t)g;
+    }
+    // bits(k) = Σ (g >> k) + K·(k + 1) is convex in k: bits(k) − bits(k+1) = Σ ⌈(g >> k) / 2⌉ − K never
+    // grows with k. So walk downhill from k ≈ log2(mean gap) to the smallest minimiser.
+    auto bits = [&](int k) {
+        uint64_t s = 0;
+        for (uint64_t g : gaps) s += g >> k;
+        return s + (uint64_t)K * (uint64_t)(k + 1);
+    };
+    RiceCode code;
+    if (K > 0) {
+        const double mean = p[K - 1] / (double)K;
+        int          k    = std::max(0, std::min(40, (int)std::floor(std::log2(mean + 1.0))));
+        uint64_t     here = bits(k);
+        while (k > 0) {
+            const uint64_t down = bits(k - 1);
+            if (down > here) break;
+            --k;
+            here = down;
+        }
+        while (k < 40) {
+            const uint64_t up = bits(k + 1);
+            if (up >= here) break;
+            ++k;
+            here = up;
+        }
+        code.k = k;
+        BitWriter w;
+        w.bytes.reserve((here + 7) / 8);
+        const uint64_t low = (1ull << k) - 1;
+        for (uint64_t g : gaps) {
+            uint64_t q = g >> k;
+            for (; q >= 32; q -= 32) w.put(0xffffffffull, 32);
+            w.put(((1ull << q) - 1) << 1, (int)q + 1);  // q ones, then the terminating zero
+            if (k > 0) w.put(g & low, k);
+        }
+        w.finish();
+        code.bytes = torch::empty({(int64_t)w.bytes.size()}, torch::kUInt8);
+        if (!w.bytes.empty()) std::memcpy(code.bytes.data_ptr<uint8_t>(), w.bytes.data(), w.bytes.size());
+    } else {
+        code.bytes = torch::empty({0}, torch::kUInt8);
+    }
+    return code;
+}
+
+torch::Tensor rice_decode(const torch::Tensor& bytes_in, int k, int64_t K, int64_t numel, const std::string& what) {
+    if (k < 0 || k > 40) throw_bad_input(what + ": Rice parameter k=" + std::to_string(k) + " is outside 0..40");
+    torch::Tensor  bytes  = bytes_in.to(torch::kCPU).contiguous();
+    const uint8_t* data   = bytes.data_ptr<uint8_t>();
+    const int64_t  nbytes = bytes.numel();
+    int64_t        next = 0;  // next byte to load
+    uint64_t       buf  = 0;  // unread bits, MSB-aligned
+    int            nbuf = 0;
+    auto refill = [&] {
+        while (nbuf <= 56 && next < nbytes) {
+            buf |= (uint64_t)data[next++] << (56 - nbuf);
+            nbuf += 8;
+        }
+    };
+    auto truncated = [&] { throw_bad_input(what + ": Rice-coded indices end early (file truncated or corrupt)"); };
+    std::vector<int64_t> out(K);
+    int64_t              prev = -1;
+    const uint64_t       qmax = (uint64_t)numel >> k;  // any larger quotient is out of range anyway
+    for (int64_t i = 0; i < K; ++i) {
+        uint64_t q = 0;
+        for (;;) {
+            refill();
+            if (nbuf == 0) truncated();
+            const int ones = ~buf == 0 ? 64 : __builtin_clzll(~buf);
+            if (ones >= nbuf) {
+                q += (uint64_t)nbuf;
+                buf  = 0;
+                nbuf = 0;
+            } else {
+                q += (uint64_t)ones;
+                buf  = ones + 1 >= 64 ? 0 : buf << (ones + 1);
+                nbuf -= ones + 1;
+                break;
+            }
+            if (q > qmax) break;
+        }
+        if (q > qmax) throw_bad_input(what + ": Rice-coded index " + std::to_string(i) + " is out of range (corrupt data)");
+        uint64_t r = 0;
+        if (k > 0) {
+            refill();
+            if (nbuf < k) truncated();
+            r = buf >> (64 - k);
+            buf <<= k;
+            nbuf -= k;
+        }
+        const uint64_t g = (q << k) | r;
+        if (g >= (uint64_t)numel || prev + 1 + (int64_t)g >= numel) {
+            throw_bad_input(what + ": Rice-coded index " + std::to_string(i) + " is out of range (corrupt data)");
+        }
+        prev    = prev + 1 + (int64_t)g;
+        out[i]  = prev;
+    }
+    // What is left must be the zero padding of the last byte: no further bytes, no set bits.
+    const int64_t used_bits = next * 8 - nbuf;
+    if ((used_bits + 7) / 8 != nbytes) {
+        throw_bad_input(what + ": Rice-coded indices have " + std::to_string(nbytes - (used_bits + 7) / 8) +
+                        " bytes past the last index (corrupt data)");
+    }
+    if (nbuf > 0 && buf != 0) throw_bad_input(what + ": Rice padding bits are not zero (corrupt data)");
+    return to_index_tensor(std::move(out));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Adapters: attach / detach
+
+namespace {
+uint64_t next_adapter_uid() {
+    static std::atomic<uint64_t> counter{0};
+    return ++counter;
+}
+}  // namespace
+
+Adapter::Adapter() : uid(next_adapter_uid()) {}
+
+Adapter::Adapter(const Adapter& o)
+    : kind(o.kind), shira(o.shira), lora(o.lora), metadata(o.metadata), format_version(o.format_version),
+      storage(o.storage), uid(next_adapter_uid()) {}
+
+Adapter& Adapter::operator=(const Adapter& o) {
+    if (this == &o) return *this;
+    kind           = o.kind;
+    shira          = o.shira;
+    lora           = o.lora;
+    metadata       = o.metadata;
+    format_version = o.format_version;
+    storage        = o.storage;
+    uid            = next_adapter_uid();
+    return *this;
+}
 
 int64_t Adapter::trainable() const {
     int64_t n = 0;
     for (const auto& [_, t] : shira) n += t.values.numel();
     for (const auto& [_, t] : lora) n += t.A.numel() + t.B.numel();
     return n;
+}
+
+int64_t Adapter::decoded_bytes() const {
+    int64_t n = 0;
+    for (const auto& [_, t] : shira) n += t.idx.nbytes() + t.values.nbytes();
+    for (const auto& [_, t] : lora) n += t.A.nbytes() + t.B.nbytes();
+    return n;
+}
+
+std::string Adapter::base_identity() const {
+    auto it = metadata.find("base_identity");
+    return it == metadata.end() ? "" : it->second;
 }
 
 std::map<std::string, torch::Tensor> shira_calibrate(DiffusionModel& model, const std::vector<std::string>& targets,
@@ -324,7 +659,7 @@ std::vector<torch::Tensor> shira_attach(DiffusionModel& model, const ShiraOption
         torch::Tensor idx;
         switch (o.mask) {
             case MASK_TYPE_STRUCT: idx = mask_struct(m, n, K, exclude); break;
-            case MASK_TYPE_RAND: idx = mask_rand(numel, K, layer_seed(o.seed, name), exclude); break;
+            case MASK_TYPE_RAND: idx = mask_rand(numel, K, shira_layer_seed(o.seed, name), exclude); break;
             case MASK_TYPE_WM: idx = mask_topk(W.abs(), K, exclude); break;
             default: {
                 auto it = scores.find(name);
@@ -362,7 +697,11 @@ Adapter shira_detach(DiffusionModel& model) {
     for (auto& [name, layer] : model.layers()) {
         if (!layer->shira) continue;
         const ShiraSlot& s = *layer->shira;
-        a.shira[name]      = {s.idx.cpu(), s.values.detach().to(torch::kCPU, torch::kFloat32).clone(), cols_of(layer->weight)};
+        ShiraTensor& t = a.shira[name];
+        t.idx          = s.idx.cpu();
+        t.values       = s.values.detach().to(torch::kCPU, torch::kFloat32).clone();
+        t.cols         = cols_of(layer->weight);
+        t.shape        = layer->weight.sizes().vec();
         layer->weight.view(-1).index_put_({s.idx}, s.base_vals);
         layer->shira.reset();
     }
@@ -419,40 +758,281 @@ Adapter lora_detach(DiffusionModel& model) {
 // ---------------------------------------------------------------------------------------------
 // Files
 
-void adapter_save(const Adapter& a, const std::string& path) {
+ValuesDtype str_to_values_dtype(const std::string& name) {
+    if (name == "f16") return VALUES_DTYPE_F16;
+    if (name == "f32") return VALUES_DTYPE_F32;
+    throw_bad_input("values dtype must be 'f16' or 'f32', not '" + name + "'");
+}
+
+namespace {
+
+constexpr const char* kFormatName = "shira-studio-adapter";
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+int64_t numel_of(const std::vector<int64_t>& shape) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+}
+
+std::string shape_str(const std::vector<int64_t>& shape) { return json(shape).dump(); }
+
+// f16 when asked for and every value fits (|v| <= 65504), else f32: an overflow to inf is never silent.
+torch::Tensor stored_values(const torch::Tensor& v, ValuesDtype want, std::string& dtype_name) {
+    torch::Tensor f = v.detach().to(torch::kCPU, torch::kFloat32).contiguous();
+    if (want == VALUES_DTYPE_F16 && (f.numel() == 0 || f.abs().max().item<float>() <= 65504.0f)) {
+        dtype_name = "f16";
+        return f.to(torch::kFloat16);
+    }
+    dtype_name = "f32";
+    return f;
+}
+
+// v1 files keep the method, mask, density, ... as separate plain strings; v2's "method" is one JSON object.
+std::string method_json(const Adapter& a) {
+    auto it = a.metadata.find("method");
+    if (it != a.metadata.end()) {
+        try {
+            json j = json::parse(it->second);
+            if (j.is_object()) return j.dump();
+        } catch (const std::exception&) {
+        }
+    }
+    json j = {{"method", a.kind == ADAPTER_KIND_SHIRA ? "shira" : "lora"}};
+    auto num = [&](const char* key) {
+        auto m = a.metadata.find(key);
+        if (m == a.metadata.end()) return;
+        try {
+            size_t used = 0;
+            double v    = std::stod(m->second, &used);
+            if (used == m->second.size()) j[key] = v;
+        } catch (const std::exception&) {
+        }
+    };
+    if (a.metadata.count("mask")) j["mask"] = a.metadata.at("mask");
+    for (const char* key : {"density", "seed", "steps", "lr"}) num(key);
+    return j.dump();
+}
+
+}  // namespace
+
+void adapter_save(const Adapter& a, const std::string& path, ValuesDtype want) {
     std::map<std::string, torch::Tensor> tensors;
     std::map<std::string, std::string>   meta = a.metadata;
-    json                                 alphas = json::object(), cols = json::object();
-    meta["kind"] = a.kind == ADAPTER_KIND_SHIRA ? "shira" : "lora";
+    meta.erase("shira_cols");  // v1 keys, superseded by "tensors"
+    meta.erase("alphas");
+    json entries = json::object();
     for (const auto& [name, t] : a.shira) {
-        // PEFT layout: int32 [2, K] rows then columns. n goes to metadata so loading can rebuild flat indices.
-        if (t.cols <= 0) throw WorkerError(ERROR_TYPE_INTERNAL, "SHiRA tensor '" + name + "' has no column count");
-        tensors[name + ".shira_weight"]  = t.values.to(torch::kFloat32);
-        tensors[name + ".shira_indices"] = torch::stack({torch::div(t.idx, t.cols, "floor"), t.idx.remainder(t.cols)}).to(torch::kInt32);
-        cols[name]                       = t.cols;
+        const int64_t K = t.idx.numel();
+        if (t.shape.empty()) {
+            throw_bad_input("SHiRA layer '" + name + "' has no known shape (v1/PEFT files store none): load the model it belongs to first");
+        }
+        if (t.values.numel() != K) throw WorkerError(ERROR_TYPE_INTERNAL, "SHiRA layer '" + name + "' has " + std::to_string(t.values.numel()) + " values for " + std::to_string(K) + " indices");
+        const int64_t numel = numel_of(t.shape), m = t.shape[0], n = numel / std::max<int64_t>(m, 1);
+        torch::Tensor idx   = t.idx.to(torch::kCPU, torch::kInt64).contiguous();
+        if (K < 1 || K > numel || idx[K - 1].item<int64_t>() >= numel || idx[0].item<int64_t>() < 0) {
+            throw_bad_input("SHiRA layer '" + name + "': " + std::to_string(K) + " indices do not fit its shape " + shape_str(t.shape));
+        }
+        json e = {{"shape", t.shape}, {"k", K}, {"checksum", checksum_hex(shira_index_checksum(idx))}};
+        if (torch::equal(mask_struct(m, n, K), idx)) {
+            e["index"] = "struct";
+        } else if (t.rand_seed && torch::equal(mask_rand(numel, K, *t.rand_seed), idx)) {
+            e["index"]     = "rand";
+            e["rand_seed"] = std::to_string(*t.rand_seed);
+        } else {
+            RiceCode code            = rice_encode(idx);
+            e["index"]               = "rice";
+            e["rice_k"]              = code.k;
+            tensors[name + ".index"] = code.bytes;
+        }
+        std::string dtype;
+        tensors[name + ".values"] = stored_values(t.values, want, dtype);
+        e["values"]               = dtype;
+        entries[name]             = e;
     }
-    if (!a.shira.empty()) meta["shira_cols"] = cols.dump();
     for (const auto& [name, t] : a.lora) {
-        tensors[name + ".lora_A.weight"] = t.A;
-        tensors[name + ".lora_B.weight"] = t.B;
-        alphas[name]                     = t.alpha;
+        std::string   da, db;
+        torch::Tensor A = stored_values(t.A, want, da), B = stored_values(t.B, want, db);
+        if (da != db) {  // one dtype per layer: both f32 when either factor overflows f16
+            A  = stored_values(t.A, VALUES_DTYPE_F32, da);
+            B  = stored_values(t.B, VALUES_DTYPE_F32, db);
+        }
+        tensors[name + ".lora_A"] = A;
+        tensors[name + ".lora_B"] = B;
+        entries[name] = {{"a_shape", t.A.sizes().vec()}, {"b_shape", t.B.sizes().vec()}, {"alpha", t.alpha}, {"values", da}};
     }
-    if (!a.lora.empty()) meta["alphas"] = alphas.dump();
+    meta["format"]         = kFormatName;
+    meta["format_version"] = "2";
+    meta["kind"]           = a.kind == ADAPTER_KIND_SHIRA ? "shira" : "lora";
+    meta["base_identity"]  = a.base_identity();
+    meta["method"]         = method_json(a);
+    meta["tensors"]        = entries.dump();
     safetensors_save(path, tensors, meta);
 }
 
 namespace {
-bool ends_with(const std::string& s, const std::string& suffix) {
-    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-}  // namespace
 
-Adapter adapter_load(const std::string& path) {
-    SafeTensors st = safetensors_load(path);
-    Adapter     a;
-    a.metadata = st.metadata;
+const char* dtype_label(torch::ScalarType t) {
+    return t == torch::kFloat16 ? "f16" : t == torch::kBFloat16 ? "bf16" : t == torch::kFloat32 ? "f32" : "other";
+}
+
+// Shapes in the tensors JSON: 2 or 4 positive dimensions (Linear / Conv2d weights), numel < 2^40.
+std::vector<int64_t> json_shape(const json& v, const std::string& what) {
+    if (!v.is_array() || (v.size() != 2 && v.size() != 4)) throw_bad_input(what + " must be an array of 2 or 4 dimensions");
+    std::vector<int64_t> shape;
+    int64_t              numel = 1;
+    for (const auto& d : v) {
+        if (!d.is_number_unsigned() || d.get<uint64_t>() < 1 || d.get<uint64_t>() > (1ull << 40)) throw_bad_input(what + " has a bad dimension");
+        shape.push_back(d.get<int64_t>());
+        if (numel > (int64_t(1) << 40) / shape.back()) throw_bad_input(what + " is too large");
+        numel *= shape.back();
+    }
+    return shape;
+}
+
+Adapter load_v2(const std::string& path, SafeTensors& st) {
+    Adapter a;
+    a.metadata       = st.metadata;
+    a.format_version = 2;
+    const std::string version = st.metadata.count("format_version") ? st.metadata["format_version"] : "";
+    if (version != "2") {
+        throw_bad_input("adapter '" + path + "' has format_version '" + version + "'; this worker reads version 2 (and PEFT-layout v1 files)");
+    }
     const std::string kind = st.metadata.count("kind") ? st.metadata["kind"] : "";
     if (kind != "shira" && kind != "lora") throw_bad_input("adapter '" + path + "' has no kind 'shira' or 'lora'");
+    a.kind = kind == "shira" ? ADAPTER_KIND_SHIRA : ADAPTER_KIND_LORA;
+    json entries;
+    try {
+        entries = json::parse(st.metadata.count("tensors") ? st.metadata["tensors"] : "");
+    } catch (const std::exception&) {
+        throw_bad_input("adapter '" + path + "' has no valid 'tensors' metadata (JSON object of layers)");
+    }
+    if (!entries.is_object() || entries.empty()) throw_bad_input("adapter '" + path + "' lists no layers in its 'tensors' metadata");
+    std::set<std::string> claimed;
+    auto take = [&](const std::string& key, const std::string& layer) -> torch::Tensor& {
+        auto it = st.tensors.find(key);
+        if (it == st.tensors.end()) throw_bad_input("adapter '" + path + "': layer '" + layer + "' lacks tensor '" + key + "'");
+        claimed.insert(key);
+        return it->second;
+    };
+    auto dtype_of = [&](const json& e, const std::string& what) {
+        if (!e.contains("values") || !e["values"].is_string() || (e["values"] != "f16" && e["values"] != "f32")) {
+            throw_bad_input(what + ": 'values' must be \"f16\" or \"f32\"");
+        }
+        return e["values"] == "f16" ? torch::kFloat16 : torch::kFloat32;
+    };
+    for (const auto& [name, e] : entries.items()) {
+        const std::string what = "adapter '" + path + "': layer '" + name + "'";
+        if (!e.is_object()) throw_bad_input(what + ": entry is not an object");
+        const torch::ScalarType dt = dtype_of(e, what);
+        TensorStorage           info;
+        info.values = dt == torch::kFloat16 ? "f16" : "f32";
+        if (a.kind == ADAPTER_KIND_SHIRA) {
+            const std::vector<int64_t> shape = json_shape(e.value("shape", json()), what + ": 'shape'");
+            const int64_t numel = numel_of(shape), m = shape[0], n = numel / m;
+            if (!e.contains("k") || !e["k"].is_number_unsigned() || e["k"].get<uint64_t>() < 1 || e["k"].get<uint64_t>() > (uint64_t)numel) {
+                throw_bad_input(what + ": 'k' must be an integer in 1.." + std::to_string(numel));
+            }
+            const int64_t     K        = e["k"].get<int64_t>();
+            const std::string checksum = e.value("checksum", json("")).is_string() ? e.value("checksum", std::string()) : "";
+            if (checksum.size() != 16 || checksum.find_first_not_of("0123456789abcdef") != std::string::npos) {
+                throw_bad_input(what + ": 'checksum' must be 16 lowercase hex digits");
+            }
+            const json&   index = e.value("index", json());
+            torch::Tensor idx;
+            ShiraTensor   t;
+            if (index == "struct") {
+                idx = mask_struct(m, n, K);
+            } else if (index == "rand") {
+                const json& seed = e.value("rand_seed", json());
+                const std::string digits = seed.is_string() ? seed.get<std::string>() : "";
+                if (digits.empty() || digits.size() > 20 || digits.find_first_not_of("0123456789") != std::string::npos ||
+                    (digits.size() == 20 && digits > "18446744073709551615")) {
+                    throw_bad_input(what + ": 'rand_seed' must be a decimal uint64 string");
+                }
+                t.rand_seed = std::stoull(digits);
+                idx         = mask_rand(numel, K, *t.rand_seed);
+            } else if (index == "rice") {
+                if (!e.contains("rice_k") || !e["rice_k"].is_number_integer()) throw_bad_input(what + ": 'rice_k' must be an integer");
+                const torch::Tensor& bytes = take(name + ".index", name);
+                if (bytes.scalar_type() != torch::kUInt8 || bytes.dim() != 1) throw_bad_input(what + ": '.index' must be U8 [nbytes]");
+                info.rice_k      = e["rice_k"].get<int>();
+                info.bytes_index = bytes.numel();
+                idx              = rice_decode(bytes, info.rice_k, K, numel, what);
+            } else {
+                throw_bad_input(what + ": 'index' must be \"struct\", \"rand\" or \"rice\"");
+            }
+            if (checksum_hex(shira_index_checksum(idx)) != checksum) {
+                throw_bad_input(index == "rice" ? what + ": Rice-coded indices do not match the stored checksum (corrupt data)"
+                                                : what + ": the " + std::string(index == "rand" ? "Rand" : "Struct") +
+                                                      " indices no longer regenerate from the stored parameters (checksum mismatch)");
+            }
+            const torch::Tensor& v = take(name + ".values", name);
+            if (v.scalar_type() != dt || v.dim() != 1 || v.size(0) != K) {
+                throw_bad_input(what + ": '.values' must be " + info.values + " [" + std::to_string(K) + "]");
+            }
+            info.index        = index.get<std::string>();
+            info.bytes_values = v.nbytes();
+            t.idx             = idx;
+            t.values          = v.to(torch::kFloat32).contiguous();
+            t.cols            = n;
+            t.shape           = shape;
+            a.shira[name]     = std::move(t);
+        } else {
+            const std::vector<int64_t> as = json_shape(e.value("a_shape", json()), what + ": 'a_shape'");
+            const std::vector<int64_t> bs = json_shape(e.value("b_shape", json()), what + ": 'b_shape'");
+            if (as.size() != bs.size() || bs[1] != as[0] || (bs.size() == 4 && (bs[2] != 1 || bs[3] != 1))) {
+                throw_bad_input(what + ": a_shape " + shape_str(as) + " and b_shape " + shape_str(bs) + " do not form a LoRA pair");
+            }
+            if (!e.contains("alpha") || !e["alpha"].is_number() || !std::isfinite(e["alpha"].get<double>())) {
+                throw_bad_input(what + ": 'alpha' must be a finite number");
+            }
+            const torch::Tensor& A = take(name + ".lora_A", name);
+            const torch::Tensor& B = take(name + ".lora_B", name);
+            if (A.scalar_type() != dt || B.scalar_type() != dt || A.sizes().vec() != as || B.sizes().vec() != bs) {
+                throw_bad_input(what + ": lora_A/lora_B must be " + info.values + " " + shape_str(as) + " / " + shape_str(bs));
+            }
+            info.bytes_values = A.nbytes() + B.nbytes();
+            a.lora[name]      = {A.to(torch::kFloat32).contiguous(), B.to(torch::kFloat32).contiguous(), e["alpha"].get<double>()};
+        }
+        a.storage[name] = info;
+    }
+    for (const auto& [key, _] : st.tensors) {
+        if (!claimed.count(key)) throw_bad_input("adapter '" + path + "' has tensor '" + key + "' that no layer in 'tensors' describes");
+    }
+    return a;
+}
+
+// The model layer a v1/PEFT tensor name refers to: the name itself, or PEFT's "base_model.model.<module>"
+// relative to the UNet or the text encoder.
+std::string resolve_layer(const std::string& name, const DiffusionModel* model, const std::string& path) {
+    const std::string peft = "base_model.model.";
+    if (name.rfind(peft, 0) != 0) return name;
+    if (!model) throw_bad_input("adapter '" + path + "' is a PEFT file: load the model it belongs to first (PEFT stores neither component nor shapes)");
+    const std::string module = name.substr(peft.size());
+    for (const char* component : {"unet.", "text_encoder."}) {
+        if (model->layers().count(component + module)) return component + module;
+    }
+    throw_bad_input("adapter '" + path + "': PEFT module '" + module + "' is not a layer of the loaded model");
+}
+
+// v1 (this app's PEFT layout, metadata "kind" + "shira_cols"/"alphas") and PEFT's adapter_model.safetensors.
+Adapter load_v1(const std::string& path, SafeTensors& st, const DiffusionModel* model) {
+    Adapter a;
+    a.metadata       = st.metadata;
+    a.format_version = 1;
+    std::string kind = st.metadata.count("kind") ? st.metadata["kind"] : "";
+    if (kind.empty()) {  // PEFT: the tensor names say what it is
+        for (const auto& [key, _] : st.tensors) {
+            if (ends_with(key, ".shira_weight")) kind = "shira";
+            if (ends_with(key, ".lora_A.weight")) kind = "lora";
+        }
+        if (!kind.empty()) a.metadata["kind"] = kind;
+    }
+    if (kind != "shira" && kind != "lora") throw_bad_input("adapter '" + path + "' is not a SHiRA or LoRA adapter (no kind, no known tensor names)");
     a.kind = kind == "shira" ? ADAPTER_KIND_SHIRA : ADAPTER_KIND_LORA;
     json alphas = json::object(), cols = json::object();
     try {
@@ -461,70 +1041,219 @@ Adapter adapter_load(const std::string& path) {
     } catch (const std::exception&) {
         throw_bad_input("adapter '" + path + "' has malformed metadata");
     }
+    // PEFT keeps lora_alpha in the adapter_config.json beside the weights.
+    double peft_alpha = -1;
+    {
+        std::ifstream in(std::filesystem::path(path).parent_path() / "adapter_config.json");
+        if (in) {
+            try {
+                json cfg = json::parse(in);
+                if (cfg.contains("lora_alpha") && cfg["lora_alpha"].is_number()) peft_alpha = cfg["lora_alpha"].get<double>();
+            } catch (const std::exception&) {
+            }
+        }
+    }
+    // A Rand adapter trained by this app records its seed: each layer's mask_rand seed is a candidate that
+    // adapter_save verifies (masks built with exclusions do not regenerate and are Rice-coded instead).
+    std::optional<uint64_t> rand_seed;
+    if (st.metadata.count("mask") && st.metadata["mask"] == "rand" && st.metadata.count("seed")) {
+        const std::string& d = st.metadata["seed"];
+        if (!d.empty() && d.size() < 20 && d.find_first_not_of("0123456789") == std::string::npos) rand_seed = std::stoull(d);
+    }
+    auto model_shape = [&](const std::string& layer) -> std::vector<int64_t> {
+        if (!model) return {};
+        auto it = model->layers().find(layer);
+        return it == model->layers().end() ? std::vector<int64_t>() : it->second->weight.sizes().vec();
+    };
     for (const auto& [key, t] : st.tensors) {
         if (ends_with(key, ".shira_weight")) {
-            const std::string name = key.substr(0, key.size() - 13);
-            auto              it   = st.tensors.find(name + ".shira_indices");
-            if (it == st.tensors.end() || t.dim() != 1 || it->second.dim() != 2 || it->second.size(0) != 2 ||
-                it->second.size(1) != t.size(0) || t.scalar_type() != torch::kFloat32 ||
-                !cols.contains(name) || !cols[name].is_number_unsigned()) {
-                throw_bad_input("adapter '" + path + "': bad SHiRA entry for '" + name + "'");
+            const std::string base = key.substr(0, key.size() - 13), name = resolve_layer(base, model, path);
+            const std::string what = "adapter '" + path + "': SHiRA layer '" + name + "'";
+            auto              it   = st.tensors.find(base + ".shira_indices");
+            const auto        it_t = it == st.tensors.end() ? torch::kFloat32 : it->second.scalar_type();
+            if (it == st.tensors.end() || t.dim() != 1 || it->second.dim() != 2 || it->second.size(0) != 2 || it->second.size(1) != t.size(0) ||
+                !t.is_floating_point() || (it_t != torch::kInt32 && it_t != torch::kInt64 && it_t != torch::kFloat32)) {
+                throw_bad_input(what + ": needs float shira_weight [K] and int shira_indices [2, K]");
             }
-            const int64_t n  = cols[name].get<int64_t>();
+            std::vector<int64_t> shape = model_shape(name);
+            int64_t              n     = shape.empty() ? 0 : numel_of(shape) / shape[0];
+            if (cols.contains(base)) {
+                if (!cols[base].is_number_unsigned() || cols[base].get<int64_t>() < 1) throw_bad_input(what + ": bad column count");
+                if (n && n != cols[base].get<int64_t>()) throw_bad_input(what + " has " + std::to_string(cols[base].get<int64_t>()) + " columns but the model's layer has " + std::to_string(n));
+                n = cols[base].get<int64_t>();
+            }
+            if (n < 1) throw_bad_input(what + ": the column count is unknown (not in the file's metadata and no model layer of that name)");
+            // Windows PEFT saves the indices as float32; they must still be whole numbers.
             torch::Tensor ij = it->second.to(torch::kInt64);
-            if (n < 1 || (t.numel() && (ij.min().item<int64_t>() < 0 || ij[1].max().item<int64_t>() >= n))) {
-                throw_bad_input("adapter '" + path + "': SHiRA indices out of range for '" + name + "'");
+            if (it_t == torch::kFloat32 && !torch::equal(ij.to(torch::kFloat32), it->second)) throw_bad_input(what + ": float indices are not whole numbers");
+            if (t.numel() && (ij.min().item<int64_t>() < 0 || ij[1].max().item<int64_t>() >= n ||
+                              (!shape.empty() && ij[0].max().item<int64_t>() >= shape[0]))) {
+                throw_bad_input(what + ": indices out of range");
             }
             // Mixing relies on sorted, unique indices (PEFT writes row-major order; other writers may not).
             auto [idx, order] = (ij[0] * n + ij[1]).sort();
-            if (idx.numel() > 1 && idx.slice(0, 1).eq(idx.slice(0, 0, -1)).any().item<bool>()) {
-                throw_bad_input("adapter '" + path + "': duplicate SHiRA indices for '" + name + "'");
-            }
-            a.shira[name] = {idx.contiguous(), t.index_select(0, order).contiguous(), n};
+            if (idx.numel() > 1 && idx.slice(0, 1).eq(idx.slice(0, 0, -1)).any().item<bool>()) throw_bad_input(what + ": duplicate indices");
+            ShiraTensor s;
+            s.idx           = idx.contiguous();
+            s.values        = t.to(torch::kFloat32).index_select(0, order).contiguous();
+            s.cols          = n;
+            s.shape         = shape;
+            if (rand_seed) s.rand_seed = shira_layer_seed(*rand_seed, name);
+            a.shira[name]   = std::move(s);
+            a.storage[name] = {"peft", dtype_label(t.scalar_type()), (int64_t)t.nbytes(), (int64_t)it->second.nbytes(), -1};
         } else if (ends_with(key, ".lora_A.weight")) {
-            const std::string name = key.substr(0, key.size() - 14);
-            auto              it   = st.tensors.find(name + ".lora_B.weight");
+            const std::string base = key.substr(0, key.size() - 14), name = resolve_layer(base, model, path);
+            auto              it   = st.tensors.find(base + ".lora_B.weight");
             if (it == st.tensors.end() || t.dim() < 2 || it->second.dim() != t.dim() || it->second.size(1) != t.size(0)) {
                 throw_bad_input("adapter '" + path + "': bad LoRA entry for '" + name + "'");
             }
-            double alpha = (double)t.size(0);
-            if (alphas.contains(name) && alphas[name].is_number()) alpha = alphas[name].get<double>();
-            a.lora[name] = {t.to(torch::kFloat32), it->second.to(torch::kFloat32), alpha};
+            double alpha = peft_alpha > 0 ? peft_alpha : (double)t.size(0);
+            if (alphas.contains(base) && alphas[base].is_number()) alpha = alphas[base].get<double>();
+            a.lora[name]    = {t.to(torch::kFloat32), it->second.to(torch::kFloat32), alpha};
+            a.storage[name] = {"", dtype_label(t.scalar_type()), (int64_t)(t.nbytes() + it->second.nbytes()), 0, -1};
         } else if (!ends_with(key, ".shira_indices") && !ends_with(key, ".lora_B.weight")) {
             throw_bad_input("adapter '" + path + "' has unknown tensor '" + key + "'");
         }
     }
+    if (a.shira.empty() && a.lora.empty()) throw_bad_input("adapter '" + path + "' holds no adapter tensors");
     return a;
+}
+
+}  // namespace
+
+Adapter adapter_load(const std::string& path, const DiffusionModel* model) {
+    SafeTensors st  = safetensors_load(path);
+    auto        fmt = st.metadata.find("format");
+    if (fmt != st.metadata.end() && fmt->second == kFormatName) return load_v2(path, st);
+    return load_v1(path, st, model);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Mixing
 
+namespace {
+
+void restore_layer(torch::Tensor& W, const LayerBlend& b) {
+    // A LoRA backup is all of W0; otherwise only the SHiRA union changed.
+    if (b.lora_backup.defined()) {
+        W.copy_(b.lora_backup);
+    } else if (b.shira_union.defined()) {
+        W.view(-1).index_put_({b.shira_union}, b.shira_base);
+    }
+}
+
+bool same_signature(const std::vector<std::pair<uint64_t, double>>& a, const std::vector<std::pair<uint64_t, double>>& b) {
+    if (a.size() != b.size()) return false;
+    for (size_t i = 0; i < a.size(); ++i) {
+        // Bitwise: 0.0 and -0.0 can give different sums.
+        if (a[i].first != b[i].first || std::memcmp(&a[i].second, &b[i].second, sizeof(double)) != 0) return false;
+    }
+    return true;
+}
+
+struct LayerParts {
+    std::vector<std::pair<const LoraTensor*, double>>  lora;
+    std::vector<std::pair<const ShiraTensor*, double>> shira;
+    std::vector<std::pair<uint64_t, double>>           signature;
+};
+
+// Union of sorted unique index lists (k-way merge, O(total · lists)) and Σ αᵢ·valuesᵢ accumulated on it in
+// list order, so a layer's sum depends only on its signature.
+void shira_union_sum(const std::vector<std::pair<const ShiraTensor*, double>>& parts, torch::Tensor& uni_out, torch::Tensor& acc_out) {
+    const size_t N = parts.size();
+    std::vector<torch::Tensor>   idx(N), val(N);
+    std::vector<const int64_t*>  ip(N);
+    std::vector<int64_t>         size(N), head(N, 0);
+    std::vector<std::vector<int64_t>> pos(N);
+    int64_t total = 0;
+    for (size_t i = 0; i < N; ++i) {
+        idx[i]  = parts[i].first->idx.to(torch::kCPU, torch::kInt64).contiguous();
+        val[i]  = parts[i].first->values.to(torch::kCPU, torch::kFloat32).contiguous();
+        ip[i]   = idx[i].data_ptr<int64_t>();
+        size[i] = idx[i].numel();
+        pos[i].resize(size[i]);
+        total += size[i];
+    }
+    std::vector<int64_t> uni;
+    uni.reserve(total);
+    for (;;) {
+        int64_t cur = std::numeric_limits<int64_t>::max();
+        for (size_t i = 0; i < N; ++i) {
+            if (head[i] < size[i]) cur = std::min(cur, ip[i][head[i]]);
+        }
+        if (cur == std::numeric_limits<int64_t>::max()) break;
+        const int64_t u = (int64_t)uni.size();
+        uni.push_back(cur);
+        for (size_t i = 0; i < N; ++i) {
+            if (head[i] < size[i] && ip[i][head[i]] == cur) pos[i][head[i]++] = u;
+        }
+    }
+    torch::Tensor acc = torch::zeros({(int64_t)uni.size()}, torch::kFloat32);
+    float*        ap  = acc.data_ptr<float>();
+    for (size_t i = 0; i < N; ++i) {
+        const float  a  = (float)parts[i].second;
+        const float* vp = val[i].data_ptr<float>();
+        for (int64_t k = 0; k < size[i]; ++k) ap[pos[i][k]] += vp[k] * a;
+    }
+    uni_out = to_index_tensor(std::move(uni));
+    acc_out = acc;
+}
+
+// W0 (current weight) -> W0 + Σ LoRA terms, then the SHiRA scatter; records what restore needs.
+void blend_layer(torch::Tensor& W, const LayerParts& parts, LayerBlend& b) {
+    if (!parts.lora.empty()) {
+        if (!b.lora_backup.defined()) b.lora_backup = W.detach().clone();
+        for (const auto& [t, alpha] : parts.lora) {
+            torch::Tensor BA = t->B.reshape({t->B.size(0), -1}).to(W.device()).mm(t->A.reshape({t->A.size(0), -1}).to(W.device()));
+            W.add_(BA.view(W.sizes()).to(W.scalar_type()), alpha * t->alpha / (double)t->rank());
+        }
+    }
+    if (!parts.shira.empty()) {
+        torch::Tensor flat = W.view(-1), uni, add;
+        if (parts.shira.size() == 1) {
+            // The common switch A -> B: one adapter's indices are already sorted and unique.
+            uni = parts.shira[0].first->idx.to(W.device());
+            add = parts.shira[0].first->values.to(W.device()) * parts.shira[0].second;
+        } else {
+            shira_union_sum(parts.shira, uni, add);
+            uni = uni.to(W.device());
+            add = add.to(W.device());
+        }
+        torch::Tensor base = flat.index_select(0, uni);
+        flat.index_put_({uni}, (base.to(torch::kFloat32) + add).to(W.scalar_type()));
+        b.shira_union = uni;
+        b.shira_base  = base;
+    }
+    b.signature = parts.signature;
+}
+
+}  // namespace
+
 double mix_clear(DiffusionModel& model, MixState& state) {
     const double       t0 = now_ms();
     torch::NoGradGuard no_grad;
-    auto               layers = model.layers();
-    // SHiRA first: its saved bases were read after any LoRA fuse, and the LoRA copies below are W0.
-    for (auto& [name, idx] : state.shira_union) layers.at(name)->weight.view(-1).index_put_({idx}, state.shira_base.at(name));
-    for (auto& [name, w] : state.lora_backup) layers.at(name)->weight.copy_(w);
-    state.shira_union.clear();
-    state.shira_base.clear();
-    state.lora_backup.clear();
+    const auto&        layers = model.layers();
+    for (auto& [name, b] : state.layers) restore_layer(layers.at(name)->weight, b);
+    state.layers.clear();
     return now_ms() - t0;
 }
 
-double mix_apply(DiffusionModel& model, MixState& state, const std::vector<std::pair<const Adapter*, double>>& mix) {
-    const double t0 = now_ms();
-    auto         layers = model.layers();
+double mix_apply(DiffusionModel& model, MixState& state, const std::vector<std::pair<const Adapter*, double>>& mix,
+                 MixStats* stats) {
+    const double t0     = now_ms();
+    const auto&  layers = model.layers();
     // 1. validate everything before touching a weight, so a bad adapter never leaves half a mix
     for (const auto& [a, alpha] : mix) {
         if (!std::isfinite(alpha)) throw_bad_input("mix alpha must be finite");
         for (const auto& [name, t] : a->shira) {
             auto it = layers.find(name);
             if (it == layers.end()) throw_bad_input("adapter layer '" + name + "' is not in the model");
+            const auto& W = it->second->weight;
+            if (!t.shape.empty() && t.shape != W.sizes().vec()) {
+                throw_bad_input("adapter layer '" + name + "' has shape " + shape_str(t.shape) + " but the model's is " + shape_str(W.sizes().vec()));
+            }
             // idx is sorted (adapter_load / shira_detach guarantee it), so its last entry is the maximum.
-            if (t.cols != cols_of(it->second->weight) ||
-                (t.idx.numel() && t.idx[t.idx.numel() - 1].item<int64_t>() >= it->second->weight.numel())) {
+            if (t.cols != cols_of(W) || (t.idx.numel() && t.idx[t.idx.numel() - 1].item<int64_t>() >= W.numel())) {
                 throw_bad_input("adapter indices exceed layer '" + name + "'");
             }
         }
@@ -537,48 +1266,49 @@ double mix_apply(DiffusionModel& model, MixState& state, const std::vector<std::
             }
         }
     }
-    mix_clear(model, state);
-    torch::NoGradGuard no_grad;
-    // 2. LoRA: W0 + Σ αᵢ·(alpha/r)·BᵢAᵢ, with a full copy of each touched tensor for the restore
+    std::map<std::string, LayerParts> next;
     for (const auto& [a, alpha] : mix) {
         for (const auto& [name, t] : a->lora) {
-            torch::Tensor& W = layers.at(name)->weight;
-            if (!state.lora_backup.count(name)) state.lora_backup[name] = W.detach().clone();
-            torch::Tensor BA = t.B.reshape({t.B.size(0), -1}).mm(t.A.reshape({t.A.size(0), -1})).to(W.device());
-            W.add_(BA.view(W.sizes()).to(W.scalar_type()), alpha * t.alpha / (double)t.rank());
+            next[name].lora.emplace_back(&t, alpha);
+            next[name].signature.emplace_back(a->uid, alpha);
+        }
+        for (const auto& [name, t] : a->shira) {
+            next[name].shira.emplace_back(&t, alpha);
+            next[name].signature.emplace_back(a->uid, alpha);
         }
     }
-    // 3. SHiRA: over the union U of indices, W[U] = W0[U] + Σ αᵢ Sᵢ (overlaps accumulate via the inverse map).
-    // One adapter on a layer (the common switch A → B) needs no union: its indices are already sorted and unique.
-    std::map<std::string, std::vector<std::pair<const ShiraTensor*, double>>> per_layer;
-    for (const auto& [a, alpha] : mix) {
-        for (const auto& [name, t] : a->shira) per_layer[name].emplace_back(&t, alpha);
-    }
-    for (auto& [name, parts] : per_layer) {
-        torch::Tensor& W    = layers.at(name)->weight;
-        torch::Tensor  flat = W.view(-1);
-        if (parts.size() == 1) {
-            const ShiraTensor& t   = *parts[0].first;
-            torch::Tensor      idx = t.idx.to(W.device());
-            torch::Tensor      base = flat.index_select(0, idx);
-            flat.index_put_({idx}, (base.to(torch::kFloat32) + t.values.to(W.device()) * parts[0].second).to(W.scalar_type()));
-            state.shira_union[name] = idx;
-            state.shira_base[name]  = base;
+    torch::NoGradGuard no_grad;
+    MixStats           s;
+    // 2. restore the layers whose signature changed or that leave the mix; a LoRA backup (all of W0) is
+    // kept for reuse when the layer stays LoRA-touched
+    std::map<std::string, torch::Tensor> backups;
+    for (auto it = state.layers.begin(); it != state.layers.end();) {
+        auto n = next.find(it->first);
+        if (n != next.end() && same_signature(n->second.signature, it->second.signature)) {
+            ++it;
             continue;
         }
-        std::vector<torch::Tensor> idxs, vals;
-        for (auto& [t, alpha] : parts) {
-            idxs.push_back(t->idx);
-            vals.push_back(t->values * alpha);
+        restore_layer(layers.at(it->first)->weight, it->second);
+        if (n == next.end()) {
+            ++s.layers_reblended;
+        } else if (it->second.lora_backup.defined() && !n->second.lora.empty()) {
+            backups[it->first] = it->second.lora_backup;
         }
-        torch::Tensor all_idx = torch::cat(idxs).to(W.device());
-        auto [uni, inverse, counts] = torch::_unique2(all_idx, true, true, false);
-        torch::Tensor acc = torch::zeros({uni.numel()}, torch::TensorOptions().dtype(torch::kFloat32).device(W.device()));
-        acc.index_add_(0, inverse, torch::cat(vals).to(W.device()));
-        torch::Tensor base = flat.index_select(0, uni);
-        flat.index_put_({uni}, (base.to(torch::kFloat32) + acc).to(W.scalar_type()));
-        state.shira_union[name] = uni;
-        state.shira_base[name]  = base;
+        it = state.layers.erase(it);
     }
+    // 3. blend the new and changed layers from W0
+    for (const auto& [name, parts] : next) {
+        if (state.layers.count(name)) {
+            ++s.layers_unchanged;
+            continue;
+        }
+        LayerBlend b;
+        auto       kept = backups.find(name);
+        if (kept != backups.end()) b.lora_backup = kept->second;
+        blend_layer(layers.at(name)->weight, parts, b);
+        state.layers.emplace(name, std::move(b));
+        ++s.layers_reblended;
+    }
+    if (stats) *stats = s;
     return now_ms() - t0;
 }

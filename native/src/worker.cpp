@@ -15,6 +15,7 @@
 
 #include "common.h"
 #include "bench.h"
+#include "concept.h"
 #include "diffusion.h"
 #include "safetensors.h"
 
@@ -79,6 +80,12 @@ std::vector<std::string> get_str_list(const Json& args, const char* key, const s
     return out;
 }
 
+ValuesDtype get_values_dtype(const Json& args, const char* key) {
+    const std::string v = get_str(args, key, "f16");
+    if (v != "f16" && v != "f32") throw_bad_input(std::string("argument '") + key + "' must be \"f16\" or \"f32\", not '" + v + "'");
+    return str_to_values_dtype(v);
+}
+
 DiffusionModel& need_model(WorkerState& st) {
     if (!st.model) throw_bad_input("no model loaded (send load_model first)");
     return *st.model;
@@ -132,6 +139,52 @@ Dataset dataset_load(const std::string& path, const DiffusionModel& model) {
     return d;
 }
 
+// ---- adapter cache (apply_mix)
+
+// Drops least recently used adapters until the decoded bytes fit the budget; those of the applied mix stay
+// even when they alone exceed it.
+void cache_evict(WorkerState& st) {
+    const std::set<std::string> keep(st.mix_paths.begin(), st.mix_paths.end());
+    AdapterCache&               c = st.adapters;
+    while (c.bytes() > c.budget_bytes) {
+        auto victim = c.entries.end();
+        for (auto it = c.entries.begin(); it != c.entries.end(); ++it) {
+            if (keep.count(it->first)) continue;
+            if (victim == c.entries.end() || it->second.last_use < victim->second.last_use) victim = it;
+        }
+        if (victim == c.entries.end()) break;
+        c.entries.erase(victim);
+    }
+}
+
+struct CacheCounters {
+    int64_t hits = 0, misses = 0;
+    double  load_ms = 0;
+};
+
+std::shared_ptr<Adapter> cached_adapter(WorkerState& st, const std::string& path, CacheCounters& n) {
+    // Stat before reading: a file replaced while it is read then differs from the recorded stat next time.
+    std::error_code ec;
+    const auto      size = std::filesystem::file_size(path, ec);
+    if (ec) throw WorkerError(ERROR_TYPE_NOT_FOUND, "adapter file '" + path + "' not found (" + ec.message() + ")");
+    const auto mtime = std::filesystem::last_write_time(path, ec);
+    if (ec) throw WorkerError(ERROR_TYPE_NOT_FOUND, "adapter file '" + path + "' not found (" + ec.message() + ")");
+    const int64_t mtime_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(mtime.time_since_epoch()).count();
+    AdapterCache& c        = st.adapters;
+    auto          it       = c.entries.find(path);
+    if (it != c.entries.end() && it->second.file_size == (int64_t)size && it->second.mtime_ns == mtime_ns) {
+        ++n.hits;
+        it->second.last_use = ++c.clock;
+        return it->second.adapter;
+    }
+    const double t0 = now_s();
+    auto         a  = std::make_shared<Adapter>(adapter_load(path));
+    n.load_ms += (now_s() - t0) * 1000;
+    ++n.misses;
+    c.entries[path] = {a, (int64_t)size, mtime_ns, a->decoded_bytes(), ++c.clock};
+    return a;
+}
+
 // ---- ops
 
 Json op_info(WorkerState& st) {
@@ -141,7 +194,11 @@ Json op_info(WorkerState& st) {
               {"cuda_available", torch::cuda::is_available()},
               {"rss_bytes", rss_bytes()},
               {"model_loaded", (bool)st.model},
-              {"mix_active", st.mix.active()}};
+              {"mix_active", st.mix.active()},
+              {"identity", st.identity},
+              {"cache_bytes", st.adapters.bytes()},
+              {"cache_entries", (int64_t)st.adapters.entries.size()},
+              {"cache_budget_bytes", st.adapters.budget_bytes}};
     if (st.model) j["model"] = st.model->config.name;
     return j;
 }
@@ -157,7 +214,10 @@ Json model_summary(const DiffusionModel& m) {
 }
 
 Json op_load_model(WorkerState& st, const Json& args) {
+    get_str(args, "identity", "");  // checked before the current model and mix are touched
+    get_num(args, "cache_mb", 2048, 0, 1 << 24);
     if (st.mix.active() && st.model) mix_clear(*st.model, st.mix);
+    st.mix_paths.clear();
     if (args.contains("path")) {
         st.model = model_load(need_str(args, "path"), st.device);
     } else if (args.contains("config")) {
@@ -176,8 +236,13 @@ Json op_load_model(WorkerState& st, const Json& args) {
         throw_bad_input("load_model needs 'path' (model .safetensors) or 'config' (object or JSON file)");
     }
     st.mix = MixState();
-    st.adapters.clear();
-    return model_summary(*st.model);
+    st.identity               = get_str(args, "identity", "");
+    st.adapters.budget_bytes  = (int64_t)(get_num(args, "cache_mb", 2048, 0, 1 << 24) * 1048576.0);
+    cache_evict(st);  // decoded adapters do not depend on the model: they stay, within the new budget
+    Json j        = model_summary(*st.model);
+    j["identity"] = st.identity;
+    j["cache_mb"] = (double)st.adapters.budget_bytes / 1048576.0;
+    return j;
 }
 
 // ---- training helpers
@@ -217,14 +282,23 @@ AdamWState* adam_state(torch::optim::AdamW& opt, const torch::Tensor& p) {
     return it == opt.state().end() ? nullptr : static_cast<AdamWState*>(it->second.get());
 }
 
-// Checkpoint of a full fine-tune, one safetensors file written by temp+rename:
-//   "param.<name>", "ema.<name>" (when EMA is on), "adam.exp_avg.<name>", "adam.exp_avg_sq.<name>" (after step 1),
-//   "rng" uint8 = the data-order/noise CPU generator state; __metadata__: step, steps, seed, adam_step, config.
+// Training checkpoint, one safetensors file written by temp+rename:
+//   "param.<name>" (full: every model parameter; shira: "<layer>" = the K values; lora: "<layer>.lora_A|B"),
+//   "ema.<name>" (when EMA is on), "adam.exp_avg.<name>", "adam.exp_avg_sq.<name>" (after step 1),
+//   "rng" uint8 = the data-order/noise CPU generator state; __metadata__: method, step, steps, seed, adam_step,
+//   config, and for shira/lora "settings" (the adapter's method JSON), for shira "mask_checksums" (layer ->
+//   FNV-1a hex of its indices) and "grad_paths" (layer -> the path grad_path auto settled on).
 // Resuming restores all of it, so K/2 + resume + K/2 steps equal K straight steps bit for bit on CPU.
+struct CheckpointInfo {
+    std::string                        method;    // "full" | "shira" | "lora"
+    std::string                        settings;  // shira/lora: must match on resume ("" for full: not checked)
+    std::map<std::string, std::string> mask_checksums;
+};
+
 void checkpoint_save(const std::string& path, const DiffusionModel& model,
                      const std::vector<std::pair<std::string, torch::Tensor>>& named, torch::optim::AdamW& opt,
                      const std::map<std::string, torch::Tensor>& ema, at::Generator& gen, int64_t step, int64_t steps,
-                     uint64_t seed) {
+                     uint64_t seed, const CheckpointInfo& info, const Json& grad_paths) {
     std::map<std::string, torch::Tensor> t;
     int64_t                              adam_step = 0;
     for (const auto& [name, p] : named) {
@@ -237,16 +311,59 @@ void checkpoint_save(const std::string& path, const DiffusionModel& model,
     }
     for (const auto& [name, e] : ema) t["ema." + name] = e;
     t["rng"] = gen.get_state();
-    safetensors_save(path, t,
-                     {{"format", "shira-studio-checkpoint"}, {"method", "full"}, {"step", std::to_string(step)},
-                      {"steps", std::to_string(steps)}, {"seed", std::to_string(seed)},
-                      {"adam_step", std::to_string(adam_step)}, {"config", model_config_to_json(model.config).dump()}});
+    std::map<std::string, std::string> meta = {
+        {"format", "shira-studio-checkpoint"}, {"method", info.method}, {"step", std::to_string(step)},
+        {"steps", std::to_string(steps)}, {"seed", std::to_string(seed)}, {"adam_step", std::to_string(adam_step)},
+        {"config", model_config_to_json(model.config).dump()}};
+    if (!info.settings.empty()) meta["settings"] = info.settings;
+    if (!info.mask_checksums.empty()) meta["mask_checksums"] = Json(info.mask_checksums).dump();
+    if (!grad_paths.empty()) meta["grad_paths"] = grad_paths.dump();
+    safetensors_save(path, t, meta);
 }
 
-// Returns the step the checkpoint was written after.
+// Checks that a checkpoint belongs to this run before anything is restored: method, settings, masks.
+void checkpoint_check(const std::string& path, std::map<std::string, std::string>& meta, const CheckpointInfo& expect) {
+    const std::string method = meta.count("method") ? meta["method"] : "";
+    if (method != expect.method) {
+        throw_bad_input("checkpoint '" + path + "' is for method '" + method + "'; this run trains '" + expect.method + "'");
+    }
+    if (!expect.settings.empty()) {
+        Json saved, now = Json::parse(expect.settings);
+        try {
+            saved = Json::parse(meta.count("settings") ? meta["settings"] : "");
+        } catch (const std::exception&) {
+            throw_bad_input("checkpoint '" + path + "' has no training settings");
+        }
+        std::string differ;
+        for (const auto& [key, v] : now.items()) {
+            if (!saved.contains(key) || saved[key] != v) differ += (differ.empty() ? "" : ", ") + key;
+        }
+        for (const auto& [key, v] : saved.items()) {
+            if (!now.contains(key)) differ += (differ.empty() ? "" : ", ") + key;
+        }
+        if (!differ.empty()) throw_bad_input("checkpoint '" + path + "' was made with other settings (" + differ + "); resume with the same ones");
+    }
+    if (!expect.mask_checksums.empty()) {
+        Json saved;
+        try {
+            saved = Json::parse(meta.count("mask_checksums") ? meta["mask_checksums"] : "");
+        } catch (const std::exception&) {
+            throw_bad_input("checkpoint '" + path + "' has no mask checksums");
+        }
+        for (const auto& [layer, sum] : expect.mask_checksums) {
+            if (!saved.contains(layer) || saved[layer] != sum) {
+                throw_bad_input("checkpoint '" + path + "': the mask of layer '" + layer +
+                                "' differs from the one rebuilt for this run (other data, seed, mask, density or exclude list)");
+            }
+        }
+        if (saved.size() != expect.mask_checksums.size()) throw_bad_input("checkpoint '" + path + "' trains other layers than this run");
+    }
+}
+
+// Returns the step the checkpoint was written after; `meta_out` receives its metadata.
 int64_t checkpoint_load(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& named,
                         torch::optim::AdamW& opt, std::map<std::string, torch::Tensor>& ema, at::Generator& gen,
-                        int64_t steps) {
+                        int64_t steps, const CheckpointInfo& expect, std::map<std::string, std::string>& meta_out) {
     SafeTensors ck = safetensors_load(path);
     if (ck.metadata["format"] != "shira-studio-checkpoint") throw_bad_input("'" + path + "' is not a training checkpoint");
     int64_t step = 0, saved_steps = 0, adam_step = 0;
@@ -260,6 +377,7 @@ int64_t checkpoint_load(const std::string& path, const std::vector<std::pair<std
     if (saved_steps != steps) {
         throw_bad_input("checkpoint was made for steps=" + std::to_string(saved_steps) + "; resume with the same steps so the schedule matches");
     }
+    checkpoint_check(path, ck.metadata, expect);
     if (!ck.tensors.count("rng")) throw_bad_input("checkpoint '" + path + "' has no rng state");
     torch::NoGradGuard no_grad;
     for (const auto& [name, p] : named) {
@@ -284,6 +402,7 @@ int64_t checkpoint_load(const std::string& path, const std::vector<std::pair<std
         }
     }
     gen.set_state(ck.tensors.at("rng"));
+    meta_out = ck.metadata;
     return step;
 }
 
@@ -322,13 +441,13 @@ Json op_train(WorkerState& st, const Json& args, const EmitFn& emit) {
     if (sample_every > 0 && (sample_prompts.empty() || sample_prompts.size() > 64 || sample_dir.empty())) {
         throw_bad_input("sample_every needs sample_prompts (1..64 prompts) and sample_dir");
     }
-    if (method != "full" && (ema_decay > 0 || ckpt_every > 0 || !resume.empty())) {
-        throw_bad_input("ema, checkpoint_every and resume are supported for method 'full' only");
-    }
+    if (method != "full" && ema_decay > 0) throw_bad_input("ema is supported for method 'full' only");
+    const ValuesDtype values_dtype = get_values_dtype(args, "values_dtype");
     if (ckpt_every > 0 && ckpt_path.empty()) throw_bad_input("checkpoint_every needs checkpoint (a path)");
     str_to_mask_type(get_str(args, "mask", "struct"));  // validate cheap arguments before reading files
     Dataset           data       = dataset_load(need_str(args, "data"), model);
     if (st.mix.active()) mix_clear(model, st.mix);
+    st.mix_paths.clear();
 
     NoiseSchedule noise = noise_schedule_init(model.config.diffusion);
     at::Generator gen   = at::detail::createCPUGenerator(seed);
@@ -390,6 +509,38 @@ Json op_train(WorkerState& st, const Json& args, const EmitFn& emit) {
     }
     int64_t trainable = 0;
     for (const auto& p : params) trainable += p.numel();
+    // What the adapter file's "method" records and what a shira/lora checkpoint must match on resume.
+    Json method_json = {{"method", method}, {"seed", seed}, {"steps", steps}, {"lr", lr}, {"batch", batch}, {"grad_accum", accum},
+                        {"schedule", schedule}, {"caption_dropout", dropout}, {"flip", flip}, {"targets", targets}};
+    CheckpointInfo ck_info;
+    ck_info.method = method;
+    if (method == "shira") {
+        method_json["mask"]    = mask_name;
+        method_json["density"] = density;
+        for (auto& [name, l] : model.layers()) {
+            if (!l->shira) continue;
+            named.emplace_back(name, l->shira->values);
+            ck_info.mask_checksums[name] = checksum_hex(shira_index_checksum(l->shira->idx));
+        }
+    } else if (method == "lora") {
+        method_json["rank"]  = get_int(args, "rank", 4, 1, 4096);
+        method_json["alpha"] = get_num(args, "alpha", (double)method_json["rank"].get<int64_t>(), 0, 1e6);
+        if (args.contains("match_density")) method_json["match_density"] = get_num(args, "match_density", 0, 1e-9, 1);
+        for (auto& [name, l] : model.layers()) {
+            if (!l->lora) continue;
+            named.emplace_back(name + ".lora_A", l->lora->A);
+            named.emplace_back(name + ".lora_B", l->lora->B);
+        }
+    }
+    if (method != "full") ck_info.settings = method_json.dump();
+    // The path grad_path auto settled on per SHiRA layer, so a resumed run computes the same gradients.
+    auto chosen_paths = [&] {
+        Json j = Json::object();
+        for (auto& [name, l] : model.layers()) {
+            if (l->shira && l->shira->chosen != GRAD_PATH_AUTO) j[name] = l->shira->chosen == GRAD_PATH_SPARSE ? "sparse" : "dense";
+        }
+        return j;
+    };
 
     // AdamW without weight decay (paper Table 9; decay would pull trained entries toward 0, not W0).
     torch::optim::AdamW opt(params, torch::optim::AdamWOptions(lr).weight_decay(0.0));
@@ -449,7 +600,18 @@ Json op_train(WorkerState& st, const Json& args, const EmitFn& emit) {
     bool                cancelled = false;
     int64_t             step = 0, start_step = 0;
     try {
-        if (!resume.empty()) start_step = checkpoint_load(resume, named, opt, ema, gen, steps);
+        if (!resume.empty()) {
+            std::map<std::string, std::string> ck_meta;
+            start_step = checkpoint_load(resume, named, opt, ema, gen, steps, ck_info, ck_meta);
+            if (method == "shira") {
+                Json saved = Json::parse(ck_meta.count("grad_paths") ? ck_meta["grad_paths"] : "{}", nullptr, false);
+                for (auto& [name, l] : model.layers()) {
+                    if (!l->shira || l->shira->path != GRAD_PATH_AUTO || !saved.is_object() || !saved.contains(name)) continue;
+                    l->shira->chosen = saved[name] == "sparse" ? GRAD_PATH_SPARSE : GRAD_PATH_DENSE;
+                }
+                shira_write_values(model);  // the fused weights must hold W0 + the restored values
+            }
+        }
         for (step = start_step + 1; step <= steps; ++step) {
             if (st.cancel.load()) {
                 cancelled = true;
@@ -477,7 +639,7 @@ Json op_train(WorkerState& st, const Json& args, const EmitFn& emit) {
             }
             if (sample_every > 0 && (step % sample_every == 0 || step == steps)) emit_sample(step);
             if (ckpt_every > 0 && (step % ckpt_every == 0 || step == steps)) {
-                checkpoint_save(ckpt_path, model, named, opt, ema, gen, step, steps, seed);
+                checkpoint_save(ckpt_path, model, named, opt, ema, gen, step, steps, seed, ck_info, chosen_paths());
                 emit({{"event", "checkpoint"}, {"step", step}, {"path", ckpt_path}});
             }
         }
@@ -511,13 +673,17 @@ Json op_train(WorkerState& st, const Json& args, const EmitFn& emit) {
         }
         model_save(model, out);
     } else {
-        adapter.metadata = {{"model", model.config.name}, {"method", method}, {"steps", std::to_string(steps)},
-                            {"seed", std::to_string(seed)}, {"lr", std::to_string(lr)}};
+        adapter.metadata = {{"model", model.config.name}, {"method", method_json.dump()}, {"steps", std::to_string(steps)},
+                            {"seed", std::to_string(seed)}, {"lr", std::to_string(lr)}, {"base_identity", st.identity}};
         if (method == "shira") {
             adapter.metadata["mask"]    = mask_name;
             adapter.metadata["density"] = std::to_string(density);
+            // Candidates only: adapter_save stores a mask as "rand" when it regenerates exactly (not with exclude).
+            if (mask_name == "rand") {
+                for (auto& [name, t] : adapter.shira) t.rand_seed = shira_layer_seed(seed, name);
+            }
         }
-        adapter_save(adapter, out);
+        adapter_save(adapter, out, values_dtype);
     }
     return {{"out", out}, {"steps", steps}, {"start_step", start_step}, {"first_loss", first_loss}, {"final_loss", last_loss},
             {"trainable", trainable}, {"ema", ema_decay}, {"autocast_bf16", use_autocast}, {"seconds", now_s() - t_start},
@@ -546,39 +712,100 @@ Json op_sample(WorkerState& st, const Json& args) {
     return {{"out", out}, {"shape", images.sizes().vec()}, {"ms", (now_s() - t0) * 1000}};
 }
 
-std::shared_ptr<Adapter> cached_adapter(WorkerState& st, const std::string& path) {
-    auto it = st.adapters.find(path);
-    if (it != st.adapters.end()) return it->second;
-    auto a = std::make_shared<Adapter>(adapter_load(path));
-    st.adapters[path] = a;
-    return a;
-}
-
 Json op_apply_mix(WorkerState& st, const Json& args) {
     DiffusionModel& model = need_model(st);
     const Json&     list  = arg(args, "adapters");
     if (!list.is_array()) throw_bad_input("'adapters' must be an array of {path, alpha}");
-    std::vector<std::shared_ptr<Adapter>>            keep;
-    std::vector<std::pair<const Adapter*, double>>   mix;
+    std::vector<std::pair<std::string, double>> items;
     for (const auto& item : list) {
         if (!item.is_object()) throw_bad_input("'adapters' must be an array of {path, alpha}");
-        const double alpha = get_num(item, "alpha", 1.0, -100, 100);
-        keep.push_back(cached_adapter(st, need_str(item, "path")));
-        mix.emplace_back(keep.back().get(), alpha);
+        items.emplace_back(need_str(item, "path"), get_num(item, "alpha", 1.0, -100, 100));
     }
-    const double ms = mix_apply(model, st.mix, mix);
-    return {{"ms", ms}, {"adapters", (int64_t)mix.size()}};
+    CacheCounters                                  n;
+    std::vector<std::shared_ptr<Adapter>>          keep;
+    std::vector<std::pair<const Adapter*, double>> mix;
+    std::vector<std::string>                       paths;
+    for (const auto& [path, alpha] : items) {
+        keep.push_back(cached_adapter(st, path, n));
+        const std::string base = keep.back()->base_identity();
+        if (!base.empty() && !st.identity.empty() && base != st.identity) {
+            throw_bad_input("adapter '" + path + "' was trained on base model " + base.substr(0, 12) + " but the loaded model is " +
+                            st.identity.substr(0, 12) + "; load that base model to use it");
+        }
+        mix.emplace_back(keep.back().get(), alpha);
+        paths.push_back(path);
+    }
+    MixStats     stats;
+    const double ms = mix_apply(model, st.mix, mix, &stats);
+    st.mix_paths    = paths;
+    cache_evict(st);
+    return {{"ms", ms}, {"load_ms", n.load_ms}, {"cache_hits", n.hits}, {"cache_misses", n.misses},
+            {"layers_reblended", stats.layers_reblended}, {"layers_unchanged", stats.layers_unchanged},
+            {"cache_bytes", st.adapters.bytes()}, {"adapters", (int64_t)mix.size()}};
 }
 
-Json op_adapter_inspect(const Json& args) {
-    const Adapter a       = adapter_load(need_str(args, "path"));
-    Json          tensors = Json::array();
-    for (const auto& [name, t] : a.shira) tensors.push_back({{"layer", name}, {"k", t.values.numel()}, {"cols", t.cols}});
-    for (const auto& [name, t] : a.lora) {
-        tensors.push_back({{"layer", name}, {"rank", t.rank()}, {"alpha", t.alpha}, {"a_shape", t.A.sizes().vec()}, {"b_shape", t.B.sizes().vec()}});
+// Per-layer storage and the totals that bytes-per-value comparisons need (values and indices, headers excluded).
+Json adapter_summary(const Adapter& a) {
+    Json    tensors = Json::array();
+    int64_t bytes_values = 0, bytes_index = 0;
+    for (const auto& [name, info] : a.storage) {
+        bytes_values += info.bytes_values;
+        bytes_index += info.bytes_index;
     }
-    return {{"kind", a.kind == ADAPTER_KIND_SHIRA ? "shira" : "lora"}, {"trainable", a.trainable()}, {"metadata", a.metadata},
-            {"tensors", tensors}};
+    for (const auto& [name, t] : a.shira) {
+        const TensorStorage info = a.storage.count(name) ? a.storage.at(name) : TensorStorage();
+        Json j = {{"layer", name}, {"k", t.values.numel()}, {"cols", t.cols}, {"index", info.index}, {"values", info.values},
+                  {"bytes_values", info.bytes_values}, {"bytes_index", info.bytes_index}};
+        if (!t.shape.empty()) j["shape"] = t.shape;
+        if (info.rice_k >= 0) j["rice_k"] = info.rice_k;
+        tensors.push_back(j);
+    }
+    for (const auto& [name, t] : a.lora) {
+        const TensorStorage info = a.storage.count(name) ? a.storage.at(name) : TensorStorage();
+        tensors.push_back({{"layer", name}, {"rank", t.rank()}, {"alpha", t.alpha}, {"a_shape", t.A.sizes().vec()},
+                           {"b_shape", t.B.sizes().vec()}, {"values", info.values}, {"bytes_values", info.bytes_values},
+                           {"bytes_index", info.bytes_index}});
+    }
+    const int64_t trainable = a.trainable();
+    return {{"kind", a.kind == ADAPTER_KIND_SHIRA ? "shira" : "lora"}, {"trainable", trainable}, {"metadata", a.metadata},
+            {"format_version", a.format_version}, {"base_identity", a.base_identity()}, {"bytes_values", bytes_values},
+            {"bytes_index", bytes_index},
+            {"bytes_per_value", trainable ? (double)(bytes_values + bytes_index) / (double)trainable : 0.0}, {"tensors", tensors}};
+}
+
+// Read-only and served beside a running job, so it never touches the model (PEFT files, which need the
+// model for their layer names, are inspected after adapter_convert).
+Json op_adapter_inspect(const Json& args) {
+    const std::string path = need_str(args, "path");
+    Json              j    = adapter_summary(adapter_load(path));
+    std::error_code   ec;
+    const auto        size = std::filesystem::file_size(path, ec);
+    j["file_bytes"]        = ec ? (int64_t)-1 : (int64_t)size;
+    return j;
+}
+
+// Any loadable adapter (v2, v1 PEFT layout, PEFT adapter_model.safetensors with a model loaded) -> a v2 file.
+// The loaded model supplies the layer shapes that v1/PEFT files lack. The result is read back and checked.
+Json op_adapter_convert(WorkerState& st, const Json& args) {
+    const std::string path = need_str(args, "path"), out = need_str(args, "out");
+    const ValuesDtype values = get_values_dtype(args, "values");
+    const Adapter     a      = adapter_load(path, st.model.get());
+    adapter_save(a, out, values);
+    const Adapter back = adapter_load(out);
+    Json          j    = adapter_summary(back);
+    j.erase("tensors");
+    j.erase("metadata");
+    Json encodings = Json::object();
+    for (const auto& [_, info] : back.storage) {
+        const std::string key = info.index.empty() ? "lora" : info.index;
+        encodings[key]        = encodings.value(key, 0) + 1;
+    }
+    std::error_code ec;
+    j["out"]                 = out;
+    j["from_format_version"] = a.format_version;
+    j["encodings"]           = encodings;
+    j["file_bytes"]          = (int64_t)std::filesystem::file_size(out, ec);
+    return j;
 }
 
 // PEFT layout (notes §4.6): a folder with adapter_model.safetensors ("base_model.model.<module>.shira_weight" fp32 [K],
@@ -586,11 +813,11 @@ Json op_adapter_inspect(const Json& args) {
 // (module paths relative to the UNet, as get_peft_model(pipe.unet) names them), text-encoder layers in text_encoder/.
 // PEFT sizes each layer as K = r·(m+n); `r` here is the whole-adapter average, so stock PEFT loads the file only where
 // that matches (density-based masks give every layer its own K; the per-layer K are in the file's metadata).
-Json op_adapter_export(const Json& args) {
-    const Adapter     a      = adapter_load(need_str(args, "path"));
+Json op_adapter_export(WorkerState& st, const Json& args) {
+    const Adapter     a      = adapter_load(need_str(args, "path"), st.model.get());
     const std::string out    = need_str(args, "out");
     const std::string format = get_str(args, "format", "peft");
-    if (format == "native") {
+    if (format == "native") {  // format v2, f16 values (adapter_convert chooses the value dtype)
         adapter_save(a, out);
         return {{"out", out}, {"format", format}};
     }
@@ -644,7 +871,72 @@ Json op_bench(WorkerState& st, const Json& args, const EmitFn& emit) {
     return bench_run(args, st.device, emit, [&] { return st.cancel.load(); });
 }
 
+// ---- concept-loss measurements (native/src/concept.h). Independent of the loaded model.
+
+// data: safetensors with "images" U8 [N, H, W, 3], "labels" I64 [N] and metadata "classes" (JSON array).
+Json op_judge_train(WorkerState& st, const Json& args, const EmitFn& emit) {
+    const std::string data = need_str(args, "data");
+    const std::string out  = need_str(args, "out");
+    JudgeTrainOptions o;
+    o.steps            = get_int(args, "steps", o.steps, 1, 100000);
+    o.batch            = get_int(args, "batch", o.batch, 2, 4096);
+    o.lr               = get_num(args, "lr", o.lr, 1e-6, 1);
+    o.heldout_fraction = get_num(args, "heldout_fraction", o.heldout_fraction, 0.01, 0.9);
+    o.noise            = get_num(args, "noise", o.noise, 0, 1);
+    o.seed             = (uint64_t)get_int(args, "seed", 0, 0, INT64_MAX);
+    SafeTensors st_data = safetensors_load(data);
+    auto        images  = st_data.tensors.find("images");
+    auto        labels  = st_data.tensors.find("labels");
+    if (images == st_data.tensors.end() || labels == st_data.tensors.end()) throw_bad_input("judge data needs 'images' and 'labels' tensors");
+    std::vector<std::string> classes;
+    try {
+        classes = Json::parse(st_data.metadata.at("classes")).get<std::vector<std::string>>();
+    } catch (const std::exception&) {
+        throw_bad_input("judge data needs metadata 'classes' (a JSON array of names)");
+    }
+    const JudgeTrainResult r = judge_train(images->second, labels->second, classes, o, out, [&] { return st.cancel.load(); },
+                                           [&](int64_t step, double loss) { emit({{"event", "progress"}, {"step", step}, {"steps", o.steps}, {"loss", loss}}); });
+    return {{"out", out}, {"classes", classes}, {"heldout_accuracy", r.heldout_accuracy}, {"train_accuracy", r.train_accuracy},
+            {"heldout_accuracy_per_class", r.heldout_accuracy_per_class}, {"train_count", r.train_count},
+            {"heldout_count", r.heldout_count}, {"final_loss", r.final_loss}, {"seconds", r.seconds}};
+}
+
+// Writes "probs" F32 [N, C] and "features" F32 [N, F] (metadata "classes") to `out`.
+Json op_judge_score(const Json& args) {
+    const std::string judge = need_str(args, "judge");
+    const std::string out   = need_str(args, "out");
+    SafeTensors       in    = safetensors_load(need_str(args, "images"));
+    auto              it    = in.tensors.find("images");
+    if (it == in.tensors.end()) throw_bad_input("'images' file has no 'images' tensor");
+    JudgeScores s = judge_score(judge, it->second);
+    safetensors_save(out, {{"probs", s.probs}, {"features", s.features}}, {{"classes", Json(s.classes).dump()}});
+    return {{"out", out}, {"classes", s.classes}, {"n", s.probs.size(0)}};
+}
+
+Json op_adapter_overlap(const Json& args) {
+    const Adapter a = adapter_load(need_str(args, "a"));
+    const Adapter b = adapter_load(need_str(args, "b"));
+    const auto    layers = adapter_overlap(a, b, get_num(args, "alpha_a", 1.0, -100, 100), get_num(args, "alpha_b", 1.0, -100, 100));
+    Json          rows = Json::array();
+    double        awom = 0, awom_n = 0, awor = 0;
+    for (const auto& l : layers) {
+        rows.push_back({{"layer", l.layer}, {"m", l.m}, {"awom", l.awom}, {"awom_normalized", l.awom_normalized}, {"awor", l.awor}});
+        awom += l.awom;
+        awom_n += l.awom_normalized;
+        awor += l.awor;
+    }
+    const double n = std::max<double>(1.0, (double)layers.size());
+    return {{"layers", rows},
+            {"summary", {{"layers", (int64_t)layers.size()}, {"awom_mean", awom / n}, {"awom_normalized_mean", awom_n / n}, {"awor_mean", awor / n}}}};
+}
+
 }  // namespace
+
+int64_t AdapterCache::bytes() const {
+    int64_t n = 0;
+    for (const auto& [_, e] : entries) n += e.bytes;
+    return n;
+}
 
 torch::Device device_from_name(const std::string& name) {
     if (name == "auto") return torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
@@ -656,7 +948,7 @@ torch::Device device_from_name(const std::string& name) {
     throw_bad_input("device must be auto, cpu or cuda[:N]");
 }
 
-bool worker_op_is_long(const std::string& op) { return op == "train" || op == "sample" || op == "bench"; }
+bool worker_op_is_long(const std::string& op) { return op == "train" || op == "sample" || op == "bench" || op == "judge_train"; }
 
 Json worker_run_op(WorkerState& st, const std::string& op, const Json& args, const EmitFn& emit) {
     if (!args.is_object()) throw_bad_input("'args' must be an object");
@@ -665,7 +957,9 @@ Json worker_run_op(WorkerState& st, const std::string& op, const Json& args, con
     if (op == "unload") {
         st.model.reset();
         st.mix = MixState();
-        st.adapters.clear();
+        st.mix_paths.clear();
+        st.adapters.entries.clear();
+        st.identity.clear();
         return {{"unloaded", true}};
     }
     if (op == "save_model") {
@@ -675,13 +969,22 @@ Json worker_run_op(WorkerState& st, const std::string& op, const Json& args, con
     if (op == "train") return op_train(st, args, emit);
     if (op == "sample") return op_sample(st, args);
     if (op == "apply_mix") return op_apply_mix(st, args);
-    if (op == "clear_mix") return {{"ms", mix_clear(need_model(st), st.mix)}};
+    if (op == "clear_mix") {
+        const double ms = mix_clear(need_model(st), st.mix);
+        st.mix_paths.clear();
+        cache_evict(st);
+        return {{"ms", ms}, {"cache_bytes", st.adapters.bytes()}};
+    }
     if (op == "adapter_inspect") return op_adapter_inspect(args);
-    if (op == "adapter_export") return op_adapter_export(args);
+    if (op == "adapter_export") return op_adapter_export(st, args);
+    if (op == "adapter_convert") return op_adapter_convert(st, args);
     if (op == "bench") return op_bench(st, args, emit);
+    if (op == "judge_train") return op_judge_train(st, args, emit);
+    if (op == "judge_score") return op_judge_score(args);
+    if (op == "adapter_overlap") return op_adapter_overlap(args);
     throw_bad_input("unknown op '" + op +
                     "' (allowed: info, load_model, unload, save_model, train, cancel, sample, apply_mix, clear_mix, "
-                    "adapter_inspect, adapter_export, bench, shutdown)");
+                    "adapter_inspect, adapter_export, adapter_convert, adapter_overlap, judge_train, judge_score, bench, shutdown)");
 }
 
 // ---------------------------------------------------------------------------------------------

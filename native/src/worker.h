@@ -25,12 +25,30 @@ using EmitFn = std::function<void(const Json&)>;
 
 torch::Device device_from_name(const std::string& name);  // "auto" | "cpu" | "cuda" | "cuda:N"
 
+// Decoded adapters for apply_mix, by path. An entry is stale once the file's size or mtime differs; the cache
+// is an LRU bounded by budget_bytes of decoded tensors, except that adapters of the applied mix stay.
+struct CachedAdapter {
+    std::shared_ptr<Adapter> adapter;
+    int64_t                  file_size = -1;
+    int64_t                  mtime_ns = 0;
+    int64_t                  bytes = 0;  // Adapter::decoded_bytes()
+    uint64_t                 last_use = 0;
+};
+struct AdapterCache {
+    std::map<std::string, CachedAdapter> entries;
+    int64_t                              budget_bytes = int64_t(2048) << 20;
+    uint64_t                             clock = 0;
+    int64_t                              bytes() const;
+};
+
 struct WorkerState {
     explicit WorkerState(torch::Device device) : device(device) {}
     torch::Device                   device;
     std::unique_ptr<DiffusionModel> model;
+    std::string                     identity;  // load_model's "identity" of the base model ("" = unknown)
     MixState                        mix;
-    std::map<std::string, std::shared_ptr<Adapter>> adapters;  // by path, for apply_mix
+    std::vector<std::string>        mix_paths;  // adapter paths of the applied mix (never evicted)
+    AdapterCache                    adapters;
     std::atomic<bool>               cancel{false};
 };
 

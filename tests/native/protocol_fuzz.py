@@ -62,6 +62,10 @@ cases = [
     ("apply_mix without model", '{"id": 12, "op": "apply_mix", "args": {"adapters": []}}'),
     ("inspect missing file", '{"id": 13, "op": "adapter_inspect", "args": {"path": "/nope.safetensors"}}'),
     ("inspect path wrong type", '{"id": 14, "op": "adapter_inspect", "args": {"path": 5}}'),
+    ("convert missing file", '{"id": 17, "op": "adapter_convert", "args": {"path": "/nope.safetensors", "out": "%s/c.safetensors"}}' % tmp),
+    ("convert bad values", json.dumps({"id": 18, "op": "adapter_convert", "args": {"path": os.path.join(tmp, "garbage.safetensors"), "out": os.path.join(tmp, "c.safetensors"), "values": "f8"}})),
+    ("convert garbage file", json.dumps({"id": 19, "op": "adapter_convert", "args": {"path": os.path.join(tmp, "garbage.safetensors"), "out": os.path.join(tmp, "c.safetensors")}})),
+    ("convert no out", '{"id": 20, "op": "adapter_convert", "args": {"path": "x"}}'),
     ("huge seed", '{"id": 15, "op": "load_model", "args": {"config": %s, "seed": 1e999}}' % json.dumps(config)),
     ("huge integer", '{"id": 16, "op": "load_model", "args": {"config": %s, "seed": 123456789012345678901234567890}}' % json.dumps(config)),
 ]
@@ -76,6 +80,9 @@ after_load = [
     ("mix bad entries", '{"id": 28, "op": "apply_mix", "args": {"adapters": [1, 2]}}'),
     ("mix missing adapter", '{"id": 29, "op": "apply_mix", "args": {"adapters": [{"path": "/nope.safetensors"}]}}'),
     ("mix alpha wrong type", '{"id": 30, "op": "apply_mix", "args": {"adapters": [{"path": "x", "alpha": "big"}]}}'),
+    ("load negative cache_mb", '{"id": 32, "op": "load_model", "args": {"config": %s, "cache_mb": -1}}' % json.dumps(config)),
+    ("load identity wrong type", '{"id": 33, "op": "load_model", "args": {"config": %s, "identity": 7}}' % json.dumps(config)),
+    ("train bad values_dtype", '{"id": 34, "op": "train", "args": {"out": "x", "data": "y", "values_dtype": "f8"}}'),
     ("sample size not multiple", '{"id": 31, "op": "sample", "args": {"size": 7}}'),
 ]
 

@@ -69,7 +69,7 @@ interface AdapterRow {
 }
 
 const SUMMARY_SQL = `
-  SELECT a.*, b.name AS base_model_name, b.weights_hash AS base_weights_hash,
+  SELECT a.*, b.name AS base_model_name, a.base_identity AS base_weights_hash,
          (SELECT json_group_array(tag) FROM adapter_tags t WHERE t.adapter_id = a.id) AS tags_json,
          (SELECT coalesce(sum(length(values_blob) + coalesce(length(index_blob), 0)), 0) FROM adapter_tensors x WHERE x.adapter_id = a.id) AS size_bytes
   FROM adapters a LEFT JOIN base_models b ON b.id = a.base_model_id`;
@@ -163,8 +163,8 @@ export class AdapterLibrary {
 
   /** The adapter's tensors as stored, ready to write as a file. */
   content(id: number): AdapterContent {
-    const a = this.db.prepare('SELECT a.kind, a.method_json, b.weights_hash FROM adapters a LEFT JOIN base_models b ON b.id = a.base_model_id WHERE a.id = ?').get(id) as
-      | { kind: AdapterKind; method_json: string; weights_hash: string | null }
+    const a = this.db.prepare('SELECT kind, method_json, base_identity FROM adapters WHERE id = ?').get(id) as
+      | { kind: AdapterKind; method_json: string; base_identity: string | null }
       | undefined;
     if (!a) throw notFound(`Adapter ${id} does not exist.`);
     const rows = this.db.prepare('SELECT name, shape_json, mask_kind, encoding, meta_json, values_blob, index_blob FROM adapter_tensors WHERE adapter_id = ? ORDER BY name').all(id) as {
@@ -178,7 +178,7 @@ export class AdapterLibrary {
     }[];
     return {
       kind: a.kind,
-      baseIdentity: a.weights_hash ?? '',
+      baseIdentity: a.base_identity ?? '',
       methodJson: a.method_json,
       tensors: rows.map((r) => ({
         name: r.name,
@@ -207,10 +207,10 @@ export class AdapterLibrary {
       const id = Number(
         this.db
           .prepare(
-            `INSERT INTO adapters (name, kind, method_json, base_model_id, dataset_id, trigger_words, preferred_weight, notes, content_hash, file_sha256, trainable)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+            `INSERT INTO adapters (name, kind, method_json, base_model_id, base_identity, dataset_id, trigger_words, preferred_weight, notes, content_hash, file_sha256, trainable)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
           )
-          .run(o.name, stamped.kind, stamped.methodJson, o.baseModelId, o.datasetId ?? null, JSON.stringify(o.triggerWords ?? []), o.preferredWeight ?? 1, o.notes ?? '', hash, sha256, trainable).lastInsertRowid,
+          .run(o.name, stamped.kind, stamped.methodJson, o.baseModelId, stamped.baseIdentity || null, o.datasetId ?? null, JSON.stringify(o.triggerWords ?? []), o.preferredWeight ?? 1, o.notes ?? '', hash, sha256, trainable).lastInsertRowid,
       );
       const put = this.db.prepare(
         'INSERT INTO adapter_tensors (adapter_id, name, shape_json, mask_kind, encoding, meta_json, values_blob, index_blob) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
@@ -250,8 +250,8 @@ export class AdapterLibrary {
       const nid = Number(
         this.db
           .prepare(
-            `INSERT INTO adapters (name, kind, method_json, base_model_id, dataset_id, trigger_words, preferred_weight, notes, cover_generation_id, content_hash, file_sha256, trainable)
-             SELECT ?, kind, method_json, base_model_id, dataset_id, trigger_words, preferred_weight, notes, cover_generation_id, content_hash, file_sha256, trainable FROM adapters WHERE id = ?`,
+            `INSERT INTO adapters (name, kind, method_json, base_model_id, base_identity, dataset_id, trigger_words, preferred_weight, notes, cover_generation_id, content_hash, file_sha256, trainable)
+             SELECT ?, kind, method_json, base_model_id, base_identity, dataset_id, trigger_words, preferred_weight, notes, cover_generation_id, content_hash, file_sha256, trainable FROM adapters WHERE id = ?`,
           )
           .run(copyName, id).lastInsertRowid,
       );

@@ -111,7 +111,7 @@ export class Mixer {
 
   listMixes(): SavedMix[] {
     const mixes = this.db.prepare('SELECT * FROM mixes ORDER BY updated_at DESC, id DESC').all() as { id: number; name: string; created_at: string; updated_at: string }[];
-    const entries = this.db.prepare('SELECT adapter_id, alpha FROM mix_entries WHERE mix_id = ? ORDER BY rowid');
+    const entries = this.db.prepare('SELECT adapter_id, alpha FROM mix_entries WHERE mix_id = ? ORDER BY position, adapter_id');
     return mixes.map((m) => ({
       id: m.id,
       name: m.name,
@@ -140,12 +140,12 @@ export class Mixer {
       } else {
         mixId = Number(this.db.prepare('INSERT INTO mixes (name) VALUES (?)').run(input.name).lastInsertRowid);
       }
-      const put = this.db.prepare('INSERT INTO mix_entries (mix_id, adapter_id, alpha) VALUES (?, ?, ?)');
+      const put = this.db.prepare('INSERT INTO mix_entries (mix_id, adapter_id, alpha, position) VALUES (?, ?, ?, ?)');
       const seen = new Set<number>();
-      for (const e of input.entries) {
+      for (const [position, e] of input.entries.entries()) {
         if (seen.has(e.adapterId)) throw badInput(`Adapter ${e.adapterId} appears twice in the mix; give it one weight.`);
         seen.add(e.adapterId);
-        put.run(mixId, e.adapterId, e.alpha);
+        put.run(mixId, e.adapterId, e.alpha, position);
       }
       return mixId;
     })();

@@ -203,8 +203,12 @@ export const MIGRATIONS: readonly Migration[] = [
       );
       CREATE INDEX concept_results_by_set ON concept_results (adapter_ids, id);
       CREATE INDEX adapters_by_file ON adapters (file_sha256);
+      -- a saved mix keeps the order the artist arranged its adapters in
+      ALTER TABLE mix_entries ADD COLUMN position INTEGER NOT NULL DEFAULT 0;
       -- trained values (SHiRA: Σ K; LoRA: Σ |A| + |B|), for bytes per value and parameter matching
       ALTER TABLE adapters ADD COLUMN trainable INTEGER NOT NULL DEFAULT 0;
+      -- the SHA-256 of the base weights the adapter was trained on (its file's base_identity)
+      ALTER TABLE adapters ADD COLUMN base_identity TEXT;
     `,
   },
 ];

@@ -158,22 +158,25 @@ export class TrainingQueue {
 
   private kick(): void {
     if (this.pump_ || this.closed_ || !this.worker) return;
-    this.pump_ = (async () => {
-      try {
-        for (;;) {
-          if (this.closed_) return;
-          const next = this.db.prepare(`SELECT id FROM training_runs WHERE status = 'queued' AND kind IN ('shira', 'lora') ORDER BY id LIMIT 1`).get() as { id: number } | undefined;
-          if (!next) return;
-          const run = { id: next.id, cancel: false, done: Promise.resolve() };
-          run.done = this.run(run);
-          this.running_ = run;
-          await run.done;
-        }
-      } finally {
-        this.pump_ = null;
+    const pump = (async () => {
+      // Yield first: an empty queue must not finish (and clear pump_) before pump_ is even assigned.
+      await null;
+      for (;;) {
+        if (this.closed_) return;
+        const next = this.db.prepare(`SELECT id FROM training_runs WHERE status = 'queued' AND kind IN ('shira', 'lora') ORDER BY id LIMIT 1`).get() as { id: number } | undefined;
+        if (!next) return;
+        const run = { id: next.id, cancel: false, done: Promise.resolve() };
+        run.done = this.run(run);
+        this.running_ = run;
+        await run.done;
       }
     })();
-    this.pump_.catch((error) => this.log.error('training queue stopped', error));
+    this.pump_ = pump;
+    pump
+      .catch((error) => this.log.error('training queue stopped', error))
+      .finally(() => {
+        if (this.pump_ === pump) this.pump_ = null;
+      });
   }
 
   private async run(job: { id: number; cancel: boolean }): Promise<void> {
