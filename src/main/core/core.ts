@@ -229,6 +229,8 @@ export class Core {
           baseModelId,
           convert: w
             ? async (src) => {
+                // PEFT files store no layer shapes: the worker takes them from the loaded base model.
+                await this.serial(() => this.mixer.ensureBase(baseModelId));
                 mkdirSync(tmp, { recursive: true });
                 const out = join(tmp, `convert-${process.pid}-${Date.now()}.safetensors`);
                 await w.request('adapter_convert', { path: src, out });

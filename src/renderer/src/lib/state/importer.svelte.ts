@@ -53,12 +53,19 @@ export class ImporterState {
   readonly #info: () => AppInfo | null;
   #importId: string | null = null;
   #abort: AbortController | null = null;
+  /** Who opened the dialog and wants the new dataset (the Train view picks it to train on). */
+  #onImported: ((datasetId: number) => void) | null = null;
 
   constructor(api: ApiClient, datasets: DatasetsState, toasts: Toasts, info: () => AppInfo | null) {
     this.#api = api;
     this.#datasets = datasets;
     this.#toasts = toasts;
     this.#info = info;
+  }
+
+  /** Whether the finished import hands its dataset to whoever opened the dialog. */
+  get forCaller(): boolean {
+    return this.#onImported !== null;
   }
 
   get busy(): boolean {
@@ -69,8 +76,9 @@ export class ImporterState {
     return this.#api.files.canPickFolder;
   }
 
-  open(target: { id: number; name: string } | null = null): void {
+  open(target: { id: number; name: string } | null = null, onImported: ((datasetId: number) => void) | null = null): void {
     if (this.isOpen) return;
+    this.#onImported = onImported;
     this.target = target;
     this.folderPath = '';
     this.name = '';
@@ -202,7 +210,10 @@ export class ImporterState {
       this.phase = 'done';
       void this.#datasets.loadList();
       // No dataset exists when every file was rejected; the report alone says why.
-      if (report.datasetId !== null) void this.#datasets.open(report.datasetId);
+      if (report.datasetId !== null) {
+        if (this.#onImported) this.#onImported(report.datasetId);
+        else void this.#datasets.open(report.datasetId);
+      }
     } catch (error) {
       this.phase = 'form';
       if (isCancelled(error)) {

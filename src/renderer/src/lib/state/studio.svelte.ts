@@ -1,13 +1,17 @@
 // The root of the renderer's state: one instance per window, shared with components via context.
 // It owns the subscriptions to the core and routes events to the parts that care.
-import type { AppInfo, BaseModel, CoreEvent, HealthReport, WorkerStatus } from '../../../../shared/api';
+import type { AdapterSummary, AppInfo, BaseModel, CoreEvent, Generation, HealthReport, WorkerStatus } from '../../../../shared/api';
 import { errorMessage } from '../errors';
 import type { ApiClient, ConnectionStatus } from '../transport';
 import { VIEWS, type ViewId } from '../views';
+import { CompareState } from './compare.svelte';
 import { DatasetsState } from './datasets.svelte';
+import { GalleryState } from './gallery.svelte';
 import { ImporterState } from './importer.svelte';
 import { LibraryState } from './library.svelte';
+import { MixState } from './mix.svelte';
 import { Toasts } from './toasts.svelte';
+import { TrainingState } from './training.svelte';
 
 export type HealthState = { kind: 'unknown' } | { kind: 'ok' } | { kind: 'bad'; message: string };
 
@@ -24,6 +28,10 @@ export class Studio {
   readonly library: LibraryState;
   readonly datasets: DatasetsState;
   readonly importer: ImporterState;
+  readonly training: TrainingState;
+  readonly mix: MixState;
+  readonly gallery: GalleryState;
+  readonly compare: CompareState;
 
   view = $state<ViewId>('library');
   info = $state.raw<AppInfo | null>(null);
@@ -40,13 +48,22 @@ export class Studio {
 
   constructor(api: ApiClient) {
     this.api = api;
-    this.library = new LibraryState(api);
+    this.library = new LibraryState(api, this.toasts);
     this.datasets = new DatasetsState(api, this.toasts);
     this.importer = new ImporterState(api, this.datasets, this.toasts, () => this.info);
+    this.training = new TrainingState(api, this.toasts);
+    this.mix = new MixState(api, this.toasts);
+    this.gallery = new GalleryState(api, this.toasts);
+    this.compare = new CompareState(api, () => this.library.byId);
   }
 
   get modalOpen(): boolean {
-    return this.importer.isOpen || this.datasets.pendingDelete !== null;
+    return this.importer.isOpen || this.datasets.pendingDelete !== null || this.library.pendingDelete !== null || this.gallery.openIndex !== null;
+  }
+
+  /** Resolution every adapter of the default model trains and generates at (the model's, not a choice). */
+  get resolution(): number | null {
+    return this.defaultModel?.resolution ?? null;
   }
 
   start(): void {
@@ -70,9 +87,48 @@ export class Studio {
     this.importer.open();
   }
 
-  /** Global shortcuts: Ctrl/Cmd+1…6 switch views, Ctrl/Cmd+I imports. Returns whether it was handled. */
+  /** Import from the Train view: the new dataset becomes the one to train on. */
+  importForTraining(): void {
+    this.importer.open(null, (datasetId) => {
+      void this.training.selectDataset(datasetId);
+      void this.datasets.loadList();
+    });
+  }
+
+  /** Mix & generate with a gallery image's recipe, and run it again. */
+  rerun(generation: Generation): void {
+    this.gallery.close();
+    this.mix.loadRecipe(generation);
+    this.navigate('mix');
+    void this.mix.generate();
+  }
+
+  useInMix(adapter: AdapterSummary): void {
+    this.mix.add(adapter);
+    this.navigate('mix');
+  }
+
+  /** The main action of the view in front: Ctrl/Cmd+Enter. */
+  runPrimary(): boolean {
+    switch (this.view) {
+      case 'train':
+        void this.training.start();
+        return true;
+      case 'mix':
+        void this.mix.generate();
+        return true;
+      case 'compare':
+        void this.compare.run();
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  /** Global shortcuts: Ctrl/Cmd+1…6 switch views, Ctrl/Cmd+I imports, Ctrl/Cmd+Enter runs. Returns whether it was handled. */
   handleShortcut(event: KeyboardEvent): boolean {
     if (!(event.ctrlKey || event.metaKey) || event.altKey || event.shiftKey || this.modalOpen) return false;
+    if (event.key === 'Enter') return this.runPrimary();
     // `code`, not `key`: on AZERTY and similar layouts the digit row needs Shift to type digits.
     const digit = /^(?:Digit|Numpad)([1-9])$/.exec(event.code);
     if (digit) {
@@ -112,6 +168,8 @@ export class Studio {
     );
     void this.library.load();
     void this.datasets.loadList();
+    void this.training.loadJobs();
+    void this.gallery.load();
   }
 
   #onStatus(status: ConnectionStatus): void {
@@ -123,6 +181,8 @@ export class Studio {
       void this.refreshHealth();
       void this.library.load();
       this.datasets.refreshSoon();
+      void this.training.loadJobs();
+      this.gallery.refresh();
     }
   }
 
@@ -132,8 +192,22 @@ export class Studio {
         this.importer.onEvent(event);
         break;
       case 'library.changed':
-        if (event.what === 'datasets') this.datasets.refreshSoon();
-        else if (event.what === 'adapters') void this.library.load();
+        if (event.what === 'datasets') {
+          this.datasets.refreshSoon();
+          if (event.id === undefined || event.id === this.training.datasetId) this.training.refreshDataset();
+        } else if (event.what === 'adapters') {
+          void this.library.load().then(() => this.mix.prune(new Set(this.library.byId.keys())));
+        } else if (event.what === 'generations') {
+          this.gallery.refreshSoon();
+        }
+        break;
+      case 'training.progress':
+      case 'training.sample':
+      case 'training.changed':
+        this.training.onEvent(event);
+        break;
+      case 'concept.progress':
+        this.compare.onEvent(event);
         break;
       case 'log':
         // A failing call already reports its own error where it happened; repeating the core's

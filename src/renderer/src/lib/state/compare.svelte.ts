@@ -1,0 +1,192 @@
+// Compare: a same-prompt, same-seed grid. The layout (which cell runs which mix) is pure data from
+// `compareLayout`; this class runs the distinct cells one at a time, so the grid fills in as it
+// goes and Cancel stops before the next cell.
+import type { AdapterSummary, ConceptReport, CoreEvent, Generation } from '../../../../shared/api';
+import { cellScores, compareLayout, type CellSpec, type CompareMode } from '../compare';
+import { errorMessage } from '../errors';
+import { parseNumbers } from '../format';
+import type { ApiClient } from '../transport';
+import { ALPHA_MAX, ALPHA_MIN, randomSeed } from './mix.svelte';
+
+export type CellResult = { status: 'running' } | { status: 'done'; generation: Generation } | { status: 'failed'; error: string };
+
+/** The concept-loss judge takes at most this many adapters at once. */
+export const MAX_CONCEPT_ADAPTERS = 4;
+
+const setKey = (ids: readonly number[]) => JSON.stringify([...new Set(ids)].sort((a, b) => a - b));
+
+export class CompareState {
+  mode = $state<CompareMode>('alpha');
+  adapterIds = $state<number[]>([]);
+  includeBase = $state(true);
+  alphasText = $state('0.5, 1, 1.5');
+  /** One prompt per line; the α mode uses the first. */
+  promptsText = $state('');
+  negativePrompt = $state('');
+  weight = $state(1);
+  seed = $state(randomSeed());
+  steps = $state(25);
+  guidance = $state(5);
+
+  results = $state.raw<Record<string, CellResult>>({});
+  /** The exact settings the results were made with: changing the form must not relabel old images. */
+  ranWith = $state.raw<{ seed: number; steps: number; guidance: number; negativePrompt: string } | null>(null);
+  running = $state(false);
+  cancelRequested = $state(false);
+  done = $state(0);
+  total = $state(0);
+  error = $state<string | null>(null);
+
+  /** The newest concept-loss report for exactly the chosen adapters, when one was ever measured. */
+  report = $state.raw<ConceptReport | null>(null);
+  measuring = $state(false);
+  measureProgress = $state.raw<{ phase: string; done: number; total: number } | null>(null);
+  measureError = $state<string | null>(null);
+
+  readonly alphas = $derived(parseNumbers(this.alphasText, ALPHA_MIN, ALPHA_MAX));
+  readonly prompts = $derived(this.promptsText.split('\n'));
+
+  readonly #api: ApiClient;
+  readonly #adapters: () => ReadonlyMap<number, AdapterSummary>;
+
+  constructor(api: ApiClient, adapters: () => ReadonlyMap<number, AdapterSummary>) {
+    this.#api = api;
+    this.#adapters = adapters;
+  }
+
+  readonly layout = $derived.by(() => {
+    const byId = this.#adapters();
+    const adapters = this.adapterIds
+      .map((id) => byId.get(id))
+      .filter((a): a is AdapterSummary => a !== undefined)
+      .map((a) => ({ id: a.id, name: a.name, badge: a.kind === 'shira' ? 'SHiRA' : 'LoRA' }));
+    return compareLayout({
+      mode: this.mode,
+      adapters,
+      includeBase: this.includeBase,
+      alphas: this.alphas,
+      prompts: this.mode === 'alpha' ? this.prompts.slice(0, 1) : this.prompts,
+      weight: this.weight,
+    });
+  });
+
+  /** Numbers under the images: only cells the report measured, so nothing is ever made up. */
+  readonly scores = $derived(cellScores(this.layout, this.report && setKey(this.report.adapterIds) === setKey(this.adapterIds) ? this.report : null));
+
+  /** Why a measurement cannot run for the chosen adapters, or null when it can. */
+  readonly measureProblem = $derived.by(() => {
+    const byId = this.#adapters();
+    const chosen = this.adapterIds.map((id) => byId.get(id)).filter((a) => a !== undefined);
+    if (chosen.length === 0) return 'Pick the adapters to measure.';
+    if (chosen.length > MAX_CONCEPT_ADAPTERS) return `Measure at most ${MAX_CONCEPT_ADAPTERS} adapters at once.`;
+    const imported = chosen.find((a) => a.datasetId === null);
+    if (imported) return `“${imported.name}” was imported without its training images, so its style cannot be judged.`;
+    return null;
+  });
+
+  has(adapterId: number): boolean {
+    return this.adapterIds.includes(adapterId);
+  }
+
+  toggleAdapter(adapterId: number): void {
+    this.adapterIds = this.has(adapterId) ? this.adapterIds.filter((id) => id !== adapterId) : [...this.adapterIds, adapterId];
+    void this.loadReport();
+  }
+
+  /** A sensible first grid: the newest SHiRA and the newest LoRA, the classic pairing to judge. */
+  suggest(adapters: readonly AdapterSummary[], prompt: string): void {
+    if (this.adapterIds.length === 0) {
+      const newest = [...adapters].sort((a, b) => b.createdAt.localeCompare(a.createdAt) || b.id - a.id);
+      const shira = newest.find((a) => a.kind === 'shira');
+      const lora = newest.find((a) => a.kind === 'lora');
+      this.adapterIds = [shira, lora].filter((a) => a !== undefined).map((a) => a.id);
+    }
+    void this.loadReport();
+    if (this.promptsText.trim() === '' && prompt.trim() !== '') this.promptsText = prompt;
+  }
+
+  resultFor(cell: CellSpec): CellResult | undefined {
+    return this.results[cell.key];
+  }
+
+  async run(): Promise<void> {
+    if (this.running) return;
+    const layout = this.layout;
+    if (layout.problem) {
+      this.error = layout.problem;
+      return;
+    }
+    const settings = { seed: this.seed, steps: this.steps, guidance: this.guidance, negativePrompt: this.negativePrompt };
+    this.running = true;
+    this.cancelRequested = false;
+    this.error = null;
+    this.results = {};
+    this.ranWith = settings;
+    this.done = 0;
+    this.total = layout.unique.length;
+    try {
+      for (const cell of layout.unique) {
+        if (this.cancelRequested) break;
+        this.results = { ...this.results, [cell.key]: { status: 'running' } };
+        try {
+          const [generation] = await this.#api.call('generate', { ...settings, prompt: cell.prompt, mix: cell.mix, batch: 1 });
+          this.results = { ...this.results, [cell.key]: generation ? { status: 'done', generation } : { status: 'failed', error: 'No image came back.' } };
+        } catch (error) {
+          this.results = { ...this.results, [cell.key]: { status: 'failed', error: errorMessage(error) } };
+        }
+        this.done++;
+      }
+    } finally {
+      this.running = false;
+      this.cancelRequested = false;
+    }
+  }
+
+  cancel(): void {
+    if (this.running) this.cancelRequested = true;
+  }
+
+  async loadReport(): Promise<void> {
+    const ids = this.adapterIds;
+    if (ids.length === 0 || ids.length > MAX_CONCEPT_ADAPTERS) {
+      this.report = null;
+      return;
+    }
+    try {
+      const report = await this.#api.call('concept.latest', { adapterIds: ids });
+      // The selection may have changed while the answer was on its way.
+      if (setKey(ids) === setKey(this.adapterIds)) this.report = report;
+    } catch {
+      // Numbers are an extra: the grid is still worth looking at without them.
+      this.report = null;
+    }
+  }
+
+  /** Trains a style judge on the adapters' own images and scores them alone and fused (minutes on a CPU). */
+  async measure(): Promise<void> {
+    if (this.measuring || this.measureProblem) return;
+    this.measuring = true;
+    this.measureError = null;
+    this.measureProgress = null;
+    const ids = [...this.adapterIds];
+    const alphas = this.mode === 'alpha' ? this.alphas.filter((a) => a >= 0.05) : [this.weight];
+    try {
+      const report = await this.#api.call('concept.evaluate', {
+        adapterIds: ids,
+        alphas: alphas.length > 0 && alphas.every((a) => a >= 0.05 && a <= 2) ? alphas.slice(0, 4) : [1],
+        steps: this.steps,
+        guidance: this.guidance,
+      });
+      if (setKey(ids) === setKey(this.adapterIds)) this.report = report;
+    } catch (error) {
+      this.measureError = errorMessage(error);
+    } finally {
+      this.measuring = false;
+      this.measureProgress = null;
+    }
+  }
+
+  onEvent(event: CoreEvent): void {
+    if (event.type === 'concept.progress' && this.measuring) this.measureProgress = { phase: event.phase, done: event.done, total: event.total };
+  }
+}

@@ -1,0 +1,202 @@
+// The gallery: every generation, newest first, read page by page as the virtual grid scrolls.
+// Pages live in a plain Map behind a version counter; the grid asks for the pages its window
+// covers, and a change in the library reloads only what is on screen.
+import type { Generation } from '../../../../shared/api';
+import { errorMessage } from '../errors';
+import type { ApiClient } from '../transport';
+import { gridWindow, pagesFor, type GridWindow } from '../virtual';
+import type { Toasts } from './toasts.svelte';
+
+export const PAGE_SIZE = 120;
+export const MIN_CELL = 148;
+export const GAP = 8;
+const OVERSCAN_ROWS = 3;
+const REFRESH_COALESCE_MS = 150;
+
+export interface Viewport {
+  width: number;
+  height: number;
+  scrollTop: number;
+}
+
+export class GalleryState {
+  total = $state(0);
+  loaded = $state(false);
+  error = $state<string | null>(null);
+  favouritesOnly = $state(false);
+  adapterFilter = $state<number | null>(null);
+
+  viewport = $state.raw<Viewport>({ width: 0, height: 0, scrollTop: 0 });
+  readonly window: GridWindow = $derived(
+    gridWindow({ ...this.viewport, count: this.total, minCell: MIN_CELL, gap: GAP, overscan: OVERSCAN_ROWS }),
+  );
+
+  /** Roving keyboard position in the grid. */
+  focusIndex = $state(0);
+  /** The image open large, by index into the current order. */
+  openIndex = $state<number | null>(null);
+  readonly openItem: Generation | undefined = $derived(this.openIndex === null ? undefined : this.itemAt(this.openIndex));
+
+  readonly #api: ApiClient;
+  readonly #toasts: Toasts;
+  #pages = new Map<number, Generation[]>();
+  /** Pages from before a refresh, shown until their replacement arrives: no flash of empty cells. */
+  #stale = new Map<number, Generation[]>();
+  #version = $state(0);
+  readonly #loading = new Set<number>();
+  /** Bumped by every refresh and filter change; answers from an older epoch are dropped. */
+  #epoch = 0;
+  #refreshTimer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(api: ApiClient, toasts: Toasts) {
+    this.#api = api;
+    this.#toasts = toasts;
+  }
+
+  itemAt(index: number): Generation | undefined {
+    void this.#version;
+    const page = Math.floor(index / PAGE_SIZE);
+    const offset = index % PAGE_SIZE;
+    return this.#pages.get(page)?.[offset] ?? this.#stale.get(page)?.[offset];
+  }
+
+  indexOf(id: number): number {
+    void this.#version;
+    for (const [page, items] of this.#pages) {
+      const i = items.findIndex((g) => g.id === id);
+      if (i >= 0) return page * PAGE_SIZE + i;
+    }
+    return -1;
+  }
+
+  setViewport(viewport: Viewport): void {
+    const v = this.viewport;
+    if (v.width === viewport.width && v.height === viewport.height && v.scrollTop === viewport.scrollTop) return;
+    this.viewport = viewport;
+    this.#ensureWindow();
+  }
+
+  async load(): Promise<void> {
+    await this.#loadPage(0, this.#epoch);
+    this.#ensureWindow();
+  }
+
+  setFavouritesOnly(on: boolean): void {
+    this.favouritesOnly = on;
+    this.#reset();
+  }
+
+  setAdapterFilter(id: number | null): void {
+    this.adapterFilter = id;
+    this.#reset();
+  }
+
+  /** A filter change is a different list: nothing of the old one may show through. */
+  #reset(): void {
+    this.#epoch++;
+    this.#pages = new Map();
+    this.#stale = new Map();
+    this.#loading.clear();
+    this.#version++;
+    this.focusIndex = 0;
+    this.openIndex = null;
+    this.viewport = { ...this.viewport, scrollTop: 0 };
+    void this.load();
+  }
+
+  /** New or deleted images shift every index after them: reload what is on screen, keep the rest as stale. */
+  refreshSoon(): void {
+    clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = setTimeout(() => this.refresh(), REFRESH_COALESCE_MS);
+  }
+
+  refresh(): void {
+    this.#epoch++;
+    this.#stale = new Map([...this.#stale, ...this.#pages]);
+    this.#pages = new Map();
+    this.#loading.clear();
+    void this.load();
+  }
+
+  #ensureWindow(): void {
+    const w = this.window;
+    // The first page also carries the total, so it is always wanted.
+    const wanted = new Set([0, ...pagesFor(w.start, w.end, PAGE_SIZE)]);
+    if (this.openIndex !== null) wanted.add(Math.floor(this.openIndex / PAGE_SIZE));
+    for (const page of wanted) {
+      if (!this.#pages.has(page) && !this.#loading.has(page)) void this.#loadPage(page, this.#epoch);
+    }
+  }
+
+  async #loadPage(page: number, epoch: number): Promise<void> {
+    if (this.#loading.has(page)) return;
+    this.#loading.add(page);
+    try {
+      const input: { offset: number; limit: number; favourite?: boolean; adapterId?: number } = { offset: page * PAGE_SIZE, limit: PAGE_SIZE };
+      if (this.favouritesOnly) input.favourite = true;
+      if (this.adapterFilter !== null) input.adapterId = this.adapterFilter;
+      const result = await this.#api.call('generations.list', input);
+      if (epoch !== this.#epoch) return;
+      this.#pages.set(page, result.items);
+      this.#stale.delete(page);
+      // Pages past the end are gone for good (images were deleted).
+      for (const key of this.#stale.keys()) if (key * PAGE_SIZE >= result.total) this.#stale.delete(key);
+      this.total = result.total;
+      this.error = null;
+      this.#version++;
+      if (this.focusIndex >= result.total) this.focusIndex = Math.max(0, result.total - 1);
+      if (this.openIndex !== null && this.openIndex >= result.total) this.openIndex = result.total > 0 ? result.total - 1 : null;
+    } catch (error) {
+      if (epoch === this.#epoch) this.error = errorMessage(error);
+    } finally {
+      if (epoch === this.#epoch) this.#loading.delete(page);
+      this.loaded = true;
+    }
+  }
+
+  open(index: number): void {
+    if (index < 0 || index >= this.total) return;
+    this.openIndex = index;
+    this.focusIndex = index;
+    this.#ensureWindow();
+  }
+
+  close(): void {
+    this.openIndex = null;
+  }
+
+  step(delta: number): void {
+    if (this.openIndex === null) return;
+    this.open(Math.min(this.total - 1, Math.max(0, this.openIndex + delta)));
+  }
+
+  #replace(updated: Generation): void {
+    for (const pages of [this.#pages, this.#stale]) {
+      for (const [page, items] of pages) {
+        const i = items.findIndex((g) => g.id === updated.id);
+        if (i >= 0) pages.set(page, items.with(i, updated));
+      }
+    }
+    this.#version++;
+  }
+
+  async setFavourite(g: Generation, favourite: boolean): Promise<void> {
+    try {
+      this.#replace(await this.#api.call('generations.setFavourite', { id: g.id, favourite }));
+      // Un-favouriting inside the favourites view removes it from this list.
+      if (this.favouritesOnly && !favourite) this.refresh();
+    } catch (error) {
+      this.#toasts.error(favourite ? 'add the favourite' : 'remove the favourite', error);
+    }
+  }
+
+  async delete(g: Generation): Promise<void> {
+    try {
+      await this.#api.call('generations.delete', { id: g.id });
+      this.#toasts.show('info', 'Deleted the image', `Seed ${g.seed} · “${g.prompt || 'no prompt'}”`);
+      this.refresh();
+    } catch (error) {
+      this.#toasts.error('delete the image', error);
+    }
+  }
+}

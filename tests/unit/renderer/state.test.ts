@@ -1,0 +1,424 @@
+// The renderer's state classes against a fake core: what they ask for, in which order, and what
+// they show while answers and events arrive. Compiled with the Svelte plugin (see svelte-modules.ts).
+import { beforeAll, describe, expect, it } from 'vitest';
+import type { AdapterSummary, CoreEvent, Generation, GenerationPage, MixEntry, MixResult, TrainingJob, TrainingRequest } from '../../../src/shared/api';
+import { loadRendererModules, settle } from './svelte-modules';
+
+let m: Awaited<ReturnType<typeof loadRendererModules>>;
+
+beforeAll(async () => {
+  m = await loadRendererModules([
+    'src/renderer/src/lib/state/toasts.svelte.ts',
+    'src/renderer/src/lib/state/mix.svelte.ts',
+    'src/renderer/src/lib/state/training.svelte.ts',
+    'src/renderer/src/lib/state/gallery.svelte.ts',
+    'src/renderer/src/lib/state/library.svelte.ts',
+    'src/renderer/src/lib/state/compare.svelte.ts',
+    // The error class must be the bundle's own, or `instanceof` checks inside it fail.
+    'src/shared/errors.ts',
+  ]);
+}, 60_000);
+
+type Handler = (input: never) => unknown;
+
+/** A stand-in for ApiClient: records every call and answers from `handlers`. */
+function fakeApi(handlers: Record<string, Handler>, files?: unknown) {
+  const calls: { method: string; input: unknown }[] = [];
+  return {
+    calls,
+    flavour: 'browser',
+    files,
+    mediaUrl: (kind: string, id: number) => `/media/${kind}/${id}`,
+    async call(method: string, input: unknown) {
+      calls.push({ method, input });
+      const handler = handlers[method];
+      if (!handler) throw new Error(`unexpected call ${method}`);
+      return handler(input as never);
+    },
+  };
+}
+
+function summary(over: Partial<AdapterSummary> & { id: number }): AdapterSummary {
+  return {
+    name: `adapter ${over.id}`,
+    kind: 'shira',
+    method: { mask: 'struct', density: 0.02 },
+    baseModelId: 1,
+    baseModelName: 'clipart-64',
+    baseWeightsHash: null,
+    datasetId: 1,
+    triggerWords: [],
+    preferredWeight: 1,
+    tags: [],
+    notes: '',
+    coverGenerationId: null,
+    sizeBytes: 1000,
+    trainable: 500,
+    bytesPerValue: 2,
+    contentHash: null,
+    fileSha256: null,
+    autoV2: null,
+    createdAt: '2026-01-01T00:00:00.000Z',
+    updatedAt: '2026-01-01T00:00:00.000Z',
+    ...over,
+  };
+}
+
+function generation(id: number, over: Partial<Generation> = {}): Generation {
+  return {
+    id,
+    baseModelId: 1,
+    baseModelName: 'clipart-64',
+    prompt: 'a ring',
+    negativePrompt: '',
+    seed: id,
+    sampler: 'ddim',
+    steps: 25,
+    guidance: 5,
+    width: 64,
+    height: 64,
+    mix: [],
+    favourite: false,
+    durationMs: 100,
+    createdAt: '2026-01-01T00:00:00.000Z',
+    ...over,
+  };
+}
+
+const blend = (over: Partial<MixResult> = {}): MixResult => ({
+  baseModelId: 1,
+  entries: [],
+  switchMs: 1.5,
+  loadMs: 0,
+  totalMs: 2,
+  cacheHits: 0,
+  cacheMisses: 1,
+  layersReblended: 12,
+  layersUnchanged: 0,
+  ...over,
+});
+
+describe('MixState', () => {
+  it('adds an adapter at its preferred weight (clamped to −1…2) and puts its trigger word in the prompt', () => {
+    const mix = new m.MixState(fakeApi({}), new m.Toasts());
+    mix.prompt = 'a lighthouse';
+    mix.add(summary({ id: 1, preferredWeight: 3, triggerWords: ['neonfx'] }));
+    mix.add(summary({ id: 1 }));
+    mix.add(summary({ id: 2, preferredWeight: 0.7, triggerWords: ['NEONFX', 'inkfx'] }));
+    expect(mix.slots).toEqual([
+      { adapterId: 1, alpha: 2, enabled: true },
+      { adapterId: 2, alpha: 0.7, enabled: true },
+    ]);
+    expect(mix.prompt).toBe('a lighthouse, neonfx, inkfx');
+    mix.toggle(2);
+    mix.setAlpha(1, -5);
+    expect(mix.entries).toEqual([{ adapterId: 1, alpha: -1 }]);
+    mix.prune(new Set([2]));
+    expect(mix.slots.map((s: { adapterId: number }) => s.adapterId)).toEqual([2]);
+  });
+
+  it('blends first, then draws one image per call with consecutive seeds, showing each as it lands', async () => {
+    const seen: number[] = [];
+    let mix: InstanceType<typeof m.MixState>;
+    const api = fakeApi({
+      'mix.apply': () => blend(),
+      generate: (input: { seed: number; batch: number; mix: MixEntry[] }) => {
+        seen.push(mix.results.length);
+        return [generation(100 + input.seed, { seed: input.seed, mix: input.mix })];
+      },
+    });
+    mix = new m.MixState(api, new m.Toasts());
+    mix.add(summary({ id: 5, preferredWeight: 0.8 }));
+    mix.seed = 41;
+    mix.seedLocked = true;
+    mix.batch = 3;
+    const made = await mix.generate();
+    expect(made.map((g: Generation) => g.seed)).toEqual([41, 42, 43]);
+    expect(seen).toEqual([0, 1, 2]);
+    expect(api.calls.map((c) => c.method)).toEqual(['mix.apply', 'generate', 'generate', 'generate']);
+    expect(api.calls[1].input).toMatchObject({ batch: 1, mix: [{ adapterId: 5, alpha: 0.8 }], steps: 25, guidance: 5 });
+    expect(mix).toMatchObject({ generating: false, done: 3, total: 3 });
+    expect(mix.lastBlend.switchMs).toBe(1.5);
+  });
+
+  it('rolls a new seed per run unless locked, stops between images on cancel, and keeps the last real switch time', async () => {
+    let mix: InstanceType<typeof m.MixState>;
+    let applied = 0;
+    const api = fakeApi({
+      'mix.apply': () => (applied++ === 0 ? blend({ switchMs: 3 }) : blend({ switchMs: 0.01, layersReblended: 0, cacheMisses: 0 })),
+      generate: (input: { seed: number }) => {
+        if (mix.done === 0) mix.cancel();
+        return [generation(input.seed)];
+      },
+    });
+    const toasts = new m.Toasts();
+    mix = new m.MixState(api, toasts);
+    mix.seed = 7;
+    mix.batch = 4;
+    await mix.apply();
+    const made = await mix.generate();
+    expect(made).toHaveLength(1);
+    expect(mix.seed).not.toBe(7);
+    expect(toasts.items[0].title).toBe('Stopped after 1 of 4 images');
+    // The no-op re-blend before generating does not replace the time of the real switch.
+    expect(mix.lastBlend.switchMs).toBe(3);
+  });
+
+  it('says why in plain words when the core refuses, and can re-run a gallery recipe exactly', async () => {
+    const api = fakeApi({
+      'mix.apply': () => {
+        throw new m.ApiCallError({ type: 'bad_input', message: '"a" and "b" were trained on different base models and cannot be mixed.' });
+      },
+    });
+    const mix = new m.MixState(api, new m.Toasts());
+    expect(await mix.generate()).toEqual([]);
+    expect(mix.error).toMatch(/different base models/);
+    mix.loadRecipe(generation(9, { seed: 1234, steps: 30, guidance: 4, sampler: 'euler', prompt: 'p', negativePrompt: 'n', mix: [{ adapterId: 3, alpha: 0.5 }] }));
+    expect(mix).toMatchObject({ seed: 1234, seedLocked: true, steps: 30, guidance: 4, sampler: 'euler', prompt: 'p', negativePrompt: 'n', batch: 1 });
+    expect(mix.entries).toEqual([{ adapterId: 3, alpha: 0.5 }]);
+  });
+});
+
+function job(over: Partial<TrainingJob> & { id: number }): TrainingJob {
+  return {
+    name: `job ${over.id}`,
+    kind: 'shira',
+    status: 'queued',
+    datasetId: 1,
+    baseModelId: 1,
+    adapterId: null,
+    step: 0,
+    steps: 100,
+    attempts: 0,
+    config: { datasetId: 1, method: 'shira' },
+    error: null,
+    result: null,
+    createdAt: '2026-01-01T00:00:00.000Z',
+    startedAt: null,
+    finishedAt: null,
+    ...over,
+  };
+}
+
+describe('TrainingState', () => {
+  it('asks for a SHiRA and a LoRA matched to its density for "both", with the sample prompts', () => {
+    const training = new m.TrainingState(fakeApi({}), new m.Toasts());
+    training.datasetId = 3;
+    training.method = 'both';
+    training.density = 0.05;
+    training.steps = 8;
+    training.batch = 2;
+    training.samplePrompts = 'neonfx, a ring\n\n  neonfx, a box ';
+    training.sampleEvery = 4;
+    training.name = 'Neon';
+    const [shira, lora] = training.requests() as TrainingRequest[];
+    const common = { datasetId: 3, steps: 8, batch: 2, lr: 0.001, seed: 0, samplePrompts: ['neonfx, a ring', 'neonfx, a box'], sampleEvery: 4 };
+    expect(shira).toEqual({ ...common, method: 'shira', mask: 'struct', density: 0.05, name: 'Neon · SHiRA' });
+    expect(lora).toEqual({ ...common, method: 'lora', matchDensity: 0.05, name: 'Neon · LoRA' });
+    training.method = 'lora';
+    training.samplePrompts = '';
+    expect(training.requests()).toEqual([{ datasetId: 3, steps: 8, batch: 2, lr: 0.001, seed: 0, method: 'lora', rank: 4, name: 'Neon' }]);
+  });
+
+  it('checks the form before asking the core, and puts the core’s field errors beside the field', async () => {
+    const api = fakeApi({
+      'training.start': () => {
+        throw new m.ApiCallError({ type: 'bad_input', message: 'training.start: steps: expected at most 200000', details: { path: 'steps', expected: 'at most 200000' } });
+      },
+    });
+    const training = new m.TrainingState(api, new m.Toasts());
+    expect(await training.start()).toEqual([]);
+    expect(training.fieldErrors.dataset).toMatch(/Choose a dataset/);
+    expect(api.calls).toHaveLength(0);
+    training.datasetId = 1;
+    training.steps = 0;
+    await training.start();
+    expect(training.fieldErrors.steps).toMatch(/whole number/);
+    training.steps = 10;
+    await training.start();
+    expect(training.fieldErrors).toEqual({ steps: 'Expected at most 200000.' });
+  });
+
+  it('follows progress, previews and status events: fraction, loss curve, samples, and a toast when done', async () => {
+    const api = fakeApi({
+      'training.list': () => [job({ id: 7, status: 'completed', adapterId: 4, step: 100 })],
+      'training.samples': () => [],
+      'adapters.get': () => ({ training: { loss: [{ step: 100, loss: 0.2 }] } }),
+    });
+    const toasts = new m.Toasts();
+    const training = new m.TrainingState(api, toasts);
+    training.jobs = [job({ id: 7, status: 'running' })];
+    const events: CoreEvent[] = [
+      { type: 'training.progress', jobId: 7, step: 10, steps: 100, loss: 0.9, itS: 5, etaS: 18 },
+      { type: 'training.progress', jobId: 7, step: 20, steps: 100, loss: 0.7, itS: 5, etaS: 16 },
+      { type: 'training.sample', jobId: 7, step: 20, sampleId: 3 },
+      { type: 'training.sample', jobId: 7, step: 20, sampleId: 3 },
+    ];
+    for (const e of events) training.onEvent(e);
+    expect(training.fractionOf(training.jobs[0])).toBeCloseTo(0.2);
+    expect(training.runningJob.id).toBe(7);
+    expect(training.lossOf(7)).toEqual([
+      { step: 10, loss: 0.9 },
+      { step: 20, loss: 0.7 },
+    ]);
+    // A chart receiving the curve must see a new value per event to redraw.
+    expect(training.lossOf(7)).not.toBe(training.lossOf(7));
+    expect(training.samples[7]).toEqual([{ id: 3, step: 20 }]);
+    training.onEvent({ type: 'training.changed', jobId: 7, status: 'completed', adapterId: 4, error: null });
+    expect(training.jobs[0].status).toBe('completed');
+    expect(toasts.items.map((t: { title: string }) => t.title)).toEqual(['“job 7” finished']);
+    await new Promise((r) => setTimeout(r, 150));
+    await settle();
+    expect(api.calls.map((c) => c.method)).toEqual(['training.list', 'training.samples', 'adapters.get']);
+    expect(training.lossOf(7)).toEqual([{ step: 100, loss: 0.2 }]);
+    training.onEvent({ type: 'training.changed', jobId: 7, status: 'failed', adapterId: null, error: 'out of memory' });
+    expect(toasts.items.at(-1)).toMatchObject({ tone: 'error', message: 'out of memory' });
+  });
+});
+
+describe('GalleryState', () => {
+  const all = Array.from({ length: 10_000 }, (_, i) => generation(10_000 - i));
+  const gallery = () => {
+    const api = fakeApi({
+      'generations.list': ({ offset = 0, limit = 100, favourite }: { offset?: number; limit?: number; favourite?: boolean }): GenerationPage => {
+        const items = favourite ? all.filter((g) => g.favourite) : all;
+        return { total: items.length, items: items.slice(offset, offset + limit) };
+      },
+      'generations.setFavourite': ({ id, favourite }: { id: number; favourite: boolean }) => ({ ...all.find((g) => g.id === id)!, favourite }),
+    });
+    return { api, state: new m.GalleryState(api, new m.Toasts()) };
+  };
+
+  it('reads 10,000 images page by page, only the pages the window shows', async () => {
+    const { api, state } = gallery();
+    state.setViewport({ width: 1000, height: 600, scrollTop: 0 });
+    await state.load();
+    await settle();
+    expect(state.total).toBe(10_000);
+    const pages = () => api.calls.map((c) => (c.input as { offset: number }).offset / m.PAGE_SIZE);
+    expect(pages()).toEqual([0]);
+    expect(state.window.end - state.window.start).toBeLessThan(100);
+    expect(state.itemAt(0).id).toBe(10_000);
+    expect(state.itemAt(5000)).toBeUndefined();
+
+    state.setViewport({ width: 1000, height: 600, scrollTop: state.window.rowPitch * 1000 });
+    await settle();
+    const wanted = Math.floor(state.window.start / m.PAGE_SIZE);
+    expect(pages()).toContain(wanted);
+    expect(pages().length).toBeLessThanOrEqual(3);
+    expect(state.itemAt(state.window.start).id).toBe(10_000 - state.window.start);
+  });
+
+  it('updates a favourite in place, opens and steps through images, and resets on a filter change', async () => {
+    const { state } = gallery();
+    state.setViewport({ width: 1000, height: 600, scrollTop: 0 });
+    await state.load();
+    await settle();
+    await state.setFavourite(state.itemAt(1), true);
+    expect(state.itemAt(1).favourite).toBe(true);
+    state.open(1);
+    expect(state.openItem.id).toBe(9_999);
+    state.step(-1);
+    state.step(-1);
+    expect(state.openIndex).toBe(0);
+    state.setFavouritesOnly(true);
+    expect(state.openIndex).toBeNull();
+    await settle();
+    expect(state.total).toBe(0);
+  });
+});
+
+describe('LibraryState', () => {
+  it('filters on the client, and imports adapter files through the upload staging folder', async () => {
+    const staged: string[][] = [];
+    const api = fakeApi(
+      {
+        'adapters.list': () => [summary({ id: 1, name: 'Ink', tags: ['ink'] }), summary({ id: 2, name: 'Neon', kind: 'lora', tags: ['neon'] })],
+        'adapters.import': ({ path }: { path: string }) => summary({ id: 3, name: path }),
+      },
+      {
+        sourceFor: async (files: { relativePath: string }[]) => {
+          staged.push(files.map((f) => f.relativePath));
+          return { kind: 'folder', path: '/data/uploads/abc' };
+        },
+      },
+    );
+    const toasts = new m.Toasts();
+    const library = new m.LibraryState(api, toasts);
+    await library.load();
+    library.setKind('lora');
+    expect(library.adapters.map((a: AdapterSummary) => a.id)).toEqual([2]);
+    library.setKind('all');
+    library.tag = 'ink';
+    expect(library.adapters.map((a: AdapterSummary) => a.id)).toEqual([1]);
+    expect(library.tags).toEqual(['ink', 'neon']);
+    expect(library.nameOf(2)).toBe('Neon');
+    expect(library.nameOf(99)).toBe('Deleted adapter #99');
+
+    const file = (name: string) => new File([new Uint8Array(4)], name);
+    await library.importFiles([file('Neon.safetensors'), file('Neon.shira.json')]);
+    expect(staged).toEqual([['Neon.safetensors', 'Neon.shira.json']]);
+    expect(api.calls.filter((c) => c.method === 'adapters.import').map((c) => c.input)).toEqual([{ path: '/data/uploads/abc/Neon.safetensors' }]);
+    expect(library.all[0].id).toBe(3);
+    await library.importFiles([file('notes.txt')]);
+    expect(toasts.items.at(-1)).toMatchObject({ tone: 'error', title: 'Nothing to import' });
+  });
+});
+
+describe('CompareState', () => {
+  it('generates each distinct cell once with the same seed, and shows concept numbers only for the measured set', async () => {
+    const adapters = new Map([
+      [1, summary({ id: 1, name: 'S', createdAt: '2026-01-02T00:00:00.000Z' })],
+      [2, summary({ id: 2, name: 'L', kind: 'lora', createdAt: '2026-01-03T00:00:00.000Z' })],
+      [3, summary({ id: 3, name: 'old S' })],
+    ]);
+    let next = 1;
+    const api = fakeApi({
+      generate: (input: { seed: number; mix: MixEntry[] }) => [generation(next++, { seed: input.seed, mix: input.mix })],
+      'concept.latest': ({ adapterIds }: { adapterIds: number[] }) =>
+        adapterIds.length === 2
+          ? {
+              id: 1,
+              adapterIds: [1, 2],
+              alphas: [1],
+              judge: { classes: [], heldoutAccuracy: 1, heldoutAccuracyPerClass: [] },
+              single: [
+                { adapterId: 1, name: 'S', score: 0.5, baseScore: 0, drift: 0 },
+                { adapterId: 2, name: 'L', score: 0.5, baseScore: 0, drift: 0 },
+              ],
+              fused: [],
+              overlaps: [],
+              seconds: 1,
+              createdAt: '2026-01-01T00:00:00.000Z',
+            }
+          : null,
+    });
+    const compare = new m.CompareState(api, () => adapters);
+    compare.suggest([...adapters.values()], 'a ring');
+    expect(compare.adapterIds).toEqual([1, 2]);
+    expect(compare.promptsText).toBe('a ring');
+    compare.seed = 5;
+    compare.alphasText = '0.5, 1';
+    await compare.run();
+    const generates = api.calls.filter((c) => c.method === 'generate').map((c) => c.input as { seed: number; mix: MixEntry[] });
+    expect(generates).toHaveLength(5);
+    expect(new Set(generates.map((g) => g.seed))).toEqual(new Set([5]));
+    expect(generates[0].mix).toEqual([]);
+    const layout = compare.layout;
+    expect(compare.resultFor(layout.cells[0][1]).status).toBe('done');
+    await settle();
+    // Each style on the base, and each adapter alone at α 1, were measured; α 0.5 was not.
+    expect(Object.keys(compare.scores)).toEqual([layout.cells[0][0].key, layout.cells[1][1].key, layout.cells[2][1].key]);
+    compare.toggleAdapter(2);
+    await settle();
+    expect(compare.report).toBeNull();
+    expect(compare.scores).toEqual({});
+  });
+
+  it('refuses to measure adapters that have no training images, in words', () => {
+    const adapters = new Map([[1, summary({ id: 1, name: 'Imported', datasetId: null })]]);
+    const compare = new m.CompareState(fakeApi({ 'concept.latest': () => null }), () => adapters);
+    compare.adapterIds = [1];
+    expect(compare.measureProblem).toMatch(/“Imported” was imported without its training images/);
+  });
+});
