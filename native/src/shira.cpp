@@ -1133,13 +1133,58 @@ Adapter adapter_load(const std::string& path, const DiffusionModel* model) {
 
 namespace {
 
+// CPU fp32 weights take raw loops over the sorted indices: one pass, no TensorIterator set-up or
+// temporaries, which makes a SHiRA switch memory-bound (the libtorch index ops cost ~4× more per entry).
+bool raw_path(const torch::Tensor& W) { return W.device().is_cpu() && W.scalar_type() == torch::kFloat32 && W.is_contiguous(); }
+constexpr int64_t kScatterGrain = 1 << 15;
+// Unstructured masks touch a new cache line per entry (mean gap 1/d weights): fetching a few dozen
+// entries ahead hides most of the memory latency that bounds a Rand/WM switch.
+constexpr int64_t kPrefetch = 32;
+#if defined(__GNUC__) || defined(__clang__)
+#define SHIRA_PREFETCH(p) __builtin_prefetch((p), 1)
+#else
+#define SHIRA_PREFETCH(p) ((void)0)
+#endif
+
 void restore_layer(torch::Tensor& W, const LayerBlend& b) {
     // A LoRA backup is all of W0; otherwise only the SHiRA union changed.
     if (b.lora_backup.defined()) {
         W.copy_(b.lora_backup);
     } else if (b.shira_union.defined()) {
-        W.view(-1).index_put_({b.shira_union}, b.shira_base);
+        if (raw_path(W) && b.shira_base.scalar_type() == torch::kFloat32) {
+            float*         w    = W.data_ptr<float>();
+            const int64_t* u    = b.shira_union.data_ptr<int64_t>();
+            const float*   base = b.shira_base.data_ptr<float>();
+            at::parallel_for(0, b.shira_union.numel(), kScatterGrain, [&](int64_t lo, int64_t hi) {
+                for (int64_t k = lo; k < hi; ++k) {
+                    if (k + kPrefetch < hi) SHIRA_PREFETCH(&w[u[k + kPrefetch]]);
+                    w[u[k]] = base[k];
+                }
+            });
+        } else {
+            W.view(-1).index_put_({b.shira_union}, b.shira_base);
+        }
     }
+}
+
+// w[u_k] += add_k·scale, returning the previous w[u_k] (the restore copy); u sorted and unique.
+torch::Tensor scatter_add_keep(torch::Tensor& W, const torch::Tensor& uni, const torch::Tensor& add, double scale) {
+    torch::Tensor  u = uni.contiguous(), a = add.to(torch::kFloat32).contiguous();
+    torch::Tensor  base = torch::empty({u.numel()}, torch::kFloat32);
+    float*         w = W.data_ptr<float>();
+    float*         bp = base.data_ptr<float>();
+    const int64_t* up = u.data_ptr<int64_t>();
+    const float*   ap = a.data_ptr<float>();
+    const float    s = (float)scale;
+    at::parallel_for(0, u.numel(), kScatterGrain, [&](int64_t lo, int64_t hi) {
+        for (int64_t k = lo; k < hi; ++k) {
+            if (k + kPrefetch < hi) SHIRA_PREFETCH(&w[up[k + kPrefetch]]);
+            const float old = w[up[k]];
+            bp[k]           = old;
+            w[up[k]]        = old + ap[k] * s;
+        }
+    });
+    return base;
 }
 
 bool same_signature(const std::vector<std::pair<uint64_t, double>>& a, const std::vector<std::pair<uint64_t, double>>& b) {
@@ -1210,6 +1255,23 @@ void blend_layer(torch::Tensor& W, const LayerParts& parts, LayerBlend& b) {
     }
     if (!parts.shira.empty()) {
         torch::Tensor flat = W.view(-1), uni, add;
+        if (raw_path(W)) {
+            // Same arithmetic as below (fp32 base + fp32 α·values), so both paths give identical weights.
+            double scale = 1.0;
+            if (parts.shira.size() == 1) {
+                uni   = parts.shira[0].first->idx.to(torch::kInt64);
+                add   = parts.shira[0].first->values;
+                scale = parts.shira[0].second;
+                add   = add.to(torch::kFloat32) * (float)scale;
+                scale = 1.0;
+            } else {
+                shira_union_sum(parts.shira, uni, add);
+            }
+            b.shira_base  = scatter_add_keep(W, uni, add, scale);
+            b.shira_union = uni.contiguous();
+            b.signature   = parts.signature;
+            return;
+        }
         if (parts.shira.size() == 1) {
             // The common switch A -> B: one adapter's indices are already sorted and unique.
             uni = parts.shira[0].first->idx.to(W.device());
