@@ -871,6 +871,66 @@ Json op_bench(WorkerState& st, const Json& args, const EmitFn& emit) {
     return bench_run(args, st.device, emit, [&] { return st.cancel.load(); });
 }
 
+// The model as a function, for reference implementations (tests/reference, the ONNX exporter) to compare
+// against: inputs file "x" F32 [B, C, H, W], "t" I64 [B], optional "probe" F32 like the output, metadata
+// "prompts" (JSON array of B strings). Writes "out" F32 (the UNet prediction for the current weights,
+// mix included), "context" F32 [B, L, D] (the text encoder's output) and, for each name in `grads`,
+// "grad.<name>" = ∂ Σ(out ⊙ probe) / ∂ parameter (probe = ones when absent).
+Json op_forward(WorkerState& st, const Json& args) {
+    DiffusionModel&   model = need_model(st);
+    const std::string out   = need_str(args, "out");
+    SafeTensors       in    = safetensors_load(need_str(args, "inputs"));
+    auto x = in.tensors.find("x"), t = in.tensors.find("t");
+    if (x == in.tensors.end() || t == in.tensors.end() || x->second.dim() != 4 || t->second.dim() != 1 || t->second.size(0) != x->second.size(0)) {
+        throw_bad_input("forward inputs need 'x' [B, C, H, W] and 't' [B]");
+    }
+    std::vector<std::string> prompts;
+    try {
+        prompts = Json::parse(in.metadata.at("prompts")).get<std::vector<std::string>>();
+    } catch (const std::exception&) {
+        throw_bad_input("forward inputs need metadata 'prompts' (a JSON array of strings)");
+    }
+    if ((int64_t)prompts.size() != x->second.size(0)) throw_bad_input("forward needs one prompt per batch row");
+    const auto grads  = get_str_list(args, "grads", {});
+    auto       params = model.named_parameters();
+    for (const auto& g : grads) {
+        if (!params.count(g)) throw_bad_input("forward: no parameter named '" + g + "'");
+    }
+    torch::Tensor xin = x->second.to(torch::kFloat32).to(model.device), tin = t->second.to(torch::kInt64).to(model.device);
+    std::map<std::string, torch::Tensor> result;
+    if (grads.empty()) {
+        torch::NoGradGuard no_grad;
+        torch::Tensor      ctx = model.text->encode(prompts);
+        result["context"]      = ctx.cpu().contiguous();
+        result["out"]          = model.predict(xin, tin, ctx).cpu().contiguous();
+    } else {
+        for (const auto& g : grads) params.at(g).set_requires_grad(true);
+        try {
+            torch::Tensor ctx   = model.text->encode(prompts);
+            torch::Tensor pred  = model.predict(xin, tin, ctx);
+            auto          probe = in.tensors.find("probe");
+            torch::Tensor p     = probe == in.tensors.end() ? torch::ones_like(pred) : probe->second.to(torch::kFloat32).to(model.device);
+            if (p.sizes() != pred.sizes()) throw_bad_input("forward: 'probe' must have the output's shape");
+            (pred * p).sum().backward();
+            result["context"] = ctx.detach().cpu().contiguous();
+            result["out"]     = pred.detach().cpu().contiguous();
+            for (const auto& g : grads) result["grad." + g] = params.at(g).grad().detach().cpu().contiguous();
+        } catch (...) {
+            for (const auto& g : grads) {
+                params.at(g).mutable_grad() = torch::Tensor();
+                params.at(g).set_requires_grad(false);
+            }
+            throw;
+        }
+        for (const auto& g : grads) {
+            params.at(g).mutable_grad() = torch::Tensor();
+            params.at(g).set_requires_grad(false);
+        }
+    }
+    safetensors_save(out, result);
+    return {{"out", out}, {"shape", result["out"].sizes().vec()}};
+}
+
 // ---- concept-loss measurements (native/src/concept.h). Independent of the loaded model.
 
 // data: safetensors with "images" U8 [N, H, W, 3], "labels" I64 [N] and metadata "classes" (JSON array).
@@ -980,11 +1040,12 @@ Json worker_run_op(WorkerState& st, const std::string& op, const Json& args, con
     if (op == "adapter_convert") return op_adapter_convert(st, args);
     if (op == "bench") return op_bench(st, args, emit);
     if (op == "judge_train") return op_judge_train(st, args, emit);
+    if (op == "forward") return op_forward(st, args);
     if (op == "judge_score") return op_judge_score(args);
     if (op == "adapter_overlap") return op_adapter_overlap(args);
     throw_bad_input("unknown op '" + op +
                     "' (allowed: info, load_model, unload, save_model, train, cancel, sample, apply_mix, clear_mix, "
-                    "adapter_inspect, adapter_export, adapter_convert, adapter_overlap, judge_train, judge_score, bench, shutdown)");
+                    "adapter_inspect, adapter_export, adapter_convert, adapter_overlap, judge_train, judge_score, forward, bench, shutdown)");
 }
 
 // ---------------------------------------------------------------------------------------------

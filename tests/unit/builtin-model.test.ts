@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { findBuiltinModels } from '../../src/main/core/models/builtin';
-import { readSafetensors } from '../../src/main/core/worker/safetensors';
+import { readSafetensors, writeSafetensors } from '../../src/main/core/worker/safetensors';
 import { WorkerSupervisor } from '../../src/main/core/worker/supervisor';
 import { tempDir } from './helpers';
 
@@ -49,5 +49,37 @@ describe.runIf(runnable)('shipped base model', () => {
     expect(std).toBeGreaterThan(5);
     expect(Buffer.from(a.data).equals(Buffer.from(b.data))).toBe(true);
     expect(Buffer.from(a.data).equals(Buffer.from(c.data))).toBe(false);
+  });
+
+  it('exposes the model as a function (forward op) for reference implementations: outputs and gradients', async () => {
+    const model = models.find((m) => m.name === 'clipart-64')!;
+    const dir = tempDir();
+    const worker = new WorkerSupervisor({ binary: WORKER, threads: 1 });
+    cleanups.push(dir.cleanup, () => worker.close());
+    await worker.request('load_model', { path: model.weightsPath });
+    const n = 2 * 3 * 64 * 64;
+    const x = new Float32Array(n).map((_, i) => Math.sin(i * 0.37));
+    const inputs = join(dir.path, 'in.safetensors');
+    writeSafetensors(
+      inputs,
+      [
+        ['x', { dtype: 'F32', shape: [2, 3, 64, 64], data: new Uint8Array(x.buffer) }],
+        ['t', { dtype: 'I64', shape: [2], data: new Uint8Array(BigInt64Array.from([10n, 700n]).buffer) }],
+      ],
+      { prompts: JSON.stringify(['bird, birds, animals', '']) },
+    );
+    const run = async (name: string, grads: string[] = []) => {
+      const out = join(dir.path, name);
+      await worker.request('forward', { inputs, out, grads });
+      return readSafetensors(out).tensors;
+    };
+    const a = await run('a.safetensors');
+    const b = await run('b.safetensors', ['unet.conv_in.weight']);
+    expect(a.get('out')!.shape).toEqual([2, 3, 64, 64]);
+    expect(Buffer.from(a.get('out')!.data).equals(Buffer.from(b.get('out')!.data))).toBe(true);
+    const g = new Float32Array(b.get('grad.unet.conv_in.weight')!.data.slice().buffer);
+    expect(g.every(Number.isFinite)).toBe(true);
+    expect(g.some((v) => v !== 0)).toBe(true);
+    await expect(worker.request('forward', { inputs, out: join(dir.path, 'c.safetensors'), grads: ['no.such.param'] })).rejects.toThrow(/no parameter named 'no.such.param'/);
   });
 });
