@@ -40,6 +40,8 @@ const torchFromEnv = Boolean(process.env.Torch_DIR || process.env.LIBTORCH || pr
 const requirements = [
   { why: 'compiling better-sqlite3', ok: () => has('make') && has('g++') && has('python3'), pkgs: ['make', 'g++', 'python3'] },
   { why: 'browser tests', only: ['test'], ok: () => existsSync('/usr/bin/chromium'), pkgs: ['chromium'] },
+  // The PyTorch reference of the model (tests/reference) is the worker's test oracle; ~180 MB, ~1 min.
+  { why: 'the PyTorch reference checks', only: ['test'], ok: () => existsSync('/usr/lib/python3/dist-packages/torch'), pkgs: ['python3-torch'] },
   { why: 'building the native worker', only: nativeWanted ? undefined : [], ok: () => has('cmake') && has('g++'), pkgs: ['cmake', 'g++'] },
   {
     why: 'libtorch for the native worker',

@@ -45,19 +45,24 @@ if (existsSync(report)) {
   failures.push('vitest (no report)');
 }
 
-const nativeRunner = join(ROOT, 'tests', 'native', 'run.sh');
-if (existsSync(nativeRunner)) {
-  console.log('\n=== native worker tests');
-  const r = spawnSync('bash', [nativeRunner], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+// Shell runners that end with "<label>: N passed, N failed": the native tests (they build the worker),
+// then the PyTorch reference checks that use it (skipped, not failed, where python3-torch is missing).
+for (const [label, runner] of [
+  ['native', join(ROOT, 'tests', 'native', 'run.sh')],
+  ['reference', join(ROOT, 'tests', 'reference', 'run.sh')],
+]) {
+  if (!existsSync(runner)) continue;
+  console.log(`\n=== ${label} tests`);
+  const r = spawnSync('bash', [runner], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
   process.stdout.write(r.stdout ?? '');
-  const m = /native: (\d+) passed, (\d+) failed/.exec(r.stdout ?? '');
+  const m = new RegExp(`${label}: (\\d+) passed, (\\d+) failed`).exec(r.stdout ?? '');
   if (m) {
     passed += Number(m[1]);
     failed += Number(m[2]);
   }
   if (r.status !== 0 || !m) {
     if (!m) failed++;
-    failures.push('native');
+    failures.push(label);
   }
 }
 

@@ -896,6 +896,12 @@ Json op_forward(WorkerState& st, const Json& args) {
     for (const auto& g : grads) {
         if (!params.count(g)) throw_bad_input("forward: no parameter named '" + g + "'");
     }
+    // Only the requested parameters may collect gradients: a loaded model's parameters may still require
+    // grad, and a stale .grad left by an earlier call would be summed into this one.
+    for (auto& [_, p] : params) {
+        p.set_requires_grad(false);
+        p.mutable_grad() = torch::Tensor();
+    }
     torch::Tensor xin = x->second.to(torch::kFloat32).to(model.device), tin = t->second.to(torch::kInt64).to(model.device);
     std::map<std::string, torch::Tensor> result;
     if (grads.empty()) {

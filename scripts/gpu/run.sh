@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Issue 8 on a CUDA machine, one command (< 8 min on an H200): build the worker against the installed PyTorch's
+# libtorch, the reference parity + PEFT round-trip checks on CUDA, the training benchmark (PEFT LoRA / PEFT SHiRA vs
+# ours and full fine-tuning), whole-model switching at SD-1.5 scale, and a summary with the targets.
+#
+#   scripts/gpu/run.sh                     # CUDA: builds native/build-cuda, runs everything
+#   scripts/gpu/run.sh --device cpu --quick   # the same pipeline on CPU with tiny settings (uses native/build)
+#
+# Output (JSON lines + logs + summary.md) goes to $OUT when set, else tests/artifacts/gpu-<UTC date>.
+# Env: PYTHON (default python3), SHIRA_WORKER (skip the build, use this binary), JOBS (build jobs, default nproc).
+# Needs: PyTorch (2.x with CUDA for --device cuda), PEFT >= 0.17 for the PEFT rows/checks (skipped without it),
+# cmake, a C++17 compiler, nlohmann-json headers, and the CUDA toolkit headers that Torch's CMake config asks for.
+set -u
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$ROOT"
+DEVICE=cuda
+QUICK=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --device) DEVICE="$2"; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    *) echo "usage: $0 [--device cuda|cpu] [--quick]"; exit 2 ;;
+  esac
+done
+PY="${PYTHON:-python3}"
+export PYTHONDONTWRITEBYTECODE=1
+OUT="${OUT:-$ROOT/tests/artifacts/gpu-$(date -u +%Y%m%d-%H%M%S)}"
+mkdir -p "$OUT"
+T0=$(date +%s)
+stage() { echo; echo "== $1 ($(( $(date +%s) - T0 )) s)"; }
+STATUS=0
+
+stage "environment"
+"$PY" - "$OUT/env.json" "$DEVICE" <<'EOF' || { echo "PyTorch is not importable with $PY"; exit 1; }
+import json, platform, subprocess, sys, datetime, torch
+env = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": sys.argv[2], "torch": torch.__version__,
+       "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+       "cuda_available": torch.cuda.is_available()}
+try:
+    with open("/proc/cpuinfo") as f:
+        env["cpu"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+except Exception:
+    pass
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    env.update(gpu=f"{p.name} ({p.total_memory / 2**30:.0f} GiB)", cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    try:
+        env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                       capture_output=True, text=True, timeout=20).stdout.strip()
+    except Exception:
+        pass
+try:
+    import peft
+    env["peft"] = peft.__version__
+except Exception as e:
+    env["peft_error"] = f"{type(e).__name__}: {e}"
+json.dump(env, open(sys.argv[1], "w"), indent=1)
+print(json.dumps(env))
+if sys.argv[2].startswith("cuda") and not torch.cuda.is_available():
+    sys.exit("CUDA requested but torch.cuda.is_available() is False")
+EOF
+
+stage "build"
+if [ -n "${SHIRA_WORKER:-}" ]; then
+  WORKER="$SHIRA_WORKER"
+elif [ "$DEVICE" = cpu ]; then
+  WORKER="$ROOT/native/build/shira-worker"
+else
+  BUILD="$ROOT/native/build-cuda"
+  PREFIX="$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+  command -v nvcc >/dev/null || echo "note: no nvcc on PATH; Torch's CMake config may need the CUDA toolkit (CUDAToolkit_ROOT)"
+  { timeout 300 cmake -S native -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PREFIX" &&
+    timeout 300 cmake --build "$BUILD" -j "${JOBS:-$(nproc)}" --target shira-worker; } > "$OUT/build.log" 2>&1
+  rc=$?
+  tail -5 "$OUT/build.log"
+  [ $rc -eq 0 ] || { echo "build failed (rc $rc): see $OUT/build.log"; exit 1; }
+  WORKER="$BUILD/shira-worker"
+fi
+"$WORKER" --device "$DEVICE" info | tee "$OUT/worker-info.json"
+"$PY" - "$OUT/env.json" "$OUT/worker-info.json" <<'EOF'
+import json, sys
+env, info = json.load(open(sys.argv[1])), json.loads(open(sys.argv[2]).read().splitlines()[-1])
+env["worker_torch"] = info.get("result", {}).get("torch")
+json.dump(env, open(sys.argv[1], "w"), indent=1)
+EOF
+
+stage "parity + PEFT round trip"
+timeout 240 "$PY" tests/reference/parity.py --device "$DEVICE" --worker "$WORKER" --json "$OUT/parity.json" 2>&1 | tee "$OUT/parity.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || STATUS=1
+
+stage "switching (sd15)"
+if [ $QUICK -eq 1 ]; then SW=(--quick --models builtin); else SW=(--models sd15); fi
+timeout 200 "$PY" scripts/gpu/bench_switch.py --device "$DEVICE" --worker "$WORKER" --out "$OUT" "${SW[@]}" > "$OUT/switch.log" 2>&1 ||
+  { STATUS=1; echo "switch bench failed: see $OUT/switch.log"; }
+tail -3 "$OUT/switch.log" | cut -c1-300
+
+stage "training benchmark"
+if [ $QUICK -eq 1 ]; then TR=(--quick --batch 2 --warmup 1 --reps 2); else TR=(--batch 16 --warmup 5 --reps 30); fi
+timeout 240 "$PY" scripts/gpu/bench_train.py --device "$DEVICE" --worker "$WORKER" --out "$OUT" "${TR[@]}" > "$OUT/train.log" 2>&1 ||
+  { STATUS=1; echo "training bench failed: see $OUT/train.log"; }
+tail -3 "$OUT/train.log" | cut -c1-300
+
+stage "summary"
+"$PY" scripts/gpu/summarize.py "$OUT"
+echo
+echo "output: $OUT ($(( $(date +%s) - T0 )) s)"
+exit $STATUS
