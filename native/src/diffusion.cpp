@@ -6,6 +6,7 @@ NoiseSchedule noise_schedule_init(const DiffusionConfig& c) {
     NoiseSchedule s;
     s.num_train_timesteps = c.num_train_timesteps;
     s.prediction_type     = c.prediction_type;
+    s.sigma_data          = c.sigma_data;
     const auto    f64     = torch::TensorOptions().dtype(torch::kFloat64);
     torch::Tensor betas;
     if (c.beta_schedule == "scaled_linear") {
@@ -16,6 +17,12 @@ NoiseSchedule noise_schedule_init(const DiffusionConfig& c) {
     }
     s.alphas_cumprod = torch::cumprod(1.0 - betas, 0);
     return s;
+}
+
+VScales v_scales(double a, double d) {
+    if (d == 1.0) return {1.0, std::sqrt(a), std::sqrt(1.0 - a), std::sqrt(a), std::sqrt(1.0 - a)};
+    const double D = 1.0 - a + a * d * d, sD = std::sqrt(D);
+    return {1.0 / sD, d * d * std::sqrt(a) / D, std::sqrt(1.0 - a) * d / sD, d * std::sqrt(a) / sD, std::sqrt(1.0 - a) / (d * sD)};
 }
 
 torch::Tensor images_to_model(const torch::Tensor& images_u8) {
@@ -36,7 +43,19 @@ torch::Tensor diffusion_loss(DiffusionModel& model, const NoiseSchedule& s, cons
     torch::Tensor a   = s.alphas_cumprod.index_select(0, t).to(torch::kFloat32).to(x0.device()).view({B, 1, 1, 1});
     // 2. forward process q(x_t | x_0) = N(√ᾱ_t x_0, (1-ᾱ_t) I) (eq. 4)
     torch::Tensor x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps;
-    // 3. target: ε, or v = √ᾱ_t ε − √(1-ᾱ_t) x_0 (Salimans & Ho §4)
+    // 3. target: ε, or v = √ᾱ_t ε − √(1-ᾱ_t) x_0 (Salimans & Ho §4), generalised to σ_d (v_scales)
+    if (s.prediction_type == PREDICTION_TYPE_V && s.sigma_data != 1.0) {
+        const auto    ti = t.accessor<int64_t, 1>();
+        torch::Tensor in = torch::empty({B}, torch::kFloat64), te = torch::empty({B}, torch::kFloat64),
+                      tx = torch::empty({B}, torch::kFloat64);
+        for (int64_t i = 0; i < B; ++i) {
+            const VScales v = v_scales(s.alphas_cumprod[ti[i]].item<double>(), s.sigma_data);
+            in[i] = v.in, te[i] = v.eps, tx[i] = v.x0;
+        }
+        auto col = [&](const torch::Tensor& c) { return c.to(torch::kFloat32).to(x0.device()).view({B, 1, 1, 1}); };
+        torch::Tensor pred = model.predict(x_t * col(in), t.to(x0.device()), context);
+        return torch::mse_loss(pred, col(te) * eps - col(tx) * x0);
+    }
     torch::Tensor target = s.prediction_type == PREDICTION_TYPE_EPSILON ? eps : a.sqrt() * eps - (1 - a).sqrt() * x0;
     torch::Tensor pred   = model.predict(x_t, t.to(x0.device()), context);
     return torch::mse_loss(pred, target);
@@ -98,12 +117,14 @@ torch::Tensor sample_images(DiffusionModel& model, const NoiseSchedule& s, const
             const int64_t t          = timestep(i);
             const double  sigma      = sigma_of(t);
             const double  sigma_next = i > 0 ? sigma_of(timestep(i - 1)) : 0.0;
-            const double  c_in       = 1.0 / std::sqrt(sigma * sigma + 1.0);
+            const double  sd         = s.prediction_type == PREDICTION_TYPE_EPSILON ? 1.0 : s.sigma_data;
+            const double  c_in       = 1.0 / std::sqrt(sigma * sigma + sd * sd);
             torch::Tensor out        = guided_output(model, x * c_in, t, context, p.guidance);
-            // Denoised D(x; σ): ε-pred x − σ ε̂; v-pred c_skip x + c_out v̂ with c_skip = 1/(σ²+1), c_out = −σ/√(σ²+1).
+            // Denoised D(x; σ): ε-pred x − σ ε̂; v-pred c_skip x + c_out v̂ with c_skip = σ_d²/(σ²+σ_d²),
+            // c_out = −σσ_d/√(σ²+σ_d²) (σ_d = 1: plain v-prediction).
             torch::Tensor denoised = s.prediction_type == PREDICTION_TYPE_EPSILON
                                          ? x - sigma * out
-                                         : x * (c_in * c_in) - out * (sigma * c_in);
+                                         : x * (sd * sd * c_in * c_in) - out * (sigma * sd * c_in);
             denoised = denoised.clamp(-1.0, 1.0);  // pixel space: same clip as DDIM's clip_sample
             // dx/dσ = (x − D)/σ, one Euler step to σ_next (σ_next = 0 lands on D).
             x = x + (x - denoised) / sigma * (sigma_next - sigma);
@@ -120,15 +141,16 @@ torch::Tensor sample_images(DiffusionModel& model, const NoiseSchedule& s, const
         const double alpha_prod_t_prev = t_prev >= 0 ? s.alphas_cumprod[t_prev].item<double>() : 1.0;
         const double beta_prod_t       = 1.0 - alpha_prod_t;
         // 2. model output with classifier-free guidance: ε̂ = ε_u + w (ε_c − ε_u)
-        torch::Tensor model_output = guided_output(model, x, t, context, p.guidance);
-        // 3. predicted x_0 (DDIM eq. 12, "predicted x_0") and ε, from either parameterisation
+        const bool    v_pred       = s.prediction_type == PREDICTION_TYPE_V;
+        const VScales vs           = v_scales(alpha_prod_t, v_pred ? s.sigma_data : 1.0);
+        torch::Tensor model_output = guided_output(model, vs.in == 1.0 ? x : x * vs.in, t, context, p.guidance);
+        // 3. predicted x_0 (DDIM eq. 12, "predicted x_0") from either parameterisation; ε̂ follows from it below
         torch::Tensor pred_x0, pred_eps;
-        if (s.prediction_type == PREDICTION_TYPE_EPSILON) {
+        if (!v_pred) {
             pred_eps = model_output;
             pred_x0  = (x - std::sqrt(beta_prod_t) * pred_eps) / std::sqrt(alpha_prod_t);
         } else {
-            pred_x0  = std::sqrt(alpha_prod_t) * x - std::sqrt(beta_prod_t) * model_output;
-            pred_eps = std::sqrt(alpha_prod_t) * model_output + std::sqrt(beta_prod_t) * x;
+            pred_x0  = vs.skip * x - vs.out * model_output;
         }
         // Pixel space: clip x̂_0 to the data range and re-derive ε̂ (diffusers' clip_sample).
         pred_x0  = pred_x0.clamp(-1.0, 1.0);

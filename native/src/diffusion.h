@@ -18,9 +18,18 @@ struct NoiseSchedule {
     torch::Tensor  alphas_cumprod;  // [T] fp64 on CPU: ᾱ_t = Π_{s≤t} (1 − β_s)
     int64_t        num_train_timesteps = 1000;
     PredictionType prediction_type = PREDICTION_TYPE_EPSILON;
+    double         sigma_data = 1.0;  // v-prediction's σ_d (DiffusionConfig::sigma_data)
 };
 
 NoiseSchedule noise_schedule_init(const DiffusionConfig& config);
+
+// v-prediction with σ_d in DDPM terms at ᾱ (D = 1 − ᾱ + ᾱσ_d²): the UNet input is `in`·x_t,
+// x̂_0 = skip·x_t − out·v̂, and the training target is v = eps·ε − x0·x_0. σ_d = 1 gives exactly
+// in = 1, skip = √ᾱ, out = √(1−ᾱ), v = √ᾱ ε − √(1−ᾱ) x_0 (Salimans & Ho).
+struct VScales {
+    double in, skip, out, eps, x0;
+};
+VScales v_scales(double alpha_prod, double sigma_data);
 
 // uint8 [N, H, W, 3] -> fp32 [N, 3, H, W] in [-1, 1] (and back, clamped and rounded).
 torch::Tensor images_to_model(const torch::Tensor& images_u8);

@@ -127,6 +127,10 @@ ModelConfig model_config_from_json(const json& j) {
     check(prediction == "epsilon" || prediction == "v_prediction",
           "diffusion.prediction_type must be 'epsilon' or 'v_prediction'");
     d.prediction_type = prediction == "epsilon" ? PREDICTION_TYPE_EPSILON : PREDICTION_TYPE_V;
+    d.sigma_data      = get_or(diff, "sigma_data", d.sigma_data);
+    check(d.sigma_data > 0 && d.sigma_data <= 10, "diffusion.sigma_data must be in (0, 10]");
+    check(d.sigma_data == 1.0 || d.prediction_type == PREDICTION_TYPE_V,
+          "diffusion.sigma_data applies to prediction_type 'v_prediction' only");
     check(d.beta_schedule == "scaled_linear" || d.beta_schedule == "linear",
           "diffusion.beta_schedule must be 'scaled_linear' or 'linear'");
     check(d.num_train_timesteps >= 2 && d.num_train_timesteps <= 100000, "diffusion.num_train_timesteps out of range");
@@ -159,7 +163,8 @@ json model_config_to_json(const ModelConfig& c) {
               {"beta_start", c.diffusion.beta_start},
               {"beta_end", c.diffusion.beta_end},
               {"beta_schedule", c.diffusion.beta_schedule},
-              {"prediction_type", c.diffusion.prediction_type == PREDICTION_TYPE_EPSILON ? "epsilon" : "v_prediction"}}}};
+              {"prediction_type", c.diffusion.prediction_type == PREDICTION_TYPE_EPSILON ? "epsilon" : "v_prediction"},
+              {"sigma_data", c.diffusion.sigma_data}}}};
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -50,6 +50,13 @@ struct DiffusionConfig {
     double         beta_end = 0.012;
     std::string    beta_schedule = "scaled_linear";  // or "linear"
     PredictionType prediction_type = PREDICTION_TYPE_EPSILON;
+    // v-prediction only: the data standard deviation σ_d of EDM's preconditioning (Karras et al. 2022,
+    // arXiv 2206.00364, Table 1), which v-prediction is for σ_d = 1. With σ = √((1−ᾱ)/ᾱ) and y = x_t/√ᾱ:
+    // the UNet sees y/√(σ²+σ_d²) and x̂_0 = c_skip·y − c_out·v̂, c_skip = σ_d²/(σ²+σ_d²),
+    // c_out = σσ_d/√(σ²+σ_d²). σ_d below 1 hands the per-pixel detail the UNet cannot resolve to the
+    // skip term with a gain near the Wiener one instead of asking the UNet to cancel the noise itself.
+    // 1 = plain v-prediction (files without the key).
+    double         sigma_data = 1.0;
 };
 
 struct ModelConfig {
