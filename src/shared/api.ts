@@ -270,6 +270,18 @@ export interface GenerateRequest {
   /** Applied first (fused); absent = keep whatever mix is applied now. */
   mix?: MixEntry[];
   baseModelId?: number;
+  /** 'auto' (default): whichever engine was faster on this machine; 'ort' takes SHiRA mixes only. */
+  engine?: GenerateEngine;
+}
+
+export type GenerateEngine = 'auto' | 'worker' | 'ort';
+
+export interface EngineChoice {
+  engine: 'worker' | 'ort';
+  workerMs: number;
+  ortMs: number;
+  steps: number;
+  measuredAt: string;
 }
 
 export interface Generation {
@@ -287,6 +299,8 @@ export interface Generation {
   mix: MixEntry[];
   favourite: boolean;
   durationMs: number | null;
+  /** The engine that drew it: 'worker' (libtorch) or 'ort' (onnxruntime-node). */
+  engine: 'worker' | 'ort';
   createdAt: string;
 }
 
@@ -439,8 +453,11 @@ export const api = {
       batch: v.optional(v.int({ min: 1, max: 16 })),
       mix: v.optional(mixEntries(0)),
       baseModelId: v.optional(id),
+      engine: v.optional(v.enum(['auto', 'worker', 'ort'] as const)),
     }) as Schema<GenerateRequest>,
   ),
+  /** The faster engine on this machine for the default base model (measured once; `remeasure` again). */
+  'engines.choice': method<Schema<{ remeasure?: boolean }>, EngineChoice>(v.object({ remeasure: v.optional(v.boolean()) })),
   'generations.list': method<Schema<{ offset?: number; limit?: number; favourite?: boolean; adapterId?: number }>, GenerationPage>(
     v.object({ offset: v.optional(v.int({ min: 0 })), limit: v.optional(v.int({ min: 1, max: 500 })), favourite: v.optional(v.boolean()), adapterId: v.optional(id) }),
   ),

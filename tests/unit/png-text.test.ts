@@ -17,9 +17,10 @@ describe('recipe inside the PNG', () => {
       guidance: 5,
       width: 64,
       height: 64,
+      engine: 'worker',
     });
     expect(params).toBe(
-      'inkfx, bird — ünïcode <lora:Ink:0.8>\nNegative prompt: blurry\nSteps: 25, Sampler: DDIM, CFG scale: 5, Seed: 42, Size: 64x64, Model hash: abcdef0123, Model: clipart-64, Lora hashes: "Ink: 0123456789", Version: Shira Studio',
+      'inkfx, bird — ünïcode <lora:Ink:0.8>\nNegative prompt: blurry\nSteps: 25, Sampler: DDIM, CFG scale: 5, Seed: 42, Size: 64x64, Model hash: abcdef0123, Model: clipart-64, Lora hashes: "Ink: 0123456789", Version: Shira Studio (libtorch)',
     );
     const tagged = addPngText(png, { parameters: params, 'shira-studio': '{"seed":42}' });
     expect(readPngText(tagged)).toEqual({ parameters: params, 'shira-studio': '{"seed":42}' });

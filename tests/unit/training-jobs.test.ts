@@ -132,6 +132,19 @@ describe.runIf(runnable)('training jobs and mixing (real worker)', () => {
     const pixels = async (id: number) => (await sharp(core.media('generation', id)!.bytes).raw().toBuffer()).toString('hex');
     expect(await pixels(again[0]!.id)).toBe(await pixels(images[0]!.id));
     expect((await call('generations.list', { adapterId: lora.id })).total).toBe(3);
+    // The ONNX engine draws the same picture for a SHiRA mix (within one 8-bit level), off the worker's lane.
+    const shiraMix = [{ adapterId: shira.id, alpha: 0.9 }];
+    const [byWorker] = await call('generate', { prompt: 'neonfx, car', seed: 5, steps: 4, mix: shiraMix, engine: 'worker' });
+    const [byOrt] = await call('generate', { prompt: 'neonfx, car', seed: 5, steps: 4, mix: shiraMix, engine: 'ort' });
+    expect([byWorker!.engine, byOrt!.engine]).toEqual(['worker', 'ort']);
+    const [pw, po] = [await sharp(core.media('generation', byWorker!.id)!.bytes).raw().toBuffer(), await sharp(core.media('generation', byOrt!.id)!.bytes).raw().toBuffer()];
+    let maxLevels = 0;
+    for (let i = 0; i < pw.length; i++) maxLevels = Math.max(maxLevels, Math.abs(pw[i]! - po[i]!));
+    console.log(`worker vs ONNX engine, same seed and mix: max diff ${maxLevels} levels`);
+    expect(maxLevels).toBeLessThanOrEqual(1);
+    await expect(call('generate', { prompt: 'x', steps: 2, mix: [{ adapterId: lora.id, alpha: 1 }], engine: 'ort' })).rejects.toMatchObject({ type: 'bad_input', message: expect.stringMatching(/SHiRA adapters only/) });
+    // The mix the worker holds is the last one it applied (the ORT call left it alone).
+    await call('mix.apply', { entries: alpha.entries });
     await call('generations.setFavourite', { id: images[1]!.id, favourite: true });
     expect((await call('generations.list', { favourite: true })).items.map((g) => g.id)).toEqual([images[1]!.id]);
     await call('adapters.update', { id: shira.id, coverGenerationId: images[1]!.id });

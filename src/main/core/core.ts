@@ -22,6 +22,7 @@ import { Mixer } from './adapters/mixer';
 import { TrainingQueue } from './jobs/training';
 import { Generations } from './generate/generations';
 import { ConceptService } from './concept/service';
+import { OrtService } from './ort/service';
 
 export const APP_VERSION = '0.1.0';
 
@@ -62,6 +63,7 @@ export class Core {
   readonly mixer: Mixer;
   readonly training: TrainingQueue;
   readonly generations: Generations;
+  readonly ort: OrtService;
   readonly concept: ConceptService;
 
   constructor(options: CoreOptions) {
@@ -86,7 +88,8 @@ export class Core {
     this.trainer_ = engine('trainer');
     this.adapters = new AdapterLibrary(this.db, adapterCacheDir(options.dataDir));
     this.mixer = new Mixer(this.db, this.adapters, () => this.worker_);
-    this.generations = new Generations(this.db, this.mixer, () => this.worker_, join(options.dataDir, 'tmp'));
+    this.ort = new OrtService({ dataDir: options.dataDir, worker: () => this.worker_, threads: options.worker?.threads ?? availableParallelism() });
+    this.generations = new Generations(this.db, this.mixer, this.adapters, () => this.worker_, this.ort, (fn) => this.serial(fn), join(options.dataDir, 'tmp'));
     this.concept = new ConceptService(this.db, this.adapters, this.mixer, () => this.worker_, join(options.dataDir, 'tmp'), (e) => this.events.emit(e));
     this.training = new TrainingQueue(this.db, this.adapters, this.events, this.log, join(options.dataDir, 'jobs'), this.trainer_);
     this.registry = new ApiRegistry(this.handlers(options.host), (method, error) => this.log.error(`internal error in ${method}`, error));
@@ -129,6 +132,7 @@ export class Core {
 
   async close(): Promise<void> {
     await this.training.close();
+    await this.ort.close();
     await this.trainer_?.close();
     await this.worker_?.close();
     this.db.close();
@@ -269,12 +273,17 @@ export class Core {
       'training.cancel': ({ id }) => this.training.cancel(id),
       'training.samples': ({ id }) => this.training.samples(id),
       'generate': async (req) => {
-        const images = await this.serial(() => this.generations.generate(req));
+        const images = await this.generations.generate(req);
         this.events.emit({ type: 'library.changed', what: 'generations' });
         return images;
       },
       'concept.evaluate': (req) => this.serial(() => this.concept.evaluate(req)),
       'concept.latest': ({ adapterIds }) => this.concept.latest(adapterIds),
+      'engines.choice': async ({ remeasure }) => {
+        const base = this.mixer.resolveBase([]);
+        if (!base.weights_path) throw unsupported(`Base model "${base.name}" has no weights file.`);
+        return this.serial(() => this.ort.chooseEngine(base.weights_path!, remeasure ?? false));
+      },
       'generations.list': (o) => this.generations.list(o),
       'generations.get': ({ id }) => this.generations.get(id),
       'generations.setFavourite': ({ id, favourite }) => this.generations.setFavourite(id, favourite),

@@ -81,6 +81,7 @@ function generation(id: number, over: Partial<Generation> = {}): Generation {
     favourite: false,
     durationMs: 100,
     createdAt: '2026-01-01T00:00:00.000Z',
+    engine: 'worker',
     ...over,
   };
 }

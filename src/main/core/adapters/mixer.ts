@@ -17,7 +17,7 @@ interface ApplyReply {
   layers_unchanged?: number;
 }
 
-interface BaseRow {
+export interface BaseRow {
   id: number;
   name: string;
   weights_path: string | null;
@@ -62,8 +62,12 @@ export class Mixer {
     return { base, ms: performance.now() - t0 };
   }
 
-  async apply(entries: readonly MixEntry[]): Promise<MixResult> {
-    const t0 = performance.now();
+  /**
+   * Checks a mix without touching any engine: no adapter twice, one base model for all, and every
+   * adapter's recorded base identity equal to that base's weights now. Returns the base (the default
+   * or `fallbackBaseId` when the mix is empty).
+   */
+  resolveBase(entries: readonly MixEntry[], fallbackBaseId?: number): BaseRow {
     const seen = new Set<number>();
     for (const e of entries) {
       if (seen.has(e.adapterId)) throw badInput(`Adapter ${e.adapterId} appears twice in the mix; give it one weight.`);
@@ -75,14 +79,26 @@ export class Mixer {
       const [a, b] = summaries.filter((s, i, all) => all.findIndex((x) => x.baseModelId === s.baseModelId) === i);
       throw badInput(`"${a!.name}" (${a!.baseModelName ?? 'unknown base'}) and "${b!.name}" (${b!.baseModelName ?? 'unknown base'}) were trained on different base models and cannot be mixed.`);
     }
-    const wanted = summaries.length ? (summaries[0]!.baseModelId ?? undefined) : (this.loaded_?.baseModelId ?? undefined);
-    if (summaries.length && wanted === undefined) throw badInput(`"${summaries[0]!.name}" has no base model recorded, so it cannot be applied.`);
-    const { base } = await this.ensureBase(wanted);
+    if (summaries.length && summaries[0]!.baseModelId === null) throw badInput(`"${summaries[0]!.name}" has no base model recorded, so it cannot be applied.`);
+    const wanted = summaries.length ? summaries[0]!.baseModelId! : fallbackBaseId;
+    const base = (
+      wanted !== undefined
+        ? this.db.prepare('SELECT id, name, weights_path, weights_hash FROM base_models WHERE id = ?').get(wanted)
+        : this.db.prepare('SELECT id, name, weights_path, weights_hash FROM base_models WHERE is_default = 1').get()
+    ) as BaseRow | undefined;
+    if (!base) throw notFound(wanted !== undefined ? `Base model ${wanted} does not exist.` : 'There is no default base model.');
     for (const s of summaries) {
       if (s.baseWeightsHash && base.weights_hash && s.baseWeightsHash !== base.weights_hash) {
         throw badInput(`"${s.name}" was trained on other weights than "${base.name}" has now; it cannot be applied.`);
       }
     }
+    return base;
+  }
+
+  async apply(entries: readonly MixEntry[]): Promise<MixResult> {
+    const t0 = performance.now();
+    const checked = this.resolveBase(entries, this.loaded_?.baseModelId);
+    const { base } = await this.ensureBase(checked.id);
     const adapters = entries.map((e) => ({ path: this.library.cacheFile(e.adapterId).path, alpha: e.alpha }));
     const reply = await this.requireWorker().request<ApplyReply>('apply_mix', { adapters });
     this.entries_ = entries.map((e) => ({ ...e }));

@@ -203,6 +203,8 @@ export const MIGRATIONS: readonly Migration[] = [
       );
       CREATE INDEX concept_results_by_set ON concept_results (adapter_ids, id);
       CREATE INDEX adapters_by_file ON adapters (file_sha256);
+      -- which engine drew a generation ('worker' = libtorch, 'ort' = onnxruntime-node)
+      ALTER TABLE generations ADD COLUMN engine TEXT;
       -- a saved mix keeps the order the artist arranged its adapters in
       ALTER TABLE mix_entries ADD COLUMN position INTEGER NOT NULL DEFAULT 0;
       -- trained values (SHiRA: Σ K; LoRA: Σ |A| + |B|), for bytes per value and parameter matching

@@ -6,9 +6,11 @@ import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import type { Generation, GenerateRequest, GenerationPage, MixEntry } from '../../../shared/api';
-import { notFound, unsupported } from '../../../shared/errors';
+import { badInput, notFound, unsupported } from '../../../shared/errors';
 import type { Db } from '../db/database';
 import type { Mixer } from '../adapters/mixer';
+import type { AdapterLibrary } from '../adapters/library';
+import type { EngineName, OrtService } from '../ort/service';
 import { readSafetensors } from '../worker/safetensors';
 import type { WorkerSupervisor } from '../worker/supervisor';
 import { addPngText } from './png-text';
@@ -28,6 +30,7 @@ interface GenerationRow {
   mix_json: string;
   favourite: number;
   duration_ms: number | null;
+  engine: string | null;
   created_at: string;
 }
 
@@ -42,6 +45,8 @@ export interface Recipe {
   guidance: number;
   width: number;
   height: number;
+  /** 'worker' (libtorch) or 'ort' (onnxruntime-node); both give the same image within one 8-bit level. */
+  engine: EngineName;
 }
 
 /** A1111's "parameters" text, which most image tools show and parse. */
@@ -60,7 +65,7 @@ export function a1111Parameters(r: Recipe): string {
       ...(r.model.weightsHash ? [`Model hash: ${r.model.weightsHash.slice(0, 10)}`] : []),
       `Model: ${r.model.name}`,
       ...(hashes.length ? [`Lora hashes: "${hashes.join(', ')}"`] : []),
-      'Version: Shira Studio',
+      `Version: Shira Studio (${r.engine === 'ort' ? 'ONNX Runtime' : 'libtorch'})`,
     ].join(', '),
   ].join('\n');
 }
@@ -69,17 +74,51 @@ export class Generations {
   constructor(
     private readonly db: Db,
     private readonly mixer: Mixer,
+    private readonly library: AdapterLibrary,
     private readonly worker: () => WorkerSupervisor | null,
+    private readonly ort: OrtService | null,
+    /** The core's lane for the mixing worker (mixes and worker sampling must not interleave). */
+    private readonly serial: <T>(fn: () => Promise<T>) => Promise<T>,
     private readonly tmpDir: string,
   ) {}
 
+  /**
+   * Which engine draws: 'worker' (libtorch), 'ort' (onnxruntime-node, SHiRA mixes patched in place), or
+   * 'auto' = whichever was faster on this machine (measured once, remembered). The ONNX engine patches
+   * SHiRA adapters only, so 'auto' keeps mixes with a LoRA on the worker.
+   */
+  async engineFor(req: Pick<GenerateRequest, 'engine'>, weightsPath: string, entries: readonly MixEntry[]): Promise<EngineName> {
+    const wanted = req.engine ?? 'auto';
+    const hasLora = entries.some((e) => this.library.summary(e.adapterId).kind === 'lora');
+    if (wanted === 'ort') {
+      if (!this.ort) throw unsupported('The ONNX engine is not available in this build.');
+      if (hasLora) throw badInput('The ONNX engine applies SHiRA adapters only; generate with the native engine to use a LoRA.');
+      return 'ort';
+    }
+    if (wanted === 'worker' || !this.ort || hasLora) return 'worker';
+    if (!this.worker()) return 'ort';
+    return (await this.serial(() => this.ort!.chooseEngine(weightsPath))).engine;
+  }
+
   async generate(req: GenerateRequest): Promise<Generation[]> {
+    const entries = req.mix ?? this.mixer.current().entries;
+    const checked = this.mixer.resolveBase(entries, req.baseModelId ?? this.mixer.current().baseModelId ?? undefined);
+    if (!checked.weights_path) throw unsupported(`Base model "${checked.name}" has no weights file.`);
+    const engine = await this.engineFor(req, checked.weights_path, entries);
+    if (engine === 'worker') return this.serial(() => this.generateWith('worker', req));
+    return this.generateWith('ort', req);
+  }
+
+  private async generateWith(engine: EngineName, req: GenerateRequest): Promise<Generation[]> {
     const w = this.worker();
-    if (!w) throw unsupported('The native engine is not built, so nothing can be generated. Run `npm start` once to build it.');
+    if (engine === 'worker' && !w) throw unsupported('The native engine is not built, so nothing can be generated. Run `npm start` once to build it.');
     // The mix decides the base model; without adapters the requested (or default) base is used.
     let baseModelId: number | null;
     let entries: MixEntry[];
-    if (req.mix) {
+    if (engine === 'ort') {
+      entries = (req.mix ?? this.mixer.current().entries).map((e) => ({ ...e }));
+      baseModelId = this.mixer.resolveBase(entries, req.baseModelId ?? this.mixer.current().baseModelId ?? undefined).id;
+    } else if (req.mix) {
       const applied = await this.mixer.apply(req.mix);
       baseModelId = applied.baseModelId;
       entries = applied.entries;
@@ -89,7 +128,12 @@ export class Generations {
       baseModelId = base.id;
       entries = this.mixer.current().entries;
     }
-    const base = this.db.prepare('SELECT name, weights_hash, resolution FROM base_models WHERE id = ?').get(baseModelId) as { name: string; weights_hash: string | null; resolution: number };
+    const base = this.db.prepare('SELECT name, weights_hash, weights_path, resolution FROM base_models WHERE id = ?').get(baseModelId) as {
+      name: string;
+      weights_hash: string | null;
+      weights_path: string;
+      resolution: number;
+    };
     const mix = entries.map((e) => {
       const a = this.db.prepare('SELECT name, file_sha256 FROM adapters WHERE id = ?').get(e.adapterId) as { name: string; file_sha256: string | null };
       return { ...e, name: a.name, autoV2: a.file_sha256 ? a.file_sha256.slice(0, 10).toUpperCase() : null };
@@ -106,9 +150,24 @@ export class Generations {
       const file = join(this.tmpDir, `generate-${process.pid}-${Date.now()}-${i}.safetensors`);
       const started = performance.now();
       try {
-        await w.request('sample', { prompt: req.prompt, negative_prompt: req.negativePrompt ?? '', seed, steps, guidance, sampler, batch: 1, out: file });
-        const images = readSafetensors(file).tensors.get('images');
-        if (!images || images.dtype !== 'U8' || images.shape.length !== 4) throw new Error('the worker returned no images');
+        let images: { dtype: string; shape: number[]; data: Uint8Array } | undefined;
+        if (engine === 'worker') {
+          await w!.request('sample', { prompt: req.prompt, negative_prompt: req.negativePrompt ?? '', seed, steps, guidance, sampler, batch: 1, out: file });
+          images = readSafetensors(file).tensors.get('images');
+        } else {
+          const r = await this.ort!.generate({
+            modelPath: base.weights_path,
+            mix: entries.map((e) => ({ adapter: this.library.cacheFile(e.adapterId), alpha: e.alpha })),
+            prompt: req.prompt,
+            negativePrompt: req.negativePrompt ?? '',
+            seed,
+            steps,
+            guidance,
+            sampler,
+          });
+          images = { dtype: 'U8', shape: r.shape, data: r.images };
+        }
+        if (!images || images.dtype !== 'U8' || images.shape.length !== 4) throw new Error(`the ${engine === 'worker' ? 'worker' : 'ONNX engine'} returned no images`);
         const [, h, wd, c] = images.shape as [number, number, number, number];
         const recipe: Recipe = {
           model: { name: base.name, weightsHash: base.weights_hash },
@@ -121,6 +180,7 @@ export class Generations {
           guidance,
           width: wd,
           height: h,
+          engine,
         };
         const raw = sharp(Buffer.from(images.data), { raw: { width: wd, height: h, channels: c as 3 } });
         const png = addPngText(await raw.clone().png().toBuffer(), { parameters: a1111Parameters(recipe), 'shira-studio': JSON.stringify(recipe) });
@@ -129,10 +189,10 @@ export class Generations {
         const id = Number(
           this.db
             .prepare(
-              `INSERT INTO generations (base_model_id, prompt, negative_prompt, seed, sampler, steps, guidance, width, height, mix_json, image_png, thumb_webp, duration_ms)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+              `INSERT INTO generations (base_model_id, prompt, negative_prompt, seed, sampler, steps, guidance, width, height, mix_json, image_png, thumb_webp, duration_ms, engine)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
             )
-            .run(baseModelId, req.prompt, req.negativePrompt ?? '', seed, sampler, steps, guidance, wd, h, JSON.stringify(entries), png, thumb, Math.round(performance.now() - started)).lastInsertRowid,
+            .run(baseModelId, req.prompt, req.negativePrompt ?? '', seed, sampler, steps, guidance, wd, h, JSON.stringify(entries), png, thumb, Math.round(performance.now() - started), engine).lastInsertRowid,
         );
         out.push(this.get(id));
       } finally {
@@ -148,7 +208,7 @@ export class Generations {
     const total = (this.db.prepare(`SELECT count(*) AS n FROM generations g WHERE ${where}`).get(params) as { n: number }).n;
     const rows = this.db
       .prepare(
-        `SELECT g.id, g.base_model_id, b.name AS base_model_name, g.prompt, g.negative_prompt, g.seed, g.sampler, g.steps, g.guidance, g.width, g.height, g.mix_json, g.favourite, g.duration_ms, g.created_at
+        `SELECT g.id, g.base_model_id, b.name AS base_model_name, g.prompt, g.negative_prompt, g.seed, g.sampler, g.steps, g.guidance, g.width, g.height, g.mix_json, g.favourite, g.duration_ms, g.engine, g.created_at
          FROM generations g LEFT JOIN base_models b ON b.id = g.base_model_id WHERE ${where}
          ORDER BY g.id DESC LIMIT @limit OFFSET @offset`,
       )
@@ -159,7 +219,7 @@ export class Generations {
   get(id: number): Generation {
     const row = this.db
       .prepare(
-        `SELECT g.id, g.base_model_id, b.name AS base_model_name, g.prompt, g.negative_prompt, g.seed, g.sampler, g.steps, g.guidance, g.width, g.height, g.mix_json, g.favourite, g.duration_ms, g.created_at
+        `SELECT g.id, g.base_model_id, b.name AS base_model_name, g.prompt, g.negative_prompt, g.seed, g.sampler, g.steps, g.guidance, g.width, g.height, g.mix_json, g.favourite, g.duration_ms, g.engine, g.created_at
          FROM generations g LEFT JOIN base_models b ON b.id = g.base_model_id WHERE g.id = ?`,
       )
       .get(id) as GenerationRow | undefined;
@@ -202,6 +262,7 @@ function toGeneration(r: GenerationRow): Generation {
     mix: JSON.parse(r.mix_json) as MixEntry[],
     favourite: r.favourite === 1,
     durationMs: r.duration_ms,
+    engine: r.engine === 'ort' ? 'ort' : 'worker',
     createdAt: r.created_at,
   };
 }

@@ -16,7 +16,7 @@ ${END}
 ## Definitions
 
 - **Style score**: mean probability the style judge gives the adapter's style on images generated with its trigger
-  prompts (4 content prompts × 2 seeds). The judge is a small CNN trained by the worker on a disjoint set of styled
+  prompts (4 content prompts at fixed seeds). The judge is a small CNN trained by the worker on a disjoint set of styled
   clipart plus the base model's own samples (class "base").
 - **Fused**: the two adapters (same method, same seed) blended into the weights at α each; each style is scored on its
   own trigger prompts. **Drop** = single − fused in points (as in the paper's Table 4); **retention** = fused / single.

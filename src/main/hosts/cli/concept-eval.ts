@@ -10,7 +10,7 @@
 // Everything runs through the worker's JSON protocol; JSON rows on stdout, a table in docs/concept-loss.md.
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { ConceptLab, CONTENT_PROMPTS, drift, mean, SCORE_SEEDS, std, styleScore, UNRELATED_PROMPTS, type Scored } from '../../core/concept/lab';
+import { ConceptLab, CONTENT_PROMPTS, drift, mean, std, styleScore, UNRELATED_PROMPTS, type Scored } from '../../core/concept/lab';
 import { readSafetensors } from '../../core/worker/safetensors';
 import { WorkerSupervisor } from '../../core/worker/supervisor';
 import { buildStyleSet, STYLES, type StyleName } from './styles';
@@ -42,6 +42,8 @@ export interface ConceptOptions {
   sampleSteps: number;
   guidance: number;
   alphas: number[];
+  /** Seeds of the score images (prompts × seeds per measurement). */
+  scoreSeeds: number[];
   log: (line: string) => void;
   emitRow?: (row: Record<string, unknown>) => void;
 }
@@ -50,14 +52,15 @@ export const SMALL_CONFIG = {
   styles: ['pixel', 'ink', 'watercolor', 'neon'] as StyleName[],
   methods: ['shira-struct', 'shira-rand', 'shira-snip', 'lora-matched'] as ConceptMethod[],
   seeds: [0, 1, 2],
-  steps: 150,
+  steps: 80,
   batch: 8,
-  lr: 1e-3,
+  lr: 4e-3,
   trainImages: 48,
   judgeImages: 24,
   sampleSteps: 20,
   guidance: 4,
   alphas: [1, 0.75],
+  scoreSeeds: [101],
 };
 
 /** Content words for style prompts (the trigger is prepended) and unrelated prompts for drift. */
@@ -104,7 +107,7 @@ export async function runConceptEval(o: ConceptOptions): Promise<Record<string, 
     const baseImages = await lab.images(BASE_PROMPTS, BASE_SAMPLE_SEEDS, 'base-judge');
     const judge = await lab.trainJudge(classes, [baseImages, ...o.styles.map((st) => readSafetensors(sets[st]!.judge).tensors.get('images')!)], judgeFile, { steps: 400 });
     o.log(`judge: held-out accuracy ${(judge.heldout_accuracy * 100).toFixed(1)} % over ${classes.join(', ')}`);
-    const score = async (prompts: string[], tag: string) => lab.score(judgeFile, await lab.images(prompts, SCORE_SEEDS, tag));
+    const score = async (prompts: string[], tag: string) => lab.score(judgeFile, await lab.images(prompts, o.scoreSeeds, tag));
 
     // base images of the score prompts, for drift (same seeds as every adapter's)
     const baseStyle: Record<string, Scored> = {};
@@ -224,7 +227,7 @@ export function conceptMarkdown(result: Record<string, unknown>, hardware: strin
     }),
   ];
   return [
-    `Measured ${date} on ${hardware}; ${config.styles.length} styles (${config.styles.join(', ')}), seeds ${config.seeds.join(', ')}, ${config.steps} steps × batch ${config.batch}, lr ${config.lr}, ${config.sampleSteps} DDIM steps with guidance ${config.guidance}, ${CONTENT.length} prompts × ${SCORE_SEEDS.length} seeds per score. Mean ± standard deviation over the seeds (each seed's number is the mean over styles or style pairs). Wall time ${(Number(result.seconds) / 60).toFixed(0)} min.`,
+    `Measured ${date} on ${hardware}; ${config.styles.length} styles (${config.styles.join(', ')}), seeds ${config.seeds.join(', ')}, ${config.steps} steps × batch ${config.batch}, lr ${config.lr}, ${config.sampleSteps} DDIM steps with guidance ${config.guidance}, ${CONTENT.length} prompts × ${config.scoreSeeds.length} seed(s) per score. Mean ± standard deviation over the seeds (each seed's number is the mean over styles or style pairs). Wall time ${(Number(result.seconds) / 60).toFixed(0)} min.`,
     '',
     `Judge: held-out accuracy ${(judge.heldout_accuracy * 100).toFixed(1)} % over ${classes.length} classes (${classes.map((c, i) => `${c} ${judge.heldout_accuracy_per_class ? `${(judge.heldout_accuracy_per_class[i]! * 100).toFixed(0)} %` : ''}`).join(', ')}).`,
     '',

@@ -1,7 +1,7 @@
 // Mix & generate: which adapters at which α, the prompt and sampling settings, and the run.
 // A batch is generated one image per call (seed, seed+1, … exactly as the core does for a batch),
 // so the view can show each image as it lands and Cancel takes effect before the next one.
-import type { AdapterSummary, Generation, MixEntry, MixResult, SamplerName } from '../../../../shared/api';
+import type { AdapterSummary, GenerateEngine, Generation, MixEntry, MixResult, SamplerName } from '../../../../shared/api';
 import { errorMessage } from '../errors';
 import type { ApiClient } from '../transport';
 import type { Toasts } from './toasts.svelte';
@@ -45,6 +45,8 @@ export class MixState {
   guidance = $state(5);
   sampler = $state<SamplerName>('ddim');
   batch = $state(4);
+  /** Auto: whichever engine the core measured faster here; ONNX Runtime patches SHiRA mixes in place. */
+  engine = $state<GenerateEngine>('auto');
 
   generating = $state(false);
   cancelRequested = $state(false);
@@ -138,6 +140,7 @@ export class MixState {
       steps: this.steps,
       guidance: this.guidance,
       sampler: this.sampler,
+      engine: this.engine,
     };
     const seed0 = this.seed;
     this.generating = true;
