@@ -6,6 +6,7 @@ import sharp from 'sharp';
 import { Core, type CoreOptions } from '../../src/main/core/core';
 import type { InputOf, MethodName, ResultOf } from '../../src/shared/api';
 import { ApiCallError } from '../../src/shared/errors';
+import { pngChunk } from '../../src/main/core/generate/png-text';
 
 export function tempDir(prefix = 'shira-test-'): { path: string; cleanup: () => void } {
   const path = mkdtempSync(join(tmpdir(), prefix));
@@ -52,25 +53,6 @@ function mkdirp(file: string): void {
   mkdirSync(join(file, '..'), { recursive: true });
 }
 
-const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
-  let c = n;
-  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-  return c >>> 0;
-});
-function crc32(buf: Buffer): number {
-  let c = 0xffffffff;
-  for (const byte of buf) c = CRC_TABLE[(c ^ byte) & 0xff]! ^ (c >>> 8);
-  return (c ^ 0xffffffff) >>> 0;
-}
-function chunk(type: string, data: Buffer): Buffer {
-  const len = Buffer.alloc(4);
-  len.writeUInt32BE(data.length);
-  const td = Buffer.concat([Buffer.from(type, 'ascii'), data]);
-  const crc = Buffer.alloc(4);
-  crc.writeUInt32BE(crc32(td));
-  return Buffer.concat([len, td, crc]);
-}
-
 /**
  * A tiny file whose valid PNG header claims width×height pixels: a decompression bomb in
  * miniature. The pixel limit must reject it from the header alone.
@@ -83,8 +65,8 @@ export function pngClaiming(width: number, height: number): Buffer {
   ihdr[9] = 0; // greyscale
   return Buffer.concat([
     Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
-    chunk('IHDR', ihdr),
-    chunk('IDAT', deflateSync(Buffer.alloc(width + 1))),
-    chunk('IEND', Buffer.alloc(0)),
+    pngChunk('IHDR', ihdr),
+    pngChunk('IDAT', deflateSync(Buffer.alloc(width + 1))),
+    pngChunk('IEND', Buffer.alloc(0)),
   ]);
 }

@@ -19,31 +19,9 @@ import {
 } from '../../../src/renderer/src/lib/format';
 import { columnsOf, moveIndex } from '../../../src/renderer/src/lib/grid-nav';
 import { columnsFor, gridWindow, pagesFor, scrollToReveal } from '../../../src/renderer/src/lib/virtual';
+import { adapterSummary } from './fixtures';
 
-function adapter(over: Partial<AdapterSummary> & { id: number; name: string }): AdapterSummary {
-  return {
-    kind: 'shira',
-    method: { method: 'shira', mask: 'struct', density: 0.02 },
-    baseModelId: 1,
-    baseModelName: 'clipart-64',
-    baseWeightsHash: null,
-    datasetId: 1,
-    triggerWords: [],
-    preferredWeight: 1,
-    tags: [],
-    notes: '',
-    coverGenerationId: null,
-    sizeBytes: 1000,
-    trainable: 500,
-    bytesPerValue: 2,
-    contentHash: null,
-    fileSha256: null,
-    autoV2: null,
-    createdAt: '2026-01-01T00:00:00.000Z',
-    updatedAt: '2026-01-01T00:00:00.000Z',
-    ...over,
-  };
-}
+const adapter = adapterSummary;
 
 describe('formatting', () => {
   it('says durations, rates and sizes the short way', () => {

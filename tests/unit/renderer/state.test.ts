@@ -3,6 +3,7 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { AdapterSummary, CoreEvent, Generation, GenerationPage, MixEntry, MixResult, TrainingJob, TrainingRequest } from '../../../src/shared/api';
 import { loadRendererModules, settle } from './svelte-modules';
+import { adapterSummary } from './fixtures';
 
 let m: Awaited<ReturnType<typeof loadRendererModules>>;
 
@@ -38,31 +39,7 @@ function fakeApi(handlers: Record<string, Handler>, files?: unknown) {
   };
 }
 
-function summary(over: Partial<AdapterSummary> & { id: number }): AdapterSummary {
-  return {
-    name: `adapter ${over.id}`,
-    kind: 'shira',
-    method: { mask: 'struct', density: 0.02 },
-    baseModelId: 1,
-    baseModelName: 'clipart-64',
-    baseWeightsHash: null,
-    datasetId: 1,
-    triggerWords: [],
-    preferredWeight: 1,
-    tags: [],
-    notes: '',
-    coverGenerationId: null,
-    sizeBytes: 1000,
-    trainable: 500,
-    bytesPerValue: 2,
-    contentHash: null,
-    fileSha256: null,
-    autoV2: null,
-    createdAt: '2026-01-01T00:00:00.000Z',
-    updatedAt: '2026-01-01T00:00:00.000Z',
-    ...over,
-  };
-}
+const summary = adapterSummary;
 
 function generation(id: number, over: Partial<Generation> = {}): Generation {
   return {

@@ -14,7 +14,8 @@ function crc32(buf: Uint8Array): number {
   return (c ^ 0xffffffff) >>> 0;
 }
 
-function chunk(type: string, data: Buffer): Buffer {
+/** One PNG chunk: length, type, data, CRC-32 over type and data. */
+export function pngChunk(type: string, data: Buffer): Buffer {
   const head = Buffer.alloc(4);
   head.writeUInt32BE(data.length);
   const body = Buffer.concat([Buffer.from(type, 'latin1'), data]);
@@ -33,7 +34,7 @@ export function addPngText(png: Buffer, entries: Record<string, string>): Buffer
   if (iend < 8) throw new Error('PNG has no IEND chunk');
   const chunks = Object.entries(entries).map(([k, v]) => {
     if (!/^[\x20-\x7e]{1,79}$/.test(k)) throw new Error(`bad PNG text keyword "${k}"`);
-    return chunk('tEXt', Buffer.concat([Buffer.from(k, 'latin1'), Buffer.from([0]), Buffer.from(v, 'utf8')]));
+    return pngChunk('tEXt', Buffer.concat([Buffer.from(k, 'latin1'), Buffer.from([0]), Buffer.from(v, 'utf8')]));
   });
   return Buffer.concat([png.subarray(0, iend), ...chunks, png.subarray(iend)]);
 }

@@ -11,10 +11,10 @@ import { appendFileSync, copyFileSync, existsSync, mkdirSync, readFileSync, rmSy
 import { cpus } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
-import sharp from 'sharp';
 import { readSafetensors, writeSafetensors, type TensorData } from '../../core/worker/safetensors';
 import { WorkerSupervisor } from '../../core/worker/supervisor';
 import { buildClipartDataset } from './clipart';
+import { imagesToGridPng } from '../../core/generate/grid';
 
 export function buildVocab(captions: readonly string[], minCount = 2, max = 8192): string[] {
   const counts = new Map<string, number>();
@@ -119,20 +119,7 @@ export function exportFp16(src: string, dst: string): { tensors: number; bytes: 
 }
 
 export async function imagesToGrid(file: string, cols: number, out: string, scale = 2): Promise<void> {
-  const t = readSafetensors(file).tensors.get('images');
-  if (!t || t.dtype !== 'U8' || t.shape.length !== 4) throw new Error(`${file}: no U8 images [B,H,W,3]`);
-  const [n, h, w] = t.shape as [number, number, number, number];
-  const rows = Math.ceil(n / cols);
-  const grid = Buffer.alloc(rows * h * cols * w * 3, 255);
-  for (let i = 0; i < n; i++)
-    for (let y = 0; y < h; y++) {
-      const src = t.data.subarray(((i * h + y) * w) * 3, ((i * h + y) * w + w) * 3);
-      Buffer.from(src).copy(grid, (((Math.floor(i / cols) * h + y) * cols * w) + (i % cols) * w) * 3);
-    }
-  await sharp(grid, { raw: { width: cols * w, height: rows * h, channels: 3 } })
-    .resize(cols * w * scale, rows * h * scale, { kernel: 'nearest' })
-    .png()
-    .toFile(out);
+  writeFileSync(out, await imagesToGridPng(file, cols, scale));
 }
 
 export const SAMPLE_PROMPTS = [
