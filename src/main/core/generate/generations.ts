@@ -70,6 +70,11 @@ export function a1111Parameters(r: Recipe): string {
   ].join('\n');
 }
 
+/** A gallery row without its image blobs, with the base model's name. */
+const ROW_SQL = `SELECT g.id, g.base_model_id, b.name AS base_model_name, g.prompt, g.negative_prompt, g.seed, g.sampler, g.steps, g.guidance,
+         g.width, g.height, g.mix_json, g.favourite, g.duration_ms, g.engine, g.created_at
+  FROM generations g LEFT JOIN base_models b ON b.id = g.base_model_id`;
+
 export class Generations {
   constructor(
     private readonly db: Db,
@@ -105,11 +110,12 @@ export class Generations {
     const checked = this.mixer.resolveBase(entries, req.baseModelId ?? this.mixer.current().baseModelId ?? undefined);
     if (!checked.weights_path) throw unsupported(`Base model "${checked.name}" has no weights file.`);
     const engine = await this.engineFor(req, checked.weights_path, entries);
-    if (engine === 'worker') return this.serial(() => this.generateWith('worker', req));
-    return this.generateWith('ort', req);
+    if (engine === 'worker') return this.serial(() => this.generateWith('worker', req, checked.id));
+    return this.generateWith('ort', req, checked.id);
   }
 
-  private async generateWith(engine: EngineName, req: GenerateRequest): Promise<Generation[]> {
+  /** `checkedBaseId`: the base `generate` resolved for this mix (the ORT path uses it as is). */
+  private async generateWith(engine: EngineName, req: GenerateRequest, checkedBaseId: number): Promise<Generation[]> {
     const w = this.worker();
     if (engine === 'worker' && !w) throw unsupported('The native engine is not built, so nothing can be generated. Run `npm start` once to build it.');
     // The mix decides the base model; without adapters the requested (or default) base is used.
@@ -117,7 +123,7 @@ export class Generations {
     let entries: MixEntry[];
     if (engine === 'ort') {
       entries = (req.mix ?? this.mixer.current().entries).map((e) => ({ ...e }));
-      baseModelId = this.mixer.resolveBase(entries, req.baseModelId ?? this.mixer.current().baseModelId ?? undefined).id;
+      baseModelId = checkedBaseId;
     } else if (req.mix) {
       const applied = await this.mixer.apply(req.mix);
       baseModelId = applied.baseModelId;
@@ -208,8 +214,7 @@ export class Generations {
     const total = (this.db.prepare(`SELECT count(*) AS n FROM generations g WHERE ${where}`).get(params) as { n: number }).n;
     const rows = this.db
       .prepare(
-        `SELECT g.id, g.base_model_id, b.name AS base_model_name, g.prompt, g.negative_prompt, g.seed, g.sampler, g.steps, g.guidance, g.width, g.height, g.mix_json, g.favourite, g.duration_ms, g.engine, g.created_at
-         FROM generations g LEFT JOIN base_models b ON b.id = g.base_model_id WHERE ${where}
+        `${ROW_SQL} WHERE ${where}
          ORDER BY g.id DESC LIMIT @limit OFFSET @offset`,
       )
       .all({ ...params, limit: o.limit ?? 100, offset: o.offset ?? 0 }) as GenerationRow[];
@@ -219,8 +224,7 @@ export class Generations {
   get(id: number): Generation {
     const row = this.db
       .prepare(
-        `SELECT g.id, g.base_model_id, b.name AS base_model_name, g.prompt, g.negative_prompt, g.seed, g.sampler, g.steps, g.guidance, g.width, g.height, g.mix_json, g.favourite, g.duration_ms, g.engine, g.created_at
-         FROM generations g LEFT JOIN base_models b ON b.id = g.base_model_id WHERE g.id = ?`,
+        `${ROW_SQL} WHERE g.id = ?`,
       )
       .get(id) as GenerationRow | undefined;
     if (!row) throw notFound(`Generation ${id} does not exist.`);
