@@ -108,6 +108,7 @@ int64_t rss_bytes() {
 struct Dataset {
     torch::Tensor            images;  // fp32 [N, 3, H, W] in [-1, 1] on the model device
     std::vector<std::string> captions;
+    std::vector<std::string> categories;  // optional __metadata__["categories"]: one label per image, or empty
 };
 
 Dataset dataset_load(const std::string& path, const DiffusionModel& model) {
@@ -134,6 +135,14 @@ Dataset dataset_load(const std::string& path, const DiffusionModel& model) {
         for (size_t i = 0; i < caps.size(); ++i) {
             if (!caps[i].is_string()) throw_bad_input("dataset captions must be strings");
             d.captions[i] = caps[i].get<std::string>();
+        }
+    }
+    if (st.metadata.count("categories")) {
+        Json cats = Json::parse(st.metadata["categories"], nullptr, false);
+        if (!cats.is_array() || (int64_t)cats.size() != im.size(0)) throw_bad_input("dataset categories must be an array of N strings");
+        for (const auto& c : cats) {
+            if (!c.is_string()) throw_bad_input("dataset categories must be strings");
+            d.categories.push_back(c.get<std::string>());
         }
     }
     return d;
@@ -406,6 +415,49 @@ int64_t checkpoint_load(const std::string& path, const std::vector<std::pair<std
     return step;
 }
 
+}  // namespace
+
+// kohya's caption_tag_dropout_rate: each comma-separated tag of a caption is dropped with probability
+// `rate` (u[k] < rate drops tag k), but one tag always stays (the one with the largest u), so the model
+// also learns what each tag means on its own — a short prompt ("animals") then carries the concept that
+// only ever appeared inside long captions. Tags past u's length are always kept.
+std::string caption_drop_tags(const std::string& caption, const float* u, int64_t n_u, double rate) {
+    std::vector<std::string> tags;
+    for (size_t start = 0;;) {
+        const size_t comma = caption.find(',', start);
+        std::string  tag = caption.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        const size_t a = tag.find_first_not_of(' '), b = tag.find_last_not_of(' ');
+        if (a != std::string::npos) tags.push_back(tag.substr(a, b - a + 1));
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+    }
+    if (tags.size() < 2) return caption;
+    int64_t best = 0;
+    for (int64_t k = 1; k < std::min<int64_t>(n_u, (int64_t)tags.size()); ++k) {
+        if (u[k] > u[best]) best = k;
+    }
+    std::string out;
+    for (int64_t k = 0; k < (int64_t)tags.size(); ++k) {
+        if (k < n_u && k != best && u[k] < rate) continue;
+        out += (out.empty() ? "" : ", ") + tags[k];
+    }
+    return out;
+}
+
+// Per-image sampling weights ∝ n_c^(−β) for an image of category c with n_c images: β = 0 draws images
+// uniformly, β = 1 draws categories uniformly; in between (0.5) small categories are seen more often
+// without repeating their few images until they are memorised.
+torch::Tensor category_weights(const std::vector<std::string>& categories, double beta) {
+    std::map<std::string, int64_t> counts;
+    for (const auto& c : categories) ++counts[c];
+    std::vector<double> w;
+    w.reserve(categories.size());
+    for (const auto& c : categories) w.push_back(std::pow((double)counts[c], -beta));
+    return torch::tensor(w, torch::kFloat64);
+}
+
+namespace {
+
 Json op_train(WorkerState& st, const Json& args, const EmitFn& emit) {
     DiffusionModel& model  = need_model(st);
     const std::string method = get_str(args, "method", "shira");
@@ -417,6 +469,8 @@ Json op_train(WorkerState& st, const Json& args, const EmitFn& emit) {
     const double      lr         = get_num(args, "lr", 1e-4, 0, 10);
     const uint64_t    seed       = (uint64_t)get_int(args, "seed", 0, 0, INT64_MAX);
     const double      dropout    = get_num(args, "caption_dropout", 0.1, 0, 1);
+    const double      tag_dropout = get_num(args, "caption_tag_dropout", 0.0, 0, 1);
+    const double      balance    = get_num(args, "category_balance", 0.0, 0, 1);
     const int64_t     every      = get_int(args, "progress_every", 10, 1, 10000000);
     const double      density    = get_num(args, "density", 0.02, 1e-9, 1);
     const std::string schedule   = get_str(args, "schedule", "cosine");
@@ -453,15 +507,28 @@ Json op_train(WorkerState& st, const Json& args, const EmitFn& emit) {
     at::Generator gen   = at::detail::createCPUGenerator(seed);
     torch::manual_seed(seed);
     const int64_t N = data.images.size(0);
-    // Every random draw of a step comes from `gen` in a fixed order (pick, drop, flip, t, ε), so its
-    // state alone fixes the rest of the run (checkpoint/resume).
+    if (balance > 0 && data.categories.empty()) throw_bad_input("category_balance needs a dataset with metadata 'categories'");
+    const torch::Tensor pick_weights = balance > 0 ? category_weights(data.categories, balance) : torch::Tensor();
+    constexpr int64_t   kMaxTags = 16;
+    // Every random draw of a step comes from `gen` in a fixed order (pick, drop, [tags], flip, t, ε), so
+    // its state alone fixes the rest of the run (checkpoint/resume). Options left at 0 draw nothing, so
+    // runs without them keep the stream they always had.
     auto batch_loss = [&]() {
-        torch::Tensor            pick = torch::randint(0, N, {batch}, gen, torch::kInt64);
-        torch::Tensor            drop = torch::rand({batch}, gen);
+        torch::Tensor pick = balance > 0 ? torch::multinomial(pick_weights, batch, true, gen)
+                                         : torch::randint(0, N, {batch}, gen, torch::kInt64);
+        torch::Tensor drop = torch::rand({batch}, gen);
+        torch::Tensor tag_u = tag_dropout > 0 ? torch::rand({batch, kMaxTags}, gen).contiguous() : torch::Tensor();
         std::vector<std::string> caps;
         for (int64_t i = 0; i < batch; ++i) {
             // Caption dropout trains the unconditional branch that classifier-free guidance needs.
-            caps.push_back(drop[i].item<double>() < dropout ? "" : data.captions[pick[i].item<int64_t>()]);
+            const std::string& caption = data.captions[pick[i].item<int64_t>()];
+            if (drop[i].item<double>() < dropout) {
+                caps.push_back("");
+            } else if (tag_dropout > 0) {
+                caps.push_back(caption_drop_tags(caption, tag_u.data_ptr<float>() + i * kMaxTags, kMaxTags, tag_dropout));
+            } else {
+                caps.push_back(caption);
+            }
         }
         torch::Tensor x0 = data.images.index_select(0, pick.to(model.device));
         if (flip) {
@@ -512,6 +579,8 @@ Json op_train(WorkerState& st, const Json& args, const EmitFn& emit) {
     // What the adapter file's "method" records and what a shira/lora checkpoint must match on resume.
     Json method_json = {{"method", method}, {"seed", seed}, {"steps", steps}, {"lr", lr}, {"batch", batch}, {"grad_accum", accum},
                         {"schedule", schedule}, {"caption_dropout", dropout}, {"flip", flip}, {"targets", targets}};
+    if (tag_dropout > 0) method_json["caption_tag_dropout"] = tag_dropout;
+    if (balance > 0) method_json["category_balance"] = balance;
     CheckpointInfo ck_info;
     ck_info.method = method;
     if (method == "shira") {

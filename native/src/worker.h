@@ -52,6 +52,13 @@ struct WorkerState {
     std::atomic<bool>               cancel{false};
 };
 
+// Training-data helpers of op "train" (exposed for tests).
+// Drops each comma-separated tag of `caption` when u[k] < rate, always keeping the tag with the largest
+// u (tags at k >= n_u are kept); joins the kept tags with ", ".
+std::string   caption_drop_tags(const std::string& caption, const float* u, int64_t n_u, double rate);
+// Sampling weight per image ∝ (images of its category)^(−beta), float64 [N].
+torch::Tensor category_weights(const std::vector<std::string>& categories, double beta);
+
 // Runs one op synchronously. Throws WorkerError for expected failures. `emit` receives progress
 // events (without "id"; the caller adds it).
 Json worker_run_op(WorkerState& state, const std::string& op, const Json& args, const EmitFn& emit);

@@ -3,16 +3,19 @@
 // Builds nothing: run `npx electron-vite build` first.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import { afterEach, beforeEach } from 'vitest';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const SERVER_SCRIPT = join(ROOT, 'out/main/server.js');
 const CHROMIUM = process.env.SHIRA_E2E_CHROMIUM ?? '/usr/bin/chromium';
 const URL_PATTERN = /http:\/\/127\.0\.0\.1:\d+\/\?token=[A-Za-z0-9_-]+/;
 const START_TIMEOUT_MS = 30_000;
+/** Screenshots the tests take, and those of failed steps. */
+export const ARTIFACTS = join(ROOT, 'tests/artifacts');
 
 export interface Studio {
   /** The tokenised URL the server printed. */
@@ -20,6 +23,8 @@ export interface Studio {
   dataDir: string;
   context: BrowserContext;
   page: Page;
+  /** Errors the page threw or logged (CSP violations and failed loads show up here); a test ends expecting none. */
+  pageErrors: string[];
   /** Everything the server wrote, for failure messages. */
   serverOutput(): string;
   close(): Promise<void>;
@@ -107,9 +112,40 @@ export async function startStudio(): Promise<Studio> {
     // failing sooner leaves room in the test's own timeout for the teardown and the report.
     context.setDefaultTimeout(15_000);
     const page = context.pages()[0] ?? (await context.newPage());
-    return { url, dataDir, context, page, serverOutput: () => output, close: cleanup };
+    const pageErrors: string[] = [];
+    page.on('pageerror', (error) => pageErrors.push(`pageerror: ${error.message}`));
+    page.on('console', (message) => {
+      if (message.type() === 'error') pageErrors.push(`console: ${message.text()}`);
+    });
+    return { url, dataDir, context, page, pageErrors, serverOutput: () => output, close: cleanup };
   } catch (error) {
     await cleanup();
     throw error;
   }
+}
+
+/**
+ * A fresh studio for every test of the calling `describe`: `const studio = useStudio();` then
+ * `studio()` inside a test. When a test fails, what the page looked like (tests/artifacts/failed-<test>.png)
+ * and the end of the server's output say more than a locator's timeout does.
+ */
+export function useStudio(): () => Studio {
+  let studio: Studio | undefined;
+  beforeEach(async () => {
+    studio = await startStudio();
+  });
+  afterEach(async (context) => {
+    if (context.task.result?.state === 'fail' && studio) {
+      const slug = context.task.name.replace(/[^a-z0-9]+/gi, '-').slice(0, 60);
+      await mkdir(ARTIFACTS, { recursive: true });
+      await studio.page.screenshot({ path: join(ARTIFACTS, `failed-${slug}.png`) }).catch(() => {});
+      console.error(studio.serverOutput().slice(-4000));
+    }
+    await studio?.close();
+    studio = undefined;
+  });
+  return () => {
+    if (!studio) throw new Error('useStudio(): the studio exists only inside a test');
+    return studio;
+  };
 }

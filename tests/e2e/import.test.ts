@@ -3,13 +3,12 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import type { Locator, Page } from 'playwright-core';
 import sharp from 'sharp';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { startStudio, type Studio } from './harness';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ARTIFACTS, useStudio } from './harness';
 
-const ARTIFACTS = resolve(import.meta.dirname, '../artifacts');
 const CAT_CAPTION = 'a tabby cat asleep on a windowsill, inkwash style';
 
 /** Three decodable images (two PNG, one JPEG), a corrupt PNG, an empty JPEG and one caption sidecar. */
@@ -24,16 +23,6 @@ async function makeImageFolder(): Promise<string> {
   await writeFile(join(dir, 'broken.png'), randomBytes(2048));
   await writeFile(join(dir, 'empty.jpg'), '');
   return dir;
-}
-
-/** Errors the page threw or logged: CSP violations and failed loads show up here. */
-function collectPageErrors(page: Page): string[] {
-  const errors: string[] = [];
-  page.on('pageerror', (error) => errors.push(`pageerror: ${error.message}`));
-  page.on('console', (message) => {
-    if (message.type() === 'error') errors.push(`console: ${message.text()}`);
-  });
-  return errors;
 }
 
 async function isFocused(locator: Locator): Promise<boolean> {
@@ -54,9 +43,8 @@ async function openDatasets(page: Page): Promise<void> {
 }
 
 describe('studio server: import a folder', () => {
-  let studio: Studio;
+  const studio = useStudio();
   let images: string;
-  let pageErrors: string[];
 
   beforeAll(async () => {
     images = await makeImageFolder();
@@ -64,23 +52,10 @@ describe('studio server: import a folder', () => {
   afterAll(async () => {
     await rm(images, { recursive: true, force: true });
   });
-  beforeEach(async () => {
-    studio = await startStudio();
-    pageErrors = collectPageErrors(studio.page);
-  });
-  afterEach(async (context) => {
-    // What the page looked like when a step failed says more than a locator's timeout does.
-    if (context.task.result?.state === 'fail' && studio) {
-      const slug = context.task.name.replace(/[^a-z0-9]+/gi, '-').slice(0, 60);
-      await mkdir(ARTIFACTS, { recursive: true });
-      await studio.page.screenshot({ path: join(ARTIFACTS, `failed-${slug}.png`) }).catch(() => {});
-    }
-    await studio?.close();
-  });
 
   it('imports the good images, reports the bad ones with reasons, and shows thumbnails and captions', async () => {
-    const { page } = studio;
-    await page.goto(studio.url);
+    const { page, pageErrors } = studio();
+    await page.goto(studio().url);
     // The token has served its purpose once the cookie is set; it must not stay in the address bar.
     expect(page.url()).not.toContain('token=');
 
@@ -125,8 +100,8 @@ describe('studio server: import a folder', () => {
   });
 
   it('closes the import dialog on Escape and returns focus to the button that opened it', async () => {
-    const { page } = studio;
-    await page.goto(studio.url);
+    const { page, pageErrors } = studio();
+    await page.goto(studio().url);
     await openDatasets(page);
 
     const opener = page.getByRole('button', { name: 'Import images', exact: true });
@@ -144,8 +119,8 @@ describe('studio server: import a folder', () => {
   });
 
   it('switches views with Ctrl+1…6', async () => {
-    const { page } = studio;
-    await page.goto(studio.url);
+    const { page, pageErrors } = studio();
+    await page.goto(studio().url);
     const main = page.getByRole('main');
     const expected = ['Library', 'Datasets', 'Train', 'Mix & Generate', 'Gallery', 'Compare'];
     for (const [index, title] of expected.entries()) {

@@ -9,11 +9,10 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Locator, Page } from 'playwright-core';
 import sharp from 'sharp';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { startStudio, type Studio } from './harness';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ARTIFACTS, useStudio } from './harness';
 
 const ROOT = resolve(import.meta.dirname, '../..');
-const ARTIFACTS = join(ROOT, 'tests/artifacts');
 const DOCS_SCREENSHOTS = join(ROOT, 'docs/screenshots');
 const TRIGGER = 'neonfx';
 const PROMPT = `${TRIGGER}, a glowing ring`;
@@ -51,15 +50,6 @@ async function makeKohyaFolder(): Promise<string> {
     if (i % 2 === 0) await writeFile(join(folder, `shape-${i}.txt`), `${TRIGGER}, a glowing ${['ring', 'box', 'triangle'][i % 3]}\n`);
   }
   return dir;
-}
-
-function collectPageErrors(page: Page): string[] {
-  const errors: string[] = [];
-  page.on('pageerror', (error) => errors.push(`pageerror: ${error.message}`));
-  page.on('console', (message) => {
-    if (message.type() === 'error') errors.push(`console: ${message.text()}`);
-  });
-  return errors;
 }
 
 /** Core events of one type that reached the page over the WebSocket. */
@@ -114,9 +104,8 @@ async function view(page: Page, digit: number, title: string): Promise<void> {
 }
 
 describe('studio server: the whole artist flow', () => {
-  let studio: Studio;
+  const studio = useStudio();
   let images: string;
-  let pageErrors: string[];
 
   beforeAll(async () => {
     images = await makeKohyaFolder();
@@ -124,23 +113,11 @@ describe('studio server: the whole artist flow', () => {
   afterAll(async () => {
     await rm(images, { recursive: true, force: true });
   });
-  beforeEach(async () => {
-    studio = await startStudio();
-    pageErrors = collectPageErrors(studio.page);
-  });
-  afterEach(async (context) => {
-    if (context.task.result?.state === 'fail' && studio) {
-      await mkdir(ARTIFACTS, { recursive: true });
-      await studio.page.screenshot({ path: join(ARTIFACTS, 'failed-studio-flow.png') }).catch(() => {});
-      console.error(studio.serverOutput().slice(-4000));
-    }
-    await studio?.close();
-  });
 
   it('imports, trains, mixes, generates, keeps the recipe and compares', { timeout: MEASURE_CONCEPT ? 1_500_000 : DOCS ? 600_000 : 300_000 }, async () => {
-    const { page } = studio;
+    const { page, pageErrors } = studio();
     const progressEvents = countEvents(page, 'training.progress');
-    await page.goto(studio.url);
+    await page.goto(studio().url);
     await page.getByRole('heading', { name: 'No adapters yet' }).waitFor();
 
     // ---- Train: import the folder from here, and it becomes the dataset to train on ----
@@ -247,7 +224,7 @@ describe('studio server: the whole artist flow', () => {
       const confirm = page.getByRole('alertdialog', { name: `Delete “${loraName}”?` });
       await confirm.getByRole('button', { name: 'Delete adapter' }).click();
       await expect.poll(() => cards.count()).toBe(1);
-      const exportsDir = join(studio.dataDir, 'exports');
+      const exportsDir = join(studio().dataDir, 'exports');
       const exported = (await readdir(exportsDir)).map((f) => join(exportsDir, f));
       expect(exported.some((f) => f.endsWith('.safetensors'))).toBe(true);
       await page.locator('input[type="file"][accept=".safetensors,.json"]').setInputFiles(exported);

@@ -591,6 +591,29 @@ void test_train() {
         }
         EXPECT(res["trainable"].get<int64_t>() == a.trainable());
     }
+    // Caption tag dropout and category balance: the helpers, then a run with both (needs categories).
+    const float keep_first[] = {0.9f, 0.1f, 0.2f}, drop_all[] = {0.1f, 0.3f, 0.2f};
+    EXPECT(caption_drop_tags("red bird,  birds , animals", keep_first, 3, 0.5) == "red bird");
+    EXPECT(caption_drop_tags("red bird, birds, animals", drop_all, 3, 0.5) == "birds");  // one tag always stays
+    EXPECT(caption_drop_tags("red bird, birds, animals", drop_all, 2, 0.5) == "birds, animals");  // past u: kept
+    EXPECT(caption_drop_tags("red bird, birds, animals", drop_all, 3, 0.0) == "red bird, birds, animals");
+    EXPECT(caption_drop_tags("one tag only", drop_all, 3, 1.0) == "one tag only");
+    torch::Tensor w = category_weights({"a", "a", "a", "b"}, 1.0);
+    EXPECT(std::abs(w.slice(0, 0, 3).sum().item<double>() - w[3].item<double>()) < 1e-12);  // categories drawn equally
+    EXPECT(category_weights({"a", "a", "b"}, 0.0).eq(1.0).all().item<bool>());
+    EXPECT(throws_type(ERROR_TYPE_BAD_INPUT, [&] {
+        worker_run_op(st, "train", {{"data", data}, {"out", kTmp + "-b.safetensors"}, {"steps", 1}, {"category_balance", 0.5}}, emit);
+    }));
+    {
+        SafeTensors d = safetensors_load(data);
+        std::vector<std::string> cats;
+        for (int i = 0; i < 8; ++i) cats.push_back(i % 3 == 0 ? "red" : "other");
+        d.metadata["categories"] = Json(cats).dump();
+        safetensors_save(kTmp + "-cat-data.safetensors", d.tensors, d.metadata);
+        Json res = worker_run_op(st, "train", {{"data", kTmp + "-cat-data.safetensors"}, {"out", kTmp + "-b.safetensors"}, {"steps", 2},
+                                               {"category_balance", 0.5}, {"caption_tag_dropout", 0.5}}, emit);
+        EXPECT(std::isfinite(res["final_loss"].get<double>()));
+    }
     Json lr = worker_run_op(st, "train", {{"data", data}, {"out", kTmp + "-lora.safetensors"}, {"method", "lora"}, {"match_density", 0.05}, {"steps", 3}}, emit);
     EXPECT(lr["trainable"].get<int64_t>() > 0);
     EXPECT(bit_identical(*st.model, w0));

@@ -74,7 +74,8 @@ export class ConceptLab {
     return concatImages(parts);
   }
 
-  async trainJudge(classes: string[], perClass: TensorData[], out: string, o: { steps?: number; seed?: number } = {}): Promise<JudgeReport> {
+  /** heldoutFraction: the share of each class the judge keeps back to report its own accuracy (0.2). */
+  async trainJudge(classes: string[], perClass: TensorData[], out: string, o: { steps?: number; seed?: number; heldoutFraction?: number } = {}): Promise<JudgeReport> {
     const all = concatImages(perClass);
     const labels = perClass.flatMap((t, c) => Array<bigint>(t.shape[0]!).fill(BigInt(c)));
     const data = this.file('judge-data');
@@ -82,7 +83,7 @@ export class ConceptLab {
       ['images', all],
       ['labels', { dtype: 'I64', shape: [labels.length], data: new Uint8Array(BigInt64Array.from(labels).buffer) }],
     ], { classes: JSON.stringify(classes) });
-    return (await this.worker.request('judge_train', { data, out, steps: o.steps ?? 400, seed: o.seed ?? 0 })) as JudgeReport;
+    return (await this.worker.request('judge_train', { data, out, steps: o.steps ?? 400, seed: o.seed ?? 0, heldout_fraction: o.heldoutFraction ?? 0.2 })) as JudgeReport;
   }
 
   async score(judge: string, images: TensorData): Promise<Scored> {

@@ -143,6 +143,15 @@ export interface TrainBaseOptions {
   patchSize: number;
   /** EMA decay of the exported weights; its horizon 1/(1−d) should be well under the run length. */
   ema: number;
+  /**
+   * Probability of dropping each comma-separated caption tag (one always stays). Without it the
+   * category word only ever appeared inside long captions and a short prompt ("animals") barely
+   * steered the model: 600 fine-tuning steps with 0.5 (and category balance 0.5) took generated-sample
+   * accuracy from 1.3× to 3.1× chance, the same 600 steps without them left it at 1.3×.
+   */
+  tagDropout: number;
+  /** Sampling weight ∝ (images in the category)^(−β): the computer icons are a third of the data. */
+  categoryBalance: number;
   threads: number;
   resume: boolean;
   runDir: string;
@@ -176,7 +185,7 @@ export async function trainBase(o: TrainBaseOptions): Promise<Record<string, unk
   const args = [
     '--device', o.device, 'train', '--method', 'full', '--config', configFile, '--data', train, '--out', final,
     '--steps', String(o.steps), '--batch', String(o.batch), '--lr', String(o.lr), '--ema', String(o.ema), '--flip', 'true',
-    '--caption_dropout', '0.1', '--schedule', 'cosine', '--seed', '0', '--progress_every', '25',
+    '--caption_dropout', '0.1', '--caption_tag_dropout', String(o.tagDropout), '--category_balance', String(o.categoryBalance), '--schedule', 'cosine', '--seed', '0', '--progress_every', '25',
     '--checkpoint', checkpoint, '--checkpoint_every', '100',
     '--sample_every', '500', '--sample_prompts', JSON.stringify(SAMPLE_PROMPTS), '--sample_dir', samplesDir, '--sample_steps', '25',
   ];
@@ -226,7 +235,7 @@ function exportBase(o: TrainBaseOptions & { name: string; configFile: string; fi
   const wall = sessions.filter((s) => s.event === 'session_end').reduce((a, s) => a + Number(s.seconds), 0);
   const last = sessions.filter((s) => s.event === 'session_end').pop()!;
   const summary = { name: o.name, weights, wall_seconds: Math.round(wall), sessions: sessions.filter((s) => s.event === 'session_start').length, result: last.result };
-  writeFileSync(join(o.outDir, 'training.json'), JSON.stringify({ ...summary, hardware: hardware(o.device), device: o.device, threads: o.threads, steps: o.steps, batch: o.batch, lr: o.lr, ema: o.ema }, null, 1));
+  writeFileSync(join(o.outDir, 'training.json'), JSON.stringify({ ...summary, hardware: hardware(o.device), device: o.device, threads: o.threads, steps: o.steps, batch: o.batch, lr: o.lr, ema: o.ema, caption_tag_dropout: o.tagDropout, category_balance: o.categoryBalance }, null, 1));
   return summary;
 }
 

@@ -1,12 +1,17 @@
 // `npm run eval:base`: how good is the built-in model, in numbers.
-//   (a) a small classifier (MLP on 16×16 RGB thumbnails), trained here on the real training
-//       split's top-level categories that have enough images, labels generated samples for each
-//       category prompt: accuracy per category and overall, against chance;
-//   (b) the Fréchet distance in that classifier's hidden features between generated samples and
-//       the held-out real images, beside the same distance for a same-size subset of real training
-//       images (the floor a perfect generator would reach at this sample size).
-// Everything is seeded; the same weights give the same numbers.
-import { readSafetensors } from '../../core/worker/safetensors';
+//   (a) a small CNN classifier (the concept lab's judge, native/src/concept.h: class-balanced batches,
+//       noise augmentation so sampler noise is not a class), trained here on the real training split's
+//       top-level categories that have enough images, labels generated samples for each category
+//       prompt: accuracy per category and overall, against chance;
+//   (b) the Fréchet distance in that classifier's pooled features between generated samples and the
+//       held-out real images, beside the same distance for a same-size subset of real training images
+//       (the floor a perfect generator would reach at this sample size).
+// Everything is seeded; the same weights give the same numbers on the same machine.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { concatImages, ConceptLab, type Scored } from '../../core/concept/lab';
+import { readSafetensors, type TensorData } from '../../core/worker/safetensors';
 import { WorkerSupervisor } from '../../core/worker/supervisor';
 
 export interface Pack {
@@ -20,137 +25,6 @@ export function loadPack(file: string): Pack {
   const f = readSafetensors(file);
   const t = f.tensors.get('images')!;
   return { images: t.data, n: t.shape[0]!, size: t.shape[1]!, categories: JSON.parse(f.metadata.categories ?? '[]') as string[] };
-}
-
-export const FEATURE_SIDE = 16;
-export const FEATURES = FEATURE_SIDE * FEATURE_SIDE * 3;
-
-/** Box-filtered 16×16 RGB in [0,1]: [n, 768]. */
-export function thumbnails(images: Uint8Array, n: number, size: number): Float32Array {
-  const f = size / FEATURE_SIDE;
-  const out = new Float32Array(n * FEATURES);
-  for (let i = 0; i < n; i++)
-    for (let y = 0; y < size; y++)
-      for (let x = 0; x < size; x++)
-        for (let c = 0; c < 3; c++) {
-          const o = i * FEATURES + (Math.floor(y / f) * FEATURE_SIDE + Math.floor(x / f)) * 3 + c;
-          out[o]! += images[((i * size + y) * size + x) * 3 + c]! / (255 * f * f);
-        }
-  return out;
-}
-
-function rng(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => ((s = (Math.imul(s ^ (s >>> 15), 2246822507) + 0x9e3779b9) >>> 0) / 2 ** 32);
-}
-
-/** 768 → H (ReLU) → C, softmax cross-entropy, Adam; small enough to train in seconds in JS. */
-export class Mlp {
-  readonly w1: Float32Array;
-  readonly b1: Float32Array;
-  readonly w2: Float32Array;
-  readonly b2: Float32Array;
-  constructor(
-    readonly inputs: number,
-    readonly hidden: number,
-    readonly classes: number,
-    seed = 1,
-  ) {
-    const r = rng(seed);
-    const gauss = () => Math.sqrt(-2 * Math.log(r() + 1e-12)) * Math.cos(2 * Math.PI * r());
-    this.w1 = Float32Array.from({ length: inputs * hidden }, () => gauss() * Math.sqrt(2 / inputs));
-    this.b1 = new Float32Array(hidden);
-    this.w2 = Float32Array.from({ length: hidden * classes }, () => gauss() * Math.sqrt(1 / hidden));
-    this.b2 = new Float32Array(classes);
-  }
-
-  hiddenOf(x: Float32Array, i: number, out: Float32Array): void {
-    const { inputs, hidden, w1, b1 } = this;
-    for (let h = 0; h < hidden; h++) {
-      let s = b1[h]!;
-      for (let k = 0; k < inputs; k++) s += x[i * inputs + k]! * w1[k * hidden + h]!;
-      out[h] = s > 0 ? s : 0;
-    }
-  }
-
-  logitsOf(hid: Float32Array, out: Float32Array): void {
-    const { hidden, classes, w2, b2 } = this;
-    for (let c = 0; c < classes; c++) {
-      let s = b2[c]!;
-      for (let h = 0; h < hidden; h++) s += hid[h]! * w2[h * classes + c]!;
-      out[c] = s;
-    }
-  }
-
-  predict(x: Float32Array, n: number): { labels: number[]; hidden: Float32Array } {
-    const hid = new Float32Array(this.hidden);
-    const logits = new Float32Array(this.classes);
-    const feats = new Float32Array(n * this.hidden);
-    const labels: number[] = [];
-    for (let i = 0; i < n; i++) {
-      this.hiddenOf(x, i, hid);
-      feats.set(hid, i * this.hidden);
-      this.logitsOf(hid, logits);
-      labels.push(logits.indexOf(Math.max(...logits)));
-    }
-    return { labels, hidden: feats };
-  }
-
-  train(x: Float32Array, y: number[], epochs: number, lr = 2e-3, batch = 32, seed = 2): void {
-    const { inputs, hidden, classes } = this;
-    const params = [this.w1, this.b1, this.w2, this.b2];
-    const grads = params.map((p) => new Float32Array(p.length));
-    const m = params.map((p) => new Float32Array(p.length));
-    const v = params.map((p) => new Float32Array(p.length));
-    const order = y.map((_, i) => i);
-    const r = rng(seed);
-    const hid = new Float32Array(hidden);
-    const logits = new Float32Array(classes);
-    const dh = new Float32Array(hidden);
-    let t = 0;
-    for (let e = 0; e < epochs; e++) {
-      for (let i = order.length - 1; i > 0; i--) {
-        const j = Math.floor(r() * (i + 1));
-        [order[i], order[j]] = [order[j]!, order[i]!];
-      }
-      for (let start = 0; start < order.length; start += batch) {
-        for (const g of grads) g.fill(0);
-        const ids = order.slice(start, start + batch);
-        for (const i of ids) {
-          this.hiddenOf(x, i, hid);
-          this.logitsOf(hid, logits);
-          const max = Math.max(...logits);
-          let sum = 0;
-          for (let c = 0; c < classes; c++) sum += (logits[c] = Math.exp(logits[c]! - max));
-          dh.fill(0);
-          for (let c = 0; c < classes; c++) {
-            const d = logits[c]! / sum - (c === y[i] ? 1 : 0);
-            grads[3]![c]! += d;
-            for (let h = 0; h < hidden; h++) {
-              grads[2]![h * classes + c]! += d * hid[h]!;
-              dh[h]! += d * this.w2[h * classes + c]!;
-            }
-          }
-          for (let h = 0; h < hidden; h++) {
-            if (hid[h]! <= 0) continue;
-            grads[1]![h]! += dh[h]!;
-            for (let k = 0; k < inputs; k++) grads[0]![k * hidden + h]! += dh[h]! * x[i * inputs + k]!;
-          }
-        }
-        t++;
-        for (let p = 0; p < params.length; p++) {
-          const P = params[p]!;
-          const G = grads[p]!;
-          for (let k = 0; k < P.length; k++) {
-            const g = G[k]! / ids.length;
-            m[p]![k] = 0.9 * m[p]![k]! + 0.1 * g;
-            v[p]![k] = 0.999 * v[p]![k]! + 0.001 * g * g;
-            P[k]! -= (lr * (m[p]![k]! / (1 - 0.9 ** t))) / (Math.sqrt(v[p]![k]! / (1 - 0.999 ** t)) + 1e-8);
-          }
-        }
-      }
-    }
-  }
 }
 
 /** Symmetric eigen-decomposition (cyclic Jacobi): A = V diag(λ) Vᵀ. Row-major d×d. */
@@ -233,6 +107,23 @@ export function frechetDistance(x1: Float32Array, n1: number, x2: Float32Array, 
   return dist;
 }
 
+/**
+ * Accuracy of argmax(probs) against the prompt's category, per category and overall (the mean over
+ * categories, so chance is 1/C whatever the classifier's prior), and the confusion counts
+ * [true category][predicted category].
+ */
+export function categoryAccuracy(s: Pick<Scored, 'probs' | 'n'>, classes: number, labels: readonly number[]): { perCategory: number[]; overall: number; confusion: number[][] } {
+  if (labels.length !== s.n) throw new Error(`${labels.length} labels for ${s.n} scored images`);
+  const confusion = Array.from({ length: classes }, () => new Array<number>(classes).fill(0));
+  for (let i = 0; i < s.n; i++) {
+    let best = 0;
+    for (let c = 1; c < classes; c++) if (s.probs[i * classes + c]! > s.probs[i * classes + best]!) best = c;
+    confusion[labels[i]!]![best]!++;
+  }
+  const perCategory = confusion.map((row, c) => row[c]! / Math.max(1, row.reduce((x, y) => x + y, 0)));
+  return { perCategory, overall: perCategory.reduce((x, y) => x + y, 0) / classes, confusion };
+}
+
 export interface EvalOptions {
   worker: string;
   threads: number;
@@ -241,10 +132,35 @@ export interface EvalOptions {
   heldout: string;
   perCategory: number;
   minImages: number;
+  /**
+   * Classifier-free guidance scales of the generated samples; the first (the app's default, 5) gives the
+   * per-category numbers and the Fréchet distance, the others an overall accuracy each.
+   */
+  guidance: number[];
+  judgeSteps: number;
   log: (line: string) => void;
 }
 
 export const categoryPrompt = (category: string) => category.replace(/_/g, ' ');
+
+/**
+ * One 64×64 image, 25 DDIM steps, classifier-free guidance (two UNet passes a step), warm: the median
+ * of 3 on a worker of its own with one thread — on this 2-core VM two threads make one small image
+ * slower (1.5–2.2 s against 1.0 s), and an artist's generation is one image at a time.
+ */
+async function sampleSpeed(o: EvalOptions): Promise<{ sample_ms_64px_25steps_cfg: number; sample_threads: number }> {
+  const worker = new WorkerSupervisor({ binary: o.worker, threads: 1 });
+  try {
+    await worker.start();
+    await worker.request('load_model', { path: o.model });
+    await worker.request('sample', { prompt: 'bird', seed: 1, steps: 25, guidance: 4 });
+    const ms: number[] = [];
+    for (const seed of [2, 3, 4]) ms.push(((await worker.request('sample', { prompt: 'bird', seed, steps: 25, guidance: 4 })) as { ms: number }).ms);
+    return { sample_ms_64px_25steps_cfg: ms.sort((a, b) => a - b)[1]!, sample_threads: 1 };
+  } finally {
+    await worker.close();
+  }
+}
 
 export async function evalBase(o: EvalOptions): Promise<Record<string, unknown>> {
   const train = loadPack(o.train);
@@ -253,74 +169,71 @@ export async function evalBase(o: EvalOptions): Promise<Record<string, unknown>>
   for (const c of train.categories) counts.set(c, (counts.get(c) ?? 0) + 1);
   const classes = [...counts].filter(([, n]) => n >= o.minImages).map(([c]) => c).sort();
   const index = new Map(classes.map((c, i) => [c, i]));
-  const pick = (p: Pack) => p.categories.flatMap((c, i) => (index.has(c) ? [i] : []));
-  const subset = (p: Pack, ids: number[]) => {
-    const frame = p.size * p.size * 3;
+  const frame = train.size * train.size * 3;
+  const images = (p: Pack, ids: readonly number[]): TensorData => {
     const data = new Uint8Array(ids.length * frame);
     ids.forEach((id, k) => data.set(p.images.subarray(id * frame, (id + 1) * frame), k * frame));
-    return { x: thumbnails(data, ids.length, p.size), y: ids.map((id) => index.get(p.categories[id]!)!) };
+    return { dtype: 'U8', shape: [ids.length, p.size, p.size, 3], data };
   };
-  const trainIds = pick(train);
-  const heldIds = pick(held);
-  const tr = subset(train, trainIds);
-  const te = subset(held, heldIds);
-  o.log(`classifier: ${classes.length} categories with ≥ ${o.minImages} training images, ${trainIds.length} train / ${heldIds.length} held-out images`);
-  const mlp = new Mlp(FEATURES, 64, classes.length);
-  mlp.train(tr.x, tr.y, 12);
-  const realPred = mlp.predict(te.x, heldIds.length);
-  const realAccuracy = realPred.labels.filter((l, i) => l === te.y[i]).length / heldIds.length;
-  o.log(`classifier accuracy on held-out real images: ${(realAccuracy * 100).toFixed(1)} % (chance ${(100 / classes.length).toFixed(1)} %)`);
+  const ofClass = (p: Pack, c: string) => p.categories.flatMap((x, i) => (x === c ? [i] : []));
+  const heldIds = classes.flatMap((c) => ofClass(held, c));
+  const heldLabels = heldIds.map((id) => index.get(held.categories[id]!)!);
+  o.log(`classifier: ${classes.length} categories with ≥ ${o.minImages} training images, ${classes.reduce((a, c) => a + counts.get(c)!, 0)} train / ${heldIds.length} held-out images`);
 
+  const work = mkdtempSync(join(tmpdir(), 'shira-eval-base-'));
   const worker = new WorkerSupervisor({ binary: o.worker, threads: o.threads });
-  const generated: Uint8Array[] = [];
-  let sampleMs = 0;
   try {
     await worker.start();
+    const lab = new ConceptLab(worker, join(work, 'judge'), { steps: 25, guidance: 0 });
+    const judge = join(work, 'judge.safetensors');
+    const report = await lab.trainJudge(classes, classes.map((c) => images(train, ofClass(train, c))), judge, { steps: o.judgeSteps, seed: 1, heldoutFraction: 0.05 });
+    const real = await lab.score(judge, images(held, heldIds));
+    const realAccuracy = categoryAccuracy(real, classes.length, heldLabels);
+    o.log(`classifier (${report.seconds.toFixed(0)} s): ${(realAccuracy.overall * 100).toFixed(1)} % on held-out real images, mean over categories (chance ${(100 / classes.length).toFixed(1)} %)`);
+
     await worker.request('load_model', { path: o.model });
-    // Speed: one image, 25 steps, classifier-free guidance (two UNet passes a step); warm.
-    await worker.request('sample', { prompt: 'bird', seed: 1, steps: 25, guidance: 4 });
-    const timed = (await worker.request('sample', { prompt: 'bird', seed: 2, steps: 25, guidance: 4 })) as { ms: number };
-    sampleMs = timed.ms;
-    for (const c of classes) {
-      const r = (await worker.request('sample', { prompt: categoryPrompt(c), batch: o.perCategory, seed: 100, steps: 25, guidance: 4 })) as { out: string };
-      generated.push(readSafetensors(r.out).tensors.get('images')!.data);
-      o.log(`sampled ${o.perCategory} × "${categoryPrompt(c)}"`);
+    const labels = classes.flatMap((_, c) => new Array<number>(o.perCategory).fill(c));
+    const runs: { guidance: number; scored: Scored; accuracy: ReturnType<typeof categoryAccuracy> }[] = [];
+    for (const guidance of o.guidance) {
+      const sampler = new ConceptLab(worker, join(work, `g${guidance}`), { steps: 25, guidance });
+      const generated: TensorData[] = [];
+      for (const c of classes) generated.push(await sampler.images(new Array<string>(o.perCategory).fill(categoryPrompt(c)), [100], c));
+      const scored = await lab.score(judge, concatImages(generated));
+      const accuracy = categoryAccuracy(scored, classes.length, labels);
+      runs.push({ guidance, scored, accuracy });
+      o.log(`guidance ${guidance}: ${o.perCategory} samples × ${classes.length} category prompts, ${(accuracy.overall * 100).toFixed(1)} % classified as their prompt's category`);
     }
+    const [primary] = runs;
+    if (!primary) throw new Error('eval:base needs at least one guidance scale');
+    const gen = primary.scored;
+    // The floor: real training images, as many as were generated, spread over the same categories.
+    const trainIds = classes.flatMap((c) => ofClass(train, c));
+    const nGen = gen.n;
+    const floorIds = trainIds.filter((_, k) => k % Math.max(1, Math.floor(trainIds.length / nGen)) === 0).slice(0, nGen);
+    const floor = await lab.score(judge, images(train, floorIds));
+    const perCategory = (xs: number[]) => Object.fromEntries(classes.map((c, i) => [c, xs[i]!]));
+    return {
+      model: o.model,
+      categories: classes,
+      chance: 1 / classes.length,
+      classifier: { kind: 'CNN judge (native/src/concept.h), class-balanced, noise-augmented', steps: o.judgeSteps, train_images: report.train_count },
+      classifier_heldout_accuracy: realAccuracy.overall,
+      classifier_heldout_per_category: perCategory(realAccuracy.perCategory),
+      guidance: primary.guidance,
+      generated_accuracy: { overall: primary.accuracy.overall, per_category: perCategory(primary.accuracy.perCategory), vs_chance: primary.accuracy.overall * classes.length },
+      // Row = the prompt's category, column = what the classifier saw, both in `categories` order.
+      generated_confusion: primary.accuracy.confusion,
+      by_guidance: runs.map((r) => ({ guidance: r.guidance, overall: r.accuracy.overall, vs_chance: r.accuracy.overall * classes.length })),
+      frechet: {
+        generated_vs_heldout: frechetDistance(gen.features, nGen, real.features, real.n, gen.f),
+        train_subset_vs_heldout: frechetDistance(floor.features, floor.n, real.features, real.n, gen.f),
+        samples: nGen,
+        feature_dim: gen.f,
+      },
+      ...(await sampleSpeed(o)),
+    };
   } finally {
     await worker.close();
+    rmSync(work, { recursive: true, force: true });
   }
-  const all = new Uint8Array(generated.reduce((a, g) => a + g.length, 0));
-  let off = 0;
-  for (const g of generated) {
-    all.set(g, off);
-    off += g.length;
-  }
-  const nGen = classes.length * o.perCategory;
-  const gx = thumbnails(all, nGen, train.size);
-  const gen = mlp.predict(gx, nGen);
-  const perCategory: Record<string, number> = {};
-  classes.forEach((c, ci) => {
-    const labels = gen.labels.slice(ci * o.perCategory, (ci + 1) * o.perCategory);
-    perCategory[c] = labels.filter((l) => l === ci).length / o.perCategory;
-  });
-  const overall = Object.values(perCategory).reduce((a, b) => a + b, 0) / classes.length;
-  // The floor: real training images, as many as were generated, spread over the same categories.
-  const floorIds = trainIds.filter((_, k) => k % Math.max(1, Math.floor(trainIds.length / nGen)) === 0).slice(0, nGen);
-  const floor = subset(train, floorIds);
-  const floorHidden = mlp.predict(floor.x, floorIds.length).hidden;
-  const d = mlp.hidden;
-  return {
-    model: o.model,
-    categories: classes,
-    chance: 1 / classes.length,
-    classifier_heldout_accuracy: realAccuracy,
-    generated_accuracy: { overall, per_category: perCategory, vs_chance: overall * classes.length },
-    frechet: {
-      generated_vs_heldout: frechetDistance(gen.hidden, nGen, realPred.hidden, heldIds.length, d),
-      train_subset_vs_heldout: frechetDistance(floorHidden, floorIds.length, realPred.hidden, heldIds.length, d),
-      samples: nGen,
-      feature_dim: d,
-    },
-    sample_ms_64px_25steps_cfg: sampleMs,
-  };
 }

@@ -18,6 +18,8 @@ export function writeModelCard(modelDir: string, dataDir: string): void {
     batch: number;
     lr: number;
     ema: number;
+    caption_tag_dropout?: number;
+    category_balance?: number;
   };
   const config = JSON.parse(readFileSync(join(modelDir, 'config.json'), 'utf8')) as { unet: Record<string, unknown>; text_encoder: { vocab: string[] } & Record<string, unknown>; diffusion: Record<string, unknown> };
   const manifest = existsSync(join(dataDir, 'manifest.json'))
@@ -30,6 +32,10 @@ export function writeModelCard(modelDir: string, dataDir: string): void {
         categories: string[];
         chance: number;
         classifier_heldout_accuracy: number;
+        classifier?: { kind: string; steps: number };
+        guidance?: number;
+        by_guidance?: { guidance: number; overall: number; vs_chance: number }[];
+        sample_threads?: number;
         generated_accuracy: { overall: number; per_category: Record<string, number>; vs_chance: number };
         frechet: { generated_vs_heldout: number; train_subset_vs_heldout: number; samples: number; feature_dim: number };
         sample_ms_64px_25steps_cfg: number;
@@ -49,7 +55,7 @@ export function writeModelCard(modelDir: string, dataDir: string): void {
     '| | |',
     '| --- | --- |',
     `| steps × batch | ${training.steps} × ${training.batch} |`,
-    `| learning rate | ${training.lr} (AdamW, cosine, EMA ${training.ema}, horizontal flips, 10 % caption dropout) |`,
+    `| learning rate | ${training.lr} (AdamW, cosine, EMA ${training.ema}, horizontal flips, 10 % caption dropout${training.caption_tag_dropout ? `, ${pct(training.caption_tag_dropout)} caption tag dropout` : ''}${training.category_balance ? `, categories drawn ∝ size^(1−${String(training.category_balance)})` : ''}) |`,
     `| wall time | ${(training.wall_seconds / 60).toFixed(1)} min over ${training.sessions} sitting(s) |`,
     `| training loss (v-prediction MSE${config.diffusion.sigma_data !== undefined && config.diffusion.sigma_data !== 1 ? `, σ_d = ${String(config.diffusion.sigma_data)}` : ''}) | ${training.result.first_loss?.toFixed(4) ?? '?'} at the first step → ${training.result.final_loss?.toFixed(4) ?? '?'} at the last |`,
     `| parameters | ${training.result.trainable?.toLocaleString('en') ?? '?'} (UNet + text encoder) |`,
@@ -59,15 +65,18 @@ export function writeModelCard(modelDir: string, dataDir: string): void {
     '',
     ...(ev
       ? [
-          `A ${ev.categories.length}-way category classifier (an MLP on 16×16 thumbnails) trained on the real training images of the top-level categories with ≥ 100 images reaches ${pct(ev.classifier_heldout_accuracy)} on the held-out real images (chance ${pct(ev.chance)}).`,
+          ev.classifier
+            ? `A ${ev.categories.length}-way category classifier (a small CNN, the concept lab's judge: class-balanced batches, noise augmentation, ${ev.classifier.steps} steps) trained on the real training images of the top-level categories with ≥ 100 images reaches ${pct(ev.classifier_heldout_accuracy)} on the held-out real images (mean over categories; chance ${pct(ev.chance)}). Each category prompt is the category's name alone ("animals", "signs and symbols"), 25 DDIM steps, guidance ${String(ev.guidance)}.`
+            : `A ${ev.categories.length}-way category classifier (an MLP on 16×16 thumbnails) trained on the real training images of the top-level categories with ≥ 100 images reaches ${pct(ev.classifier_heldout_accuracy)} on the held-out real images (chance ${pct(ev.chance)}).`,
           '',
           `| metric | value |`,
           `| --- | --- |`,
-          `| generated samples classified as their prompt's category, overall | **${pct(ev.generated_accuracy.overall)}** = ${ev.generated_accuracy.vs_chance.toFixed(2)}× chance (target ≥ 3×) |`,
-          ...Object.entries(ev.generated_accuracy.per_category).map(([c, a]) => `| … ${c} | ${pct(a)} |`),
+          `| generated samples classified as their prompt's category, overall${ev.guidance !== undefined ? ` (guidance ${String(ev.guidance)})` : ''} | **${pct(ev.generated_accuracy.overall)}** = ${ev.generated_accuracy.vs_chance.toFixed(2)}× chance (target ≥ 3×) |`,
+          ...(ev.by_guidance ?? []).slice(1).map((g) => `| … overall at guidance ${String(g.guidance)} | ${pct(g.overall)} = ${g.vs_chance.toFixed(2)}× chance |`),
+          ...Object.entries(ev.generated_accuracy.per_category).map(([c, a]) => `| … ${c}${ev.guidance !== undefined ? ` (guidance ${String(ev.guidance)})` : ''} | ${pct(a)} |`),
           `| Fréchet distance, generated vs held-out (${ev.frechet.samples} samples, ${ev.frechet.feature_dim}-d classifier features) | ${ev.frechet.generated_vs_heldout.toFixed(2)} |`,
           `| Fréchet distance, real training subset vs held-out (the floor at this sample size) | ${ev.frechet.train_subset_vs_heldout.toFixed(2)} |`,
-          `| one 64×64 image, 25 DDIM steps with guidance, this CPU | ${ev.sample_ms_64px_25steps_cfg.toFixed(0)} ms |`,
+          `| one 64×64 image, 25 DDIM steps with guidance, this CPU${ev.sample_threads ? `, ${String(ev.sample_threads)} thread (median of 3)` : ''} | ${ev.sample_ms_64px_25steps_cfg.toFixed(0)} ms |`,
         ]
       : ['Not evaluated yet: run `npm run eval:base -- --write`.']),
     '',
@@ -94,7 +103,7 @@ export function writeModelCard(modelDir: string, dataDir: string): void {
     '## Reproduce',
     '',
     '```sh',
-    `npm run train:base -- --resolution ${String(config.unet.sample_size)} --steps ${training.steps} --batch ${training.batch}   # add --resume after an interruption`,
+    `npm run train:base -- --resolution ${String(config.unet.sample_size)} --steps ${training.steps} --batch ${training.batch}${training.caption_tag_dropout !== undefined ? ` --tag-dropout ${String(training.caption_tag_dropout)} --category-balance ${String(training.category_balance ?? 0)}` : ''}   # add --resume after an interruption`,
     '```',
     '',
     'Licence: the weights are released under the same terms as this repository; the training data is public domain.',
