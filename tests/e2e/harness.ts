@@ -7,7 +7,7 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
-import { afterEach, beforeEach } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach } from 'vitest';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const SERVER_SCRIPT = join(ROOT, 'out/main/server.js');
@@ -147,5 +147,20 @@ export function useStudio(): () => Studio {
   return () => {
     if (!studio) throw new Error('useStudio(): the studio exists only inside a test');
     return studio;
+  };
+}
+
+/** A folder `make` builds once for the calling `describe` and removed after it: `const images = useFolder(make);` then `images()`. */
+export function useFolder(make: () => Promise<string>): () => string {
+  let dir: string | undefined;
+  beforeAll(async () => {
+    dir = await make();
+  });
+  afterAll(async () => {
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+  return () => {
+    if (!dir) throw new Error('useFolder(): the folder exists only inside the describe');
+    return dir;
   };
 }

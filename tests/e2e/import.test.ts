@@ -1,13 +1,13 @@
 // The first thing an artist does: open the studio, import a folder, see what came in and what
 // did not, and why. Run `npx electron-vite build` first; this drives out/ through chromium.
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Locator, Page } from 'playwright-core';
 import sharp from 'sharp';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ARTIFACTS, useStudio } from './harness';
+import { describe, expect, it } from 'vitest';
+import { ARTIFACTS, useFolder, useStudio } from './harness';
 
 const CAT_CAPTION = 'a tabby cat asleep on a windowsill, inkwash style';
 
@@ -44,14 +44,7 @@ async function openDatasets(page: Page): Promise<void> {
 
 describe('studio server: import a folder', () => {
   const studio = useStudio();
-  let images: string;
-
-  beforeAll(async () => {
-    images = await makeImageFolder();
-  });
-  afterAll(async () => {
-    await rm(images, { recursive: true, force: true });
-  });
+  const images = useFolder(makeImageFolder);
 
   it('imports the good images, reports the bad ones with reasons, and shows thumbnails and captions', async () => {
     const { page, pageErrors } = studio();
@@ -65,7 +58,7 @@ describe('studio server: import a folder', () => {
     await page.keyboard.press('Control+KeyI');
     const dialog = page.getByRole('dialog', { name: 'Import images' });
     await dialog.waitFor();
-    await dialog.getByLabel('Folder on this computer').fill(images);
+    await dialog.getByLabel('Folder on this computer').fill(images());
     await dialog.getByRole('button', { name: 'Import', exact: true }).click();
 
     await dialog.getByText('3 imported, 2 skipped').waitFor();

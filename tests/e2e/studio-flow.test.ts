@@ -4,13 +4,13 @@
 // the image and its recipe in the gallery (and inside the PNG), and make a compare grid.
 // Screenshots of every view go to tests/artifacts/ (and, with SHIRA_E2E_SCREENSHOTS=docs, to docs/screenshots/).
 // Needs `npx electron-vite build` and native/build/shira-worker.
-import { copyFile, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Locator, Page } from 'playwright-core';
 import sharp from 'sharp';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ARTIFACTS, useStudio } from './harness';
+import { describe, expect, it } from 'vitest';
+import { ARTIFACTS, useFolder, useStudio } from './harness';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const DOCS_SCREENSHOTS = join(ROOT, 'docs/screenshots');
@@ -105,14 +105,7 @@ async function view(page: Page, digit: number, title: string): Promise<void> {
 
 describe('studio server: the whole artist flow', () => {
   const studio = useStudio();
-  let images: string;
-
-  beforeAll(async () => {
-    images = await makeKohyaFolder();
-  });
-  afterAll(async () => {
-    await rm(images, { recursive: true, force: true });
-  });
+  const images = useFolder(makeKohyaFolder);
 
   it('imports, trains, mixes, generates, keeps the recipe and compares', { timeout: MEASURE_CONCEPT ? 1_500_000 : DOCS ? 600_000 : 300_000 }, async () => {
     const { page, pageErrors } = studio();
@@ -124,7 +117,7 @@ describe('studio server: the whole artist flow', () => {
     await view(page, 3, 'Train');
     await page.getByRole('button', { name: 'Import a folder…' }).click();
     const dialog = page.getByRole('dialog', { name: 'Import images' });
-    await dialog.getByLabel('Folder on this computer').fill(images);
+    await dialog.getByLabel('Folder on this computer').fill(images());
     await dialog.getByLabel('Trigger word').fill(TRIGGER);
     await dialog.getByRole('button', { name: 'Import', exact: true }).click();
     await dialog.getByText('6 imported, 0 skipped').waitFor();
