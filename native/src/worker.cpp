@@ -111,6 +111,24 @@ struct Dataset {
     std::vector<std::string> categories;  // optional __metadata__["categories"]: one label per image, or empty
 };
 
+// __metadata__[key] as a JSON array of exactly n strings; empty when the key is absent.
+std::vector<std::string> metadata_strings(const SafeTensors& st, const std::string& key, int64_t n) {
+    std::vector<std::string> out;
+    if (!st.metadata.count(key)) return out;
+    Json j;
+    try {
+        j = Json::parse(st.metadata.at(key));
+    } catch (const std::exception&) {
+        throw_bad_input("dataset " + key + " are not JSON");
+    }
+    if (!j.is_array() || (int64_t)j.size() != n) throw_bad_input("dataset " + key + " must be an array of N strings");
+    for (const auto& x : j) {
+        if (!x.is_string()) throw_bad_input("dataset " + key + " must be strings");
+        out.push_back(x.get<std::string>());
+    }
+    return out;
+}
+
 Dataset dataset_load(const std::string& path, const DiffusionModel& model) {
     SafeTensors st = safetensors_load(path);
     auto        it = st.tensors.find("images");
@@ -123,28 +141,9 @@ Dataset dataset_load(const std::string& path, const DiffusionModel& model) {
     if (im.size(1) % down || im.size(2) % down) throw_bad_input("dataset image size must be a multiple of " + std::to_string(down));
     Dataset d;
     d.images = images_to_model(im).to(model.device);
-    d.captions.assign(im.size(0), "");
-    if (st.metadata.count("captions")) {
-        Json caps;
-        try {
-            caps = Json::parse(st.metadata["captions"]);
-        } catch (const std::exception&) {
-            throw_bad_input("dataset captions are not JSON");
-        }
-        if (!caps.is_array() || (int64_t)caps.size() != im.size(0)) throw_bad_input("dataset captions must be an array of N strings");
-        for (size_t i = 0; i < caps.size(); ++i) {
-            if (!caps[i].is_string()) throw_bad_input("dataset captions must be strings");
-            d.captions[i] = caps[i].get<std::string>();
-        }
-    }
-    if (st.metadata.count("categories")) {
-        Json cats = Json::parse(st.metadata["categories"], nullptr, false);
-        if (!cats.is_array() || (int64_t)cats.size() != im.size(0)) throw_bad_input("dataset categories must be an array of N strings");
-        for (const auto& c : cats) {
-            if (!c.is_string()) throw_bad_input("dataset categories must be strings");
-            d.categories.push_back(c.get<std::string>());
-        }
-    }
+    d.captions   = metadata_strings(st, "captions", im.size(0));
+    d.categories = metadata_strings(st, "categories", im.size(0));
+    if (d.captions.empty()) d.captions.assign(im.size(0), "");
     return d;
 }
 
