@@ -16,6 +16,7 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <torch/cuda.h>
 #endif
+#include <torch/version.h>
 
 #include "common.h"
 #include "diffusion.h"
@@ -114,7 +115,7 @@ struct TrainCase {
 const char* grad_path_name(GradPath p) { return p == GRAD_PATH_SPARSE ? "sparse" : p == GRAD_PATH_DENSE ? "dense" : "auto"; }
 
 Json bench_train_case(DiffusionModel& model, const std::string& model_name, const TrainCase& c, const Json& common,
-                      int64_t batch, int64_t warmup, int64_t reps, double density, torch::Device device,
+                      int64_t batch, int64_t warmup, int64_t reps, double density, bool bf16, torch::Device device,
                       const std::function<bool()>& should_stop) {
     const int64_t S = model.config.unet.sample_size;
     at::Generator gen = at::detail::createCPUGenerator(0);
@@ -129,6 +130,7 @@ Json bench_train_case(DiffusionModel& model, const std::string& model_name, cons
     row["method"] = c.method;
     row["batch"]  = batch;
     row["size"]   = S;
+    row["precision"] = bf16 ? "bf16" : "fp32";
     if (c.method == "shira") {
         row["mask"]      = mask_type_name(c.mask);
         row["grad_path"] = grad_path_name(c.path);
@@ -178,6 +180,7 @@ Json bench_train_case(DiffusionModel& model, const std::string& model_name, cons
     MemProbe            mem;
     try {
         torch::optim::AdamW opt(params, torch::optim::AdamWOptions(1e-4).weight_decay(0.0));
+        CudaAutocast        autocast_scope(bf16);  // the whole step, as in `train`
         mem_peak_reset(device, mem);
         for (int64_t i = 0; i < warmup + reps; ++i) {
             if (should_stop && should_stop()) throw WorkerError(ERROR_TYPE_CANCELLED, "bench cancelled");
@@ -382,6 +385,10 @@ Json bench_run(const Json& args, torch::Device device, const std::function<void(
     const std::string kind    = get_str("kind", "grad");
     const bool        quick   = args.contains("quick") && args.at("quick").is_boolean() && args.at("quick").get<bool>();
     const double      density = get_num("density", 0.02, 1e-6, 1);
+    // Training precision of the train cases: fp32, or bf16 autocast as `train` runs on CUDA (CUDA only).
+    const std::string precision = get_str("precision", "fp32");
+    if (precision != "fp32" && precision != "bf16") throw_bad_input("bench 'precision' must be fp32 or bf16, got '" + precision + "'");
+    if (precision == "bf16" && !device.is_cuda()) throw_bad_input("bench precision bf16 needs a CUDA device (autocast is CUDA-only here)");
     std::string       models_arg = get_str("models", "builtin,sd15");
     std::vector<std::string> models;
     for (size_t s = 0; s <= models_arg.size();) {
@@ -450,7 +457,7 @@ Json bench_run(const Json& args, torch::Device device, const std::function<void(
             cases.push_back({"full", MASK_TYPE_STRUCT, GRAD_PATH_DENSE});  // last: it changes the weights
             for (const auto& c : cases) {
                 stop_check();
-                push(bench_train_case(*model, name, c, common, batch, warmup, reps, density, device, should_stop));
+                push(bench_train_case(*model, name, c, common, batch, warmup, reps, density, precision == "bf16", device, should_stop));
             }
         } else {
             const int64_t reps = get_int("reps", quick ? 3 : 7, 1, 1000);

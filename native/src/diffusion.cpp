@@ -1,5 +1,8 @@
 #include "diffusion.h"
 
+#include <ATen/autocast_mode.h>
+#include <torch/version.h>
+
 #include "common.h"
 
 NoiseSchedule noise_schedule_init(const DiffusionConfig& c) {
@@ -159,4 +162,28 @@ torch::Tensor sample_images(DiffusionModel& model, const NoiseSchedule& s, const
         x = std::sqrt(alpha_prod_t_prev) * pred_x0 + std::sqrt(1.0 - alpha_prod_t_prev) * pred_eps;
     }
     return images_from_model(x);
+}
+
+namespace {
+// libtorch 2.4 replaced the CUDA-only set_enabled/set_autocast_gpu_dtype with per-device calls and deprecated the
+// old ones (a warning on every use), so each libtorch gets its own spelling.
+void set_cuda_autocast(bool on) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    if (on) at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+    at::autocast::set_autocast_enabled(at::kCUDA, on);
+#else
+    if (on) at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+    at::autocast::set_enabled(on);
+#endif
+}
+}  // namespace
+
+CudaAutocast::CudaAutocast(bool on) : on_(on) {
+    if (on_) set_cuda_autocast(true);
+}
+
+CudaAutocast::~CudaAutocast() {
+    if (!on_) return;
+    set_cuda_autocast(false);
+    at::autocast::clear_cache();
 }

@@ -35,6 +35,20 @@ VScales v_scales(double alpha_prod, double sigma_data);
 torch::Tensor images_to_model(const torch::Tensor& images_u8);
 torch::Tensor images_from_model(const torch::Tensor& x);
 
+// bf16 autocast on CUDA for one scope (a training run, a benchmark case): matmuls and convolutions run in bf16
+// while weights, SHiRA values, LoRA factors and optimiser state stay fp32. Autocast is thread-local; `on` is
+// false on CPU (never enabled there), and the destructor switches it off and drops its cast cache on every exit.
+class CudaAutocast {
+public:
+    explicit CudaAutocast(bool on);
+    ~CudaAutocast();
+    CudaAutocast(const CudaAutocast&)            = delete;
+    CudaAutocast& operator=(const CudaAutocast&) = delete;
+
+private:
+    bool on_;
+};
+
 // Simple loss L_simple (DDPM eq. 14) on a batch: x0 [B, 3, H, W] in [-1, 1], context [B, L, D].
 torch::Tensor diffusion_loss(DiffusionModel& model, const NoiseSchedule& schedule, const torch::Tensor& x0,
                              const torch::Tensor& context, at::Generator& gen);

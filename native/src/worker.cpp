@@ -6,12 +6,14 @@
 #include <cmath>
 #include <filesystem>
 #include <set>
+#include <sstream>
+#include <type_traits>
 #include <fstream>
 #include <iostream>
 #include <sys/stat.h>
 
 #include <ATen/CPUGeneratorImpl.h>
-#include <ATen/autocast_mode.h>
+#include <torch/version.h>
 
 #include "common.h"
 #include "bench.h"
@@ -285,8 +287,25 @@ std::vector<std::string> get_prompt_list(const Json& args, const char* key) {
 
 using AdamWState = torch::optim::AdamWParamState;
 
+// libtorch keys an optimiser's per-parameter state by the parameter's TensorImpl: libtorch 1.x by that
+// pointer printed as a string, 2.x by the pointer itself (a void* key). The map's key_type picks the
+// spelling, so the same source builds against Debian's 1.13 and a current PyTorch.
+template <typename StateMap>
+typename StateMap::key_type adam_state_key(const torch::Tensor& p) {
+    using Key = typename StateMap::key_type;
+    if constexpr (std::is_same_v<Key, std::string>) {
+        std::ostringstream os;
+        os << p.unsafeGetTensorImpl();
+        return os.str();
+    } else {
+        return static_cast<Key>(p.unsafeGetTensorImpl());
+    }
+}
+
+using AdamWStateMap = std::decay_t<decltype(std::declval<torch::optim::AdamW&>().state())>;
+
 AdamWState* adam_state(torch::optim::AdamW& opt, const torch::Tensor& p) {
-    auto it = opt.state().find(c10::guts::to_string(p.unsafeGetTensorImpl()));
+    auto it = opt.state().find(adam_state_key<AdamWStateMap>(p));
     return it == opt.state().end() ? nullptr : static_cast<AdamWState*>(it->second.get());
 }
 
@@ -401,7 +420,7 @@ int64_t checkpoint_load(const std::string& path, const std::vector<std::pair<std
             s->step(adam_step);
             s->exp_avg(a->second.to(p.device(), p.scalar_type()).clone());
             s->exp_avg_sq(b->second.to(p.device(), p.scalar_type()).clone());
-            opt.state()[c10::guts::to_string(p.unsafeGetTensorImpl())] = std::move(s);
+            opt.state()[adam_state_key<AdamWStateMap>(p)] = std::move(s);
         }
         if (!ema.empty()) {
             auto e = ck.tensors.find("ema." + name);
@@ -474,6 +493,8 @@ Json op_train(WorkerState& st, const Json& args, const EmitFn& emit) {
     const double      density    = get_num(args, "density", 0.02, 1e-9, 1);
     const std::string schedule   = get_str(args, "schedule", "cosine");
     if (schedule != "cosine" && schedule != "constant") throw_bad_input("schedule must be 'cosine' or 'constant'");
+    const std::string precision  = get_str(args, "precision", "bf16");  // bf16 autocast on CUDA; CPU is always fp32
+    if (precision != "bf16" && precision != "fp32") throw_bad_input("precision must be 'bf16' or 'fp32', got '" + precision + "'");
     const auto        targets    = get_str_list(args, "targets", kDefaultTargets);
     const bool        flip       = get_bool(args, "flip", false);
     const double      ema_decay  = get_num(args, "ema", 0.0, 0.0, 0.999999);
@@ -645,23 +666,9 @@ Json op_train(WorkerState& st, const Json& args, const EmitFn& emit) {
         emit({{"event", "sample"}, {"step", step}, {"path", path}});
     };
 
-    // bf16 autocast on CUDA (issue 3): matmuls/convs run in bf16 while weights, SHiRA values, LoRA factors
-    // and optimiser state stay fp32. Thread-local, so it is switched on for this job's thread only and off
-    // again on every exit; CPU runs never enable it.
-    const bool use_autocast = model.device.is_cuda() && get_str(args, "precision", "bf16") == "bf16";
-    struct AutocastScope {
-        bool on;
-        explicit AutocastScope(bool on) : on(on) {
-            if (!on) return;
-            at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
-            at::autocast::set_enabled(true);
-        }
-        ~AutocastScope() {
-            if (!on) return;
-            at::autocast::set_enabled(false);
-            at::autocast::clear_cache();
-        }
-    } autocast_scope(use_autocast);
+    // bf16 autocast on CUDA (issue 3), for the whole run; CPU runs never enable it.
+    const bool   use_autocast = model.device.is_cuda() && precision == "bf16";
+    CudaAutocast autocast_scope(use_autocast);
 
     const double        t_start = now_s();
     double              last_loss = 0, first_loss = -1;

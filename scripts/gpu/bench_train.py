@@ -1,10 +1,11 @@
 """Training step time, peak memory and adapter bytes: PEFT LoRA / PEFT SHiRA (random) on the PyTorch reference vs
 the worker's LoRA, SHiRA (Rand, Struct, WM, Grad, SNIP; dense/sparse/auto gradient paths) and full fine-tuning,
 plus plain-PyTorch full fine-tuning of the reference. Same model config (the shipped clipart-64), batch, data
-(a fixed random batch in [-1, 1], caption "a red square"), AdamW (lr 1e-4, no weight decay), fp32, warm-up and
-timed steps. One JSON object per row into OUT/train.jsonl.
+(a fixed random batch in [-1, 1], caption "a red square"), AdamW (lr 1e-4, no weight decay), warm-up and timed
+steps, at each --precision: fp32, and on CUDA bf16 autocast (what the worker's `train` uses there: matmuls and
+convolutions in bf16, weights, adapter values and optimiser state fp32). One JSON object per row into OUT/train.jsonl.
 
-    python3 scripts/gpu/bench_train.py --device cuda --out OUT [--batch 16 --warmup 5 --reps 30] [--quick]
+    python3 scripts/gpu/bench_train.py --device cuda --out OUT [--batch 16 --warmup 5 --reps 30] [--precision fp32,bf16] [--quick]
 
 Step time: median over the timed steps, each fenced by a device synchronise. Peak memory: CUDA allocator peak
 (torch.cuda.max_memory_allocated here, the same allocator statistic in the worker's bench rows) from just before
@@ -13,6 +14,7 @@ short real training run writes (ours: format v2, f16 values; PEFT: save_pretrain
 """
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -46,8 +48,10 @@ def vm_hwm_bytes():
     return -1
 
 
-def time_training(ref, params, device, batch, warmup, reps, seed=0):
-    """AdamW steps of the diffusion loss on a fixed random batch; -> (median ms, min ms, peak bytes, base bytes)."""
+def time_training(ref, params, device, batch, warmup, reps, precision="fp32", seed=0):
+    """AdamW steps of the diffusion loss on a fixed random batch; -> (median ms, min ms, peak bytes, base bytes).
+    bf16: the forward and loss under CUDA autocast, backward outside it (PyTorch's recipe; the backward ops follow
+    the forward's casts either way)."""
     S = ref.config["unet"]["sample_size"]
     g = torch.Generator().manual_seed(seed)
     x0 = (torch.rand(batch, 3, S, S, generator=g) * 2 - 1).to(device)
@@ -65,7 +69,8 @@ def time_training(ref, params, device, batch, warmup, reps, seed=0):
         sync(device)
         t0 = time.perf_counter()
         # The text encoder runs every step, as in the worker (frozen unless full fine-tuning).
-        loss = ref_model.diffusion_loss(ref, x0, ref.text_encoder.encode(caps), g, ac)
+        with torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext():
+            loss = ref_model.diffusion_loss(ref, x0, ref.text_encoder.encode(caps), g, ac)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -93,14 +98,15 @@ def shira_r(ref, density):
     return max(1, round(want / per_r))
 
 
-def peft_rows(args, common):
+def peft_rows(args, common, precision):
     rows = []
     try:
         import peft
         from peft import LoraConfig, ShiraConfig, get_peft_model
     except Exception as e:  # noqa: BLE001
         for method in ("lora", "shira"):
-            rows.append(dict(common, impl="peft", method=method, skipped=f"PEFT not importable: {type(e).__name__}: {e}"))
+            rows.append(dict(common, impl="peft", method=method, precision=precision,
+                             skipped=f"PEFT not importable: {type(e).__name__}: {e}"))
         return rows
     targets = ref_model.DEFAULT_TARGETS
     for method in ("lora", "shira"):
@@ -121,11 +127,11 @@ def peft_rows(args, common):
         setup_ms = (time.perf_counter() - t_setup) * 1000
         params = [p for p in pm.parameters() if p.requires_grad]
         trainable = sum(p.numel() for p in params)
-        step, step_min, peak, base = time_training(ref, params, args.device, args.batch, args.warmup, args.reps)
+        step, step_min, peak, base = time_training(ref, params, args.device, args.batch, args.warmup, args.reps, precision)
         with tempfile.TemporaryDirectory() as d:
             pm.save_pretrained(d)
             nbytes = os.path.getsize(os.path.join(d, "adapter_model.safetensors"))
-        rows.append(dict(common, impl="peft", peft=peft.__version__, method=method, trainable=trainable, step_ms=step,
+        rows.append(dict(common, impl="peft", peft=peft.__version__, method=method, precision=precision, trainable=trainable, step_ms=step,
                          step_ms_min=step_min, peak_mem_bytes=peak, base_mem_bytes=base, setup_ms=setup_ms,
                          adapter_bytes=nbytes, bytes_per_value=nbytes / trainable, **extra))
         print(json.dumps(rows[-1]), flush=True)
@@ -135,13 +141,13 @@ def peft_rows(args, common):
     return rows
 
 
-def pytorch_full_row(args, common):
+def pytorch_full_row(args, common, precision):
     ref = ref_model.load_model(args.model, device=args.device)
     params = list(ref.parameters())
     for p in params:
         p.requires_grad_(True)
-    step, step_min, peak, base = time_training(ref, params, args.device, args.batch, args.warmup, args.reps)
-    row = dict(common, impl="pytorch", method="full", trainable=sum(p.numel() for p in params), step_ms=step,
+    step, step_min, peak, base = time_training(ref, params, args.device, args.batch, args.warmup, args.reps, precision)
+    row = dict(common, impl="pytorch", method="full", precision=precision, trainable=sum(p.numel() for p in params), step_ms=step,
                step_ms_min=step_min, peak_mem_bytes=peak, base_mem_bytes=base)
     print(json.dumps(row), flush=True)
     del ref
@@ -150,7 +156,7 @@ def pytorch_full_row(args, common):
     return row
 
 
-def our_rows(args, common, config):
+def our_rows(args, common, config, precisions):
     rows = []
     with Worker(args.worker, device=args.device) as w:
         def on_event(e):
@@ -160,8 +166,9 @@ def our_rows(args, common, config):
                 rows.append(dict(common, impl="ours", **{k: v for k, v in r.items() if k not in ("device", "model")}))
                 print(json.dumps(rows[-1]), flush=True)
         # quick=False adds the sparse and auto gradient paths for Struct and Rand (auto = what `train` uses)
-        w.call("bench", on_event=on_event, kind="train", models="builtin", config=config, batch=args.batch,
-               warmup=args.warmup, reps=args.reps, density=args.density, quick=bool(args.quick))
+        for precision in precisions:
+            w.call("bench", on_event=on_event, kind="train", models="builtin", config=config, batch=args.batch,
+                   warmup=args.warmup, reps=args.reps, density=args.density, quick=bool(args.quick), precision=precision)
         # Adapter bytes: what a real (1-step) training run writes, per method, on the shipped weights.
         w.call("load_model", path=args.model)
         with tempfile.TemporaryDirectory() as d:
@@ -192,17 +199,26 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--density", type=float, default=0.02)
+    ap.add_argument("--precision", default=None, help="comma list of fp32, bf16 (default: fp32,bf16 on CUDA, fp32 on CPU)")
     ap.add_argument("--quick", action="store_true", help="dense gradient path only (no sparse/auto cases) in ours")
     args = ap.parse_args()
+    cuda = args.device.startswith("cuda")
+    precisions = (args.precision or ("fp32,bf16" if cuda else "fp32")).split(",")
+    for p in precisions:
+        if p not in ("fp32", "bf16"):
+            ap.error(f"--precision: '{p}' is not one of fp32, bf16")
+        if p == "bf16" and not cuda:
+            ap.error("--precision bf16 needs --device cuda (autocast is CUDA-only in the worker)")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     os.makedirs(args.out, exist_ok=True)
     _, meta = safetensors_io.load(args.model)
     config = json.loads(meta["config"])
     common = {"device": args.device, "model": config.get("name", "builtin"), "batch": args.batch, "warmup": args.warmup,
               "reps": args.reps, "density": args.density, "torch": torch.__version__}
-    rows = our_rows(args, common, config)
-    rows += peft_rows(args, common)
-    rows.append(pytorch_full_row(args, common))
+    rows = our_rows(args, common, config, precisions)
+    for precision in precisions:
+        rows += peft_rows(args, common, precision)
+        rows.append(pytorch_full_row(args, common, precision))
     with open(os.path.join(args.out, "train.jsonl"), "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")

@@ -5,21 +5,25 @@
 #
 #   scripts/gpu/run.sh                     # CUDA: builds native/build-cuda, runs everything
 #   scripts/gpu/run.sh --device cpu --quick   # the same pipeline on CPU with tiny settings (uses native/build)
+#   scripts/gpu/run.sh --device cpu --quick --build   # … and builds native/build-cuda the CUDA machine's way first
 #
 # Output (JSON lines + logs + summary.md) goes to $OUT when set, else tests/artifacts/gpu-<UTC date>.
 # Env: PYTHON (default python3), SHIRA_WORKER (skip the build, use this binary), JOBS (build jobs, default nproc).
 # Needs: PyTorch (2.x with CUDA for --device cuda), PEFT >= 0.17 for the PEFT rows/checks (skipped without it),
-# cmake, a C++17 compiler, nlohmann-json headers, and the CUDA toolkit headers that Torch's CMake config asks for.
+# a C++17 compiler (C++20 for PyTorch >= 2.13), nlohmann-json headers (there: carried in native/third_party, see
+# scripts/gpu/prepare.sh), and CMake with the CUDA toolkit for Torch's CMake config, else a direct g++ build.
 set -u
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
 DEVICE=cuda
 QUICK=0
+BUILD_HERE=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE="$2"; shift 2 ;;
     --quick) QUICK=1; shift ;;
-    *) echo "usage: $0 [--device cuda|cpu] [--quick]"; exit 2 ;;
+    --build) BUILD_HERE=1; shift ;;
+    *) echo "usage: $0 [--device cuda|cpu] [--quick] [--build]"; exit 2 ;;
   esac
 done
 PY="${PYTHON:-python3}"
@@ -27,6 +31,14 @@ export PYTHONDONTWRITEBYTECODE=1
 OUT="${OUT:-$ROOT/tests/artifacts/gpu-$(date -u +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT"
 T0=$(date +%s)
+# The device tool brings back at most 8 files from $OUT: results stay loose (summary.md/json, parity.json,
+# train.jsonl, switch.jsonl, env.json), the logs and build logs go into one logs.tgz, also when a stage fails.
+bundle_logs() {
+  cp "$ROOT"/native/build-cuda/build-*.log "$OUT/" 2>/dev/null
+  (cd "$OUT" && ls *.log worker-info.json >/dev/null 2>&1 &&
+    tar czf logs.tgz $(ls *.log worker-info.json 2>/dev/null) && rm -f *.log worker-info.json)
+}
+trap bundle_logs EXIT
 stage() { echo; echo "== $1 ($(( $(date +%s) - T0 )) s)"; }
 STATUS=0
 
@@ -63,20 +75,20 @@ EOF
 stage "build"
 if [ -n "${SHIRA_WORKER:-}" ]; then
   WORKER="$SHIRA_WORKER"
-elif [ "$DEVICE" = cpu ]; then
+elif [ "$DEVICE" = cpu ] && [ $BUILD_HERE -eq 0 ]; then
   WORKER="$ROOT/native/build/shira-worker"
 else
-  BUILD="$ROOT/native/build-cuda"
-  PREFIX="$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+  # CMake with Torch's config, else a direct g++ build from PyTorch's own paths (scripts/gpu/build.sh says which).
   command -v nvcc >/dev/null || echo "note: no nvcc on PATH; Torch's CMake config may need the CUDA toolkit (CUDAToolkit_ROOT)"
-  { timeout 300 cmake -S native -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PREFIX" &&
-    timeout 300 cmake --build "$BUILD" -j "${JOBS:-$(nproc)}" --target shira-worker; } > "$OUT/build.log" 2>&1
-  rc=$?
-  tail -5 "$OUT/build.log"
-  [ $rc -eq 0 ] || { echo "build failed (rc $rc): see $OUT/build.log"; exit 1; }
-  WORKER="$BUILD/shira-worker"
+  scripts/gpu/build.sh "$ROOT/native/build-cuda" 2>&1 | tee "$OUT/build.log"
+  WORKER="$ROOT/native/build-cuda/shira-worker"
+  [ -x "$WORKER" ] || exit 1
 fi
 "$WORKER" --device "$DEVICE" info | tee "$OUT/worker-info.json"
+if [ "$DEVICE" != cpu ] && ! grep -q '"cuda_available":true' "$OUT/worker-info.json"; then
+  echo "the worker sees no CUDA device (libtorch_cuda not linked, or no GPU): stopping before the checks"
+  exit 1
+fi
 "$PY" - "$OUT/env.json" "$OUT/worker-info.json" <<'EOF'
 import json, sys
 env, info = json.load(open(sys.argv[1])), json.loads(open(sys.argv[2]).read().splitlines()[-1])

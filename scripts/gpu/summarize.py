@@ -59,22 +59,28 @@ def main(out):
                   f"{'ok' if c['ok'] else 'FAIL ' + c.get('error', '')} |")
     md.append("")
 
-    # Training
+    # Training, one table per precision (rows written before precision existed count as fp32)
     steps = [r for r in train if r.get("step_ms") is not None or r.get("skipped")]
-    md += ["### Training step (same model, batch, data, AdamW, fp32)", "",
-           "| impl | method | mask | grad path | trainable | step ms (median) | min | peak MiB | peak − base MiB | adapter bytes | B/value |",
-           "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in steps:
-        if r.get("skipped"):
-            md.append(f"| {r['impl']} | {r['method']} | | | | skipped: {r['skipped']} | | | | | |")
-            continue
-        path = r.get("grad_path", "")
-        if path == "auto" and "auto_sparse_layers" in r:
-            path = f"auto ({r['auto_sparse_layers']}/{r.get('layers', '?')} sparse)"
-        over = None if r.get("base_mem_bytes", -1) < 0 else r["peak_mem_bytes"] - r["base_mem_bytes"]
-        md.append(f"| {r['impl']} | {r['method']} | {r.get('mask') or ''} | {path} | {r.get('trainable', '')} | "
-                  f"{fmt(r.get('step_ms'), '.2f')} | {fmt(r.get('step_ms_min'), '.2f')} | {fmt(mib(r.get('peak_mem_bytes')))} | "
-                  f"{fmt(mib(over))} | {r.get('adapter_bytes', '')} | {fmt(r.get('bytes_per_value'), '.2f')} |")
+        r.setdefault("precision", "fp32")
+    precisions = [p for p in ("fp32", "bf16") if any(r["precision"] == p for r in steps)]
+    for prec in precisions:
+        label = "fp32" if prec == "fp32" else "bf16 autocast, fp32 weights and optimiser state"
+        md += [f"### Training step (same model, batch, data, AdamW; {label})", "",
+               "| impl | method | mask | grad path | trainable | step ms (median) | min | peak MiB | peak − base MiB | adapter bytes | B/value |",
+               "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in (r for r in steps if r["precision"] == prec):
+            if r.get("skipped"):
+                md.append(f"| {r['impl']} | {r['method']} | | | | skipped: {r['skipped']} | | | | | |")
+                continue
+            path = r.get("grad_path", "")
+            if path == "auto" and "auto_sparse_layers" in r:
+                path = f"auto ({r['auto_sparse_layers']}/{r.get('layers', '?')} sparse)"
+            over = None if r.get("base_mem_bytes", -1) < 0 else r["peak_mem_bytes"] - r["base_mem_bytes"]
+            md.append(f"| {r['impl']} | {r['method']} | {r.get('mask') or ''} | {path} | {r.get('trainable', '')} | "
+                      f"{fmt(r.get('step_ms'), '.2f')} | {fmt(r.get('step_ms_min'), '.2f')} | {fmt(mib(r.get('peak_mem_bytes')))} | "
+                      f"{fmt(mib(over))} | {r.get('adapter_bytes', '')} | {fmt(r.get('bytes_per_value'), '.2f')} |")
+        md.append("")
     files = [r for r in train if r.get("name") == "adapter_file"]
     if files:
         md += ["", "Adapter files of a real 1-step training run on the shipped model (ours, format v2, f16 values; "
@@ -102,9 +108,9 @@ def main(out):
         md.append("")
 
     # Targets (issue 8), all from this run
-    def pick(impl, method, mask=None, path=None):
+    def pick(impl, method, precision, mask=None, path=None):
         for r in steps:
-            if r.get("skipped") or r.get("impl") != impl or r.get("method") != method:
+            if r.get("skipped") or r.get("impl") != impl or r.get("method") != method or r["precision"] != precision:
                 continue
             if mask and r.get("mask") != mask:
                 continue
@@ -113,18 +119,21 @@ def main(out):
             return r
         return None
 
-    ours_shira = pick("ours", "shira", "rand", "auto") or pick("ours", "shira", "rand")
-    peft_shira, peft_lora = pick("peft", "shira"), pick("peft", "lora")
     targets = []
 
     def target(name, value, limit, detail):
         ok = None if value is None else value <= limit
         targets.append({"target": name, "value": value, "limit": limit, "ok": ok, "detail": detail})
 
-    target("our SHiRA step / PEFT SHiRA step", ours_shira and peft_shira and ours_shira["step_ms"] / peft_shira["step_ms"], 0.6,
-           "ours: Rand mask, grad_path auto (what `train` uses); PEFT: random mask")
-    target("our SHiRA peak memory / PEFT LoRA peak", ours_shira and peft_lora and ours_shira["peak_mem_bytes"] / peft_lora["peak_mem_bytes"],
-           0.85, "CUDA allocator peak, each process's own (both hold the same fp32 model)")
+    for prec in precisions or ["fp32"]:
+        ours_shira = pick("ours", "shira", prec, "rand", "auto") or pick("ours", "shira", prec, "rand")
+        peft_shira, peft_lora = pick("peft", "shira", prec), pick("peft", "lora", prec)
+        target(f"our SHiRA step / PEFT SHiRA step ({prec})",
+               ours_shira and peft_shira and ours_shira["step_ms"] / peft_shira["step_ms"], 0.6,
+               "ours: Rand mask, grad_path auto (what `train` uses); PEFT: random mask")
+        target(f"our SHiRA peak memory / PEFT LoRA peak ({prec})",
+               ours_shira and peft_lora and ours_shira["peak_mem_bytes"] / peft_lora["peak_mem_bytes"], 0.85,
+               "CUDA allocator peak, each process's own (both hold the same fp32 model)")
     f16 = [r for r in bpv if r.get("values_dtype") == "f16" and r.get("model") == "sd15"]
     target("bytes per trained value (max over masks, f16, SD-1.5 scale)", max((r["bytes_per_value"] for r in f16), default=None), 3.0,
            "file bytes / trained values, header included")

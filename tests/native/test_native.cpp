@@ -604,6 +604,13 @@ void test_train() {
     EXPECT(throws_type(ERROR_TYPE_BAD_INPUT, [&] {
         worker_run_op(st, "train", {{"data", data}, {"out", kTmp + "-b.safetensors"}, {"steps", 1}, {"category_balance", 0.5}}, emit);
     }));
+    // Precision names are checked before anything runs; bf16 autocast exists only on CUDA, so the bench refuses it here.
+    EXPECT(throws_type(ERROR_TYPE_BAD_INPUT, [&] {
+        worker_run_op(st, "train", {{"data", data}, {"out", kTmp + "-b.safetensors"}, {"steps", 1}, {"precision", "fp16"}}, emit);
+    }));
+    EXPECT(!std::filesystem::exists(kTmp + "-b.safetensors"));
+    EXPECT(throws_type(ERROR_TYPE_BAD_INPUT, [&] { worker_run_op(st, "bench", {{"kind", "train"}, {"precision", "bf16"}}, emit); }));
+    EXPECT(throws_type(ERROR_TYPE_BAD_INPUT, [&] { worker_run_op(st, "bench", {{"kind", "train"}, {"precision", "fp16"}}, emit); }));
     {
         SafeTensors d = safetensors_load(data);
         std::vector<std::string> cats;
