@@ -46,10 +46,12 @@ if (existsSync(report)) {
 }
 
 // Shell runners that end with "<label>: N passed, N failed": the native tests (they build the worker),
-// then the PyTorch reference checks that use it (skipped, not failed, where python3-torch is missing).
+// then the PyTorch reference checks that use it (skipped, not failed, where python3-torch is missing), then the
+// CUDA machine's pipeline rehearsed on CPU (its direct build, run, outputs and refusals).
 for (const [label, runner] of [
   ['native', join(ROOT, 'tests', 'native', 'run.sh')],
   ['reference', join(ROOT, 'tests', 'reference', 'run.sh')],
+  ['gpu-pipeline', join(ROOT, 'tests', 'reference', 'gpu_pipeline.sh')],
 ]) {
   if (!existsSync(runner)) continue;
   console.log(`\n=== ${label} tests`);

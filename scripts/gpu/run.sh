@@ -8,7 +8,8 @@
 #   scripts/gpu/run.sh --device cpu --quick --build   # … and builds native/build-cuda the CUDA machine's way first
 #
 # Output (JSON lines + logs + summary.md) goes to $OUT when set, else tests/artifacts/gpu-<UTC date>.
-# Env: PYTHON (default python3), SHIRA_WORKER (skip the build, use this binary), JOBS (build jobs, default nproc).
+# Env: PYTHON (default python3), SHIRA_WORKER (skip the build, use this binary), JOBS (build jobs, default nproc),
+# SHIRA_BUILD_MODE (auto|cmake|direct, scripts/gpu/build.sh's --mode).
 # Needs: PyTorch (2.x with CUDA for --device cuda), PEFT >= 0.17 for the PEFT rows/checks (skipped without it),
 # a C++17 compiler (C++20 for PyTorch >= 2.13), nlohmann-json headers (there: carried in native/third_party, see
 # scripts/gpu/prepare.sh), and CMake with the CUDA toolkit for Torch's CMake config, else a direct g++ build.
@@ -80,7 +81,7 @@ elif [ "$DEVICE" = cpu ] && [ $BUILD_HERE -eq 0 ]; then
 else
   # CMake with Torch's config, else a direct g++ build from PyTorch's own paths (scripts/gpu/build.sh says which).
   command -v nvcc >/dev/null || echo "note: no nvcc on PATH; Torch's CMake config may need the CUDA toolkit (CUDAToolkit_ROOT)"
-  scripts/gpu/build.sh "$ROOT/native/build-cuda" 2>&1 | tee "$OUT/build.log"
+  scripts/gpu/build.sh "$ROOT/native/build-cuda" --mode "${SHIRA_BUILD_MODE:-auto}" 2>&1 | tee "$OUT/build.log"
   WORKER="$ROOT/native/build-cuda/shira-worker"
   [ -x "$WORKER" ] || exit 1
 fi
