@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -436,10 +437,32 @@ int64_t checkpoint_load(const std::string& path, const std::vector<std::pair<std
 }  // namespace
 
 // kohya's caption_tag_dropout_rate: each comma-separated tag of a caption is dropped with probability
-// `rate` (u[k] < rate drops tag k), but one tag always stays (the one with the largest u), so the model
-// also learns what each tag means on its own — a short prompt ("animals") then carries the concept that
-// only ever appeared inside long captions. Tags past u's length are always kept.
-std::string caption_drop_tags(const std::string& caption, const float* u, int64_t n_u, double rate) {
+// `rate` (u[k] < rate drops tag k), so the model also learns what each tag means on its own — a short prompt
+// ("animals") then carries the concept that only ever appeared inside long captions. A tag holding one of
+// `keep_words` (a trigger word; whole words, case-insensitive: kohya's keep_tokens by name instead of
+// position) never drops, so the trigger alone learns to carry the style. Without such a tag one tag always
+// stays (the one with the largest u). Tags past u's length are always kept.
+std::string caption_drop_tags(const std::string& caption, const float* u, int64_t n_u, double rate,
+                              const std::vector<std::string>& keep_words) {
+    auto lower = [](std::string w) {
+        for (char& ch : w) ch = (char)std::tolower((unsigned char)ch);
+        return w;
+    };
+    std::set<std::string> keep;
+    for (const auto& w : keep_words) keep.insert(lower(w));
+    auto holds_keep_word = [&](const std::string& tag) {
+        std::string word;
+        for (size_t i = 0; i <= tag.size(); ++i) {
+            const unsigned char ch = i < tag.size() ? (unsigned char)tag[i] : ' ';
+            if (std::isalnum(ch) || ch == '_' || ch == '-' || ch >= 0x80) {
+                word += (char)std::tolower(ch);
+            } else if (!word.empty()) {
+                if (keep.count(word)) return true;
+                word.clear();
+            }
+        }
+        return false;
+    };
     std::vector<std::string> tags;
     for (size_t start = 0;;) {
         const size_t comma = caption.find(',', start);
@@ -450,13 +473,16 @@ std::string caption_drop_tags(const std::string& caption, const float* u, int64_
         start = comma + 1;
     }
     if (tags.size() < 2) return caption;
+    std::vector<bool> kept(tags.size(), false);
+    bool              any_kept = false;
+    for (size_t k = 0; k < tags.size(); ++k) any_kept |= kept[k] = !keep.empty() && holds_keep_word(tags[k]);
     int64_t best = 0;
     for (int64_t k = 1; k < std::min<int64_t>(n_u, (int64_t)tags.size()); ++k) {
         if (u[k] > u[best]) best = k;
     }
     std::string out;
     for (int64_t k = 0; k < (int64_t)tags.size(); ++k) {
-        if (k < n_u && k != best && u[k] < rate) continue;
+        if (k < n_u && !kept[k] && (any_kept || k != best) && u[k] < rate) continue;
         out += (out.empty() ? "" : ", ") + tags[k];
     }
     return out;
@@ -488,6 +514,7 @@ Json op_train(WorkerState& st, const Json& args, const EmitFn& emit) {
     const uint64_t    seed       = (uint64_t)get_int(args, "seed", 0, 0, INT64_MAX);
     const double      dropout    = get_num(args, "caption_dropout", 0.1, 0, 1);
     const double      tag_dropout = get_num(args, "caption_tag_dropout", 0.0, 0, 1);
+    const auto        keep_words = get_str_list(args, "caption_keep_words", {});  // tags holding these never drop
     const double      balance    = get_num(args, "category_balance", 0.0, 0, 1);
     const int64_t     every      = get_int(args, "progress_every", 10, 1, 10000000);
     const double      density    = get_num(args, "density", 0.02, 1e-9, 1);
@@ -545,7 +572,7 @@ Json op_train(WorkerState& st, const Json& args, const EmitFn& emit) {
             if (drop[i].item<double>() < dropout) {
                 caps.push_back("");
             } else if (tag_dropout > 0) {
-                caps.push_back(caption_drop_tags(caption, tag_u.data_ptr<float>() + i * kMaxTags, kMaxTags, tag_dropout));
+                caps.push_back(caption_drop_tags(caption, tag_u.data_ptr<float>() + i * kMaxTags, kMaxTags, tag_dropout, keep_words));
             } else {
                 caps.push_back(caption);
             }
@@ -600,6 +627,7 @@ Json op_train(WorkerState& st, const Json& args, const EmitFn& emit) {
     Json method_json = {{"method", method}, {"seed", seed}, {"steps", steps}, {"lr", lr}, {"batch", batch}, {"grad_accum", accum},
                         {"schedule", schedule}, {"caption_dropout", dropout}, {"flip", flip}, {"targets", targets}};
     if (tag_dropout > 0) method_json["caption_tag_dropout"] = tag_dropout;
+    if (tag_dropout > 0 && !keep_words.empty()) method_json["caption_keep_words"] = keep_words;
     if (balance > 0) method_json["category_balance"] = balance;
     CheckpointInfo ck_info;
     ck_info.method = method;

@@ -235,6 +235,14 @@ export interface TrainingRequest {
   valuesDtype?: 'f16' | 'f32';
   samplePrompts?: string[];
   sampleEvery?: number;
+  /**
+   * Caption tag dropout (kohya's caption_tag_dropout_rate), 0–0.9, default 0: each comma-separated tag of a caption
+   * is left out with this chance per step; the tag holding the dataset's trigger word never is, so the trigger alone
+   * learns to carry the style.
+   */
+  tagDropout?: number;
+  /** Also train on left–right mirrored images (half the draws); default off (text, logos, asymmetric subjects). */
+  flip?: boolean;
 }
 
 export interface TrainingJob {
@@ -433,6 +441,8 @@ export const api = {
       valuesDtype: v.optional(v.enum(['f16', 'f32'] as const)),
       samplePrompts: v.optional(v.array(v.string({ min: 1, max: 300 }), { max: 8 })),
       sampleEvery: v.optional(v.int({ min: 1, max: 100_000 })),
+      tagDropout: v.optional(v.number({ min: 0, max: 0.9 })),
+      flip: v.optional(v.boolean()),
     }) as Schema<TrainingRequest>,
   ),
   'training.list': method<Schema<{ status?: JobStatus }>, TrainingJob[]>(

@@ -598,6 +598,13 @@ void test_train() {
     EXPECT(caption_drop_tags("red bird, birds, animals", drop_all, 2, 0.5) == "birds, animals");  // past u: kept
     EXPECT(caption_drop_tags("red bird, birds, animals", drop_all, 3, 0.0) == "red bird, birds, animals");
     EXPECT(caption_drop_tags("one tag only", drop_all, 3, 1.0) == "one tag only");
+    // A tag holding a keep word (the trigger) always stays, wherever it sits and in any case; it then replaces the
+    // "largest u stays" rule, so the trigger alone is what the model sees when every other tag drops.
+    EXPECT(caption_drop_tags("inkfx, red bird, birds", drop_all, 3, 0.5, {"inkfx"}) == "inkfx");
+    EXPECT(caption_drop_tags("red bird, InkFX style, birds", drop_all, 3, 0.5, {"inkfx"}) == "InkFX style");
+    EXPECT(caption_drop_tags("inkfxes, red bird, birds", drop_all, 3, 0.5, {"inkfx"}) == "red bird");  // whole words only
+    const float keep_second[] = {0.1f, 0.9f, 0.2f};
+    EXPECT(caption_drop_tags("inkfx, red bird, birds", keep_second, 3, 0.5, {"inkfx"}) == "inkfx, red bird");
     torch::Tensor w = category_weights({"a", "a", "a", "b"}, 1.0);
     EXPECT(std::abs(w.slice(0, 0, 3).sum().item<double>() - w[3].item<double>()) < 1e-12);  // categories drawn equally
     EXPECT(category_weights({"a", "a", "b"}, 0.0).eq(1.0).all().item<bool>());
@@ -618,8 +625,12 @@ void test_train() {
         d.metadata["categories"] = Json(cats).dump();
         safetensors_save(kTmp + "-cat-data.safetensors", d.tensors, d.metadata);
         Json res = worker_run_op(st, "train", {{"data", kTmp + "-cat-data.safetensors"}, {"out", kTmp + "-b.safetensors"}, {"steps", 2},
-                                               {"category_balance", 0.5}, {"caption_tag_dropout", 0.5}}, emit);
+                                               {"category_balance", 0.5}, {"caption_tag_dropout", 0.5},
+                                               {"caption_keep_words", {"red"}}}, emit);
         EXPECT(std::isfinite(res["final_loss"].get<double>()));
+        EXPECT(throws_type(ERROR_TYPE_BAD_INPUT, [&] {
+            worker_run_op(st, "train", {{"data", data}, {"out", kTmp + "-b2.safetensors"}, {"steps", 1}, {"caption_keep_words", "red"}}, emit);
+        }));
     }
     Json lr = worker_run_op(st, "train", {{"data", data}, {"out", kTmp + "-lora.safetensors"}, {"method", "lora"}, {"match_density", 0.05}, {"steps", 3}}, emit);
     EXPECT(lr["trainable"].get<int64_t>() > 0);

@@ -75,9 +75,23 @@ describe.runIf(runnable)('training jobs and mixing (real worker)', () => {
     const { core, call, cleanup, dataDir } = makeCore({ resourcesDir: RESOURCES, worker });
     cleanups.push(cleanup);
     const datasetId = await dataset(call);
+    // Out-of-range augmentation is refused by name before anything is queued.
+    await expect(call('training.start', { datasetId, method: 'shira', tagDropout: 0.95 })).rejects.toMatchObject({ type: 'bad_input', details: { path: 'tagDropout' } });
+    expect(await call('training.list', {})).toEqual([]);
     const progress: number[] = [];
     core.events.subscribe((e) => e.type === 'training.progress' && progress.push(e.step));
-    const shiraJob = await call('training.start', { datasetId, method: 'shira', mask: 'rand', steps: 6, batch: 2, checkpointEvery: 2, samplePrompts: ['neonfx, bird', 'neonfx, car'], sampleEvery: 3 });
+    const shiraJob = await call('training.start', {
+      datasetId,
+      method: 'shira',
+      mask: 'rand',
+      steps: 6,
+      batch: 2,
+      checkpointEvery: 2,
+      samplePrompts: ['neonfx, bird', 'neonfx, car'],
+      sampleEvery: 3,
+      tagDropout: 0.3,
+      flip: true,
+    });
     const loraJob = await call('training.start', { datasetId, method: 'lora', matchDensity: 0.02, steps: 6, batch: 2, checkpointEvery: 2 });
     expect(shiraJob).toMatchObject({ status: expect.stringMatching(/queued|running/), steps: 6, kind: 'shira' });
     // One job at a time: the LoRA waits while SHiRA trains.
@@ -95,7 +109,15 @@ describe.runIf(runnable)('training jobs and mixing (real worker)', () => {
 
     const shira = await call('adapters.get', { id: doneShira.adapterId! });
     const lora = await call('adapters.get', { id: doneLora.adapterId! });
-    expect(shira).toMatchObject({ kind: 'shira', name: 'neon · SHiRA rand', triggerWords: ['neonfx'], method: { mask: 'rand' } });
+    // The augmentation reached the engine: the adapter's recorded recipe keeps the trigger's tag from dropping.
+    expect(shira).toMatchObject({
+      kind: 'shira',
+      name: 'neon · SHiRA rand',
+      triggerWords: ['neonfx'],
+      method: { mask: 'rand', caption_tag_dropout: 0.3, caption_keep_words: ['neonfx'], flip: true },
+    });
+    expect(lora.method).not.toHaveProperty('caption_tag_dropout');
+    expect(lora.method).toMatchObject({ flip: false });
     // Rand indices are regenerated from the seed: only fp16 values are stored.
     expect(shira.tensors.every((t) => t.encoding === 'f16+rand')).toBe(true);
     expect(shira.bytesPerValue).toBe(2);

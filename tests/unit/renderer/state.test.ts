@@ -196,6 +196,21 @@ describe('TrainingState', () => {
     training.method = 'lora';
     training.samplePrompts = '';
     expect(training.requests()).toEqual([{ datasetId: 3, steps: 8, batch: 2, lr: 0.001, seed: 0, method: 'lora', rank: 4, name: 'Neon' }]);
+    // Augmentation goes to both halves of a pair, and only when asked for.
+    training.method = 'both';
+    training.tagDropout = 0.25;
+    training.flip = true;
+    for (const r of training.requests()) expect(r).toMatchObject({ tagDropout: 0.25, flip: true });
+  });
+
+  it('keeps tag dropout within 0–90 % before asking the core', async () => {
+    const api = fakeApi({ 'training.start': () => [] });
+    const training = new m.TrainingState(api, new m.Toasts());
+    training.datasetId = 1;
+    training.tagDropout = 0.95;
+    expect(await training.start()).toEqual([]);
+    expect(training.fieldErrors.tagDropout).toMatch(/0 % to 90 %/);
+    expect(api.calls).toHaveLength(0);
   });
 
   it('checks the form before asking the core, and puts the core’s field errors beside the field', async () => {

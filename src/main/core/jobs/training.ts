@@ -202,6 +202,7 @@ export class TrainingQueue {
       this.db.prepare('UPDATE training_runs SET device = ? WHERE id = ?').run(typeof info.device === 'string' ? info.device : null, id);
       await w.request('load_model', { path: base.weights_path, identity: base.weights_hash ?? '' });
       const resume = existsSync(checkpoint);
+      const trigger = (this.db.prepare('SELECT trigger_word FROM datasets WHERE id = ?').get(row.dataset_id) as { trigger_word: string | null } | undefined)?.trigger_word;
       const args: Record<string, unknown> = {
         method: config.method,
         data,
@@ -217,6 +218,9 @@ export class TrainingQueue {
         ...(config.method === 'shira' ? { mask: config.mask, density: config.density } : {}),
         ...(config.method === 'lora' ? (config.rank ? { rank: config.rank, alpha: config.rank } : { match_density: config.matchDensity }) : {}),
         ...(config.samplePrompts?.length ? { sample_prompts: config.samplePrompts, sample_every: config.sampleEvery, sample_dir: join(dir, 'samples') } : {}),
+        // The packed captions start with the trigger (withTrigger), and its tag never drops.
+        ...(config.tagDropout ? { caption_tag_dropout: config.tagDropout, ...(trigger ? { caption_keep_words: [trigger] } : {}) } : {}),
+        ...(config.flip ? { flip: true } : {}),
         ...(resume ? { resume: checkpoint } : {}),
       };
       if (resume) this.log.info(`training job ${id} resumes from ${checkpoint}`);
@@ -245,10 +249,9 @@ export class TrainingQueue {
       await Promise.all(pendingSamples);
       // Stored in one transaction with the run's completion (see the header comment).
       const content = readAdapterFile(out, `the adapter of job ${id}`);
-      const dataset = this.db.prepare('SELECT trigger_word FROM datasets WHERE id = ?').get(row.dataset_id) as { trigger_word: string | null } | undefined;
       this.library.insert(
         content,
-        { name: row.name ?? `job ${id}`, baseModelId: row.base_model_id!, datasetId: row.dataset_id, triggerWords: dataset?.trigger_word ? [dataset.trigger_word] : [] },
+        { name: row.name ?? `job ${id}`, baseModelId: row.base_model_id!, datasetId: row.dataset_id, triggerWords: trigger ? [trigger] : [] },
         (adapterId) => {
           this.db
             .prepare(`UPDATE training_runs SET status = 'completed', adapter_id = ?, step = steps, result_json = ?, error = NULL, finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?`)

@@ -9,7 +9,7 @@ import type { ApiClient } from '../transport';
 import type { Toasts } from './toasts.svelte';
 
 export type MethodChoice = 'shira' | 'lora' | 'both';
-export type TrainField = 'dataset' | 'steps' | 'lr' | 'batch' | 'seed' | 'density' | 'rank' | 'samplePrompts' | 'sampleEvery' | 'name';
+export type TrainField = 'dataset' | 'steps' | 'lr' | 'batch' | 'seed' | 'density' | 'rank' | 'samplePrompts' | 'sampleEvery' | 'name' | 'tagDropout';
 
 export interface LiveProgress {
   step: number;
@@ -33,7 +33,7 @@ function fieldFromPath(path: string | null): TrainField | null {
   if (path === 'datasetId') return 'dataset';
   if (path === 'matchDensity') return 'density';
   const head = path.split(/[.[]/)[0];
-  const fields: readonly TrainField[] = ['steps', 'lr', 'batch', 'seed', 'density', 'rank', 'samplePrompts', 'sampleEvery', 'name'];
+  const fields: readonly TrainField[] = ['steps', 'lr', 'batch', 'seed', 'density', 'rank', 'samplePrompts', 'sampleEvery', 'name', 'tagDropout'];
   return fields.find((f) => f === head) ?? null;
 }
 
@@ -54,6 +54,10 @@ export class TrainingState {
   seed = $state(0);
   samplePrompts = $state('');
   sampleEvery = $state(100);
+  /** Caption tag dropout, 0–0.9 (the trigger's tag always stays). */
+  tagDropout = $state(0);
+  /** Mirror images left–right on half the draws. */
+  flip = $state(false);
   starting = $state(false);
   fieldErrors = $state<Partial<Record<TrainField, string>>>({});
   formError = $state<string | null>(null);
@@ -192,6 +196,8 @@ export class TrainingState {
     const datasetId = this.datasetId;
     if (datasetId === null) return [];
     const common: Omit<TrainingRequest, 'method'> = { datasetId, steps: this.steps, lr: this.lr, batch: this.batch, seed: this.seed };
+    if (this.tagDropout > 0) common.tagDropout = this.tagDropout;
+    if (this.flip) common.flip = true;
     const prompts = this.samplePromptList;
     if (prompts.length > 0) {
       common.samplePrompts = prompts;
@@ -216,6 +222,7 @@ export class TrainingState {
     if (!Number.isInteger(this.seed) || this.seed < 0) errors.seed = 'Seed must be a whole number, 0 or more.';
     if (this.method !== 'lora' && !(this.density >= 0.0001 && this.density <= 0.5)) errors.density = 'Density must be between 0.01 % and 50 %.';
     if (this.method === 'lora' && (!Number.isInteger(this.rank) || this.rank < 1 || this.rank > 256)) errors.rank = 'Rank must be a whole number from 1 to 256.';
+    if (!(this.tagDropout >= 0 && this.tagDropout <= 0.9)) errors.tagDropout = 'Tag dropout must be from 0 % to 90 %.';
     if (this.samplePromptList.length > 8) errors.samplePrompts = 'Up to 8 sample prompts, one per line.';
     if (this.samplePromptList.length > 0 && (!Number.isInteger(this.sampleEvery) || this.sampleEvery < 1)) errors.sampleEvery = 'Preview every 1 or more steps.';
     this.fieldErrors = errors;
