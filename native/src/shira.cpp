@@ -1244,12 +1244,21 @@ void shira_union_sum(const std::vector<std::pair<const ShiraTensor*, double>>& p
     acc_out = acc;
 }
 
+// `t` itself when it already lives on `device`, else its cached copy there (made once).
+const torch::Tensor& on_device(const torch::Tensor& t, torch::Tensor& mirror, torch::Device device) {
+    if (t.device() == device) return t;
+    if (!mirror.defined() || mirror.device() != device) mirror = t.to(device);
+    return mirror;
+}
+
 // W0 (current weight) -> W0 + Σ LoRA terms, then the SHiRA scatter; records what restore needs.
 void blend_layer(torch::Tensor& W, const LayerParts& parts, LayerBlend& b) {
     if (!parts.lora.empty()) {
         if (!b.lora_backup.defined()) b.lora_backup = W.detach().clone();
         for (const auto& [t, alpha] : parts.lora) {
-            torch::Tensor BA = t->B.reshape({t->B.size(0), -1}).to(W.device()).mm(t->A.reshape({t->A.size(0), -1}).to(W.device()));
+            const torch::Tensor& A = on_device(t->A, t->A_on_device, W.device());
+            const torch::Tensor& B = on_device(t->B, t->B_on_device, W.device());
+            torch::Tensor BA = B.reshape({B.size(0), -1}).mm(A.reshape({A.size(0), -1}));
             W.add_(BA.view(W.sizes()).to(W.scalar_type()), alpha * t->alpha / (double)t->rank());
         }
     }
@@ -1274,8 +1283,9 @@ void blend_layer(torch::Tensor& W, const LayerParts& parts, LayerBlend& b) {
         }
         if (parts.shira.size() == 1) {
             // The common switch A -> B: one adapter's indices are already sorted and unique.
-            uni = parts.shira[0].first->idx.to(W.device());
-            add = parts.shira[0].first->values.to(W.device()) * parts.shira[0].second;
+            const ShiraTensor& t = *parts.shira[0].first;
+            uni = on_device(t.idx, t.idx_on_device, W.device());
+            add = on_device(t.values, t.values_on_device, W.device()) * parts.shira[0].second;
         } else {
             shira_union_sum(parts.shira, uni, add);
             uni = uni.to(W.device());
