@@ -182,6 +182,14 @@ CudaAutocast::CudaAutocast(bool on) : on_(on) {
     if (on_) set_cuda_autocast(true);
 }
 
+bool CudaAutocast::active() {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    return at::autocast::is_autocast_enabled(at::kCUDA);
+#else
+    return at::autocast::is_enabled();
+#endif
+}
+
 CudaAutocast::~CudaAutocast() {
     if (!on_) return;
     set_cuda_autocast(false);

@@ -42,6 +42,8 @@ class CudaAutocast {
 public:
     explicit CudaAutocast(bool on);
     ~CudaAutocast();
+    // Whether CUDA autocast is on in this thread (a scope above, or anything else that enabled it).
+    static bool active();
     CudaAutocast(const CudaAutocast&)            = delete;
     CudaAutocast& operator=(const CudaAutocast&) = delete;
 

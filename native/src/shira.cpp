@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common.h"
+#include "diffusion.h"
 #include "safetensors.h"
 
 using json = nlohmann::json;
@@ -97,7 +98,11 @@ struct ShiraFunction : torch::autograd::Function<ShiraFunction> {
     static torch::Tensor forward(AutogradContext* ctx, torch::Tensor x, torch::Tensor values, int64_t layer_ptr) {
         auto* layer = reinterpret_cast<LayerImpl*>(layer_ptr);
         ctx->saved_data["layer"] = layer_ptr;
-        ctx->save_for_backward({x});
+        // Under CUDA bf16 autocast the backward multiplies in bf16 anyway (x.to(g.dtype) below), so an fp32 input
+        // (after a norm, which autocast keeps in fp32) is saved already cast: half its activation memory, the same
+        // gradients. Elsewhere x is saved as it came.
+        const bool cast = x.is_cuda() && x.scalar_type() == torch::kFloat32 && CudaAutocast::active();
+        ctx->save_for_backward({cast ? x.to(torch::kBFloat16) : x});
         return layer->base_forward(x);  // weight already holds W0 + S (fused invariant)
     }
 
@@ -153,6 +158,9 @@ torch::Tensor shira_matrix_grad(const torch::Tensor& g, const torch::Tensor& x, 
     // First backward of this layer: one warm-up and one timed run of each path, keep the faster.
     sparse_path(g, x, slot);
     dense_path(g, x, slot);
+    // On CUDA the clock must start with the stream drained: otherwise the first timed path also pays for the
+    // warm-ups and the rest of the backward still queued, and sparse would lose every time.
+    if (g.is_cuda()) g.reshape(-1).slice(0, 0, 1).cpu();
     double        t0 = now_ms();
     torch::Tensor a  = sparse_path(g, x, slot);
     if (a.is_cuda()) a.cpu();  // forces completion before reading the clock
