@@ -13,9 +13,9 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #ifdef SHIRA_HAS_CUDA
-#include <c10/cuda/CUDACachingAllocator.h>
-#include <torch/cuda.h>
+#include <c10/cuda/CUDACachingAllocator.h>  // needs the CUDA toolkit's headers
 #endif
+#include <torch/cuda.h>  // in every libtorch: synchronize() reaches CUDA through ATen's hooks
 #include <torch/version.h>
 
 #include "common.h"
@@ -63,9 +63,7 @@ ModelConfig bench_model_config(const std::string& name, int64_t size) {
 }
 
 void device_sync(torch::Device device) {
-#ifdef SHIRA_HAS_CUDA
     if (device.is_cuda()) torch::cuda::synchronize();
-#endif
 }
 
 #ifdef SHIRA_HAS_CUDA

@@ -41,11 +41,12 @@ def inc(cuda):
         return ce.include_paths(cuda=cuda)
 
 cuda = torch.version.cuda is not None
-note = ""
+headers, note = cuda, ""
 try:
     includes = inc(cuda)
-except Exception as e:  # no CUDA_HOME: build the CPU-only statistics
-    includes, note, cuda = inc(False), f"no CUDA headers ({type(e).__name__}: {e})", False
+except Exception as e:  # no CUDA_HOME: still a CUDA worker, but without the allocator's peak statistics
+    includes, headers = inc(False), False
+    note = f"no CUDA headers ({type(e).__name__}: {e}): peak memory rows fall back to the process RSS"
 major, minor = (int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
 out = {
     "TORCH_VERSION": torch.__version__,
@@ -54,6 +55,7 @@ out = {
     "TORCH_LIBDIRS": " ".join(ce.library_paths()),
     "TORCH_ABI": str(int(torch._C._GLIBCXX_USE_CXX11_ABI)),
     "TORCH_CUDA": "yes" if cuda else "no",
+    "CUDA_HEADERS": "yes" if headers else "no",
     "TORCH_GPU": "yes" if cuda and torch.cuda.is_available() else "no",
     "TORCH_NOTE": note,
     # PyTorch 2.13 made C++20 a requirement of its headers; earlier ones are C++17.
@@ -98,7 +100,7 @@ build_direct() {
   local defs=(-DSHIRA_WORKER_VERSION="\"$VERSION\"" -D_GLIBCXX_USE_CXX11_ABI="$TORCH_ABI" -DNDEBUG)
   local libs=()
   local dir
-  [ "$TORCH_CUDA" = yes ] && defs+=(-DSHIRA_HAS_CUDA=1)
+  [ "$CUDA_HEADERS" = yes ] && defs+=(-DSHIRA_HAS_CUDA=1)
   local incs=(-I"$ROOT/native/src")
   # The compiler's own folders stay out of -isystem: naming /usr/include again breaks libstdc++'s #include_next.
   for dir in "$JSON_DIR" $TORCH_INCLUDES; do

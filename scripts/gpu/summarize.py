@@ -131,8 +131,10 @@ def main(out):
         target(f"our SHiRA step / PEFT SHiRA step ({prec})",
                ours_shira and peft_shira and ours_shira["step_ms"] / peft_shira["step_ms"], 0.6,
                "ours: Rand mask, grad_path auto (what `train` uses); PEFT: random mask")
+        # Comparable only as two CUDA allocator peaks (a worker built without the CUDA headers reports its RSS).
+        same_kind = ours_shira and ours_shira.get("peak_mem_kind", "").startswith("cuda")
         target(f"our SHiRA peak memory / PEFT LoRA peak ({prec})",
-               ours_shira and peft_lora and ours_shira["peak_mem_bytes"] / peft_lora["peak_mem_bytes"], 0.85,
+               same_kind and peft_lora and ours_shira["peak_mem_bytes"] / peft_lora["peak_mem_bytes"] or None, 0.85,
                "CUDA allocator peak, each process's own (both hold the same fp32 model)")
     f16 = [r for r in bpv if r.get("values_dtype") == "f16" and r.get("model") == "sd15"]
     target("bytes per trained value (max over masks, f16, SD-1.5 scale)", max((r["bytes_per_value"] for r in f16), default=None), 3.0,
