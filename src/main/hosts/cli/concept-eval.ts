@@ -115,7 +115,10 @@ export async function runConceptEval(o: ConceptOptions): Promise<Record<string, 
     const baseUnrelated = await score(UNRELATED, 'base-unrelated');
 
     // 3. adapters
-    const adapterFile = (m: ConceptMethod, style: string, seed: number) => join(o.workDir, `${m}-${style}-s${seed}.safetensors`);
+    // The recipe is in the name: a work folder reused with other steps, batch or lr must not hand back adapters
+    // trained another way (they are reused only when everything that made them matches).
+    const adapterFile = (m: ConceptMethod, style: string, seed: number) =>
+      join(o.workDir, `${m}-${style}-s${seed}-${o.steps}x${o.batch}-lr${o.lr}.safetensors`);
     for (const seed of o.seeds)
       for (const m of o.methods)
         for (const style of o.styles) {
