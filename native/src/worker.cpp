@@ -475,7 +475,10 @@ std::string caption_drop_tags(const std::string& caption, const float* u, int64_
     if (tags.size() < 2) return caption;
     std::vector<bool> kept(tags.size(), false);
     bool              any_kept = false;
-    for (size_t k = 0; k < tags.size(); ++k) any_kept |= kept[k] = !keep.empty() && holds_keep_word(tags[k]);
+    for (size_t k = 0; k < tags.size(); ++k) {
+        kept[k]  = !keep.empty() && holds_keep_word(tags[k]);
+        any_kept = any_kept || kept[k];
+    }
     int64_t best = 0;
     for (int64_t k = 1; k < std::min<int64_t>(n_u, (int64_t)tags.size()); ++k) {
         if (u[k] > u[best]) best = k;

@@ -109,7 +109,7 @@ tail -3 "$OUT/switch.log" | cut -c1-300
 
 stage "training benchmark"
 if [ $QUICK -eq 1 ]; then TR=(--quick --batch 2 --warmup 1 --reps 2); else TR=(--batch 16 --warmup 5 --reps 30); fi
-timeout 240 "$PY" scripts/gpu/bench_train.py --device "$DEVICE" --worker "$WORKER" --out "$OUT" "${TR[@]}" > "$OUT/train.log" 2>&1 ||
+timeout 300 "$PY" scripts/gpu/bench_train.py --device "$DEVICE" --worker "$WORKER" --out "$OUT" "${TR[@]}" > "$OUT/train.log" 2>&1 ||
   { STATUS=1; echo "training bench failed: see $OUT/train.log"; }
 tail -3 "$OUT/train.log" | cut -c1-300
 
