@@ -9,16 +9,8 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" PYTHONDONTWRITEBYTECODE=1
 
-PY=""
-for candidate in "${PYTHON:-}" python3 /usr/bin/python3; do
-  [ -n "$candidate" ] || continue
-  if "$candidate" -c 'import torch' >/dev/null 2>&1; then PY="$candidate"; break; fi
-done
-if [ -z "$PY" ]; then
-  echo "skipped: python3-torch not installed"
-  echo "gpu-pipeline: 0 passed, 0 failed, 1 skipped"
-  exit 0
-fi
+. "$ROOT/tests/reference/torch_python.sh"
+torch_python_or_skip gpu-pipeline
 export PYTHON="$PY"
 
 PASSED=0

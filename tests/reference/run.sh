@@ -7,16 +7,8 @@ set -u
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" PYTHONDONTWRITEBYTECODE=1
 
-PY=""
-for candidate in "${PYTHON:-}" python3 /usr/bin/python3; do
-  [ -n "$candidate" ] || continue
-  if "$candidate" -c 'import torch' >/dev/null 2>&1; then PY="$candidate"; break; fi
-done
-if [ -z "$PY" ]; then
-  echo "skipped: python3-torch not installed (apt-get install -y python3-torch)"
-  echo "reference: 0 passed, 0 failed, 1 skipped"
-  exit 0
-fi
+. "$ROOT/tests/reference/torch_python.sh"
+torch_python_or_skip reference
 WORKER="${SHIRA_WORKER:-$ROOT/native/build/shira-worker}"
 if [ ! -x "$WORKER" ]; then
   echo "no worker binary at $WORKER (build native/ first)"
