@@ -164,11 +164,13 @@ torch::Tensor sample_images(DiffusionModel& model, const NoiseSchedule& s, const
     return images_from_model(x);
 }
 
+// libtorch 2.4 replaced the CUDA-only set_enabled/set_autocast_gpu_dtype/is_enabled with per-device calls and
+// deprecated the old ones (a warning on every use), so each libtorch gets its own spelling.
+#define SHIRA_PER_DEVICE_AUTOCAST (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4))
+
 namespace {
-// libtorch 2.4 replaced the CUDA-only set_enabled/set_autocast_gpu_dtype with per-device calls and deprecated the
-// old ones (a warning on every use), so each libtorch gets its own spelling.
 void set_cuda_autocast(bool on) {
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+#if SHIRA_PER_DEVICE_AUTOCAST
     if (on) at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
     at::autocast::set_autocast_enabled(at::kCUDA, on);
 #else
@@ -183,7 +185,7 @@ CudaAutocast::CudaAutocast(bool on) : on_(on) {
 }
 
 bool CudaAutocast::active() {
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+#if SHIRA_PER_DEVICE_AUTOCAST
     return at::autocast::is_autocast_enabled(at::kCUDA);
 #else
     return at::autocast::is_enabled();
