@@ -218,7 +218,7 @@ export class TrainingQueue {
         ...(config.method === 'shira' ? { mask: config.mask, density: config.density } : {}),
         ...(config.method === 'lora' ? (config.rank ? { rank: config.rank, alpha: config.rank } : { match_density: config.matchDensity }) : {}),
         ...(config.samplePrompts?.length ? { sample_prompts: config.samplePrompts, sample_every: config.sampleEvery, sample_dir: join(dir, 'samples') } : {}),
-        // The packed captions start with the trigger (withTrigger), and its tag never drops.
+        // The packed captions hold the trigger (withTrigger prepends it where missing); the tag holding it never drops.
         ...(config.tagDropout ? { caption_tag_dropout: config.tagDropout, ...(trigger ? { caption_keep_words: [trigger] } : {}) } : {}),
         ...(config.flip ? { flip: true } : {}),
         ...(resume ? { resume: checkpoint } : {}),
