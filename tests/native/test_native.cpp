@@ -508,7 +508,9 @@ void test_model() {
     {
         torch::NoGradGuard g;
         torch::Tensor e = model->text->encode({"inkfx", "inkfx", "zorp"});
-        check_close("same unknown word -> same context", e[0], e[1], 0);
+        // Not bit-exact: the GEMM kernels may block batch rows differently (3.6e-7 seen on an AMD EPYC with
+        // OMP_NUM_THREADS=1), so rows of one batch agree to float rounding, far below the 1e-3 that tells words apart.
+        check_close("same unknown word -> same context", e[0], e[1], 1e-5);
         EXPECT(maxdiff(e[0], e[2]) > 1e-3);
         std::printf("  spare buckets: 'inkfx' -> id %lld, 'zorp' -> id %lld (vocab %lld + 64)\n", (long long)ink[2], (long long)zorp[1], (long long)nv);
     }
