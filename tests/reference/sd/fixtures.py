@@ -3,6 +3,7 @@
     python3 tests/reference/sd/fixtures.py write --family sd1 --layout ldm --dtype fp16 --ema --out DIR
     python3 tests/reference/sd/fixtures.py write --family sdxl --layout diffusers --dtype fp16 --out DIR
     python3 tests/reference/sd/fixtures.py write --family sd1 --broken missing_key --out DIR
+    python3 tests/reference/sd/fixtures.py write-vae --family sd1 [--latent-channels 16] --out DIR   # a VAE file
     python3 tests/reference/sd/fixtures.py write-all --out DIR          # the standard set + DIR/index.json
 
 Each fixture is NAME.safetensors (ldm), NAME/ (diffusers folder) or NAME.ckpt, plus NAME.manifest.json: the model
@@ -548,6 +549,33 @@ def write_fixture(out, family, layout="ldm", dtype="fp32", ema=False, variant=No
     return manifest_path
 
 
+def write_vae(out, family, dtype="fp16", latent_channels=None, seed=0):
+    """A standalone VAE file as users download them (keys without first_stage_model., plus the EMA counters A1111
+    ignores). latent_channels: a VAE of another shape (16: an SD3/Flux-style latent) that must be refused."""
+    config = configs.get(family)
+    v = dict(config["vae"])
+    if latent_channels:
+        v.update(z_channels=latent_channels, embed_dim=latent_channels)
+    vae = init_weights(sd_model.AutoencoderKL(v), seed + 2)
+    tensors = {k: t.detach() for k, t in vae.state_dict().items()}
+    roles = dict.fromkeys(tensors, "weight")
+    tensors.update({"model_ema.decay": torch.tensor(0.9999), "model_ema.num_updates": torch.tensor(840000)})
+    roles.update({"model_ema.decay": "ignored", "model_ema.num_updates": "ignored"})
+    name = f"{family}-vae-{dtype}" + (f"-z{latent_channels}" if latent_channels else "")
+    os.makedirs(out, exist_ok=True)
+    rel = name + ".safetensors"
+    save(os.path.join(out, rel), cast(tensors, DTYPES[dtype]))
+    expect = ({"load": True, "component": "vae", "family": family} if not latent_channels else
+              {"load": False, "reason": f"VAE of another shape: {latent_channels} latent channels, the model's "
+               f"{config['vae']['z_channels']} (encoder.conv_out, quant_conv, post_quant_conv, decoder.conv_in)"})
+    manifest = {"fixture": name, "family": family, "layout": "vae", "dtype": dtype, "seed": seed, "path": rel,
+                "config": dict(config, vae=v), "expect": expect,
+                "files": {rel: _file_entry(os.path.join(out, rel), roles)}}
+    path = os.path.join(out, name + ".manifest.json")
+    _write_json(path, manifest)
+    return path
+
+
 def write_malicious(out, marker=None):
     """NAME.ckpt that would run code when unpickled, with its manifest; `marker` is the file its code creates."""
     os.makedirs(out, exist_ok=True)
@@ -596,7 +624,7 @@ def _write_json(path, obj):
 
 
 # The standard set: every family in both layouts, each dtype once, EMA where real files have it (SD-1/2 fp16 to
-# stay small), the refused variants, the broken files, the pickles, the standalone VAEs.
+# stay small), the refused variants, the broken files and the pickles (write_all adds the standalone VAEs).
 def standard_set():
     rows = []
     for fam in configs.FAMILIES:
@@ -618,6 +646,8 @@ def standard_set():
 def write_all(out, seed=0):
     manifests = [write_fixture(out, seed=seed, **row) for row in standard_set()]
     manifests.append(write_malicious(out))
+    manifests += [write_vae(out, "sd1", seed=seed), write_vae(out, "sdxl", seed=seed),
+                  write_vae(out, "sd1", latent_channels=16, seed=seed)]
     index = os.path.join(out, "index.json")
     _write_json(index, {"fixtures": [os.path.basename(m) for m in manifests]})
     return index, manifests
@@ -641,6 +671,12 @@ def main(argv=None):
     w.add_argument("--marker", help="with --malicious: the file its code would create")
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--out", required=True)
+    v = sub.add_parser("write-vae", help="a standalone VAE file")
+    v.add_argument("--family", required=True, choices=configs.FAMILIES)
+    v.add_argument("--dtype", default="fp16", choices=list(DTYPES))
+    v.add_argument("--latent-channels", type=int, help="another latent width (16): a VAE the model must refuse")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--out", required=True)
     a = sub.add_parser("write-all", help="the standard set and index.json")
     a.add_argument("--out", required=True)
     a.add_argument("--seed", type=int, default=0)
@@ -648,6 +684,9 @@ def main(argv=None):
     if args.cmd == "write-all":
         index, manifests = write_all(args.out, args.seed)
         print(json.dumps({"index": index, "fixtures": len(manifests)}))
+        return 0
+    if args.cmd == "write-vae":
+        print(write_vae(args.out, args.family, args.dtype, args.latent_channels, args.seed))
         return 0
     if args.malicious:
         print(write_malicious(args.out, args.marker))

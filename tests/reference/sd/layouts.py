@@ -111,37 +111,46 @@ def text_components(config):
     return list(zip(names, texts))
 
 
+_OC_BLOCK = (("ln_1.", "layer_norm1."), ("ln_2.", "layer_norm2."), ("attn.out_proj.", "self_attn.out_proj."),
+             ("mlp.c_fc.", "mlp.fc1."), ("mlp.c_proj.", "mlp.fc2."))
+
+
+def _text_layers(t):
+    """Blocks a diffusers text encoder keeps: SD-2's drops its last (it returns ln_final(penultimate))."""
+    return t["layers"] - 1 if t["output"] == "penultimate_ln" else t["layers"]
+
+
+def _open_clip_pairs(t):
+    """(open_clip key, HF key) for the tensors that only change name."""
+    pairs = [("token_embedding.weight", "text_model.embeddings.token_embedding.weight"),
+             ("positional_embedding", "text_model.embeddings.position_embedding.weight"),
+             ("ln_final.weight", "text_model.final_layer_norm.weight"),
+             ("ln_final.bias", "text_model.final_layer_norm.bias")]
+    for n in range(_text_layers(t)):
+        for x, y in _OC_BLOCK:
+            pairs += [(f"transformer.resblocks.{n}.{x}{p}", f"text_model.encoder.layers.{n}.{y}{p}")
+                      for p in ("weight", "bias")]
+    return pairs
+
+
 def _open_clip_to_hf(t, sd):
-    """open_clip text tower (keys relative to its prefix) -> HF CLIPTextModel(WithProjection) keys. SD-2 keeps
-    layers-1 blocks and no projection."""
-    drop_last = t["output"] == "penultimate_ln"
-    layers = t["layers"] - 1 if drop_last else t["layers"]
-    out = {"text_model.embeddings.token_embedding.weight": sd["token_embedding.weight"],
-           "text_model.embeddings.position_embedding.weight": sd["positional_embedding"],
-           "text_model.final_layer_norm.weight": sd["ln_final.weight"],
-           "text_model.final_layer_norm.bias": sd["ln_final.bias"]}
-    if not drop_last:
+    """open_clip text tower (keys relative to its prefix) -> HF CLIPTextModel(WithProjection) keys."""
+    out = {h: sd[o] for o, h in _open_clip_pairs(t)}
+    if t["output"] == "penultimate":  # SDXL's bigG keeps its projection, as a Linear: x @ P = x Wᵀ with W = Pᵀ
         out["text_projection.weight"] = sd["text_projection"].t().contiguous()
-    for n in range(layers):
-        a, b = f"transformer.resblocks.{n}.", f"text_model.encoder.layers.{n}."
-        for x, y in (("ln_1.", "layer_norm1."), ("ln_2.", "layer_norm2."), ("attn.out_proj.", "self_attn.out_proj."),
-                     ("mlp.c_fc.", "mlp.fc1."), ("mlp.c_proj.", "mlp.fc2.")):
-            for p in ("weight", "bias"):
-                out[b + y + p] = sd[a + x + p]
+    for n in range(_text_layers(t)):
         for p in ("weight", "bias"):
-            q, k, v = sd[f"{a}attn.in_proj_{p}"].chunk(3, dim=0)
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), (q, k, v)):
-                out[f"{b}self_attn.{name}.{p}"] = part.contiguous()
+            for q, part in zip("qkv", sd[f"transformer.resblocks.{n}.attn.in_proj_{p}"].chunk(3, dim=0)):
+                out[f"text_model.encoder.layers.{n}.self_attn.{q}_proj.{p}"] = part.contiguous()
     return out
 
 
 def hf_text_keys(t):
     """The keys a diffusers text encoder folder holds for text config t (HF CLIPTextModel[WithProjection];
     current transformers no longer saves the position_ids buffer)."""
-    layers = t["layers"] - 1 if t["output"] == "penultimate_ln" else t["layers"]
     keys = ["text_model.embeddings.token_embedding.weight", "text_model.embeddings.position_embedding.weight",
             "text_model.final_layer_norm.weight", "text_model.final_layer_norm.bias"]
-    for n in range(layers):
+    for n in range(_text_layers(t)):
         for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "layer_norm1",
                   "layer_norm2", "mlp.fc1", "mlp.fc2"):
             keys += [f"text_model.encoder.layers.{n}.{m}.weight", f"text_model.encoder.layers.{n}.{m}.bias"]
@@ -152,21 +161,13 @@ def hf_text_keys(t):
 
 def _hf_to_open_clip(t, sd):
     """Inverse of _open_clip_to_hf (sd holds exactly hf_text_keys(t))."""
-    layers = t["layers"] - 1 if t["output"] == "penultimate_ln" else t["layers"]
-    out = {"token_embedding.weight": sd["text_model.embeddings.token_embedding.weight"],
-           "positional_embedding": sd["text_model.embeddings.position_embedding.weight"],
-           "ln_final.weight": sd["text_model.final_layer_norm.weight"],
-           "ln_final.bias": sd["text_model.final_layer_norm.bias"]}
+    out = {o: sd[h] for o, h in _open_clip_pairs(t)}
     if "text_projection.weight" in sd:
         out["text_projection"] = sd["text_projection.weight"].t().contiguous()
-    for n in range(layers):
-        a, b = f"transformer.resblocks.{n}.", f"text_model.encoder.layers.{n}."
-        for x, y in (("ln_1.", "layer_norm1."), ("ln_2.", "layer_norm2."), ("attn.out_proj.", "self_attn.out_proj."),
-                     ("mlp.c_fc.", "mlp.fc1."), ("mlp.c_proj.", "mlp.fc2.")):
-            for p in ("weight", "bias"):
-                out[a + x + p] = sd[b + y + p]
+    for n in range(_text_layers(t)):
         for p in ("weight", "bias"):
-            out[f"{a}attn.in_proj_{p}"] = torch.cat([sd[f"{b}self_attn.{q}_proj.{p}"] for q in "qkv"], dim=0)
+            out[f"transformer.resblocks.{n}.attn.in_proj_{p}"] = torch.cat(
+                [sd[f"text_model.encoder.layers.{n}.self_attn.{q}_proj.{p}"] for q in "qkv"], dim=0)
     return out
 
 

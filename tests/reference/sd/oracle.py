@@ -2,7 +2,7 @@
 
     python3 tests/reference/sd/oracle.py inputs --fixture F --out in.safetensors [--batch 2] [--size 64] [--seed 0]
     python3 tests/reference/sd/oracle.py run --fixture F --inputs in.safetensors --out out.safetensors \\
-        [--weights auto|ema|model] [--device cpu|cuda] [--dtype fp32|fp16|bf16]
+        [--weights auto|ema|model] [--vae VAE.safetensors] [--device cpu|cuda] [--dtype fp32|fp16|bf16]
 
 F is a fixture's manifest (NAME.manifest.json) or its checkpoint (NAME.safetensors or NAME/, the manifest beside
 it), since a tiny ldm file cannot say its own head and group counts. Input tensors (all optional; each group present
@@ -156,9 +156,27 @@ def read_diffusers(folder, config):
         raise LoadError(f"{folder}: {e.args[0]}") from None
 
 
-def load_fixture(fixture, weights="auto", device="cpu", dtype=torch.float32):
+def read_vae(path, model):
+    """A standalone VAE file (keys without first_stage_model.) -> its tensors in the model's names, checked against
+    the model's VAE: every key, every shape."""
+    check_safetensors(path)
+    tensors = {k: v for k, v in safetensors_io.load(path)[0].items() if k not in IGNORED_KEYS}
+    expected = model.vae.state_dict()
+    for k in sorted(set(expected) | set(tensors)):
+        if k not in tensors:
+            raise LoadError(f"{path}: VAE tensor {k!r} is missing")
+        if k not in expected:
+            raise LoadError(f"{path}: unknown VAE tensor {k!r}")
+        if tuple(tensors[k].shape) != tuple(expected[k].shape):
+            raise LoadError(f"{path}: VAE tensor {k!r} has shape {tuple(tensors[k].shape)}, this model's VAE "
+                            f"{tuple(expected[k].shape)} (a VAE of another model?)")
+    return {layouts.VAE + k: v for k, v in tensors.items()}
+
+
+def load_fixture(fixture, weights="auto", device="cpu", dtype=torch.float32, vae=None):
     """-> (SDModel in eval mode without gradients, manifest, weights used). Missing or mis-shaped tensors are
-    errors naming the key; a diffusers folder may lack only what it cannot carry (model.unused_parameters())."""
+    errors naming the key; a diffusers folder may lack only what it cannot carry (model.unused_parameters()).
+    vae: a standalone VAE file that replaces the checkpoint's."""
     manifest_path = find_manifest(fixture)
     with open(manifest_path) as f:
         manifest = json.load(f)
@@ -174,6 +192,8 @@ def load_fixture(fixture, weights="auto", device="cpu", dtype=torch.float32):
         if weights == "ema":
             raise LoadError(f"{path}: diffusers folders carry no EMA weights")
         state, used, may_lack = read_diffusers(path, manifest["config"]), "model", set(model.unused_parameters())
+    if vae:
+        state.update(read_vae(vae, model))
     expected = model.state_dict()
     missing = [k for k in expected if k not in state and k not in may_lack]
     if missing:
@@ -339,6 +359,7 @@ def main(argv=None):
     r.add_argument("--inputs", required=True)
     r.add_argument("--out", required=True)
     r.add_argument("--weights", default="auto", choices=["auto", "ema", "model"])
+    r.add_argument("--vae", help="a standalone VAE file replacing the checkpoint's")
     r.add_argument("--device", default="cpu")
     r.add_argument("--dtype", default="fp32", choices=list(fixtures.DTYPES))
     args = ap.parse_args(argv)
@@ -352,7 +373,8 @@ def main(argv=None):
             safetensors_io.save(args.out, ins, meta)
             print(args.out)
             return 0
-        model, manifest, used = load_fixture(args.fixture, args.weights, args.device, fixtures.DTYPES[args.dtype])
+        model, manifest, used = load_fixture(args.fixture, args.weights, args.device, fixtures.DTYPES[args.dtype],
+                                             args.vae)
         ins, meta = safetensors_io.load(args.inputs)
         outs = run(model, ins, meta)
         safetensors_io.save(args.out, outs, {"fixture": manifest["fixture"], "weights": used, "dtype": args.dtype,

@@ -7,6 +7,9 @@ where), not from upstream code. `SDModel.state_dict()` keys are exactly a checkp
 unless told otherwise. Runs on torch 1.13 (Debian's python3-torch) and 2.x.
 
 Shapes: images [B, 3, H, W] in [-1, 1]; latents [B, 4, H/8, W/8]; token ids [B, 77] int64; timesteps [B].
+
+The transformer block repeats ../model.py's on purpose (same maths, names equal in both layouts): that file mirrors
+the built-in native model, this one ldm's, with per-level head size, depth and SD-2.1's attention upcast.
 """
 
 import math
@@ -59,6 +62,16 @@ def timestep_embedding(t, dim, max_period=10000):
     args = t.float()[:, None] * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     return F.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+def run_blocks(x, blocks):
+    """[x, after block 1, …] through pre-LN text blocks under the causal mask. x [B, L, w]."""
+    mask = causal_mask(x.shape[1], x.device)
+    out = [x]
+    for block in blocks:
+        x = block(x, mask)
+        out.append(x)
+    return out
 
 
 def quick_gelu(x):  # x·σ(1.702x), OpenAI CLIP's activation
@@ -134,12 +147,7 @@ class HFClipText(nn.Module):
         """ids [B, L] -> [embeddings, after layer 1, …, after layer N], each [B, L, width] (HF hidden_states)."""
         pos = torch.arange(ids.shape[1], device=ids.device)
         x = self.embeddings.token_embedding(ids) + self.embeddings.position_embedding(pos)[None]
-        mask = causal_mask(ids.shape[1], ids.device)
-        out = [x]
-        for layer in self.encoder.layers:
-            x = layer(x, mask)
-            out.append(x)
-        return out
+        return run_blocks(x, self.encoder.layers)
 
     def encode(self, ids, clip_skip=1):
         """-> (context [B, L, width], pooled or None, hidden states).
@@ -220,13 +228,8 @@ class OpenClipText(nn.Module):
         """[embeddings, after block 1, …] over the blocks the output needs: SD-2's encoder stops before its last
         block (ldm FrozenOpenCLIPEmbedder runs resblocks[:-1] for "penultimate")."""
         x = self.token_embedding(ids) + self.positional_embedding[None, : ids.shape[1]]
-        mask = causal_mask(ids.shape[1], ids.device)
-        out = [x]
         blocks = self.transformer.resblocks
-        for block in blocks[:-1] if self.config["output"] == "penultimate_ln" else blocks:
-            x = block(x, mask)
-            out.append(x)
-        return out
+        return run_blocks(x, blocks[:-1] if self.config["output"] == "penultimate_ln" else blocks)
 
     def encode(self, ids, clip_skip=None):
         """-> (context, pooled, hidden states). penultimate_ln (SD-2): ln_final(penultimate). penultimate (SDXL):

@@ -309,6 +309,20 @@ def ema_and_variants(c, fx):
     for x, y in merges:  # every merge joins two tokens that exist before it
         ok &= x in known and y in known
         known.add(x + y)
+    sd1_path = fx("sd1", "ldm", "fp16")
+    base, _, _ = oracle.load_fixture(sd1_path)
+    swapped, _, _ = oracle.load_fixture(sd1_path, vae=os.path.join(tmp, "sd1-vae-fp16.safetensors"))
+    z = torch.randn(1, 4, 4, 4)
+    with torch.no_grad():
+        changed = not torch.equal(base.vae.decode(z), swapped.vae.decode(z))
+    c.check("fixture/standalone VAE replaces the checkpoint's", changed and
+            not params_equal(base.unet, swapped.unet) and params_equal(base.vae, swapped.vae))
+    try:
+        oracle.load_fixture(sd1_path, vae=os.path.join(tmp, "sd1-vae-fp16-z16.safetensors"))
+        c.check("fixture/a VAE of another shape is refused naming the tensor", False, "loaded")
+    except oracle.LoadError as e:
+        c.check("fixture/a VAE of another shape is refused naming the tensor", "has shape" in str(e),
+                str(e).split(": ", 1)[1][:90])
     c.check("fixture/tokenizer: CLIP construction, specials last", ok and len(vocab) == configs.TINY_VOCAB and
             vocab["<|endoftext|>"] == configs.TINY_VOCAB - 1 and vocab["!"] == 0, f"{len(vocab)} tokens")
 
