@@ -51,6 +51,7 @@ if (existsSync(report)) {
 for (const [label, runner] of [
   ['native', join(ROOT, 'tests', 'native', 'run.sh')],
   ['reference', join(ROOT, 'tests', 'reference', 'run.sh')],
+  ['sd-reference', join(ROOT, 'tests', 'reference', 'sd', 'run.sh')],
   ['gpu-pipeline', join(ROOT, 'tests', 'reference', 'gpu_pipeline.sh')],
 ]) {
   if (!existsSync(runner)) continue;
