@@ -5,6 +5,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { ensureElectronSqlite } from './electron-native.mjs';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const args = process.argv.slice(2);
@@ -40,8 +41,12 @@ if (args.includes('--server') || process.env.SHIRA_STUDIO_SERVER === '1') {
   serve('no display (neither DISPLAY nor WAYLAND_DISPLAY is set)');
 } else {
   const found = electronBinary();
+  // Setup builds it when Electron's binary was already here; after a first download, now.
+  const sqlite = found.bin ? ensureElectronSqlite() : null;
   if (!found.bin) {
     serve(found.why);
+  } else if (!sqlite.ok) {
+    serve(`better-sqlite3 for Electron's ABI could not be built (${sqlite.why}); with internet, run npm run rebuild:electron`);
   } else {
     const startedAt = Date.now();
     const child = spawn(found.bin, [ROOT, ...args], { stdio: 'inherit' });
