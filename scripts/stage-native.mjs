@@ -20,6 +20,8 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
+/** What electron-builder.json's extraResources copies to <resources>/native. */
+export const STAGE_DIR = join('.build', 'package', 'native');
 
 export const WORKER_BUILDS = [
   ['cpu', join('native', 'build', 'shira-worker')],
@@ -94,7 +96,7 @@ export function stageNative(out, root = ROOT) {
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   const outArg = process.argv.indexOf('--out');
-  const out = resolve(outArg > 0 ? process.argv[outArg + 1] : join(ROOT, '.build', 'package', 'native'));
+  const out = resolve(outArg > 0 ? process.argv[outArg + 1] : join(ROOT, STAGE_DIR));
   try {
     const { workers, libs } = stageNative(out);
     console.log(`[stage-native] ${workers.map((w) => w.kind).join(' + ')} worker(s) and ${libs.length} libraries in ${out}: ${libs.map((l) => basename(l)).join(', ')}`);
