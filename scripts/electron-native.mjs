@@ -105,8 +105,13 @@ export function ensureSqliteFor(target, { root = ROOT, outRoot = root, headers =
   const jobs = String(Math.max(1, Math.min(2, Number(process.env.SHIRA_BUILD_JOBS) || 2)));
   const r = spawnSync(process.execPath, args, { cwd: stage, env: { ...env, JOBS: jobs }, encoding: 'utf8', timeout: 900_000 });
   if (r.status === 0 && existsSync(built)) return place(built, out, infoFile, { ...want, how: 'source' });
-  const lastErr = (r.stderr || r.error?.message || '').split('\n').filter((l) => /err|fail/i.test(l)).slice(-2).join(' ').trim();
-  tries.push(`compiling failed${lastErr ? `: ${lastErr.slice(0, 300)}` : ` (exit ${r.status})`}`);
+  const log = r.stderr || r.error?.message || '';
+  writeFileSync(join(stage, 'build.log'), `${r.stdout ?? ''}${log}`);
+  if (/network connectivity|ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ETIMEDOUT/.test(log)) tries.push("Electron's headers could not be downloaded (offline?)");
+  else {
+    const firstErr = log.split('\n').find((l) => /error/i.test(l) && !/gyp ERR! (stack|System|command|cwd|node -v|node-gyp -v)/.test(l));
+    tries.push(`compiling failed${firstErr ? `: ${firstErr.trim().slice(0, 300)}` : ` (exit ${r.status})`}; see ${join(stage, 'build.log')}`);
+  }
   return { ok: false, path: out, why: tries.join('; ') };
 }
 

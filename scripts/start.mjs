@@ -5,7 +5,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ensureElectronSqlite } from './electron-native.mjs';
+import { electronSqlitePath, electronTarget, ensureElectronSqlite } from './electron-native.mjs';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const args = process.argv.slice(2);
@@ -22,9 +22,16 @@ function electronBinary() {
   const r = spawnSync(process.execPath, [join(electronDir, 'install.js')], { cwd: electronDir, stdio: 'ignore', timeout: 90_000 });
   if (r.status === 0 && existsSync(pathFile)) {
     const bin = join(electronDir, 'dist', readFileSync(pathFile, 'utf8').trim());
-    if (existsSync(bin)) return { bin };
+    if (existsSync(bin)) return { bin, downloaded: true };
   }
   return { why: 'the Electron binary is not installed and could not be downloaded (offline, or downloads blocked)' };
+}
+
+/** better-sqlite3 for Electron: set-up built it (or tried) when Electron's binary was already here; after a first download, now. */
+function electronSqlite(downloaded) {
+  if (downloaded) return ensureElectronSqlite();
+  const target = electronTarget(ROOT);
+  return target && existsSync(electronSqlitePath(ROOT, target.abi)) ? { ok: true } : { ok: false, why: 'set-up could not build it' };
 }
 
 function serve(reason) {
@@ -41,8 +48,7 @@ if (args.includes('--server') || process.env.SHIRA_STUDIO_SERVER === '1') {
   serve('no display (neither DISPLAY nor WAYLAND_DISPLAY is set)');
 } else {
   const found = electronBinary();
-  // Setup builds it when Electron's binary was already here; after a first download, now.
-  const sqlite = found.bin ? ensureElectronSqlite() : null;
+  const sqlite = found.bin ? electronSqlite(found.downloaded) : null;
   if (!found.bin) {
     serve(found.why);
   } else if (!sqlite.ok) {

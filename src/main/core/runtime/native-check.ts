@@ -15,14 +15,13 @@ export interface CheckContext {
   packaged: boolean;
   /** better-sqlite3's binary for this runtime; null = the package's default (Node) build. */
   sqliteBinding: string | null;
-  platform?: NodeJS.Platform;
   /** Debian/Ubuntu with apt: fixes for system libraries can name the packages. */
   apt?: boolean;
 }
 
 /** The context of this process: its runtime and ABI, and whether fixes may name apt packages. */
 export function checkContext(packaged: boolean, sqliteBinding: string | null): CheckContext {
-  return { ...currentRuntime(), packaged, sqliteBinding, platform: process.platform, apt: process.platform === 'linux' && existsSync('/usr/bin/apt-get') };
+  return { ...currentRuntime(), packaged, sqliteBinding, apt: process.platform === 'linux' && existsSync('/usr/bin/apt-get') };
 }
 
 /** Module loads, injectable so tests can simulate each kind of failure. Each throws what Node would. */
@@ -116,7 +115,6 @@ export function fixFor(module: NativeModuleName, failure: LoadFailure, ctx: Chec
     }
   }
 }
-
 
 function describe(module: NativeModuleName, f: LoadFailure, ctx: CheckContext): string {
   const what = module === 'engine' ? 'The native engine (shira-worker)' : module;
