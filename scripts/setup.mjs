@@ -8,7 +8,7 @@
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -112,7 +112,10 @@ if (nativeWanted) {
   }
   say('building the native worker');
   must('cmake', ['--build', 'native/build', '-j', buildJobs()]);
-  if (purpose === 'start' || purpose === 'dist') buildCudaWorker();
+  if (purpose === 'start' || purpose === 'dist') {
+    const { buildCudaWorker } = await import('./cuda-worker.mjs');
+    buildCudaWorker({ root: ROOT, jobs: buildJobs(), say, run });
+  }
 }
 
 // 6. better-sqlite3 for Electron's ABI (scripts/electron-native.mjs), once Electron's binary is here:
@@ -133,59 +136,4 @@ say('ready');
 
 function buildJobs() {
   return String(Math.max(1, Math.min(2, Number(process.env.SHIRA_BUILD_JOBS) || 2)));
-}
-
-/**
- * A CUDA libtorch, if one is here: LIBTORCH (an unzipped libtorch), Torch_DIR (…/share/cmake/Torch), or
- * a pip PyTorch built with CUDA. Returns { kind: 'prefix', prefix, label } | { kind: 'python', python,
- * version } | { checked: [what was looked at] }.
- */
-function findCudaTorch() {
-  const checked = [];
-  const torchDir = process.env.Torch_DIR;
-  for (const [label, prefix] of [
-    ['LIBTORCH', process.env.LIBTORCH],
-    ['Torch_DIR', torchDir ? resolve(torchDir, '..', '..', '..') : undefined],
-  ]) {
-    if (!prefix) continue;
-    if (['libtorch_cuda.so', 'torch_cuda.dll', 'torch_cuda.lib'].some((f) => existsSync(join(prefix, 'lib', f)))) return { kind: 'prefix', prefix, label };
-    checked.push(`${label} (${prefix}) has no CUDA`);
-  }
-  const python = process.env.PYTHON || (process.platform === 'win32' ? 'python' : 'python3');
-  const r = spawnSync(python, ['-c', 'import torch; print(torch.__version__); print(torch.version.cuda or "")'], { encoding: 'utf8', timeout: 60_000 });
-  if (r.status === 0) {
-    const [version, cuda] = r.stdout.trim().split('\n');
-    if (cuda) return { kind: 'python', python, version: `${version} (CUDA ${cuda})` };
-    checked.push(`${python}'s PyTorch ${version} has no CUDA`);
-  } else checked.push(`${python} has no PyTorch`);
-  return { checked };
-}
-
-/**
- * The CUDA worker in native/build-cuda, beside the CPU one: scripts/gpu/build.sh for a pip PyTorch (it
- * knows the wheels' quirks), CMake for a libtorch folder. The app picks it when a GPU is visible
- * (src/main/core/worker/select.ts). Never fatal: the CPU worker is enough to run.
- */
-function buildCudaWorker() {
-  const found = findCudaTorch();
-  if (!found.kind) {
-    say(`no CUDA libtorch found (${found.checked.join('; ')}); the CPU engine is used`);
-    return;
-  }
-  const cache = join(ROOT, 'native', 'build', 'CMakeCache.txt');
-  const mainTorch = existsSync(cache) ? /^Torch_DIR:PATH=(.*)$/m.exec(readFileSync(cache, 'utf8'))?.[1] : undefined;
-  if (found.kind === 'prefix' && mainTorch && resolve(mainTorch).startsWith(resolve(found.prefix))) {
-    say(`native/build already links the CUDA libtorch in ${found.prefix}; no second build`);
-    return;
-  }
-  let code;
-  if (found.kind === 'python') {
-    say(`building the CUDA worker in native/build-cuda against PyTorch ${found.version} (first time: ~10 minutes)`);
-    code = run('bash', [join(ROOT, 'scripts', 'gpu', 'build.sh'), join(ROOT, 'native', 'build-cuda')], { env: { ...process.env, PYTHON: found.python, JOBS: buildJobs() } });
-  } else {
-    say(`building the CUDA worker in native/build-cuda against ${found.label}=${found.prefix}`);
-    code = run('cmake', ['-S', 'native', '-B', 'native/build-cuda', '-DCMAKE_BUILD_TYPE=Release', `-DCMAKE_PREFIX_PATH=${found.prefix}`]);
-    if (code === 0) code = run('cmake', ['--build', 'native/build-cuda', '-j', buildJobs()]);
-  }
-  if (code !== 0) say('the CUDA worker did not build (see above); the CPU engine is used');
 }
