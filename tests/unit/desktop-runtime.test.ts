@@ -13,6 +13,7 @@ import { pathToFileURL } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { appLayout, currentRuntime, sqliteBinding } from '../../src/main/core/runtime/layout';
 import { canStart, checkModules, classifyLoadError, fixFor, systemLoaders, type CheckContext, type ModuleLoaders } from '../../src/main/core/runtime/native-check';
+import { systemProbe } from '../../src/main/core/worker/select';
 import type { NativeReport } from '../../src/shared/api';
 import { makeCore, tempDir } from './helpers';
 import { addonBuiltForAbi, binariesMissingALibrary, fakeWorker, hasCc } from './native-fakes';
@@ -248,6 +249,16 @@ describe('app.health carries the self-check', () => {
       ['onnxruntime-node', true],
       ['engine', true],
     ]);
+  });
+
+  it('a running engine is not started a second time to be checked', async () => {
+    const asked: string[] = [];
+    const probe = { ...systemProbe, workerInfo: (b: string) => (asked.push(b), systemProbe.workerInfo(b)) };
+    const { call, cleanup } = makeCore({ worker: { binary: fakeWorker(join(dir('shira-fake-worker-'), 'shira-worker'), false), probe } });
+    cleanups.push(cleanup);
+    expect((await call('worker.status', { start: true })).state).toBe('ready');
+    expect((await call('app.health', {})).native!.checks.at(-1)).toMatchObject({ module: 'engine', ok: true });
+    expect(asked).toEqual([]);
   });
 
   it.skipIf(!hasCc)('an engine missing a library names it; the database stays healthy', async () => {

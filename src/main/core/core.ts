@@ -201,6 +201,9 @@ export class Core {
     let engine: NativeCheck;
     if (!binary) {
       engine = failedCheck('engine', { problem: 'missing-binary', detail: `${this.workerBinary_ ?? 'shira-worker'} does not exist` }, this.checkContext_, false, this.workerBinary_);
+    } else if (this.worker_?.state === 'ready') {
+      // Its readiness line already proved it loads; no second process just to ask.
+      engine = { module: 'engine', ok: true, required: false, path: binary };
     } else {
       const probe = await this.probe_.workerInfo(binary);
       engine = probe.ok ? { module: 'engine', ok: true, required: false, path: binary } : failedCheck('engine', probe, this.checkContext_, false, binary);
