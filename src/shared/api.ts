@@ -34,6 +34,59 @@ export interface HealthReport {
   foreignKeyViolations: number;
   journalMode: string;
   schemaVersion: number;
+  /** The native-module self-check (core/runtime/native-check.ts); the core always fills it. */
+  native?: NativeReport;
+}
+
+// ---- Native modules and the engine build (the desktop self-check and GPU selection) ----
+
+export type NativeModuleName = 'better-sqlite3' | 'sharp' | 'onnxruntime-node' | 'engine';
+export type NativeProblem = 'abi-mismatch' | 'missing-library' | 'missing-binary' | 'load-failed';
+
+export interface NativeCheck {
+  module: NativeModuleName;
+  ok: boolean;
+  /** A required module that fails stops the core from starting. */
+  required: boolean;
+  /** The binary checked, where it is a file of ours (the Electron better-sqlite3, the worker). */
+  path?: string | null;
+  problem?: NativeProblem;
+  /** What failed, in plain words. */
+  message?: string;
+  /** The loader's own words. */
+  detail?: string;
+  /** The one command (or, installed, the one action) that fixes it. */
+  fix?: string;
+}
+
+export interface NativeReport {
+  ok: boolean;
+  runtime: 'node' | 'electron';
+  /** NODE_MODULE_VERSION of the runtime that ran the check. */
+  abi: string;
+  checks: NativeCheck[];
+}
+
+export const DEVICE_PREFERENCES = ['auto', 'cpu', 'gpu'] as const;
+export type DevicePreference = (typeof DEVICE_PREFERENCES)[number];
+
+export interface GpuInfo {
+  name: string;
+  driver: string | null;
+  memoryMiB: number | null;
+}
+
+/** Which worker build runs on which device, and why (core/worker/select.ts). */
+export interface EngineSelection {
+  preference: DevicePreference;
+  device: 'cpu' | 'cuda' | null;
+  /** Which builds exist: the CPU worker and the CUDA worker beside it. */
+  builds: { cpu: boolean; cuda: boolean };
+  /** NVIDIA GPUs nvidia-smi lists (empty without one, or without nvidia-smi). */
+  gpus: GpuInfo[];
+  reason: string;
+  /** Set when an NVIDIA GPU is present but cannot be used: what to install. */
+  advice?: string;
 }
 
 export type WorkerState = 'stopped' | 'starting' | 'ready' | 'closed' | 'failed';
@@ -49,6 +102,8 @@ export interface WorkerStatus {
   device?: string;
   torch?: string;
   cuda?: boolean;
+  /** Present where the host chooses between CPU and CUDA builds (the desktop app, the studio server). */
+  selection?: EngineSelection;
 }
 
 export interface BaseModel {
@@ -356,6 +411,8 @@ export const api = {
   'models.list': method<Schema<Record<string, never>>, BaseModel[]>(v.empty()),
   /** The native engine's state; `start: true` launches it if it is not running. */
   'worker.status': method<Schema<{ start?: boolean }>, WorkerStatus>(v.object({ start: v.optional(v.boolean()) })),
+  /** Engine → Device: auto (CUDA when a GPU is visible), cpu, or gpu; kept in <data>/settings.json. Restarts the idle engine. */
+  'worker.setDevice': method<Schema<{ device: DevicePreference }>, WorkerStatus>(v.object({ device: v.enum(DEVICE_PREFERENCES) })),
   'datasets.list': method<Schema<Record<string, never>>, DatasetSummary[]>(v.empty()),
   'datasets.get': method<Schema<{ id: number }>, Dataset>(v.object({ id })),
   'datasets.import': method<Schema<ImportInput>, ImportReport>(

@@ -1,11 +1,11 @@
 // The plain-Node core: one database, one API registry, one event stream. Hosts (Electron's
 // utility process, the studio server, tests) construct it and relay messages; that is all they do.
 // This folder must never import `electron` (tests/unit/layering.test.ts enforces it).
-import { existsSync, mkdirSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import type { BaseModel, HostKind, MediaKind, WorkerStatus } from '../../shared/api';
-import { badInput, unsupported } from '../../shared/errors';
+import type { BaseModel, DevicePreference, HostKind, MediaKind, NativeCheck, NativeReport, WorkerStatus } from '../../shared/api';
+import { badInput, conflict, unsupported } from '../../shared/errors';
 import { checkHealth, openDatabase, schemaVersion, type Db } from './db/database';
 import { EventBus } from './events';
 import { Logger } from './logger';
@@ -16,6 +16,9 @@ import { FORMAT_LABELS, MAX_INPUT_PIXELS } from './datasets/images';
 import { MAX_IMPORT_FILES } from './datasets/scan';
 import { APP_NAME } from './paths';
 import { WorkerSupervisor } from './worker/supervisor';
+import { selectEngine, systemProbe, type EngineBuilds, type EngineChoice, type EngineProbe } from './worker/select';
+import { checkContext, checkModules, failedCheck, nativeReport, type CheckContext } from './runtime/native-check';
+import { readSettings, writeSettings } from './runtime/settings';
 import { findBuiltinModels, registerBuiltinModels } from './models/builtin';
 import { AdapterLibrary, adapterCacheDir } from './adapters/library';
 import { Mixer } from './adapters/mixer';
@@ -38,8 +41,18 @@ export interface CoreOptions {
   databaseFile?: string;
   /** Where the shipped base models live (`<resources>/models/<name>/`); registered at start. */
   resourcesDir?: string;
-  /** The native shira-worker; null when none is built. Started on first use, not at start-up. */
-  worker?: { binary: string; args?: string[]; threads?: number } | null;
+  /**
+   * The native shira-worker; null when none is built. Started on first use, not at start-up. With
+   * `cuda` (the CUDA build beside `binary`, null for none) the core chooses build and device at each
+   * engine start (worker/select.ts, Engine → Device in settings.json) and `args` is not used.
+   */
+  worker?: { binary: string; args?: string[]; threads?: number; cuda?: string | null; probe?: EngineProbe } | null;
+  /** better-sqlite3's binary for this runtime (Electron's own build: runtime/layout.ts); default: the package's. */
+  sqliteBinding?: string | null;
+  /** Installed from an installer: fixes name the installer, not build commands. */
+  packaged?: boolean;
+  /** The host's start-up check of the in-process native modules, reused by `app.health`. */
+  nativeChecks?: NativeCheck[];
 }
 
 export interface Media {
@@ -59,6 +72,12 @@ export class Core {
   /** A second engine process for training, so generating and mixing stay possible meanwhile. */
   private readonly trainer_: WorkerSupervisor | null;
   private readonly workerBinary_: string | null;
+  private readonly probe_: EngineProbe;
+  private readonly checkContext_: CheckContext;
+  private nativeChecks_: NativeCheck[] | null;
+  /** The engine chosen for this session; cleared when Engine → Device changes. */
+  private choice_: Promise<EngineChoice> | null = null;
+  private readonly builds_: EngineBuilds | null;
   readonly adapters: AdapterLibrary;
   readonly mixer: Mixer;
   readonly training: TrainingQueue;
@@ -70,17 +89,25 @@ export class Core {
     this.dataDir = options.dataDir;
     const dbFile = options.databaseFile ?? join(options.dataDir, 'library.sqlite');
     this.log = new Logger(options.databaseFile === ':memory:' ? null : join(options.dataDir, 'logs', 'core.log'), this.events);
-    this.db = openDatabase(dbFile);
+    this.db = openDatabase(dbFile, undefined, options.sqliteBinding ?? null);
+    this.checkContext_ = checkContext(options.packaged ?? false, options.sqliteBinding ?? null);
+    this.nativeChecks_ = options.nativeChecks ?? null;
+    this.probe_ = cachedProbe(options.worker?.probe ?? systemProbe);
     if (options.resourcesDir) registerBuiltinModels(this.db, findBuiltinModels(options.resourcesDir));
     this.datasets_ = new DatasetRepo(this.db);
     this.importer_ = new DatasetImporter(this.db, this.datasets_, this.events, join(options.dataDir, 'tmp'), uploadsDir(options.dataDir));
     this.workerBinary_ = options.worker?.binary ?? null;
+    const w = options.worker;
+    const selecting = w?.cuda !== undefined;
+    this.builds_ = w && selecting ? { cpu: w.binary, cuda: w.cuda ?? null, packaged: options.packaged ?? false } : null;
+    const launch = selecting ? () => this.launchChoice() : undefined;
     const engine = (name: string) =>
-      options.worker && existsSync(options.worker.binary)
+      w && (this.probe_.exists(w.binary) || (selecting && w.cuda !== null && this.probe_.exists(w.cuda!)))
         ? new WorkerSupervisor({
-            binary: options.worker.binary,
-            args: options.worker.args,
-            threads: options.worker.threads ?? availableParallelism(),
+            binary: w.binary,
+            args: w.args,
+            launch,
+            threads: w.threads ?? availableParallelism(),
             logFile: join(options.dataDir, 'logs', `${name}.log`),
           })
         : null;
@@ -138,6 +165,52 @@ export class Core {
     this.db.close();
   }
 
+  /** The engine build and device for this session (chosen once; again after Engine → Device changes). */
+  private engineChoice(): Promise<EngineChoice> | null {
+    if (!this.builds_) return null;
+    this.choice_ ??= selectEngine(this.builds_, readSettings(this.dataDir).device, this.probe_).then((choice) => {
+      const { reason, advice } = choice.selection;
+      this.log.info(`engine: ${choice.binary ?? 'none'} ${choice.args.join(' ')}: ${reason}${advice ? ` ${advice}` : ''}`);
+      return choice;
+    });
+    return this.choice_;
+  }
+
+  private async launchChoice(): Promise<{ binary: string; args: string[] }> {
+    const choice = await this.engineChoice()!;
+    if (!choice.binary) throw unsupported(`${choice.selection.reason} Run \`npm run setup\` to build it.`);
+    return { binary: choice.binary, args: choice.args };
+  }
+
+  /** Engine → Device. The engines restart idle, so the next request runs on the new choice. */
+  private async setDevice(device: DevicePreference): Promise<WorkerStatus> {
+    if (this.training.list('running').length) throw conflict('A training job is running. Change the device when it has finished, or cancel it first.');
+    writeSettings(this.dataDir, { device });
+    this.choice_ = null;
+    await this.serial(async () => {
+      await this.worker_?.stop();
+      await this.trainer_?.stop();
+    });
+    return this.workerStatus(true);
+  }
+
+  /** The self-check behind `app.health`: in-process modules (the host's start-up check), then the engine. */
+  private async nativeReport(): Promise<NativeReport> {
+    this.nativeChecks_ ??= checkModules(this.checkContext_);
+    const binary = (await this.engineChoice())?.binary ?? (this.workerBinary_ && this.probe_.exists(this.workerBinary_) ? this.workerBinary_ : null);
+    let engine: NativeCheck;
+    if (!binary) {
+      engine = failedCheck('engine', { problem: 'missing-binary', detail: `${this.workerBinary_ ?? 'shira-worker'} does not exist` }, this.checkContext_, false, this.workerBinary_);
+    } else if (this.worker_?.state === 'ready') {
+      // Its readiness line already proved it loads; no second process just to ask.
+      engine = { module: 'engine', ok: true, required: false, path: binary };
+    } else {
+      const probe = await this.probe_.workerInfo(binary);
+      engine = probe.ok ? { module: 'engine', ok: true, required: false, path: binary } : failedCheck('engine', probe, this.checkContext_, false, binary);
+    }
+    return nativeReport(this.checkContext_, [...this.nativeChecks_, engine]);
+  }
+
   private async workerStatus(start: boolean): Promise<WorkerStatus> {
     const w = this.worker_;
     if (!w) {
@@ -158,10 +231,12 @@ export class Core {
       }
     }
     const info = w.info ?? {};
+    const choice = await this.engineChoice();
     return {
       available: true,
       state: w.state,
-      binary: this.workerBinary_,
+      binary: choice ? choice.binary : this.workerBinary_,
+      ...(choice ? { selection: choice.selection } : {}),
       ...(typeof info.version === 'string' ? { version: info.version } : {}),
       ...(typeof info.device === 'string' ? { device: info.device } : {}),
       ...(typeof info.torch === 'string' ? { torch: info.torch } : {}),
@@ -182,9 +257,10 @@ export class Core {
         platform: `${process.platform}-${process.arch}`,
         limits: { maxInputPixels: MAX_INPUT_PIXELS, maxImportFiles: MAX_IMPORT_FILES, imageFormats: FORMAT_LABELS },
       }),
-      'app.health': () => checkHealth(this.db),
+      'app.health': async () => ({ ...checkHealth(this.db), native: await this.nativeReport() }),
       'models.list': () => listModels(this.db),
       'worker.status': ({ start }) => this.workerStatus(start ?? false),
+      'worker.setDevice': ({ device }) => this.setDevice(device),
       'datasets.list': () => datasets.list(),
       'datasets.get': ({ id }) => datasets.get(id),
       'datasets.import': (input) => this.importer_.run(input),
@@ -294,6 +370,21 @@ export class Core {
       },
     };
   }
+}
+
+/** Selection and the health check ask the same questions; each is answered once per session. */
+function cachedProbe(probe: EngineProbe): EngineProbe {
+  let gpus: ReturnType<EngineProbe['nvidiaGpus']> | null = null;
+  const infos = new Map<string, ReturnType<EngineProbe['workerInfo']>>();
+  return {
+    exists: (path) => probe.exists(path),
+    nvidiaGpus: () => (gpus ??= probe.nvidiaGpus()),
+    workerInfo: (binary) => {
+      let info = infos.get(binary);
+      if (!info) infos.set(binary, (info = probe.workerInfo(binary)));
+      return info;
+    },
+  };
 }
 
 function listModels(db: Db): BaseModel[] {

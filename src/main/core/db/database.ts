@@ -9,11 +9,12 @@ export type Db = Database.Database;
 
 /**
  * Opens (creating if needed) the library database and brings it to the latest schema.
- * `:memory:` is accepted for tests; it still runs the real migrations.
+ * `:memory:` is accepted for tests; it still runs the real migrations. `nativeBinding`: the
+ * better-sqlite3 binary built for this runtime (Electron's ABI: core/runtime/layout.ts); null = the package's own.
  */
-export function openDatabase(file: string, migrations: readonly Migration[] = MIGRATIONS): Db {
+export function openDatabase(file: string, migrations: readonly Migration[] = MIGRATIONS, nativeBinding: string | null = null): Db {
   if (file !== ':memory:') mkdirSync(dirname(file), { recursive: true });
-  const db = new Database(file);
+  const db = new Database(file, nativeBinding ? { nativeBinding } : undefined);
   try {
     // WAL lets readers (the UI listing the library) proceed while a long import commits.
     db.pragma('journal_mode = WAL');

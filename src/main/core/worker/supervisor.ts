@@ -10,6 +10,8 @@ import { ExpectedError, type ApiError } from '../../../shared/errors';
 export interface WorkerOptions {
   binary: string;
   args?: string[];
+  /** Chooses the binary and its arguments anew at each start (CPU or CUDA build: worker/select.ts). */
+  launch?: () => Promise<{ binary: string; args: string[] }>;
   logFile?: string | null;
   /** OpenMP threads for libtorch; default: all cores but one, at least 1. */
   threads?: number;
@@ -51,8 +53,10 @@ export class WorkerSupervisor {
   private nextId_ = 1;
   private readonly pending_ = new Map<number, Pending>();
   private restarts_: number[] = [];
+  /** Counts start() calls, so a launch chosen for an older one is dropped. */
+  private attempts_ = 0;
   private readonly listeners_ = new Set<(event: WorkerEvent) => void>();
-  private readonly opts_: Required<Omit<WorkerOptions, 'env' | 'logFile'>> & Pick<WorkerOptions, 'env' | 'logFile'>;
+  private readonly opts_: Required<Omit<WorkerOptions, 'env' | 'logFile' | 'launch'>> & Pick<WorkerOptions, 'env' | 'logFile' | 'launch'>;
 
   constructor(options: WorkerOptions) {
     this.opts_ = {
@@ -86,10 +90,29 @@ export class WorkerSupervisor {
     if (this.state_ === 'closed') return Promise.reject(new ExpectedError('unsupported', 'The worker has been shut down.'));
     if (this.ready_ && (this.state_ === 'starting' || this.state_ === 'ready')) return this.ready_;
     this.state_ = 'starting';
-    this.ready_ = new Promise<ReadyInfo>((resolve, reject) => {
+    const attempt = ++this.attempts_;
+    const launch = this.opts_.launch ? this.opts_.launch() : Promise.resolve({ binary: this.opts_.binary, args: this.opts_.args });
+    this.ready_ = launch.then(
+      (chosen) => {
+        // stop() or close() (and perhaps a newer start) while the launch was being chosen.
+        if (attempt !== this.attempts_ || this.state_ !== 'starting') throw new ExpectedError('cancelled', 'The worker was stopped while starting.');
+        return this.spawnChild(chosen.binary, chosen.args);
+      },
+      (error: unknown) => {
+        if (attempt === this.attempts_ && this.state_ === 'starting') this.state_ = 'failed';
+        throw error;
+      },
+    );
+    // A rejected start must not become an unhandled rejection when nobody awaits it.
+    this.ready_.catch(() => {});
+    return this.ready_;
+  }
+
+  private spawnChild(binary: string, args: string[]): Promise<ReadyInfo> {
+    return new Promise<ReadyInfo>((resolve, reject) => {
       let child: ChildProcessWithoutNullStreams;
       try {
-        child = spawn(this.opts_.binary, this.opts_.args, {
+        child = spawn(binary, args, {
           stdio: 'pipe',
           env: { ...process.env, ...this.opts_.env, OMP_NUM_THREADS: String(this.opts_.threads), MKL_NUM_THREADS: String(this.opts_.threads) },
         });
@@ -148,9 +171,6 @@ export class WorkerSupervisor {
         this.maybeRestart();
       });
     });
-    // A rejected start must not become an unhandled rejection when nobody awaits it.
-    this.ready_.catch(() => {});
-    return this.ready_;
   }
 
   private maybeRestart(): void {
@@ -210,10 +230,24 @@ export class WorkerSupervisor {
 
   async close(): Promise<void> {
     this.state_ = 'closed';
+    await this.terminate('The app is closing.');
+  }
+
+  /** Ends the process, if any, so that the next request starts afresh (and `launch` chooses again). */
+  async stop(): Promise<void> {
+    if (this.state_ === 'closed') return;
+    this.state_ = 'stopped';
+    this.ready_ = null;
+    this.readyInfo_ = null;
+    this.restarts_ = [];
+    await this.terminate('The engine was restarted (its device changed).');
+  }
+
+  private async terminate(why: string): Promise<void> {
     const child = this.child_;
     this.child_ = null;
     if (!child || child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
-    for (const p of this.pending_.values()) p.reject(new WorkerError({ type: 'cancelled', message: 'The app is closing.' }));
+    for (const p of this.pending_.values()) p.reject(new WorkerError({ type: 'cancelled', message: why }));
     this.pending_.clear();
     await new Promise<void>((resolve) => {
       const kill = setTimeout(() => child.kill('SIGKILL'), 2000);
