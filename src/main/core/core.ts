@@ -6,7 +6,9 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import type { BaseModel, HostKind, MediaKind, WorkerStatus } from '../../shared/api';
 import { badInput, unsupported } from '../../shared/errors';
-import { checkHealth, openDatabase, schemaVersion, type Db } from './db/database';
+import { openDatabase, schemaVersion, type Db } from './db/database';
+import { LibraryChecker } from './db/checker';
+import { removeLeftovers } from './leftovers';
 import { EventBus } from './events';
 import { Logger } from './logger';
 import { ApiRegistry, type Handlers } from './registry';
@@ -25,6 +27,11 @@ import { ConceptService } from './concept/service';
 import { OrtService } from './ort/service';
 
 export const APP_VERSION = '0.1.0';
+
+/** Where exports go unless the desktop user picks a folder. */
+export function exportsDir(dataDir: string): string {
+  return join(dataDir, 'exports');
+}
 
 /** Where the studio server stages browser uploads (one sub-folder per upload). */
 export function uploadsDir(dataDir: string): string {
@@ -65,12 +72,19 @@ export class Core {
   readonly generations: Generations;
   readonly ort: OrtService;
   readonly concept: ConceptService;
+  private readonly checker_: LibraryChecker;
 
   constructor(options: CoreOptions) {
     this.dataDir = options.dataDir;
     const dbFile = options.databaseFile ?? join(options.dataDir, 'library.sqlite');
     this.log = new Logger(options.databaseFile === ':memory:' ? null : join(options.dataDir, 'logs', 'core.log'), this.events);
     this.db = openDatabase(dbFile);
+    this.checker_ = new LibraryChecker(this.db, dbFile === ':memory:' ? null : dbFile, (message, error) => this.log.warn(message, error));
+    const leftovers = removeLeftovers(
+      { tmp: join(options.dataDir, 'tmp'), adapterCache: adapterCacheDir(options.dataDir), exports: exportsDir(options.dataDir) },
+      (sha256) => this.db.prepare('SELECT 1 FROM adapters WHERE file_sha256 = ?').get(sha256) !== undefined,
+    );
+    if (leftovers.length) this.log.info(`removed ${leftovers.length} leftover(s) of interrupted work: ${leftovers.join(', ')}`);
     if (options.resourcesDir) registerBuiltinModels(this.db, findBuiltinModels(options.resourcesDir));
     this.datasets_ = new DatasetRepo(this.db);
     this.importer_ = new DatasetImporter(this.db, this.datasets_, this.events, join(options.dataDir, 'tmp'), uploadsDir(options.dataDir));
@@ -130,7 +144,16 @@ export class Core {
     return this.trainer_;
   }
 
+  /**
+   * An adapter as a browser download (the studio server hands exports to the client rather than
+   * writing them where a client says): the canonical file and its `.shira.json` description.
+   */
+  adapterPackage(id: number): { stem: string; file: string; sidecarText: string } {
+    return this.adapters.packageParts(id);
+  }
+
   async close(): Promise<void> {
+    await this.checker_.close();
     await this.training.close();
     await this.ort.close();
     await this.trainer_?.close();
@@ -182,7 +205,7 @@ export class Core {
         platform: `${process.platform}-${process.arch}`,
         limits: { maxInputPixels: MAX_INPUT_PIXELS, maxImportFiles: MAX_IMPORT_FILES, imageFormats: FORMAT_LABELS },
       }),
-      'app.health': () => checkHealth(this.db),
+      'app.health': ({ full }) => this.checker_.check(full ?? false),
       'models.list': () => listModels(this.db),
       'worker.status': ({ start }) => this.workerStatus(start ?? false),
       'datasets.list': () => datasets.list(),
@@ -224,7 +247,14 @@ export class Core {
         if (deleted) this.events.emit({ type: 'library.changed', what: 'adapters', id });
         return { deleted };
       },
-      'adapters.export': ({ id, dir }) => this.adapters.exportPackage(id, dir ?? join(this.dataDir, 'exports')),
+      'adapters.export': ({ id, dir }) => {
+        // A studio-server client is not the server machine's user: it gets downloads
+        // (/download/adapter/…), or the data folder's exports, never a path of its choosing.
+        if (dir !== undefined && host === 'server') {
+          throw badInput(`The studio server does not write exports to folders a client names; leave out "dir" to export into ${exportsDir(this.dataDir)}, or download the adapter from the browser.`, { path: 'dir' });
+        }
+        return this.adapters.exportPackage(id, dir ?? exportsDir(this.dataDir));
+      },
       'adapters.import': async ({ path, name, baseModelId }) => {
         const w = this.worker_;
         const tmp = join(this.dataDir, 'tmp');
