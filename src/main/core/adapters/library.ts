@@ -367,7 +367,9 @@ export class AdapterLibrary {
   ): Promise<AdapterSummary> {
     const label = basename(path);
     if (!/\.safetensors$/i.test(path)) throw badInput(`${label}: choose the .safetensors file of the package.`);
-    if (!existsSync(path) || !statSync(path).isFile()) throw badInput(`${label}: the file does not exist.`);
+    if (!existsSync(path)) throw badInput(`${label}: the file does not exist.`);
+    const st = statSync(path);
+    if (!st.isFile()) throw badInput(`${label} is ${describeFileKind(st)}, not an adapter file.`);
     const sidecarPath = path.replace(/\.safetensors$/i, '.shira.json');
     const sidecar = readSidecar(sidecarPath);
     if (sidecar && sidecar.fileSha256 !== fileSha256(path)) {

@@ -83,8 +83,9 @@ function readHeader(fd: number, path: string): { entries: HeaderEntry[]; metadat
   const len = Buffer.alloc(8);
   if (st.size < 8 || readSync(fd, len, 0, 8, 0) !== 8) throw fail('not a safetensors file (shorter than 8 bytes)');
   const headerLen = len.readBigUInt64LE();
-  if (headerLen === 0n || headerLen > BigInt(MAX_HEADER_BYTES)) throw fail(`not a safetensors file (header length ${headerLen})`);
-  if (headerLen > BigInt(st.size - 8)) throw fail(`not a safetensors file (its header would be ${headerLen} bytes, the file has ${st.size})`);
+  // The length is the file's first 8 bytes: never printed, since for a file that is not a
+  // safetensors (a text file renamed, say) those are its first 8 characters.
+  if (headerLen === 0n || headerLen > BigInt(MAX_HEADER_BYTES) || headerLen > BigInt(st.size - 8)) throw fail('not a safetensors file (its first 8 bytes are not a plausible header length)');
   const n = Number(headerLen);
   const headerBuf = Buffer.alloc(n);
   if (readSync(fd, headerBuf, 0, n, 8) !== n) throw fail('truncated header');

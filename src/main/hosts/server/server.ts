@@ -24,6 +24,7 @@ import { SERVER_PATHS } from '../../../shared/bridge';
 import { ExpectedError } from '../../../shared/errors';
 import { connect } from '../../core/connection';
 import { uploadsDir, type Core } from '../../core/core';
+import { formatBytes } from '../../core/files';
 
 export const TOKEN_COOKIE = 'shira_token';
 export const MAX_UPLOAD_BYTES = 256 * 1024 * 1024;
@@ -66,6 +67,8 @@ export interface StudioServerOptions {
   host?: string;
   port?: number;
   token?: string;
+  /** Largest upload (default MAX_UPLOAD_BYTES); tests use a small one. */
+  maxUploadBytes?: number;
 }
 
 export interface StudioServer {
@@ -152,6 +155,7 @@ export async function startStudioServer(options: StudioServerOptions): Promise<S
   const token = options.token ?? generateToken();
   const rendererDir = resolve(options.rendererDir);
   const uploads = uploadsDir(core.dataDir);
+  const maxUploadBytes = options.maxUploadBytes ?? MAX_UPLOAD_BYTES;
   // Uploads are staging copies for one import; a fresh server start owns none of them.
   await rm(uploads, { recursive: true, force: true });
 
@@ -191,7 +195,7 @@ export async function startStudioServer(options: StudioServerOptions): Promise<S
 
   /** The whole body, up to `limit` bytes (declared or, for chunked bodies, counted): 413 beyond. */
   async function readBody(req: IncomingMessage, limit: number, what: string): Promise<Buffer> {
-    const tooLarge = () => new Refusal(413, `${what} is larger than ${limit / 2 ** 20} MiB.`);
+    const tooLarge = () => new Refusal(413, `${what} is larger than ${formatBytes(limit)}.`);
     if (Number(req.headers['content-length'] ?? 0) > limit) throw tooLarge();
     const chunks: Buffer[] = [];
     let size = 0;
@@ -233,8 +237,8 @@ export async function startStudioServer(options: StudioServerOptions): Promise<S
   async function handleUpload(req: IncomingMessage, res: ServerResponse, uploadId: string, url: URL) {
     if (!/^[A-Za-z0-9-]{1,64}$/.test(uploadId)) throw new Refusal(400, 'Upload id must be 1–64 letters, digits or dashes.');
     const segments = checkUploadPath(url.searchParams.get('path'));
-    const tooLarge = () => new Refusal(413, `File larger than ${MAX_UPLOAD_BYTES / 2 ** 20} MiB; the studio imports files up to that size.`);
-    if (Number(req.headers['content-length'] ?? 0) > MAX_UPLOAD_BYTES) throw tooLarge();
+    const tooLarge = () => new Refusal(413, `File larger than ${formatBytes(maxUploadBytes)}; the studio imports files up to that size.`);
+    if (Number(req.headers['content-length'] ?? 0) > maxUploadBytes) throw tooLarge();
     const folder = join(uploads, uploadId);
     const target = join(folder, ...segments);
     const part = join(folder, `.part-${randomUUID()}`);
@@ -254,7 +258,7 @@ export async function startStudioServer(options: StudioServerOptions): Promise<S
         async function* (source: AsyncIterable<Buffer>) {
           for await (const chunk of source) {
             size += chunk.length;
-            if (size > MAX_UPLOAD_BYTES) throw tooLarge();
+            if (size > maxUploadBytes) throw tooLarge();
             yield chunk;
           }
         },
