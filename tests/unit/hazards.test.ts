@@ -204,7 +204,8 @@ function post(url: string, headers: Record<string, string>, body?: Buffer | stri
     req.on('error', reject);
     if (chunked && body) {
       // Many small chunks: the size is only known by counting.
-      for (let at = 0; at < body.length; at += 64 * 1024) req.write(body.subarray(at, at + 64 * 1024));
+      const bytes = Buffer.from(body);
+      for (let at = 0; at < bytes.length; at += 64 * 1024) req.write(bytes.subarray(at, at + 64 * 1024));
       req.end();
     } else req.end(body);
   });
