@@ -392,3 +392,31 @@ describe('malformed adapter files', () => {
     expect((await call('adapters.import', { path: good })).kind).toBe('shira');
   });
 });
+
+const WORKER = join(resolve('native'), 'build', 'shira-worker');
+
+describe.runIf(existsSync(WORKER) || process.env.CI === 'true')('malformed adapter files the worker finds (real worker)', () => {
+  it('turns what the worker finds wrong with a file into bad_input, and leaves no converted temp file', { timeout: 120_000 }, async () => {
+    const { call, core: c, dataDir } = core({ resourcesDir: RESOURCES, worker: { binary: WORKER, threads: 1 } });
+    const d = dir();
+    const before = c.db.prepare('SELECT count(*) AS n FROM adapters').get();
+    // Our format, a valid container, but its index checksum does not match the mask it names.
+    const wrongChecksum = join(d, 'checksum.safetensors');
+    writeAdapterFile(wrongChecksum, shira(f16(Array.from({ length: 8 }, () => 0x3c00))));
+    // A PEFT-layout LoRA for a layer the base model does not have.
+    const peft = join(d, 'peft.safetensors');
+    const a = f16(Array.from({ length: 2 * 4 }, () => 0x3c00));
+    writeFileSync(peft, rawSafetensors({ 'base_model.model.nowhere.lora_A.weight': { dtype: 'F16', shape: [2, 4], data_offsets: [0, 16] }, 'base_model.model.nowhere.lora_B.weight': { dtype: 'F16', shape: [4, 2], data_offsets: [16, 32] } }, Buffer.concat([a, a])));
+    for (const [path, expected] of [
+      [wrongChecksum, /^checksum\.safetensors: layer 'unet\..*to_q': the Struct indices no longer regenerate .*\(checksum mismatch\)$/],
+      [peft, /^peft\.safetensors: PEFT module 'nowhere' is not a layer of the loaded model$/],
+    ] as const) {
+      const error = await failure(call('adapters.import', { path }));
+      expect({ path, type: error.type }).toEqual({ path, type: 'bad_input' });
+      expect(error.message).toMatch(expected);
+    }
+    expect(c.db.prepare('SELECT count(*) AS n FROM adapters').get()).toEqual(before);
+    expect(readdirSync(join(dataDir, 'tmp')).filter((f) => f.startsWith('convert-'))).toEqual([]);
+    await healthy(call);
+  });
+});

@@ -1,9 +1,9 @@
 // The plain-Node core: one database, one API registry, one event stream. Hosts (Electron's
 // utility process, the studio server, tests) construct it and relay messages; that is all they do.
 // This folder must never import `electron` (tests/unit/layering.test.ts enforces it).
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import type { BaseModel, HostKind, MediaKind, WorkerStatus } from '../../shared/api';
 import { badInput, unsupported } from '../../shared/errors';
 import { openDatabase, schemaVersion, type Db } from './db/database';
@@ -17,7 +17,7 @@ import { DatasetRepo } from './datasets/repo';
 import { FORMAT_LABELS, MAX_INPUT_PIXELS } from './datasets/images';
 import { MAX_IMPORT_FILES } from './datasets/scan';
 import { APP_NAME } from './paths';
-import { WorkerSupervisor } from './worker/supervisor';
+import { WorkerError, WorkerSupervisor } from './worker/supervisor';
 import { findBuiltinModels, registerBuiltinModels } from './models/builtin';
 import { AdapterLibrary, adapterCacheDir } from './adapters/library';
 import { Mixer } from './adapters/mixer';
@@ -258,24 +258,42 @@ export class Core {
       'adapters.import': async ({ path, name, baseModelId }) => {
         const w = this.worker_;
         const tmp = join(this.dataDir, 'tmp');
-        const summary = await this.adapters.importPackage(path, {
-          name,
-          baseModelId,
-          convert: w
-            ? async (src) => {
-                // PEFT files store no layer shapes: the worker takes them from the loaded base model.
-                await this.serial(() => this.mixer.ensureBase(baseModelId));
-                mkdirSync(tmp, { recursive: true });
-                const out = join(tmp, `convert-${process.pid}-${Date.now()}.safetensors`);
-                await w.request('adapter_convert', { path: src, out });
-                return out;
-              }
-            : undefined,
-          // The worker decodes every index and checks its checksum before anything is stored.
-          verify: w ? async (file) => void (await w.request('adapter_inspect', { path: file })) : undefined,
-        });
-        this.events.emit({ type: 'library.changed', what: 'adapters', id: summary.id });
-        return summary;
+        const converted: string[] = [];
+        // What the worker finds wrong with the user's file (a bad checksum, an unknown layout) is
+        // the file's problem, not an internal error; the core has checked the container before.
+        const onFile = async <T>(work: () => Promise<T>): Promise<T> => {
+          try {
+            return await work();
+          } catch (error) {
+            if (error instanceof WorkerError && error.error.type !== 'internal') {
+              throw badInput(`${basename(path)}: ${error.error.message.replace(/^adapter '[^']*': /, '')}`);
+            }
+            throw error;
+          }
+        };
+        try {
+          const summary = await this.adapters.importPackage(path, {
+            name,
+            baseModelId,
+            convert: w
+              ? async (src) => {
+                  // PEFT files store no layer shapes: the worker takes them from the loaded base model.
+                  await this.serial(() => this.mixer.ensureBase(baseModelId));
+                  mkdirSync(tmp, { recursive: true });
+                  const out = join(tmp, `convert-${process.pid}-${Date.now()}.safetensors`);
+                  converted.push(out);
+                  await onFile(() => w.request('adapter_convert', { path: src, out }));
+                  return out;
+                }
+              : undefined,
+            // The worker decodes every index and checks its checksum before anything is stored.
+            verify: w ? (file) => onFile(async () => void (await w.request('adapter_inspect', { path: file }))) : undefined,
+          });
+          this.events.emit({ type: 'library.changed', what: 'adapters', id: summary.id });
+          return summary;
+        } finally {
+          for (const f of converted) rmSync(f, { force: true });
+        }
       },
       'mix.apply': async ({ entries, mixId }) => {
         if ((entries === undefined) === (mixId === undefined)) throw badInput('Give either entries or mixId.');
