@@ -144,14 +144,6 @@ export class Core {
     return this.trainer_;
   }
 
-  /**
-   * An adapter as a browser download (the studio server hands exports to the client rather than
-   * writing them where a client says): the canonical file and its `.shira.json` description.
-   */
-  adapterPackage(id: number): { stem: string; file: string; sidecarText: string } {
-    return this.adapters.packageParts(id);
-  }
-
   async close(): Promise<void> {
     await this.checker_.close();
     await this.training.close();

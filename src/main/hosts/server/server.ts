@@ -280,7 +280,7 @@ export async function startStudioServer(options: StudioServerOptions): Promise<S
     if (!m) return send(res, 404, 'Not found');
     let parts;
     try {
-      parts = core.adapterPackage(Number(m[1]));
+      parts = core.adapters.packageParts(Number(m[1]));
     } catch (error) {
       if (error instanceof ExpectedError && error.type === 'not_found') return send(res, 404, error.message);
       throw error;
