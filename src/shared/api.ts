@@ -29,11 +29,17 @@ export interface AppInfo {
 
 export interface HealthReport {
   ok: boolean;
-  /** `PRAGMA integrity_check` rows; exactly ['ok'] when healthy. */
+  /** 'quick' (`PRAGMA quick_check`, every call) or 'full' (`PRAGMA integrity_check`, when asked with `full: true`). */
+  check: 'quick' | 'full';
+  /** The check's rows; exactly ['ok'] when healthy. */
   integrity: string[];
   foreignKeyViolations: number;
   journalMode: string;
   schemaVersion: number;
+  /** How long the checks took; they run on their own connection in a worker thread, not on the core's event loop. */
+  checkMs: number;
+  /** The last full integrity check since the app started, if any. */
+  lastFullCheck: { ok: boolean; ms: number; at: string } | null;
   /** The native-module self-check (core/runtime/native-check.ts); the core always fills it. */
   native?: NativeReport;
 }
@@ -160,6 +166,8 @@ export interface ImportFileReport {
   status: ImportFileStatus;
   /** Why a file was skipped, in plain words (e.g. "empty file (0 bytes)"). */
   reason?: string;
+  /** What was changed on the way in, for an imported file (e.g. its caption cut to the limit). */
+  note?: string;
   imageId?: number;
 }
 
@@ -398,6 +406,9 @@ export interface ConceptReport {
 
 // ---- Input schemas ----
 
+/** Longest caption, typed or read from a sidecar. */
+export const MAX_CAPTION_CHARS = 2000;
+
 const id = v.int({ min: 1 });
 const mixEntries = (min: number) => v.array(v.object({ adapterId: id, alpha: v.number({ min: -4, max: 4 }) }), { min, max: 32 });
 const importSource = v.variant('kind', {
@@ -407,7 +418,8 @@ const importSource = v.variant('kind', {
 
 export const api = {
   'app.info': method<Schema<Record<string, never>>, AppInfo>(v.empty()),
-  'app.health': method<Schema<Record<string, never>>, HealthReport>(v.empty()),
+  /** Library checks off the event loop: quick_check on every call, the full integrity_check with `full: true`. */
+  'app.health': method<Schema<{ full?: boolean }>, HealthReport>(v.object({ full: v.optional(v.boolean()) })),
   'models.list': method<Schema<Record<string, never>>, BaseModel[]>(v.empty()),
   /** The native engine's state; `start: true` launches it if it is not running. */
   'worker.status': method<Schema<{ start?: boolean }>, WorkerStatus>(v.object({ start: v.optional(v.boolean()) })),
@@ -431,7 +443,7 @@ export const api = {
     v.object({ id, name: v.optional(v.string({ min: 1, max: 200, trim: true })), triggerWord: v.optional(v.nullable(v.string({ max: 100, trim: true }))) }),
   ),
   'datasets.setCaption': method<Schema<{ imageId: number; caption: string }>, DatasetImage>(
-    v.object({ imageId: id, caption: v.string({ max: 2000 }) }),
+    v.object({ imageId: id, caption: v.string({ max: MAX_CAPTION_CHARS }) }),
   ),
   'datasets.removeImage': method<Schema<{ imageId: number }>, { removed: boolean }>(v.object({ imageId: id })),
   'datasets.delete': method<Schema<{ id: number }>, { deleted: boolean }>(v.object({ id })),

@@ -4,10 +4,11 @@
 // the image and its recipe in the gallery (and inside the PNG), and make a compare grid.
 // Screenshots of every view go to tests/artifacts/ (and, with SHIRA_E2E_SCREENSHOTS=docs, to docs/screenshots/).
 // Needs `npx electron-vite build` and native/build/shira-worker.
-import { copyFile, mkdir, mkdtemp, readdir, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import type { Locator, Page } from 'playwright-core';
+import type { Download, Locator, Page } from 'playwright-core';
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 import { ARTIFACTS, useFolder, useStudio } from './harness';
@@ -223,19 +224,39 @@ describe('studio server: the whole artist flow', () => {
     // (The docs run keeps the trained LoRA instead: an imported one has no training images to measure.)
     if (!DOCS) {
       await first.click();
+      // The studio server hands the package to the browser as two downloads; it writes nothing itself.
+      const downloads: Download[] = [];
+      const bothDownloaded = new Promise<void>((resolveDownloads) => {
+        const onDownload = (download: Download) => {
+          downloads.push(download);
+          if (downloads.length < 2) return;
+          page.off('download', onDownload);
+          resolveDownloads();
+        };
+        page.on('download', onDownload);
+      });
       await panel.getByRole('button', { name: 'Export' }).click();
       await page.getByText(`Exported “${loraName}”`).waitFor();
+      await bothDownloaded;
+      const downloadDir = await mkdtemp(join(tmpdir(), 'shira-e2e-downloads-'));
+      const exported = await Promise.all(
+        downloads.map(async (download) => {
+          const file = join(downloadDir, download.suggestedFilename());
+          await download.saveAs(file);
+          return file;
+        }),
+      );
+      expect(exported.map((f) => f.replace(/^.*\./, '')).sort()).toEqual(['json', 'safetensors']);
+      expect(existsSync(join(studio().dataDir, 'exports'))).toBe(false);
       await first.focus();
       await page.keyboard.press('Delete');
       const confirm = page.getByRole('alertdialog', { name: `Delete “${loraName}”?` });
       await confirm.getByRole('button', { name: 'Delete adapter' }).click();
       await expect.poll(() => cards.count()).toBe(1);
-      const exportsDir = join(studio().dataDir, 'exports');
-      const exported = (await readdir(exportsDir)).map((f) => join(exportsDir, f));
-      expect(exported.some((f) => f.endsWith('.safetensors'))).toBe(true);
       await page.locator('input[type="file"][accept=".safetensors,.json"]').setInputFiles(exported);
       await page.getByText(/^Imported “/).waitFor({ timeout: 30_000 });
       await expect.poll(() => cards.count()).toBe(2);
+      await rm(downloadDir, { recursive: true, force: true });
     }
 
     // ---- Mix & generate: the SHiRA at α 0.8, seed locked ----

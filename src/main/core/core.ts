@@ -1,12 +1,14 @@
 // The plain-Node core: one database, one API registry, one event stream. Hosts (Electron's
 // utility process, the studio server, tests) construct it and relay messages; that is all they do.
 // This folder must never import `electron` (tests/unit/layering.test.ts enforces it).
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import type { BaseModel, DevicePreference, HostKind, MediaKind, NativeCheck, NativeReport, WorkerStatus } from '../../shared/api';
 import { badInput, conflict, unsupported } from '../../shared/errors';
-import { checkHealth, openDatabase, schemaVersion, type Db } from './db/database';
+import { openDatabase, schemaVersion, type Db } from './db/database';
+import { LibraryChecker } from './db/checker';
+import { removeLeftovers } from './leftovers';
 import { EventBus } from './events';
 import { Logger } from './logger';
 import { ApiRegistry, type Handlers } from './registry';
@@ -15,7 +17,7 @@ import { DatasetRepo } from './datasets/repo';
 import { FORMAT_LABELS, MAX_INPUT_PIXELS } from './datasets/images';
 import { MAX_IMPORT_FILES } from './datasets/scan';
 import { APP_NAME } from './paths';
-import { WorkerSupervisor } from './worker/supervisor';
+import { WorkerError, WorkerSupervisor } from './worker/supervisor';
 import { selectEngine, systemProbe, type EngineBuilds, type EngineChoice, type EngineProbe } from './worker/select';
 import { checkContext, checkModules, failedCheck, nativeReport, type CheckContext } from './runtime/native-check';
 import { readSettings, writeSettings } from './runtime/settings';
@@ -28,6 +30,11 @@ import { ConceptService } from './concept/service';
 import { OrtService } from './ort/service';
 
 export const APP_VERSION = '0.1.0';
+
+/** Where exports go unless the desktop user picks a folder. */
+export function exportsDir(dataDir: string): string {
+  return join(dataDir, 'exports');
+}
 
 /** Where the studio server stages browser uploads (one sub-folder per upload). */
 export function uploadsDir(dataDir: string): string {
@@ -84,15 +91,22 @@ export class Core {
   readonly generations: Generations;
   readonly ort: OrtService;
   readonly concept: ConceptService;
+  private readonly checker_: LibraryChecker;
 
   constructor(options: CoreOptions) {
     this.dataDir = options.dataDir;
     const dbFile = options.databaseFile ?? join(options.dataDir, 'library.sqlite');
     this.log = new Logger(options.databaseFile === ':memory:' ? null : join(options.dataDir, 'logs', 'core.log'), this.events);
     this.db = openDatabase(dbFile, undefined, options.sqliteBinding ?? null);
+    this.checker_ = new LibraryChecker(this.db, dbFile === ':memory:' ? null : dbFile, (message, error) => this.log.warn(message, error), options.sqliteBinding ?? null);
     this.checkContext_ = checkContext(options.packaged ?? false, options.sqliteBinding ?? null);
     this.nativeChecks_ = options.nativeChecks ?? null;
     this.probe_ = cachedProbe(options.worker?.probe ?? systemProbe);
+    const leftovers = removeLeftovers(
+      { tmp: join(options.dataDir, 'tmp'), adapterCache: adapterCacheDir(options.dataDir), exports: exportsDir(options.dataDir) },
+      (sha256) => this.db.prepare('SELECT 1 FROM adapters WHERE file_sha256 = ?').get(sha256) !== undefined,
+    );
+    if (leftovers.length) this.log.info(`removed ${leftovers.length} leftover(s) of interrupted work: ${leftovers.join(', ')}`);
     if (options.resourcesDir) registerBuiltinModels(this.db, findBuiltinModels(options.resourcesDir));
     this.datasets_ = new DatasetRepo(this.db);
     this.importer_ = new DatasetImporter(this.db, this.datasets_, this.events, join(options.dataDir, 'tmp'), uploadsDir(options.dataDir));
@@ -158,6 +172,7 @@ export class Core {
   }
 
   async close(): Promise<void> {
+    await this.checker_.close();
     await this.training.close();
     await this.ort.close();
     await this.trainer_?.close();
@@ -257,7 +272,7 @@ export class Core {
         platform: `${process.platform}-${process.arch}`,
         limits: { maxInputPixels: MAX_INPUT_PIXELS, maxImportFiles: MAX_IMPORT_FILES, imageFormats: FORMAT_LABELS },
       }),
-      'app.health': async () => ({ ...checkHealth(this.db), native: await this.nativeReport() }),
+      'app.health': async ({ full }) => ({ ...(await this.checker_.check(full ?? false)), native: await this.nativeReport() }),
       'models.list': () => listModels(this.db),
       'worker.status': ({ start }) => this.workerStatus(start ?? false),
       'worker.setDevice': ({ device }) => this.setDevice(device),
@@ -300,28 +315,53 @@ export class Core {
         if (deleted) this.events.emit({ type: 'library.changed', what: 'adapters', id });
         return { deleted };
       },
-      'adapters.export': ({ id, dir }) => this.adapters.exportPackage(id, dir ?? join(this.dataDir, 'exports')),
+      'adapters.export': ({ id, dir }) => {
+        // A studio-server client is not the server machine's user: it gets downloads
+        // (/download/adapter/…), or the data folder's exports, never a path of its choosing.
+        if (dir !== undefined && host === 'server') {
+          throw badInput(`The studio server does not write exports to folders a client names; leave out "dir" to export into ${exportsDir(this.dataDir)}, or download the adapter from the browser.`, { path: 'dir' });
+        }
+        return this.adapters.exportPackage(id, dir ?? exportsDir(this.dataDir));
+      },
       'adapters.import': async ({ path, name, baseModelId }) => {
         const w = this.worker_;
         const tmp = join(this.dataDir, 'tmp');
-        const summary = await this.adapters.importPackage(path, {
-          name,
-          baseModelId,
-          convert: w
-            ? async (src) => {
-                // PEFT files store no layer shapes: the worker takes them from the loaded base model.
-                await this.serial(() => this.mixer.ensureBase(baseModelId));
-                mkdirSync(tmp, { recursive: true });
-                const out = join(tmp, `convert-${process.pid}-${Date.now()}.safetensors`);
-                await w.request('adapter_convert', { path: src, out });
-                return out;
-              }
-            : undefined,
-          // The worker decodes every index and checks its checksum before anything is stored.
-          verify: w ? async (file) => void (await w.request('adapter_inspect', { path: file })) : undefined,
-        });
-        this.events.emit({ type: 'library.changed', what: 'adapters', id: summary.id });
-        return summary;
+        const converted: string[] = [];
+        // What the worker finds wrong with the user's file (a bad checksum, an unknown layout) is
+        // the file's problem, not an internal error; the core has checked the container before.
+        const onFile = async <T>(work: () => Promise<T>): Promise<T> => {
+          try {
+            return await work();
+          } catch (error) {
+            if (error instanceof WorkerError && error.error.type !== 'internal') {
+              throw badInput(`${basename(path)}: ${error.error.message.replace(/^adapter '[^']*': /, '')}`);
+            }
+            throw error;
+          }
+        };
+        try {
+          const summary = await this.adapters.importPackage(path, {
+            name,
+            baseModelId,
+            convert: w
+              ? async (src) => {
+                  // PEFT files store no layer shapes: the worker takes them from the loaded base model.
+                  await this.serial(() => this.mixer.ensureBase(baseModelId));
+                  mkdirSync(tmp, { recursive: true });
+                  const out = join(tmp, `convert-${process.pid}-${Date.now()}.safetensors`);
+                  converted.push(out);
+                  await onFile(() => w.request('adapter_convert', { path: src, out }));
+                  return out;
+                }
+              : undefined,
+            // The worker decodes every index and checks its checksum before anything is stored.
+            verify: w ? (file) => onFile(async () => void (await w.request('adapter_inspect', { path: file }))) : undefined,
+          });
+          this.events.emit({ type: 'library.changed', what: 'adapters', id: summary.id });
+          return summary;
+        } finally {
+          for (const f of converted) rmSync(f, { force: true });
+        }
       },
       'mix.apply': async ({ entries, mixId }) => {
         if ((entries === undefined) === (mixId === undefined)) throw badInput('Give either entries or mixId.');

@@ -1,10 +1,11 @@
 // The adapter library: SQLite rows are the truth; files exist only as a content-addressed cache
 // (<data>/cache/adapters/<sha256>.safetensors) for the worker and as exported packages.
 // Every change that touches more than one row runs in one transaction.
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import type { AdapterDetail, AdapterKind, AdapterSummary, AdapterUpdate } from '../../../shared/api';
-import { badInput, conflict, notFound } from '../../../shared/errors';
+import { ExpectedError, badInput, conflict, notFound } from '../../../shared/errors';
+import { describeFileKind, describeFsError, formatBytes } from '../files';
 import type { Db } from '../db/database';
 import {
   autoV2,
@@ -17,6 +18,8 @@ import {
   writeAdapterFile,
   type AdapterContent,
 } from './format';
+
+const MAX_SIDECAR_BYTES = 1024 * 1024;
 
 export interface StoreOptions {
   name: string;
@@ -304,10 +307,8 @@ export class AdapterLibrary {
 
   /** Writes `<dir>/<slug>.safetensors` and `<dir>/<slug>.shira.json`; never overwrites. */
   exportPackage(id: number, dir: string): { file: string; sidecar: string; sha256: string; autoV2: string } {
-    const s = this.summary(id);
-    const notes = (this.db.prepare('SELECT notes FROM adapters WHERE id = ?').get(id) as { notes: string }).notes;
     mkdirSync(dir, { recursive: true });
-    const slug = slugify(s.name) || `adapter-${id}`;
+    const slug = this.packageStem(id);
     let stem = join(dir, slug);
     for (let n = 2; existsSync(`${stem}.safetensors`) || existsSync(`${stem}.shira.json`); n++) stem = join(dir, `${slug}-${n}`);
     const file = `${stem}.safetensors`;
@@ -315,7 +316,29 @@ export class AdapterLibrary {
     const content = this.content(id);
     writeAdapterFile(file, content);
     const sha256 = fileSha256(file);
-    const meta: PackageSidecar = {
+    const tmp = `${sidecar}.tmp-${process.pid}`;
+    writeFileSync(tmp, packageSidecarText(this.describePackage(id, sha256, content)));
+    renameSync(tmp, sidecar);
+    return { file, sidecar, sha256, autoV2: autoV2(sha256) };
+  }
+
+  /**
+   * A package for a download (the studio server hands files to the browser instead of writing
+   * them on the server): the canonical file is the cache copy, byte for byte what exportPackage writes.
+   */
+  packageParts(id: number): { stem: string; file: string; sidecarText: string } {
+    const stem = this.packageStem(id);
+    const { path, sha256 } = this.cacheFile(id);
+    return { stem, file: path, sidecarText: packageSidecarText(this.describePackage(id, sha256, this.content(id))) };
+  }
+
+  private packageStem(id: number): string {
+    return slugify(this.summary(id).name) || `adapter-${id}`;
+  }
+
+  private describePackage(id: number, sha256: string, content: AdapterContent): PackageSidecar {
+    const s = this.summary(id);
+    return {
       format: 'shira-studio-package',
       version: 1,
       name: s.name,
@@ -323,7 +346,7 @@ export class AdapterLibrary {
       method: s.method,
       triggerWords: s.triggerWords,
       tags: s.tags,
-      notes,
+      notes: s.notes,
       preferredWeight: s.preferredWeight,
       baseModel: { name: s.baseModelName ?? '', weightsHash: s.baseWeightsHash },
       fileSha256: sha256,
@@ -331,10 +354,6 @@ export class AdapterLibrary {
       contentHash: contentHash(content),
       trainable: trainableCount(content),
     };
-    const tmp = `${sidecar}.tmp-${process.pid}`;
-    writeFileSync(tmp, `${JSON.stringify(meta, null, 2)}\n`);
-    renameSync(tmp, sidecar);
-    return { file, sidecar, sha256, autoV2: autoV2(sha256) };
   }
 
   /**
@@ -348,9 +367,11 @@ export class AdapterLibrary {
   ): Promise<AdapterSummary> {
     const label = basename(path);
     if (!/\.safetensors$/i.test(path)) throw badInput(`${label}: choose the .safetensors file of the package.`);
-    if (!existsSync(path) || !statSync(path).isFile()) throw badInput(`${label}: the file does not exist.`);
+    if (!existsSync(path)) throw badInput(`${label}: the file does not exist.`);
+    const st = statSync(path);
+    if (!st.isFile()) throw badInput(`${label} is ${describeFileKind(st)}, not an adapter file.`);
     const sidecarPath = path.replace(/\.safetensors$/i, '.shira.json');
-    const sidecar = existsSync(sidecarPath) ? readSidecar(sidecarPath) : null;
+    const sidecar = readSidecar(sidecarPath);
     if (sidecar && sidecar.fileSha256 !== fileSha256(path)) {
       throw badInput(`${label}: the file does not match ${basename(sidecarPath)} (its SHA-256 differs); the package is damaged or mixed up.`);
     }
@@ -459,11 +480,31 @@ function slugify(name: string): string {
     .slice(0, 80);
 }
 
-function readSidecar(path: string): PackageSidecar {
+const packageSidecarText = (meta: PackageSidecar) => `${JSON.stringify(meta, null, 2)}\n`;
+
+/** The package's description beside the file, or null when there is none. */
+function readSidecar(path: string): PackageSidecar | null {
   const label = basename(path);
+  let text: string;
+  try {
+    // A regular file only, never through a symlink, and small: a FIFO here would block the core's thread forever.
+    const fd = openSync(path, constants.O_RDONLY | (constants.O_NONBLOCK ?? 0) | (constants.O_NOFOLLOW ?? 0));
+    try {
+      const st = fstatSync(fd);
+      if (!st.isFile()) throw badInput(`${label} is ${describeFileKind(st)}, not a package description; remove it or put the real one there.`);
+      if (st.size > MAX_SIDECAR_BYTES) throw badInput(`${label} is ${formatBytes(st.size)}; a package description is a few KiB (limit ${formatBytes(MAX_SIDECAR_BYTES)}).`);
+      text = readFileSync(fd, 'utf8');
+    } finally {
+      closeSync(fd);
+    }
+  } catch (error) {
+    if (error instanceof ExpectedError) throw error;
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw badInput(`${label}: ${describeFsError(error)}.`);
+  }
   let raw: unknown;
   try {
-    raw = JSON.parse(readFileSync(path, 'utf8'));
+    raw = JSON.parse(text);
   } catch {
     throw badInput(`${label} is not valid JSON.`);
   }

@@ -2,13 +2,14 @@
 // Invariant: the library sees all of an import or none of it; a cancel, crash or bug before the
 // commit leaves the database exactly as it was (staged files are only ever temp files).
 import { createHash, randomUUID } from 'node:crypto';
-import { createReadStream, readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { basename, isAbsolute, join, relative } from 'node:path';
 import type { ImportFileReport, ImportInput, ImportReport } from '../../../shared/api';
 import { cancelled, conflict } from '../../../shared/errors';
 import type { Db } from '../db/database';
 import type { EventBus } from '../events';
+import { FileRefused, ReadAborted, readRegularFile } from '../files';
 import { ImageRejected, MAX_FILE_BYTES, processImage } from './images';
 import { DatasetRepo, type NewImage } from './repo';
 import { captionFor, scanFiles, scanFolder, type Candidate } from './scan';
@@ -48,9 +49,17 @@ export class DatasetImporter {
     const controller = new AbortController();
     this.active_.set(importId, controller);
     await mkdir(this.stagingRoot_, { recursive: true });
-    const staging = await mkdtemp(join(this.stagingRoot_, 'import-'));
+    // The pid in the name lets the next start tell a crashed import's leftovers from a live one's.
+    const staging = await mkdtemp(join(this.stagingRoot_, `import-${process.pid}-`));
+    const { signal } = controller;
     try {
-      const scan = input.source.kind === 'folder' ? await scanFolder(input.source.path) : await scanFiles(input.source.paths);
+      let scan;
+      try {
+        scan = input.source.kind === 'folder' ? await scanFolder(input.source.path, signal) : await scanFiles(input.source.paths, signal);
+      } catch (error) {
+        if (error instanceof ReadAborted) throw cancelled('Import cancelled; nothing was added to the library.');
+        throw error;
+      }
       const reports: ImportFileReport[] = scan.candidates.map((c) => ({ path: c.displayPath, status: 'skipped' }));
       const staged: Staged[] = [];
       const seen = new Map(existing);
@@ -58,7 +67,7 @@ export class DatasetImporter {
       const progress = (phase: 'reading' | 'decoding', done: number, total: number, candidate: Candidate) =>
         this.bus_.emit({ type: 'import.progress', importId, phase, done, total, current: candidate.displayPath });
       const reject = (index: number, error: unknown) => {
-        if (!(error instanceof ImageRejected)) throw error;
+        if (!(error instanceof ImageRejected || error instanceof FileRefused)) throw error;
         reports[index]!.status = 'skipped';
         reports[index]!.reason = error.message;
       };
@@ -67,18 +76,20 @@ export class DatasetImporter {
       // the first file in folder order whatever the decode timing.
       const toDecode: { index: number; sha256: string; bytes: number }[] = [];
       for (const [index, candidate] of scan.candidates.entries()) {
-        if (controller.signal.aborted) break;
+        if (signal.aborted) break;
         try {
           if (candidate.rejected) throw new ImageRejected(candidate.rejected);
-          const st = await stat(candidate.absPath);
-          if (st.size === 0) throw new ImageRejected('empty file (0 bytes)');
-          if (st.size > MAX_FILE_BYTES) throw new ImageRejected(`file too large (${Math.round(st.size / 2 ** 20)} MiB; limit ${MAX_FILE_BYTES / 2 ** 20} MiB)`);
-          const sha256 = await hashFile(candidate.absPath);
+          // Hashed as it is read: a regular file only, within the size cap, each read bounded in time.
+          const hash = createHash('sha256');
+          const { size } = await readRegularFile(candidate.absPath, { maxBytes: MAX_FILE_BYTES, signal, onChunk: (chunk) => hash.update(chunk) });
+          if (size === 0) throw new ImageRejected('empty file (0 bytes)');
+          const sha256 = hash.digest('hex');
           const dup = seen.get(sha256);
           if (dup !== undefined) throw new ImageRejected(`duplicate of ${dup}`);
           seen.set(sha256, candidate.displayPath);
-          toDecode.push({ index, sha256, bytes: st.size });
+          toDecode.push({ index, sha256, bytes: size });
         } catch (error) {
+          if (error instanceof ReadAborted) break;
           reject(index, error);
         } finally {
           progress('reading', index + 1, scan.candidates.length, candidate);
@@ -90,12 +101,12 @@ export class DatasetImporter {
       const decodeOne = async ({ index, sha256, bytes }: (typeof toDecode)[number]): Promise<void> => {
         const candidate = scan.candidates[index]!;
         try {
-          const image = await processImage(await readFile(candidate.absPath));
+          const image = await processImage((await readRegularFile(candidate.absPath, { maxBytes: MAX_FILE_BYTES, signal })).data);
           const normalizedPath = join(staging, `${index}.png`);
           const thumbPath = join(staging, `${index}.webp`);
           await writeFile(normalizedPath, image.normalized);
           await writeFile(thumbPath, image.thumb);
-          const { caption, source } = captionFor(scan, candidate);
+          const { caption, source, note } = captionFor(scan, candidate);
           staged.push({
             index,
             relPath: candidate.displayPath,
@@ -112,7 +123,9 @@ export class DatasetImporter {
             thumbPath,
           });
           reports[index]!.status = 'imported';
+          if (note) reports[index]!.note = note;
         } catch (error) {
+          if (error instanceof ReadAborted) return;
           reject(index, error);
         } finally {
           progress('decoding', ++decoded, toDecode.length, candidate);
@@ -122,12 +135,12 @@ export class DatasetImporter {
       let next = 0;
       const workers = Array.from({ length: Math.min(CONCURRENCY, toDecode.length) }, async () => {
         while (next < toDecode.length) {
-          if (controller.signal.aborted) return;
+          if (signal.aborted) return;
           await decodeOne(toDecode[next++]!);
         }
       });
       await Promise.all(workers);
-      if (controller.signal.aborted) throw cancelled('Import cancelled; nothing was added to the library.');
+      if (signal.aborted) throw cancelled('Import cancelled; nothing was added to the library.');
 
       staged.sort((a, b) => a.index - b.index);
       let datasetId: number | null = input.datasetId ?? null;
@@ -161,10 +174,4 @@ export class DatasetImporter {
 function isInside(path: string, folder: string): boolean {
   const rel = relative(folder, path);
   return rel !== '' && !rel.startsWith('..') && !isAbsolute(rel);
-}
-
-async function hashFile(path: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return hash.digest('hex');
 }

@@ -1,7 +1,6 @@
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
-import type { HealthReport } from '../../../shared/api';
 import { ExpectedError } from '../../../shared/errors';
 import { MIGRATIONS, type Migration } from './migrations';
 
@@ -52,17 +51,4 @@ export function migrate(db: Db, migrations: readonly Migration[] = MIGRATIONS): 
     })();
   }
   return schemaVersion(db);
-}
-
-export function checkHealth(db: Db): HealthReport {
-  const integrity = (db.pragma('integrity_check') as { integrity_check: string }[]).map((r) => r.integrity_check);
-  const foreignKeyViolations = (db.pragma('foreign_key_check') as unknown[]).length;
-  const journalMode = db.pragma('journal_mode', { simple: true }) as string;
-  return {
-    ok: integrity.length === 1 && integrity[0] === 'ok' && foreignKeyViolations === 0,
-    integrity,
-    foreignKeyViolations,
-    journalMode,
-    schemaVersion: schemaVersion(db),
-  };
 }
