@@ -59,6 +59,7 @@ function generation(id: number, over: Partial<Generation> = {}): Generation {
     durationMs: 100,
     createdAt: '2026-01-01T00:00:00.000Z',
     engine: 'worker',
+    pixelArt: false,
     ...over,
   };
 }

@@ -22,6 +22,8 @@ export interface Candidate {
 
 export interface ScanResult {
   root: string | null;
+  /** The chosen folder's name as the user knows it (an upload's staging folder is named by a random id). */
+  rootName: string | null;
   candidates: Candidate[];
   /** Sidecar captions keyed by the image path without extension. */
   captions: Map<string, string>;
@@ -61,7 +63,8 @@ async function readCaption(path: string): Promise<string | null> {
   }
 }
 
-export async function scanFolder(folder: string): Promise<ScanResult> {
+/** `rootName`: the folder's real name when `folder` is a staging copy of it (browser uploads). */
+export async function scanFolder(folder: string, rootName?: string): Promise<ScanResult> {
   const root = resolve(expandHome(folder));
   if (!isAbsolute(expandHome(folder))) {
     throw badInput(`The folder path must be absolute (for example /home/me/art or ~/art); got "${folder}".`);
@@ -77,7 +80,8 @@ export async function scanFolder(folder: string): Promise<ScanResult> {
 
   const candidates: Candidate[] = [];
   const captions = new Map<string, string>();
-  const rootKohya = parseKohyaFolder(basename(root));
+  const name = rootName ?? basename(root);
+  const rootKohya = parseKohyaFolder(name);
 
   async function walk(dir: string, depth: number, kohya: { repeats: number; classTokens: string } | null): Promise<void> {
     if (depth > MAX_DEPTH) return;
@@ -117,7 +121,7 @@ export async function scanFolder(folder: string): Promise<ScanResult> {
     }
   }
   await walk(root, 0, rootKohya);
-  return { root, candidates, captions };
+  return { root, rootName: name, candidates, captions };
 }
 
 export async function scanFiles(paths: readonly string[]): Promise<ScanResult> {
@@ -158,7 +162,7 @@ export async function scanFiles(paths: readonly string[]): Promise<ScanResult> {
       if (text !== null) captions.set(captionKey(abs), text);
     }
   }
-  return { root: null, candidates, captions };
+  return { root: null, rootName: null, candidates, captions };
 }
 
 export function captionFor(scan: ScanResult, candidate: Candidate): { caption: string; source: 'sidecar' | 'folder' | 'none' } {
@@ -166,4 +170,38 @@ export function captionFor(scan: ScanResult, candidate: Candidate): { caption: s
   if (sidecar !== undefined) return { caption: sidecar, source: 'sidecar' };
   if (candidate.classTokens) return { caption: candidate.classTokens, source: 'folder' };
   return { caption: '', source: 'none' };
+}
+
+export interface DatasetNaming {
+  name: string;
+  triggerWord: string | null;
+  /** The kohya folder the name and trigger came from, when they did. */
+  kohyaFolder: string | null;
+}
+
+/**
+ * A new dataset's name and trigger word. What the user typed wins. Otherwise, when every image sits in one kohya
+ * `N_<class words>` folder, the class words name the dataset (the repeat count is a training setting, not part of
+ * the name) and are the suggested trigger word, as kohya's class tokens are; else the folder's own name.
+ */
+export function datasetNaming(scan: ScanResult, given: { name?: string; triggerWord?: string }, folderName: string | null): DatasetNaming {
+  const found = scan.candidates.filter((c) => !c.rejected).map((c) => kohyaFolderOf(scan, c));
+  const folders = [...new Set(found)];
+  const kohyaFolder = found.length > 0 && folders.length === 1 ? folders[0]! : null;
+  const classWords = kohyaFolder !== null ? parseKohyaFolder(kohyaFolder)!.classTokens : null;
+  return {
+    name: given.name || classWords || folderName || `Imported images ${new Date().toISOString().slice(0, 10)}`,
+    triggerWord: given.triggerWord || classWords,
+    kohyaFolder: given.name && given.triggerWord ? null : kohyaFolder,
+  };
+}
+
+/** The nearest enclosing `N_name` folder that gave a candidate its class words (null: none did). */
+function kohyaFolderOf(scan: ScanResult, c: Candidate): string | null {
+  if (!c.classTokens) return null;
+  for (let dir = dirname(c.absPath); ; dir = dirname(dir)) {
+    if (dir === scan.root) return scan.rootName !== null && parseKohyaFolder(scan.rootName) ? scan.rootName : null;
+    if (parseKohyaFolder(basename(dir))) return basename(dir);
+    if (dirname(dir) === dir) return null;
+  }
 }
