@@ -158,7 +158,7 @@ describe.runIf(runnable)('training jobs and mixing (real worker)', () => {
     for (const a of [shira, lora]) expect((await call('adapters.get', { id: a.id })).cover).toMatchObject({ media: 'generation-thumb', id: images[0]!.id, width: 64 });
     // Same recipe, same seed → the same pixels, so the image is stored once and comes back again.
     const pixels = async (id: number) => (await sharp(core.media('generation', id)!.bytes).raw().toBuffer()).toString('hex');
-    const first = await pixels(images[0]!.id);
+    const drawn = await pixels(images[0]!.id);
     const again = await call('generate', { prompt: 'neonfx, bird', seed: 11, steps: 3, guidance: 3 });
     expect(again[0]!.id).toBe(images[0]!.id);
     expect((await call('generations.list', { adapterId: lora.id })).total).toBe(2);
@@ -166,7 +166,7 @@ describe.runIf(runnable)('training jobs and mixing (real worker)', () => {
     await call('generations.delete', { id: images[0]!.id });
     const redrawn = await call('generate', { prompt: 'neonfx, bird', seed: 11, steps: 3, guidance: 3 });
     expect(redrawn[0]!.id).not.toBe(images[0]!.id);
-    expect(await pixels(redrawn[0]!.id)).toBe(first);
+    expect(await pixels(redrawn[0]!.id)).toBe(drawn);
     expect((await call('generations.list', { adapterId: lora.id })).total).toBe(2);
     // The ONNX engine draws the same picture for a SHiRA mix (within one 8-bit level), off the worker's lane.
     const shiraMix = [{ adapterId: shira.id, alpha: 0.9 }];
