@@ -1,12 +1,13 @@
 // The core side of issue 24 (what an artist tripped over on a first real project): kohya folder naming, the word
 // tokenizer's unknown and colliding words, bulk caption edits, a run's loss history, and the gallery's grids, one
 // row per identical generation and pixel-art marks (the last through the real worker when it is built).
-import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { GridInput } from '../../src/shared/api';
 import { uploadsDir } from '../../src/main/core/core';
 import { fnv1a64, WordTokenizer } from '../../src/main/core/ort/model';
+import { limitations, sharedRowChance } from '../../src/main/hosts/cli/model-card';
 import { makeCore, solidImage, tempDir, writeTree, type Caller } from './helpers';
 
 const ROOT = resolve(__dirname, '../..');
@@ -103,6 +104,18 @@ describe('the built-in model’s words', () => {
     expect(suggestion.word.startsWith('aknightinredcoat')).toBe(true);
     const again = await call('models.checkWords', { text: suggestion.word });
     expect(again.words[0]).toMatchObject({ known: false, sharesWith: [] });
+  });
+
+  it('the model card says what the few spare rows cost, and that a future model should have far more', () => {
+    expect(sharedRowChance(2, 64)).toBeCloseTo(1 / 64, 12);
+    expect(sharedRowChance(10, 64)).toBeGreaterThan(0.5);
+    expect(sharedRowChance(10, 4096)).toBeLessThan(0.02);
+    const text = limitations(1188, 64).join('\n');
+    expect(text).toMatch(/one of only 64 spare embedding rows/);
+    expect(text).toMatch(/15 % of the time for 5 new words, 52 % for 10/);
+    expect(text).toMatch(/A future built-in model should have far more spare rows/);
+    // The shipped card says it too.
+    expect(readFileSync(join(RESOURCES, 'models', 'clipart-64', 'MODEL_CARD.md'), 'utf8')).toContain(text);
   });
 
   it('marks nothing for a model that does not tokenize by words', async () => {
