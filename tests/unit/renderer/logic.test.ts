@@ -287,9 +287,11 @@ describe('compare grid layout', () => {
     expect(n.along).toBe('columns');
     expect(Object.keys(n.byAxis)).toEqual(['base', 'a1', 'a2', 'fused']);
     expect(n.byAxis.a2!.map((l) => l.label)).toEqual(['Alone, α 1', 'On base', 'Drift']);
-    expect(n.byAxis.fused!.map((l) => [l.label, l.value])).toEqual([
-      ['S fused', '70 % · kept 88 %'],
-      ['L fused', '47 % · kept 130 %'],
+    expect(n.byAxis.fused).toEqual([
+      { label: 'S, fused', value: '70 %' },
+      { label: 'kept of alone', value: '88 %' },
+      { label: 'L, fused', value: '47 %' },
+      { label: 'kept of alone', value: '130 %', note: RETENTION_NOTE },
     ]);
     expect(conceptNumbers(compareLayout({ ...base, mode: 'combine', weight: 0.5 }), report).byAxis.fused).toBeUndefined();
   });
@@ -339,9 +341,13 @@ describe('word check marks', () => {
     );
     expect(marks.map((m) => [m.word, m.tone])).toEqual([
       ['knight', 'warn'],
-      ['zorp', 'warn'],
+      ['zorp', 'note'],
     ]);
     expect(marks[0]!.message).toMatch(/shares one of 64 shared spare rows with “sprite” \(trigger of “Pixel”\)/);
+    // Words that mean nothing to the model go on one line together.
+    expect(wordMarks(check([info('a'), info('glowing'), info('ring')]), 'prompt')).toEqual([
+      { word: 'a glowing ring', tone: 'note', message: 'clipart-64 does not know “a”, “glowing”, “ring”: they land on shared spare rows and mean nothing to it yet.' },
+    ]);
     expect(wordMarks({ ...check([info('zorp')]), applies: false }, 'prompt')).toEqual([]);
   });
 

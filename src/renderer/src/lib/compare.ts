@@ -160,7 +160,11 @@ export function conceptNumbers(layout: CompareLayout, report: ConceptReport | nu
     if (axis.key === 'base') {
       for (const s of report.single) lines.push({ label: `${s.name} style on base`, value: pct(s.baseScore) });
     } else if (axis.key === 'fused') {
-      for (const f of report.fused.filter((x) => x.alpha === layout.weight)) lines.push(retentionLine(`${name(f.adapterId)} fused`, f));
+      // Under a grid cell: the score and the share kept on lines of their own, so nothing wraps mid-number.
+      for (const f of report.fused.filter((x) => x.alpha === layout.weight)) {
+        lines.push({ label: `${name(f.adapterId)}, fused`, value: pct(f.score) });
+        if (f.retention !== null) lines.push({ label: 'kept of alone', value: pct(f.retention), ...(f.retention > 1 ? { note: RETENTION_NOTE } : {}) });
+      }
     } else {
       const single = report.single.find((s) => `a${s.adapterId}` === axis.key);
       if (single) {

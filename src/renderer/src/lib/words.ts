@@ -19,15 +19,22 @@ function shares(info: WordInfo): string {
 export function wordMarks(check: WordCheck | null, purpose: WordPurpose): WordMark[] {
   if (!check?.applies) return [];
   const marks: WordMark[] = [];
+  const row = `one of ${check.spareRows} shared spare rows`;
+  // Words that mean nothing to the model are common with a small vocabulary: one line for all of them.
+  const meaningless: string[] = [];
   for (const w of check.words) {
-    const row = `one of ${check.spareRows} shared spare rows`;
     if (w.known) {
       if (purpose === 'trigger') marks.push({ word: w.word, tone: 'note', message: `${check.model} already knows “${w.word}”: the style will also attach to what it means.` });
     } else if (w.sharesWith.length > 0) {
       marks.push({ word: w.word, tone: 'warn', message: `${check.model} does not know “${w.word}”; it shares ${row} with ${shares(w)}, so the model cannot tell them apart.` });
     } else if (purpose === 'prompt' && w.triggerOf.length === 0) {
-      marks.push({ word: w.word, tone: 'warn', message: `${check.model} does not know “${w.word}”: it lands on ${row} and means nothing yet.` });
+      meaningless.push(w.word);
     }
+  }
+  if (meaningless.length > 0) {
+    const list = meaningless.map((w) => `“${w}”`).join(', ');
+    const one = meaningless.length === 1;
+    marks.push({ word: meaningless.join(' '), tone: 'note', message: `${check.model} does not know ${list}: ${one ? 'it lands' : 'they land'} on shared spare rows and ${one ? 'means' : 'mean'} nothing to it yet.` });
   }
   return marks;
 }
