@@ -288,7 +288,23 @@ describe('studio server: the whole artist flow', () => {
       await expect.poll(() => cards.count()).toBe(2);
     }
 
-    // ---- Mix & generate: the SHiRA at α 0.8, seed locked ----
+    // ---- Datasets: the caption editor across the whole dataset, previewed before it is applied ----
+    await view(page, 2, 'Datasets');
+    await page.getByRole('main').getByRole('button', { name: TRIGGER, exact: true }).click();
+    const captions = page.getByRole('region', { name: 'Captions' });
+    await captions.getByRole('button', { name: `${TRIGGER} 6` }).waitFor();
+    await captions.getByRole('textbox', { name: 'Tag' }).fill('neon glow');
+    await captions.getByRole('button', { name: 'Add at end' }).click();
+    const changes = page.getByRole('region', { name: 'Caption changes to apply' });
+    await changes.getByText('6 of 6 captions change.').waitFor();
+    await changes.getByRole('button', { name: 'Apply to 6 captions' }).click();
+    await changes.waitFor({ state: 'detached' });
+    expect(await page.getByRole('textbox', { name: `Caption for 4_${TRIGGER}/shape-0.png` }).inputValue()).toBe(`${TRIGGER}, a glowing ring, neon glow`);
+    await captions.getByRole('button', { name: 'neon glow 6' }).waitFor();
+    await shoot(page, 'datasets');
+    await view(page, 1, 'Library');
+
+    // ---- Mix & generate: the SHiRA at α 0.8, seed typed ----
     await cards.filter({ hasText: shiraName }).click();
     await panel.getByRole('button', { name: 'Use in mix' }).click();
     await page.getByRole('main').getByRole('heading', { level: 1, name: 'Mix & Generate' }).waitFor();
@@ -484,7 +500,7 @@ describe('studio server: the whole artist flow', () => {
 
     if (DOCS) {
       await mkdir(DOCS_SCREENSHOTS, { recursive: true });
-      for (const name of ['library', 'library-detail', 'train', 'mix', 'gallery', 'gallery-image', 'compare', 'compare-combine']) {
+      for (const name of ['library', 'library-detail', 'datasets', 'train', 'mix', 'gallery', 'gallery-image', 'compare', 'compare-combine']) {
         await copyFile(join(ARTIFACTS, `${name}.png`), join(DOCS_SCREENSHOTS, `${name}.png`));
       }
     }
