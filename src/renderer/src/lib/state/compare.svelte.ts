@@ -53,6 +53,8 @@ export class CompareState {
 
   readonly #api: ApiClient;
   readonly #adapters: () => ReadonlyMap<number, AdapterSummary>;
+  /** The layout the results belong to (the form may have changed since). */
+  #ran: CompareLayout | null = null;
 
   constructor(api: ApiClient, adapters: () => ReadonlyMap<number, AdapterSummary>) {
     this.#api = api;
@@ -149,9 +151,6 @@ export class CompareState {
       this.cancelRequested = false;
     }
   }
-
-  /** The layout the results belong to (the form may have changed since). */
-  #ran: CompareLayout | null = null;
 
   /** Keep or drop the last grid's gallery entry (the images stay on screen here either way). */
   async setKeep(keep: boolean): Promise<void> {
