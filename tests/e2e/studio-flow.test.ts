@@ -418,7 +418,7 @@ describe('studio server: the whole artist flow', () => {
     if (MEASURE_CONCEPT) {
       // A real concept-loss measurement (minutes on a CPU): each adapter's numbers appear once beside the grid.
       await page.getByRole('button', { name: 'Measure concept loss' }).click();
-      const numbers = page.getByRole('table').filter({ hasText: 'On base' });
+      const numbers = page.getByRole('table', { name: /^Style scores/ });
       const failed = page.getByRole('alert').filter({ hasText: /^Couldn't measure/ });
       await numbers.or(failed).waitFor({ timeout: 900_000 });
       if (await failed.isVisible()) throw new Error(await failed.innerText());
@@ -462,6 +462,8 @@ describe('studio server: the whole artist flow', () => {
     // Gallery: the two Mix images (asked for twice, stored once) and each Compare grid as one entry.
     await view(page, 5, 'Gallery');
     await expect.poll(() => page.getByRole('main').locator('header p').innerText()).toMatch(/^4 entries/);
+    for (const img of await page.getByRole('listbox', { name: 'Generated images' }).locator('img').all()) await expect.poll(() => hasLoaded(img)).toBe(true);
+    await shoot(page, 'gallery');
     // Identical cells were drawn once: the combine grid's base and single-adapter cells are the α sweep's α 1 cells.
     const db = library(studio().dataDir);
     expect(db.prepare('SELECT count(*) AS n FROM generations').get()).toEqual({ n: 2 + 5 + 1 });
