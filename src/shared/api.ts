@@ -131,6 +131,8 @@ export interface DatasetSummary {
   /** Σ repeats over images: what one epoch sees, kohya-style. */
   weightedCount: number;
   coverImageId: number | null;
+  /** The artist marked the dataset as pixel art: its images show with nearest-neighbour scaling at any size. */
+  pixelArt: boolean;
   createdAt: string;
   updatedAt: string;
 }
@@ -178,6 +180,11 @@ export interface ImportReport {
   imported: number;
   skipped: number;
   files: ImportFileReport[];
+  /**
+   * How a new dataset was named (null when appending): a kohya `N_name` folder gives its class words as the name
+   * (the repeat prefix dropped) and as the suggested trigger word, unless the user typed either.
+   */
+  naming: { name: string; triggerWord: string | null; kohyaFolder: string | null } | null;
 }
 
 export type AdapterKind = 'shira' | 'lora';
@@ -197,7 +204,10 @@ export interface AdapterSummary {
   preferredWeight: number;
   tags: string[];
   notes: string;
+  /** The image the artist picked as the cover; until then the first image generated with the adapter. */
   coverGenerationId: number | null;
+  /** What the cards show: that image, else the training run's last preview; null when there is neither. */
+  cover: AdapterCover | null;
   /** Stored bytes (encoded values + indices). */
   sizeBytes: number;
   /** Trained values: SHiRA Σ K, LoRA Σ |A| + |B|. */
@@ -211,6 +221,15 @@ export interface AdapterSummary {
   autoV2: string | null;
   createdAt: string;
   updatedAt: string;
+}
+
+export interface AdapterCover {
+  media: 'generation-thumb' | 'training-sample';
+  id: number;
+  /** Size of one picture (a preview grid's tile), for choosing nearest-neighbour scaling. */
+  width: number;
+  height: number;
+  pixelArt: boolean;
 }
 
 export interface AdapterTensorInfo {
@@ -343,6 +362,11 @@ export interface GenerateRequest {
   baseModelId?: number;
   /** 'auto' (default): whichever engine was faster on this machine; 'ort' takes SHiRA mixes only. */
   engine?: GenerateEngine;
+  /**
+   * A Compare cell: not shown in the Gallery on its own; a grid saved with `grids.save` keeps it. An identical
+   * generation (same model, mix, prompt, seed and settings) is never drawn twice: the stored one comes back.
+   */
+  forGrid?: boolean;
 }
 
 export type GenerateEngine = 'auto' | 'worker' | 'ort';
@@ -372,12 +396,78 @@ export interface Generation {
   durationMs: number | null;
   /** The engine that drew it: 'worker' (libtorch) or 'ort' (onnxruntime-node). */
   engine: 'worker' | 'ort';
+  /** The artist marked it as pixel art: shown with nearest-neighbour scaling at any size. */
+  pixelArt: boolean;
   createdAt: string;
 }
 
 export interface GenerationPage {
   total: number;
   items: Generation[];
+}
+
+/** A row or column of a Compare grid as it was shown. */
+export interface GridAxis {
+  label: string;
+  sub?: string;
+  /** What the axis varies: an adapter's kind, the base model, an α or a prompt. */
+  kind?: AdapterKind | 'base';
+}
+
+export type GridMode = 'alpha' | 'prompts' | 'combine';
+
+export interface GridSummary {
+  id: number;
+  title: string;
+  mode: GridMode;
+  rows: GridAxis[];
+  columns: GridAxis[];
+  /** Generation ids by row, then column; null where a cell failed, was stopped or its image was deleted. */
+  cells: (number | null)[][];
+  /** The prompts as drawn (trigger words included), one per grid row in the prompts-per-row layouts. */
+  prompts: string[];
+  seed: number;
+  steps: number;
+  guidance: number;
+  negativePrompt: string;
+  createdAt: string;
+}
+
+export interface Grid extends GridSummary {
+  /** Every image the grid holds, once each. */
+  generations: Generation[];
+}
+
+/** The gallery: single images and Compare grids, newest first. */
+export type GalleryEntry = ({ type: 'image' } & Generation) | ({ type: 'grid' } & GridSummary);
+
+export interface GalleryPage {
+  total: number;
+  items: GalleryEntry[];
+}
+
+/** What the built-in model's word tokenizer makes of a text (see `models.checkWords`). */
+export interface WordCheck {
+  model: string;
+  /** False when the model does not tokenize by words (nothing to mark). */
+  applies: boolean;
+  /** Rows shared by every word outside the vocabulary (FNV-1a 64 of the word, modulo this). */
+  spareRows: number;
+  words: WordInfo[];
+  /** With `suggest`: a word outside the vocabulary on a spare row nothing in the library uses (null: every row is taken). */
+  suggestion?: WordInfo | null;
+}
+
+export interface WordInfo {
+  word: string;
+  /** In the vocabulary: a row of its own, with the meaning the model learnt. */
+  known: boolean;
+  /** For unknown words: the spare row it hashes into. */
+  spareRow: number | null;
+  /** Other words on the same spare row, with where the library uses them. */
+  sharesWith: { word: string; where: string }[];
+  /** Names of the adapters and datasets that have this word as their trigger. */
+  triggerOf: string[];
 }
 
 export interface ConceptRequest {
@@ -411,6 +501,11 @@ export const MAX_CAPTION_CHARS = 2000;
 
 const id = v.int({ min: 1 });
 const mixEntries = (min: number) => v.array(v.object({ adapterId: id, alpha: v.number({ min: -4, max: 4 }) }), { min, max: 32 });
+const gridAxis = v.object({
+  label: v.string({ min: 1, max: 1000 }),
+  sub: v.optional(v.string({ max: 1000 })),
+  kind: v.optional(v.enum(['shira', 'lora', 'base'] as const)),
+});
 const importSource = v.variant('kind', {
   folder: v.object({ kind: v.literal('folder'), path: v.string({ min: 1, max: 4096 }) }),
   files: v.object({ kind: v.literal('files'), paths: v.array(v.string({ min: 1, max: 4096 }), { min: 1, max: 10_000 }) }),
@@ -436,11 +531,18 @@ export const api = {
       triggerWord: v.optional(v.string({ max: 100, trim: true })),
       /** Client-chosen id so progress events and cancel can name this import. */
       importId: v.optional(v.string({ min: 1, max: 100 })),
+      /** The picked folder's name where the paths lose it (browser uploads): default name, kohya repeats and trigger. */
+      folderName: v.optional(v.string({ min: 1, max: 255, trim: true })),
     }) as Schema<ImportInput>,
   ),
   'datasets.cancelImport': method<Schema<{ importId: string }>, { cancelled: boolean }>(v.object({ importId: v.string({ min: 1, max: 100 }) })),
-  'datasets.update': method<Schema<{ id: number; name?: string; triggerWord?: string | null }>, DatasetSummary>(
-    v.object({ id, name: v.optional(v.string({ min: 1, max: 200, trim: true })), triggerWord: v.optional(v.nullable(v.string({ max: 100, trim: true }))) }),
+  'datasets.update': method<Schema<{ id: number; name?: string; triggerWord?: string | null; pixelArt?: boolean }>, DatasetSummary>(
+    v.object({
+      id,
+      name: v.optional(v.string({ min: 1, max: 200, trim: true })),
+      triggerWord: v.optional(v.nullable(v.string({ max: 100, trim: true }))),
+      pixelArt: v.optional(v.boolean()),
+    }),
   ),
   'datasets.setCaption': method<Schema<{ imageId: number; caption: string }>, DatasetImage>(
     v.object({ imageId: id, caption: v.string({ max: MAX_CAPTION_CHARS }) }),
@@ -533,6 +635,7 @@ export const api = {
       mix: v.optional(mixEntries(0)),
       baseModelId: v.optional(id),
       engine: v.optional(v.enum(['auto', 'worker', 'ort'] as const)),
+      forGrid: v.optional(v.boolean()),
     }) as Schema<GenerateRequest>,
   ),
   /** The faster engine on this machine for the default base model (measured once; `remeasure` again). */
@@ -554,7 +657,47 @@ export const api = {
   ),
   /** The newest stored report for exactly this set of adapters, or null. */
   'concept.latest': method<Schema<{ adapterIds: number[] }>, ConceptReport | null>(v.object({ adapterIds: v.array(id, { min: 1, max: 4 }) })),
+
+  // ---- A first real project (issue 24): word checks, bulk captions, run history, gallery grids, pixel art ----
+  /**
+   * How the base model's word tokenizer reads `text`: words it does not know, and words that share a hashed spare
+   * row with a trigger word or a caption word of the library. `suggest`: also a free word for a trigger.
+   */
+  'models.checkWords': method<Schema<{ text: string; baseModelId?: number; suggest?: boolean }>, WordCheck>(
+    v.object({ text: v.string({ max: 2000 }), baseModelId: v.optional(id), suggest: v.optional(v.boolean()) }),
+  ),
+  /** Many captions of one dataset at once, in one transaction (the caption editor's bulk edits). */
+  'datasets.setCaptions': method<Schema<{ datasetId: number; captions: { imageId: number; caption: string }[] }>, Dataset>(
+    v.object({ datasetId: id, captions: v.array(v.object({ imageId: id, caption: v.string({ max: 2000 }) }), { min: 1, max: 10_000 }) }),
+  ),
+  /** A run's loss curve so far (at most ~2000 points, always the last), for a chart opened mid-run. */
+  'training.loss': method<Schema<{ id: number }>, { step: number; loss: number }[]>(v.object({ id })),
+  /** Images and Compare grids, newest first (`favourite`: favourite images only; `adapterId`: made with it). */
+  'gallery.list': method<Schema<{ offset?: number; limit?: number; favourite?: boolean; adapterId?: number }>, GalleryPage>(
+    v.object({ offset: v.optional(v.int({ min: 0 })), limit: v.optional(v.int({ min: 1, max: 500 })), favourite: v.optional(v.boolean()), adapterId: v.optional(id) }),
+  ),
+  'generations.setPixelArt': method<Schema<{ id: number; pixelArt: boolean }>, Generation>(v.object({ id, pixelArt: v.boolean() })),
+  /** Keeps a Compare grid as one gallery entry; its cells are generations made with `forGrid`. */
+  'grids.save': method<Schema<GridInput>, GridSummary>(
+    v.object({
+      title: v.string({ min: 1, max: 300, trim: true }),
+      mode: v.enum(['alpha', 'prompts', 'combine'] as const),
+      rows: v.array(gridAxis, { min: 1, max: 64 }),
+      columns: v.array(gridAxis, { min: 1, max: 64 }),
+      cells: v.array(v.array(v.nullable(id), { min: 1, max: 64 }), { min: 1, max: 64 }),
+      prompts: v.array(v.string({ max: 1000 }), { min: 1, max: 64 }),
+      seed: v.int({ min: 0, max: 2 ** 31 - 1 }),
+      steps: v.int({ min: 1, max: 200 }),
+      guidance: v.number({ min: 0, max: 30 }),
+      negativePrompt: v.string({ max: 1000 }),
+    }) as Schema<GridInput>,
+  ),
+  'grids.get': method<Schema<{ id: number }>, Grid>(v.object({ id })),
+  /** Removes the grid entry; images that nothing else holds (gallery, favourite, cover, another grid) go at the next start. */
+  'grids.delete': method<Schema<{ id: number }>, { deleted: boolean }>(v.object({ id })),
 } as const;
+
+export type GridInput = Omit<GridSummary, 'id' | 'createdAt'>;
 
 export interface ImportInput {
   source: { kind: 'folder'; path: string } | { kind: 'files'; paths: string[] };
@@ -562,6 +705,7 @@ export interface ImportInput {
   name?: string;
   triggerWord?: string;
   importId?: string;
+  folderName?: string;
 }
 
 export type Api = typeof api;
@@ -589,3 +733,9 @@ export type CoreEventType = CoreEvent['type'];
 /** thumb/image: dataset images; generation/generation-thumb: gallery images (PNG with recipe / WebP); training-sample: preview grids. */
 export type MediaKind = 'thumb' | 'image' | 'generation' | 'generation-thumb' | 'training-sample';
 export const MEDIA_KINDS: readonly MediaKind[] = ['thumb', 'image', 'generation', 'generation-thumb', 'training-sample'];
+
+/**
+ * Images no larger than this (long side, px) are pixel art or a small model's output: thumbnails and viewers scale
+ * them with nearest-neighbour, never smoothing. Larger ones do too when the artist marks them.
+ */
+export const PIXEL_ART_MAX_SIDE = 128;

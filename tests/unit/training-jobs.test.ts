@@ -118,6 +118,11 @@ describe.runIf(runnable)('training jobs and mixing (real worker)', () => {
     });
     expect(lora.method).not.toHaveProperty('caption_tag_dropout');
     expect(lora.method).toMatchObject({ flip: false });
+    // Until an image is made with it, an adapter's card shows its run's last preview (the LoRA drew none).
+    expect(shira.cover).toEqual({ media: 'training-sample', id: samples[1]!.id, width: 64, height: 64, pixelArt: false });
+    expect(lora.cover).toBeNull();
+    // The run's curve is there for a chart opened at any time, ending at the last step.
+    expect((await call('training.loss', { id: shiraJob.id })).at(-1)).toMatchObject({ step: 6 });
     // Rand indices are regenerated from the seed: only fp16 values are stored.
     expect(shira.tensors.every((t) => t.encoding === 'f16+rand')).toBe(true);
     expect(shira.bytesPerValue).toBe(2);
@@ -149,11 +154,20 @@ describe.runIf(runnable)('training jobs and mixing (real worker)', () => {
     expect(text.parameters).toMatch(new RegExp(`^neonfx, bird <lora:${shira.name}:1> <lora:${lora.name}:0.25>\nSteps: 3, Sampler: DDIM, CFG scale: 3, Seed: 11, Size: 64x64`));
     expect(JSON.parse(text['shira-studio']!)).toMatchObject({ seed: 11, mix: [{ adapterId: shira.id, alpha: 1, autoV2: shira.autoV2 }, { adapterId: lora.id, alpha: 0.25 }] });
     expect(core.media('generation-thumb', images[0]!.id)!.mime).toBe('image/webp');
-    // Same recipe, same seed → the same pixels.
-    const again = await call('generate', { prompt: 'neonfx, bird', seed: 11, steps: 3, guidance: 3 });
+    // The first image made with an adapter becomes its cover.
+    for (const a of [shira, lora]) expect((await call('adapters.get', { id: a.id })).cover).toMatchObject({ media: 'generation-thumb', id: images[0]!.id, width: 64 });
+    // Same recipe, same seed → the same pixels, so the image is stored once and comes back again.
     const pixels = async (id: number) => (await sharp(core.media('generation', id)!.bytes).raw().toBuffer()).toString('hex');
-    expect(await pixels(again[0]!.id)).toBe(await pixels(images[0]!.id));
-    expect((await call('generations.list', { adapterId: lora.id })).total).toBe(3);
+    const drawn = await pixels(images[0]!.id);
+    const again = await call('generate', { prompt: 'neonfx, bird', seed: 11, steps: 3, guidance: 3 });
+    expect(again[0]!.id).toBe(images[0]!.id);
+    expect((await call('generations.list', { adapterId: lora.id })).total).toBe(2);
+    // Drawn afresh once the stored copy is gone: the same pixels (what makes reusing it honest).
+    await call('generations.delete', { id: images[0]!.id });
+    const redrawn = await call('generate', { prompt: 'neonfx, bird', seed: 11, steps: 3, guidance: 3 });
+    expect(redrawn[0]!.id).not.toBe(images[0]!.id);
+    expect(await pixels(redrawn[0]!.id)).toBe(drawn);
+    expect((await call('generations.list', { adapterId: lora.id })).total).toBe(2);
     // The ONNX engine draws the same picture for a SHiRA mix (within one 8-bit level), off the worker's lane.
     const shiraMix = [{ adapterId: shira.id, alpha: 0.9 }];
     const [byWorker] = await call('generate', { prompt: 'neonfx, car', seed: 5, steps: 4, mix: shiraMix, engine: 'worker' });

@@ -28,6 +28,7 @@ import { TrainingQueue } from './jobs/training';
 import { Generations } from './generate/generations';
 import { ConceptService } from './concept/service';
 import { OrtService } from './ort/service';
+import { WordChecker } from './models/words';
 
 export const APP_VERSION = '0.1.0';
 
@@ -92,6 +93,7 @@ export class Core {
   readonly ort: OrtService;
   readonly concept: ConceptService;
   private readonly checker_: LibraryChecker;
+  private readonly words_: WordChecker;
 
   constructor(options: CoreOptions) {
     this.dataDir = options.dataDir;
@@ -130,7 +132,8 @@ export class Core {
     this.adapters = new AdapterLibrary(this.db, adapterCacheDir(options.dataDir));
     this.mixer = new Mixer(this.db, this.adapters, () => this.worker_);
     this.ort = new OrtService({ dataDir: options.dataDir, worker: () => this.worker_, threads: options.worker?.threads ?? availableParallelism() });
-    this.generations = new Generations(this.db, this.mixer, this.adapters, () => this.worker_, this.ort, (fn) => this.serial(fn), join(options.dataDir, 'tmp'));
+    this.generations = new Generations(this.db, this.mixer, this.adapters, () => this.worker_, this.ort, (fn) => this.serial(fn), join(options.dataDir, 'tmp'), (e) => this.events.emit(e));
+    this.words_ = new WordChecker(this.db);
     this.concept = new ConceptService(this.db, this.adapters, this.mixer, () => this.worker_, join(options.dataDir, 'tmp'), (e) => this.events.emit(e));
     this.training = new TrainingQueue(this.db, this.adapters, this.events, this.log, join(options.dataDir, 'jobs'), this.trainer_);
     this.registry = new ApiRegistry(this.handlers(options.host), (method, error) => this.log.error(`internal error in ${method}`, error));
@@ -406,6 +409,27 @@ export class Core {
       'generations.delete': ({ id }) => {
         const deleted = this.generations.delete(id);
         if (deleted) this.events.emit({ type: 'library.changed', what: 'generations', id });
+        return { deleted };
+      },
+      // ---- issue 24 ----
+      'models.checkWords': ({ text, baseModelId, suggest }) => this.words_.check(text, baseModelId, suggest ?? false),
+      'datasets.setCaptions': ({ datasetId, captions }) => {
+        const dataset = datasets.setCaptions(datasetId, captions);
+        this.events.emit({ type: 'library.changed', what: 'datasets', id: datasetId });
+        return dataset;
+      },
+      'training.loss': ({ id }) => this.training.loss(id),
+      'gallery.list': (o) => this.generations.gallery(o),
+      'generations.setPixelArt': ({ id, pixelArt }) => this.generations.setPixelArt(id, pixelArt),
+      'grids.save': (input) => {
+        const grid = this.generations.saveGrid(input);
+        this.events.emit({ type: 'library.changed', what: 'generations' });
+        return grid;
+      },
+      'grids.get': ({ id }) => this.generations.grid(id),
+      'grids.delete': ({ id }) => {
+        const deleted = this.generations.deleteGrid(id);
+        if (deleted) this.events.emit({ type: 'library.changed', what: 'generations' });
         return { deleted };
       },
     };

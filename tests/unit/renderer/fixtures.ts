@@ -15,6 +15,7 @@ export function adapterSummary(over: Partial<AdapterSummary> & { id: number }): 
     tags: [],
     notes: '',
     coverGenerationId: null,
+    cover: null,
     sizeBytes: 1000,
     trainable: 500,
     bytesPerValue: 2,

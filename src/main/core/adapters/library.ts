@@ -67,15 +67,25 @@ interface AdapterRow {
   trainable: number;
   tags_json: string;
   size_bytes: number;
+  cover_gen_id: number | null;
+  cover_gen_width: number | null;
+  cover_gen_height: number | null;
+  cover_gen_pixel_art: number | null;
+  cover_sample_id: number | null;
+  base_resolution: number | null;
   created_at: string;
   updated_at: string;
 }
 
+// The cover a card shows: the chosen (or first) image, else the last preview of the run that trained the adapter:
+// a run's first preview is drawn before it has learnt much, its last shows the style the adapter carries.
 const SUMMARY_SQL = `
-  SELECT a.*, b.name AS base_model_name, a.base_identity AS base_weights_hash,
+  SELECT a.*, b.name AS base_model_name, a.base_identity AS base_weights_hash, b.resolution AS base_resolution,
          (SELECT json_group_array(tag) FROM adapter_tags t WHERE t.adapter_id = a.id) AS tags_json,
-         (SELECT coalesce(sum(length(values_blob) + coalesce(length(index_blob), 0)), 0) FROM adapter_tensors x WHERE x.adapter_id = a.id) AS size_bytes
-  FROM adapters a LEFT JOIN base_models b ON b.id = a.base_model_id`;
+         (SELECT coalesce(sum(length(values_blob) + coalesce(length(index_blob), 0)), 0) FROM adapter_tensors x WHERE x.adapter_id = a.id) AS size_bytes,
+         cg.id AS cover_gen_id, cg.width AS cover_gen_width, cg.height AS cover_gen_height, cg.pixel_art AS cover_gen_pixel_art,
+         (SELECT s.id FROM training_runs r JOIN training_samples s ON s.run_id = r.id WHERE r.adapter_id = a.id ORDER BY r.id DESC, s.step DESC LIMIT 1) AS cover_sample_id
+  FROM adapters a LEFT JOIN base_models b ON b.id = a.base_model_id LEFT JOIN generations cg ON cg.id = a.cover_generation_id`;
 
 export type AdapterSort = 'recent' | 'name' | 'size';
 
@@ -129,13 +139,7 @@ export class AdapterLibrary {
     const run = this.db.prepare('SELECT * FROM training_runs WHERE adapter_id = ? ORDER BY id DESC LIMIT 1').get(id) as
       | { id: number; config_json: string; device: string | null; started_at: string | null; finished_at: string | null; result_json: string | null; steps: number }
       | undefined;
-    let loss: { step: number; loss: number }[] = [];
-    if (run) {
-      const all = this.db.prepare('SELECT step, loss FROM training_loss WHERE run_id = ? ORDER BY step').all(run.id) as { step: number; loss: number }[];
-      // A loss curve needs a few hundred points, not every step of a long run.
-      const stride = Math.max(1, Math.ceil(all.length / 400));
-      loss = all.filter((_, i) => i % stride === 0 || i === all.length - 1);
-    }
+    const loss = run ? lossCurve(this.db, run.id, 400) : [];
     return {
       ...summary,
       tensors: tensors.map((t) => {
@@ -244,6 +248,15 @@ export class AdapterLibrary {
       this.db.prepare(`UPDATE adapters SET updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?`).run(id);
     })();
     return this.summary(id);
+  }
+
+  /**
+   * Adapters of the mix that have no cover yet take this image: the first picture made with an adapter is its cover
+   * until the artist picks one. Returns the adapters that changed.
+   */
+  adoptCover(generationId: number, mix: readonly { adapterId: number; alpha: number }[]): number[] {
+    const take = this.db.prepare('UPDATE adapters SET cover_generation_id = ? WHERE id = ? AND cover_generation_id IS NULL');
+    return mix.filter((e) => e.alpha !== 0 && take.run(generationId, e.adapterId).changes > 0).map((e) => e.adapterId);
   }
 
   duplicate(id: number, name?: string): AdapterSummary {
@@ -454,6 +467,12 @@ function toSummary(r: AdapterRow): AdapterSummary {
     tags: (JSON.parse(r.tags_json) as string[]).sort(),
     notes: r.notes,
     coverGenerationId: r.cover_generation_id,
+    cover:
+      r.cover_gen_id !== null
+        ? { media: 'generation-thumb', id: r.cover_gen_id, width: r.cover_gen_width!, height: r.cover_gen_height!, pixelArt: r.cover_gen_pixel_art === 1 }
+        : r.cover_sample_id !== null
+          ? { media: 'training-sample', id: r.cover_sample_id, width: r.base_resolution ?? 0, height: r.base_resolution ?? 0, pixelArt: false }
+          : null,
     sizeBytes: r.size_bytes,
     trainable: r.trainable,
     bytesPerValue: r.trainable ? r.size_bytes / r.trainable : null,
@@ -530,3 +549,10 @@ function readSidecar(path: string): PackageSidecar | null {
 }
 
 export const adapterCacheDir = (dataDir: string) => join(dataDir, 'cache', 'adapters');
+
+/** A run's loss curve thinned to about `maxPoints` (a chart needs hundreds, not every step), always with the last. */
+export function lossCurve(db: Db, runId: number, maxPoints: number): { step: number; loss: number }[] {
+  const all = db.prepare('SELECT step, loss FROM training_loss WHERE run_id = ? ORDER BY step').all(runId) as { step: number; loss: number }[];
+  const stride = Math.max(1, Math.ceil(all.length / maxPoints));
+  return all.filter((_, i) => i % stride === 0 || i === all.length - 1);
+}

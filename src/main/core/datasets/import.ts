@@ -4,7 +4,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { basename, isAbsolute, join, relative } from 'node:path';
+import { isAbsolute, join, relative } from 'node:path';
 import type { ImportFileReport, ImportInput, ImportReport } from '../../../shared/api';
 import { cancelled, conflict } from '../../../shared/errors';
 import type { Db } from '../db/database';
@@ -12,7 +12,7 @@ import type { EventBus } from '../events';
 import { FileRefused, ReadAborted, readRegularFile } from '../files';
 import { ImageRejected, MAX_FILE_BYTES, processImage } from './images';
 import { DatasetRepo, type NewImage } from './repo';
-import { captionFor, scanFiles, scanFolder, type Candidate } from './scan';
+import { captionFor, datasetNaming, scanFiles, scanFolder, type Candidate } from './scan';
 
 /** Files decoded at once: libvips already threads inside one image, so 2 keeps 2 cores busy without swamping memory. */
 const CONCURRENCY = 2;
@@ -55,11 +55,14 @@ export class DatasetImporter {
     try {
       let scan;
       try {
-        scan = input.source.kind === 'folder' ? await scanFolder(input.source.path, signal) : await scanFiles(input.source.paths, signal);
+        scan = input.source.kind === 'folder' ? await scanFolder(input.source.path, signal, input.folderName) : await scanFiles(input.source.paths, signal);
       } catch (error) {
         if (error instanceof ReadAborted) throw cancelled('Import cancelled; nothing was added to the library.');
         throw error;
       }
+      // Browser uploads arrive through a staging folder that is emptied on restart: no origin to record.
+      const origin = scan.root && !isInside(scan.root, this.uploadsRoot_) ? scan.root : null;
+      const naming = input.datasetId === undefined ? datasetNaming(scan, input, input.folderName ?? (origin && scan.rootName)) : null;
       const reports: ImportFileReport[] = scan.candidates.map((c) => ({ path: c.displayPath, status: 'skipped' }));
       const staged: Staged[] = [];
       const seen = new Map(existing);
@@ -145,14 +148,10 @@ export class DatasetImporter {
       staged.sort((a, b) => a.index - b.index);
       let datasetId: number | null = input.datasetId ?? null;
       if (staged.length > 0) {
-        const name = input.name ?? (scan.root ? basename(scan.root) : `Imported images ${new Date().toISOString().slice(0, 10)}`);
-        const trigger = input.triggerWord ? input.triggerWord : null;
         // One synchronous transaction: no other API call can interleave with it on this connection.
         datasetId = this.db_.transaction(() => {
-          // Browser uploads arrive through a staging folder that is emptied on restart: no origin to record.
-          const origin = scan.root && !isInside(scan.root, this.uploadsRoot_) ? scan.root : null;
-          const id = datasetId ?? this.repo_.create(name, trigger, origin);
-          if (input.datasetId !== undefined && input.triggerWord) this.repo_.update(id, { triggerWord: trigger });
+          const id = datasetId ?? this.repo_.create(naming!.name, naming!.triggerWord, origin);
+          if (input.datasetId !== undefined && input.triggerWord) this.repo_.update(id, { triggerWord: input.triggerWord });
           for (const s of staged) {
             const imageId = this.repo_.insertImage(id, { ...s, normalized: readFileSync(s.normalizedPath), thumb: readFileSync(s.thumbPath) });
             reports[s.index]!.imageId = imageId;
@@ -163,7 +162,7 @@ export class DatasetImporter {
         this.bus_.emit({ type: 'library.changed', what: 'datasets', id: datasetId });
       }
       const imported = staged.length;
-      return { importId, datasetId, imported, skipped: reports.length - imported, files: reports };
+      return { importId, datasetId, imported, skipped: reports.length - imported, files: reports, naming: imported > 0 ? naming : null };
     } finally {
       this.active_.delete(importId);
       await rm(staging, { recursive: true, force: true });

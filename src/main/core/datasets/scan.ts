@@ -26,6 +26,8 @@ export interface Candidate {
 
 export interface ScanResult {
   root: string | null;
+  /** The chosen folder's name as the user knows it (an upload's staging folder is named by a random id). */
+  rootName: string | null;
   candidates: Candidate[];
   /** Sidecar captions keyed by the image path without extension. */
   captions: Map<string, string>;
@@ -86,7 +88,8 @@ function cutCaption(text: string): string {
   return (comma > MAX_CAPTION_CHARS / 2 ? cut.slice(0, comma) : cut).trim();
 }
 
-export async function scanFolder(folder: string, signal?: AbortSignal): Promise<ScanResult> {
+/** `rootName`: the folder's real name when `folder` is a staging copy of it (browser uploads). */
+export async function scanFolder(folder: string, signal?: AbortSignal, rootName?: string): Promise<ScanResult> {
   const root = resolve(expandHome(folder));
   if (!isAbsolute(expandHome(folder))) {
     throw badInput(`The folder path must be absolute (for example /home/me/art or ~/art); got "${folder}".`);
@@ -102,9 +105,10 @@ export async function scanFolder(folder: string, signal?: AbortSignal): Promise<
   if (rootStat.isSymbolicLink()) throw badInput(`"${root}" is a symbolic link; choose the folder it points to instead.`);
   if (!rootStat.isDirectory()) throw badInput(`"${root}" is not a folder.`);
 
-  const scan = emptyScan(root);
+  const name = rootName ?? basename(root);
+  const scan = emptyScan(root, name);
   const { candidates } = scan;
-  const rootKohya = parseKohyaFolder(basename(root));
+  const rootKohya = parseKohyaFolder(name);
 
   async function walk(dir: string, depth: number, kohya: { repeats: number; classTokens: string } | null): Promise<void> {
     const relDir = relative(root, dir);
@@ -157,8 +161,8 @@ export async function scanFolder(folder: string, signal?: AbortSignal): Promise<
   return scan;
 }
 
-function emptyScan(root: string | null): ScanResult {
-  return { root, candidates: [], captions: new Map(), captionNotes: new Map() };
+function emptyScan(root: string | null, rootName: string | null = null): ScanResult {
+  return { root, rootName, candidates: [], captions: new Map(), captionNotes: new Map() };
 }
 
 /** Reads one sidecar into the scan; one that cannot be read is reported as a skipped file. */
@@ -231,4 +235,38 @@ export function captionFor(scan: ScanResult, candidate: Candidate): { caption: s
   if (sidecar !== undefined) return note ? { caption: sidecar, source: 'sidecar', note } : { caption: sidecar, source: 'sidecar' };
   if (candidate.classTokens) return { caption: candidate.classTokens, source: 'folder' };
   return { caption: '', source: 'none' };
+}
+
+export interface DatasetNaming {
+  name: string;
+  triggerWord: string | null;
+  /** The kohya folder the name and trigger came from, when they did. */
+  kohyaFolder: string | null;
+}
+
+/**
+ * A new dataset's name and trigger word. What the user typed wins. Otherwise, when every image sits in one kohya
+ * `N_<class words>` folder, the class words name the dataset (the repeat count is a training setting, not part of
+ * the name) and are the suggested trigger word, as kohya's class tokens are; else the folder's own name.
+ */
+export function datasetNaming(scan: ScanResult, given: { name?: string; triggerWord?: string }, folderName: string | null): DatasetNaming {
+  const found = scan.candidates.filter((c) => !c.rejected).map((c) => kohyaFolderOf(scan, c));
+  const folders = [...new Set(found)];
+  const kohyaFolder = found.length > 0 && folders.length === 1 ? folders[0]! : null;
+  const classWords = kohyaFolder !== null ? parseKohyaFolder(kohyaFolder)!.classTokens : null;
+  return {
+    name: given.name || classWords || folderName || `Imported images ${new Date().toISOString().slice(0, 10)}`,
+    triggerWord: given.triggerWord || classWords,
+    kohyaFolder: given.name && given.triggerWord ? null : kohyaFolder,
+  };
+}
+
+/** The nearest enclosing `N_name` folder that gave a candidate its class words (null: none did). */
+function kohyaFolderOf(scan: ScanResult, c: Candidate): string | null {
+  if (!c.classTokens) return null;
+  for (let dir = dirname(c.absPath); ; dir = dirname(dir)) {
+    if (dir === scan.root) return scan.rootName !== null && parseKohyaFolder(scan.rootName) ? scan.rootName : null;
+    if (parseKohyaFolder(basename(dir))) return basename(dir);
+    if (dirname(dir) === dir) return null;
+  }
 }

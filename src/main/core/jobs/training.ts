@@ -14,7 +14,7 @@ import type { Db } from '../db/database';
 import type { EventBus } from '../events';
 import type { Logger } from '../logger';
 import { readAdapterFile } from '../adapters/format';
-import type { AdapterLibrary } from '../adapters/library';
+import { lossCurve, type AdapterLibrary } from '../adapters/library';
 import { imagesToGridPng } from '../generate/grid';
 import { packDataset } from '../worker/pack';
 import { WorkerError, type WorkerSupervisor } from '../worker/supervisor';
@@ -119,6 +119,12 @@ export class TrainingQueue {
   samples(id: number): { id: number; step: number }[] {
     this.get(id);
     return this.db.prepare('SELECT id, step FROM training_samples WHERE run_id = ? ORDER BY step').all(id) as { id: number; step: number }[];
+  }
+
+  /** The curve so far, for a chart opened mid-run (live points then continue it). */
+  loss(id: number): { step: number; loss: number }[] {
+    this.get(id);
+    return lossCurve(this.db, id, 2000);
   }
 
   sampleMedia(sampleId: number): Buffer | null {

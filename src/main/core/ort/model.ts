@@ -185,6 +185,25 @@ export function fnv1a64(s: string): bigint {
   return h;
 }
 
+/**
+ * The words the native tokenizer sees: lower-cased runs of [a-zA-Z0-9'], split on anything else. Byte-wise like the
+ * C++ loop: non-ASCII bytes are separators there (isalnum is false for them in the C locale).
+ */
+export function tokenizerWords(text: string): string[] {
+  const words: string[] = [];
+  let word = '';
+  for (const byte of Buffer.from(text, 'utf8')) {
+    const isAlnum = (byte >= 48 && byte <= 57) || (byte >= 65 && byte <= 90) || (byte >= 97 && byte <= 122);
+    if (isAlnum || byte === 39) word += String.fromCharCode(byte >= 65 && byte <= 90 ? byte + 32 : byte);
+    else if (word) {
+      words.push(word);
+      word = '';
+    }
+  }
+  if (word) words.push(word);
+  return words;
+}
+
 export class WordTokenizer {
   readonly vocab: string[];
   private readonly ids_ = new Map<string, number>();
@@ -204,24 +223,16 @@ export class WordTokenizer {
     return this.vocab.length + this.spareBuckets;
   }
 
-  /** Lower-case words split on anything but [a-zA-Z0-9'] (C isalnum on bytes), <bos> … <eos> <pad>… to maxLength. */
+  /** A word's id: its vocabulary row, else vocab.size() + FNV-1a64(word) % spare_buckets (or <unk> without spare rows). */
+  idOf(word: string): number {
+    const id = this.ids_.get(word);
+    if (id !== undefined) return id;
+    return this.spareBuckets > 0 ? this.vocab.length + Number(fnv1a64(word) % BigInt(this.spareBuckets)) : UNK;
+  }
+
+  /** <bos> w… <eos> <pad>… to maxLength, over `tokenizerWords(text)`. */
   encode(text: string, maxLength: number): number[] {
-    const out = [BOS];
-    let word = '';
-    const flush = () => {
-      if (!word) return;
-      const id = this.ids_.get(word);
-      if (id !== undefined) out.push(id);
-      else out.push(this.spareBuckets > 0 ? this.vocab.length + Number(fnv1a64(word) % BigInt(this.spareBuckets)) : UNK);
-      word = '';
-    };
-    // Byte-wise like the C++ loop: non-ASCII bytes are separators there (isalnum is false for them in the C locale).
-    for (const byte of Buffer.from(text, 'utf8')) {
-      const isAlnum = (byte >= 48 && byte <= 57) || (byte >= 65 && byte <= 90) || (byte >= 97 && byte <= 122);
-      if (isAlnum || byte === 39) word += String.fromCharCode(byte >= 65 && byte <= 90 ? byte + 32 : byte);
-      else flush();
-    }
-    flush();
+    const out = [BOS, ...tokenizerWords(text).map((w) => this.idOf(w))];
     if (out.length > maxLength - 1) out.length = maxLength - 1;
     out.push(EOS);
     while (out.length < maxLength) out.push(PAD);

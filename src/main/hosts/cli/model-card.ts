@@ -80,6 +80,7 @@ export function writeModelCard(modelDir: string, dataDir: string): void {
         ]
       : ['Not evaluated yet: run `npm run eval:base -- --write`.']),
     '',
+    ...limitations(vocab.length, typeof text.spare_buckets === 'number' ? text.spare_buckets : 0),
     '## Architecture',
     '',
     '```json',
@@ -110,4 +111,26 @@ export function writeModelCard(modelDir: string, dataDir: string): void {
     '',
   ];
   writeFileSync(join(modelDir, 'MODEL_CARD.md'), lines.join('\n'));
+}
+
+/** Chance that among `words` new words (outside the vocabulary) some two hash into the same of `rows` spare rows. */
+export function sharedRowChance(words: number, rows: number): number {
+  if (rows <= 0) return 1;
+  let apart = 1;
+  for (let i = 1; i < words; i++) apart *= Math.max(0, 1 - i / rows);
+  return 1 - apart;
+}
+
+/** What an artist trips over first with this model's word tokenizer (native/src/model.cpp, WordTokenizer). */
+export function limitations(vocabWords: number, spareRows: number): string[] {
+  const pct = (x: number) => `${Math.round(100 * x)} %`;
+  return [
+    '## Limitations',
+    '',
+    spareRows > 0
+      ? `- **Words it does not know share a few rows.** The text encoder knows the ${vocabWords} words of \`vocab.txt\` (the training captions' words). Any other word (a new trigger word, but also "knight" or "painterly") is hashed (FNV-1a 64) into one of only ${spareRows} spare embedding rows, so two new words share one meaning with chance 1/${spareRows}, and some two of several do often (${pct(sharedRowChance(5, spareRows))} of the time for 5 new words, ${pct(sharedRowChance(10, spareRows))} for 10). An adapter trained on one of them then also answers to the other. Shira Studio marks such words in prompt and trigger fields and offers a trigger word on a free row. **A future built-in model should have far more spare rows** (thousands: the chance for 10 words falls to ${pct(sharedRowChance(10, 4096))} at 4096), or a subword tokenizer.`
+      : `- **Words it does not know mean nothing.** The text encoder knows the ${vocabWords} words of \`vocab.txt\`; every other word is the same unknown token, so a new trigger word cannot be told apart from any other. A future built-in model should hash new words into thousands of spare rows.`,
+    '- **Small pictures.** It draws small clipart-like pictures; anything photographic or detailed is out of reach.',
+    '',
+  ];
 }

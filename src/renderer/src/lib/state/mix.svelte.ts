@@ -2,6 +2,7 @@
 // A batch is generated one image per call (seed, seed+1, … exactly as the core does for a batch),
 // so the view can show each image as it lands and Cancel takes effect before the next one.
 import type { AdapterSummary, GenerateEngine, Generation, MixEntry, MixResult, SamplerName } from '../../../../shared/api';
+import { withTriggerWords } from '../captions';
 import { errorMessage } from '../errors';
 import type { ApiClient } from '../transport';
 import type { Toasts } from './toasts.svelte';
@@ -26,20 +27,15 @@ export function randomSeed(): number {
   return Math.floor(Math.random() * MAX_SEED);
 }
 
-/** Adds the trigger words a prompt lacks, so an added style is actually called up. */
-export function withTriggerWords(prompt: string, words: readonly string[]): string {
-  const missing = words.filter((w) => !prompt.toLowerCase().includes(w.toLowerCase()));
-  if (missing.length === 0) return prompt;
-  const trimmed = prompt.trim();
-  return trimmed ? `${trimmed}, ${missing.join(', ')}` : missing.join(', ');
-}
-
 export class MixState {
   slots = $state<MixSlot[]>([]);
   prompt = $state('');
   negativePrompt = $state('');
   seed = $state(randomSeed());
-  /** Locked: every Generate uses `seed`. Unlocked: each Generate rolls a new one and shows it. */
+  /**
+   * Locked: every Generate uses `seed`. Unlocked ("Random each run", shown as such): each Generate rolls a new one
+   * and shows it. A seed the user types or rolls locks it: a typed seed is never thrown away for a random one.
+   */
   seedLocked = $state(false);
   steps = $state(25);
   guidance = $state(5);
@@ -67,6 +63,13 @@ export class MixState {
   constructor(api: ApiClient, toasts: Toasts) {
     this.#api = api;
     this.#toasts = toasts;
+  }
+
+  /** The seed field: a whole number in range is used from now on (locked); anything else is ignored. */
+  typeSeed(value: number): void {
+    if (!Number.isInteger(value) || value < 0 || value > MAX_SEED) return;
+    this.seed = value;
+    this.seedLocked = true;
   }
 
   has(adapterId: number): boolean {

@@ -3,6 +3,7 @@
 // records, so the view redraws per event without the state class copying long histories around.
 import type { CoreEvent, Dataset, MaskKind, TrainingJob, TrainingRequest } from '../../../../shared/api';
 import { ApiCallError } from '../../../../shared/errors';
+import { MAX_PREVIEW_PROMPTS, previewPrompts } from '../captions';
 import type { Point } from '../chart';
 import { errorMessage, fieldErrorMessage, fieldOf } from '../errors';
 import type { ApiClient } from '../transport';
@@ -52,6 +53,9 @@ export class TrainingState {
   lr = $state(0.001);
   batch = $state(4);
   seed = $state(0);
+  /** Preview grids while training: on unless the artist turns them off. */
+  previews = $state(true);
+  /** One prompt per line; filled from the chosen dataset (trigger word, a few captions) until the artist edits it. */
   samplePrompts = $state('');
   sampleEvery = $state(100);
   /** Caption tag dropout, 0–0.9 (the trigger's tag always stays). */
@@ -91,6 +95,8 @@ export class TrainingState {
   #datasetRequest = 0;
   #refreshTimer: ReturnType<typeof setTimeout> | undefined;
   #datasetTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The preview prompts were typed by the artist for the dataset shown: a refresh must not replace them. */
+  #promptsEdited = false;
   /** Jobs whose history (samples, finished curve) was fetched already. */
   readonly #hydrated = new Set<number>();
 
@@ -132,20 +138,23 @@ export class TrainingState {
     if (job) void this.#hydrate(job);
   }
 
-  /** Samples so far, and for a finished job its whole loss curve from the library. */
+  /**
+   * Samples and the loss curve so far, from the library: a chart opened mid-run (a new window, a reload) starts
+   * with the run's history and live points continue it. A finished job is read once more for its final curve.
+   */
   async #hydrate(job: TrainingJob): Promise<void> {
     const complete = job.status === 'completed' && job.adapterId !== null;
     if (this.#hydrated.has(job.id) && !complete) return;
     this.#hydrated.add(job.id);
     try {
-      const samples = await this.#api.call('training.samples', { id: job.id });
+      const [samples, history] = await Promise.all([this.#api.call('training.samples', { id: job.id }), this.#api.call('training.loss', { id: job.id })]);
       this.samples = { ...this.samples, [job.id]: samples };
-      if (complete && job.adapterId !== null) {
-        const detail = await this.#api.call('adapters.get', { id: job.adapterId });
-        if (detail.training?.loss.length) {
-          this.#losses.set(job.id, [...detail.training.loss]);
-          this.#lossVersion++;
-        }
+      // Points that arrived while the history was on its way come after it.
+      const last = history.at(-1)?.step ?? -1;
+      const live = (this.#losses.get(job.id) ?? []).filter((p) => p.step > last);
+      if (history.length > 0 || live.length > 0) {
+        this.#losses.set(job.id, [...history, ...live]);
+        this.#lossVersion++;
       }
     } catch {
       // History is a nicety: the live view works without it, and the next event fills it in.
@@ -165,8 +174,10 @@ export class TrainingState {
     try {
       const dataset = await this.#api.call('datasets.get', { id });
       if (request !== this.#datasetRequest) return;
+      if (this.dataset?.id !== dataset.id) this.#promptsEdited = false;
       this.dataset = dataset;
       this.datasetError = null;
+      if (!this.#promptsEdited) this.samplePrompts = previewPrompts(dataset).join('\n');
     } catch (error) {
       if (request !== this.#datasetRequest) return;
       // Deleted in the Datasets view meanwhile: nothing to train on, and nothing to complain about.
@@ -185,6 +196,12 @@ export class TrainingState {
     }, REFRESH_COALESCE_MS);
   }
 
+  /** The preview prompts as the artist types them; from then on they are the artist's, not the dataset's. */
+  setSamplePrompts(text: string): void {
+    this.samplePrompts = text;
+    this.#promptsEdited = true;
+  }
+
   async setCaption(imageId: number, caption: string): Promise<void> {
     const image = await this.#api.call('datasets.setCaption', { imageId, caption });
     const dataset = this.dataset;
@@ -199,7 +216,7 @@ export class TrainingState {
     if (this.tagDropout > 0) common.tagDropout = this.tagDropout;
     if (this.flip) common.flip = true;
     const prompts = this.samplePromptList;
-    if (prompts.length > 0) {
+    if (this.previews && prompts.length > 0) {
       common.samplePrompts = prompts;
       common.sampleEvery = this.sampleEvery;
     }
@@ -223,8 +240,11 @@ export class TrainingState {
     if (this.method !== 'lora' && !(this.density >= 0.0001 && this.density <= 0.5)) errors.density = 'Density must be between 0.01 % and 50 %.';
     if (this.method === 'lora' && (!Number.isInteger(this.rank) || this.rank < 1 || this.rank > 256)) errors.rank = 'Rank must be a whole number from 1 to 256.';
     if (!(this.tagDropout >= 0 && this.tagDropout <= 0.9)) errors.tagDropout = 'Tag dropout must be from 0 % to 90 %.';
-    if (this.samplePromptList.length > 8) errors.samplePrompts = 'Up to 8 sample prompts, one per line.';
-    if (this.samplePromptList.length > 0 && (!Number.isInteger(this.sampleEvery) || this.sampleEvery < 1)) errors.sampleEvery = 'Preview every 1 or more steps.';
+    if (this.previews) {
+      if (this.samplePromptList.length === 0) errors.samplePrompts = 'Write at least one preview prompt, or turn previews off.';
+      else if (this.samplePromptList.length > 8) errors.samplePrompts = `Up to 8 preview prompts, one per line (${MAX_PREVIEW_PROMPTS} fit one row of the preview).`;
+      if (!Number.isInteger(this.sampleEvery) || this.sampleEvery < 1) errors.sampleEvery = 'Preview every 1 or more steps.';
+    }
     this.fieldErrors = errors;
     return Object.keys(errors).length === 0;
   }
