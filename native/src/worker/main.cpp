@@ -17,8 +17,8 @@
 #include <iostream>
 #include <string>
 
-#include "common.h"
-#include "worker.h"
+#include "core/errors.h"
+#include "worker/worker.h"
 
 namespace {
 

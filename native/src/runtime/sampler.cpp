@@ -1,9 +1,9 @@
-#include "diffusion.h"
+#include "runtime/sampler.h"
 
 #include <ATen/autocast_mode.h>
 #include <torch/version.h>
 
-#include "common.h"
+#include "core/errors.h"
 
 NoiseSchedule noise_schedule_init(const DiffusionConfig& c) {
     NoiseSchedule s;

@@ -1,4 +1,4 @@
-#include "worker.h"
+#include "worker/worker.h"
 
 #include <unistd.h>
 
@@ -16,11 +16,11 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/version.h>
 
-#include "common.h"
-#include "bench.h"
-#include "concept.h"
-#include "diffusion.h"
-#include "safetensors.h"
+#include "core/errors.h"
+#include "bench/bench.h"
+#include "eval/judge.h"
+#include "runtime/sampler.h"
+#include "model_io/safetensors.h"
 
 namespace {
 

@@ -1,12 +1,12 @@
-#include "model.h"
+#include "model/diffusion_model.h"
 
 #include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <regex>
 
-#include "common.h"
-#include "safetensors.h"
+#include "core/errors.h"
+#include "model_io/safetensors.h"
 
 using json = nlohmann::json;
 namespace nn = torch::nn;

@@ -18,7 +18,7 @@
 
 #include <torch/torch.h>
 
-#include "shira.h"
+#include "adapter/shira.h"
 
 struct JudgeTrainOptions {
     int64_t              steps = 300;

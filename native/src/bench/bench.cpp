@@ -1,4 +1,4 @@
-#include "bench.h"
+#include "bench/bench.h"
 
 #include <malloc.h>
 #include <unistd.h>
@@ -18,9 +18,9 @@
 #include <torch/cuda.h>  // in every libtorch: synchronize() reaches CUDA through ATen's hooks
 #include <torch/version.h>
 
-#include "common.h"
-#include "diffusion.h"
-#include "shira.h"
+#include "core/errors.h"
+#include "runtime/sampler.h"
+#include "adapter/shira.h"
 
 using Json = nlohmann::json;
 

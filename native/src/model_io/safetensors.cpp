@@ -1,4 +1,4 @@
-#include "safetensors.h"
+#include "model_io/safetensors.h"
 
 #include <unistd.h>
 
@@ -10,7 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "common.h"
+#include "core/errors.h"
 
 using json = nlohmann::json;
 

@@ -13,7 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
-#include "layer.h"
+#include "model/layer.h"
 
 enum PredictionType { PREDICTION_TYPE_EPSILON, PREDICTION_TYPE_V };
 

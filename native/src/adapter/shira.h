@@ -27,7 +27,7 @@
 
 #include <torch/torch.h>
 
-#include "model.h"
+#include "model/diffusion_model.h"
 
 enum MaskType { MASK_TYPE_STRUCT, MASK_TYPE_RAND, MASK_TYPE_WM, MASK_TYPE_GRAD, MASK_TYPE_SNIP };
 const char* mask_type_name(MaskType type);

@@ -12,13 +12,13 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
-#include "common.h"
-#include "concept.h"
-#include "diffusion.h"
-#include "model.h"
-#include "safetensors.h"
-#include "shira.h"
-#include "worker.h"
+#include "core/errors.h"
+#include "eval/judge.h"
+#include "runtime/sampler.h"
+#include "model/diffusion_model.h"
+#include "model_io/safetensors.h"
+#include "adapter/shira.h"
+#include "worker/worker.h"
 
 namespace {
 

@@ -12,7 +12,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
-#include "model.h"
+#include "model/diffusion_model.h"
 
 struct NoiseSchedule {
     torch::Tensor  alphas_cumprod;  // [T] fp64 on CPU: ᾱ_t = Π_{s≤t} (1 − β_s)

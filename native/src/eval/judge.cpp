@@ -1,12 +1,12 @@
-#include "concept.h"
+#include "eval/judge.h"
 
 #include <chrono>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
 
-#include "common.h"
-#include "safetensors.h"
+#include "core/errors.h"
+#include "model_io/safetensors.h"
 
 using json = nlohmann::json;
 

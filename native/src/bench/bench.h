@@ -15,7 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
-#include "model.h"
+#include "model/diffusion_model.h"
 
 // The two model sizes benchmarked. "builtin": 64×64 pixels, channels [64,128,256], attention [no,yes,yes],
 // 2 layers per block (stands in for the shipped model). "sd15": SD-1.5's UNet shape (channels

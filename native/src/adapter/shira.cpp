@@ -1,4 +1,4 @@
-#include "shira.h"
+#include "adapter/shira.h"
 
 #include <algorithm>
 #include <atomic>
@@ -14,9 +14,9 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
 
-#include "common.h"
-#include "diffusion.h"
-#include "safetensors.h"
+#include "core/errors.h"
+#include "runtime/sampler.h"
+#include "model_io/safetensors.h"
 
 using json = nlohmann::json;
 using torch::autograd::AutogradContext;

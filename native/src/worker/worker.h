@@ -17,8 +17,8 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
-#include "model.h"
-#include "shira.h"
+#include "model/diffusion_model.h"
+#include "adapter/shira.h"
 
 using Json = nlohmann::json;
 using EmitFn = std::function<void(const Json&)>;
