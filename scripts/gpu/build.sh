@@ -29,7 +29,7 @@ BUILD="$(cd "$BUILD" && pwd)"
 
 # What this PyTorch is and where its headers and libraries are, as shell assignments. cpp_extension's include_paths
 # took `cuda: bool` up to 2.x and `device_type: str` after; CUDA headers are needed only for the allocator's peak
-# statistics (bench.cpp), so a libtorch with CUDA but no toolkit headers still builds, without them.
+# statistics (core/memory.cpp), so a libtorch with CUDA but no toolkit headers still builds, without them.
 QUERY="$("$PY" - <<'EOF'
 import shlex, torch
 from torch.utils import cpp_extension as ce

@@ -1,11 +1,8 @@
-// Shared error type and small helpers. Every failure that can cross the process
-// boundary is a WorkerError with a type tag; the protocol layer turns it into
-// {"ok":false,"error":{"type":..,"message":..}} instead of dying.
+// The worker's error type. Every failure that can cross the process boundary is a WorkerError with a type
+// tag; the protocol layer (worker/protocol.cpp) turns it into {"ok":false,"error":{"type":..,"message":..}}
+// instead of dying. Messages name the offending field or file and, where there is a choice, the allowed values.
 #pragma once
 
-#include <cstdint>
-#include <cstring>
-#include <fstream>
 #include <stdexcept>
 #include <string>
 
@@ -31,18 +28,6 @@ struct WorkerError : std::runtime_error {
     ErrorType type;
     WorkerError(ErrorType type, const std::string& message) : std::runtime_error(message), type(type) {}
 };
-
-// A "Field:   123 kB" line of a /proc file (e.g. /proc/self/status, /proc/meminfo), in KiB; -1 when
-// the file or field is missing (not Linux).
-inline int64_t proc_field_kib(const char* path, const char* field) {
-    std::ifstream in(path);
-    std::string   line;
-    const size_t  len = std::strlen(field);
-    while (std::getline(in, line)) {
-        if (line.compare(0, len, field) == 0) return std::stoll(line.substr(len));
-    }
-    return -1;
-}
 
 [[noreturn]] inline void throw_bad_input(const std::string& message) {
     throw WorkerError(ERROR_TYPE_BAD_INPUT, message);

@@ -1,18 +1,18 @@
+// Style judge training and scoring (judge.h): stratified held-out split, noise augmentation, class-balanced batches.
 #include "eval/judge.h"
-
-#include <chrono>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
+#include <torch/torch.h>
 
 #include "core/errors.h"
+#include "core/timing.h"
+#include "model_io/images.h"
 #include "model_io/safetensors.h"
 
 using json = nlohmann::json;
 
 namespace {
-
-double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 // Four conv levels (3×3 conv → GroupNorm → SiLU, then 2×2 average pooling on all but the last), global
 // average pooling → features [B, F], a linear head → logits [B, C]. Small on purpose: styles differ in
@@ -42,30 +42,11 @@ struct JudgeNetImpl : torch::nn::Module {
 };
 TORCH_MODULE(JudgeNet);
 
-torch::Tensor to_input(const torch::Tensor& u8) { return u8.permute({0, 3, 1, 2}).to(torch::kFloat32).div(127.5).sub(1.0); }
-
 void check_images(const torch::Tensor& images) {
     if (images.dim() != 4 || images.size(3) != 3 || images.scalar_type() != torch::kUInt8) {
         throw_bad_input("images must be uint8 [N, H, W, 3]");
     }
     if (images.size(1) < 8 || images.size(2) < 8) throw_bad_input("images must be at least 8×8");
-}
-
-// Dense [m, n] view of one layer's delta at the given scale.
-torch::Tensor shira_delta(const ShiraTensor& t, int64_t m) {
-    torch::Tensor d = torch::zeros({m * t.cols}, torch::kFloat32);
-    d.index_put_({t.idx}, t.values.to(torch::kFloat32));
-    return d.view({m, t.cols});
-}
-
-torch::Tensor lora_delta(const LoraTensor& t) {
-    const int64_t r = t.A.size(0);
-    return t.B.reshape({t.B.size(0), r}).to(torch::kFloat32).mm(t.A.reshape({r, -1}).to(torch::kFloat32)) * (t.alpha / (double)r);
-}
-
-int64_t rows_of(const ShiraTensor& t) {
-    if (!t.shape.empty()) return t.shape[0];
-    return t.idx.numel() ? t.idx[t.idx.numel() - 1].item<int64_t>() / t.cols + 1 : 1;
 }
 
 }  // namespace
@@ -93,8 +74,8 @@ JudgeTrainResult judge_train(const torch::Tensor& images_u8, const torch::Tensor
         for (int64_t i = 0; i < n; ++i) (i < held ? held_idx : train_idx).push_back(perm[i].item<int64_t>());
     }
     torch::Tensor tr = torch::tensor(train_idx, torch::kInt64), he = torch::tensor(held_idx, torch::kInt64);
-    torch::Tensor x_train = to_input(images_u8.index_select(0, tr)), y_train = y.index_select(0, tr);
-    torch::Tensor x_held = to_input(images_u8.index_select(0, he)), y_held = y.index_select(0, he);
+    torch::Tensor x_train = images_to_model(images_u8.index_select(0, tr)), y_train = y.index_select(0, tr);
+    torch::Tensor x_held = images_to_model(images_u8.index_select(0, he)), y_held = y.index_select(0, he);
 
     // 2. train with AdamW, horizontal flips, cosine learning rate; classes are balanced per batch by
     //    inverse-frequency sampling so a large "base" class does not swamp a small style
@@ -103,7 +84,7 @@ JudgeTrainResult judge_train(const torch::Tensor& images_u8, const torch::Tensor
     torch::optim::AdamW opt(net->parameters(), torch::optim::AdamWOptions(o.lr).weight_decay(1e-4));
     torch::Tensor counts = torch::bincount(y_train, {}, C).to(torch::kFloat64);
     torch::Tensor weights = (1.0 / counts).index_select(0, y_train);
-    const double  t0 = now_s();
+    const double  t0 = now_ms();
     double        last = 0;
     net->train();
     for (int64_t step = 1; step <= o.steps; ++step) {
@@ -139,7 +120,7 @@ JudgeTrainResult judge_train(const torch::Tensor& images_u8, const torch::Tensor
     r.train_count = tr.numel();
     r.heldout_count = he.numel();
     r.final_loss = last;
-    r.seconds = now_s() - t0;
+    r.seconds = (now_ms() - t0) / 1000.0;
 
     std::map<std::string, torch::Tensor> tensors;
     for (const auto& p : net->named_parameters()) tensors["judge." + p.key()] = p.value().detach().contiguous();
@@ -171,45 +152,11 @@ JudgeScores judge_score(const std::string& judge_path, const torch::Tensor& imag
     net->eval();
     std::vector<torch::Tensor> probs, feats;
     for (int64_t b = 0; b < images_u8.size(0); b += 256) {
-        auto [f, logits] = net->forward(to_input(images_u8.slice(0, b, std::min<int64_t>(images_u8.size(0), b + 256))));
+        auto [f, logits] = net->forward(images_to_model(images_u8.slice(0, b, std::min<int64_t>(images_u8.size(0), b + 256))));
         probs.push_back(torch::softmax(logits, 1));
         feats.push_back(f);
     }
     out.probs    = torch::cat(probs).contiguous();
     out.features = torch::cat(feats).contiguous();
-    return out;
-}
-
-std::vector<LayerOverlap> adapter_overlap(const Adapter& a, const Adapter& b, double alpha_a, double alpha_b) {
-    // One dense delta per layer of each adapter (LoRA and SHiRA alike), keyed by layer path.
-    auto deltas = [](const Adapter& x, double alpha) {
-        std::map<std::string, torch::Tensor> d;
-        for (const auto& [name, t] : x.shira) d[name] = shira_delta(t, rows_of(t)) * alpha;
-        for (const auto& [name, t] : x.lora) d[name] = lora_delta(t) * alpha;
-        return d;
-    };
-    torch::NoGradGuard no_grad;
-    auto da = deltas(a, alpha_a), db = deltas(b, alpha_b);
-    std::vector<LayerOverlap> out;
-    for (auto& [name, d1] : da) {
-        auto it = db.find(name);
-        if (it == db.end()) continue;
-        torch::Tensor d2 = it->second;
-        if (d1.size(1) != d2.size(1)) throw_bad_input("adapters disagree on the shape of layer '" + name + "'");
-        // SHiRA row counts come from the last trained row when a v1 file stored no shape; pad to agree.
-        const int64_t m = std::max(d1.size(0), d2.size(0));
-        if (d1.size(0) < m) d1 = torch::cat({d1, torch::zeros({m - d1.size(0), d1.size(1)})});
-        if (d2.size(0) < m) d2 = torch::cat({d2, torch::zeros({m - d2.size(0), d2.size(1)})});
-        torch::Tensor P = d1.to(torch::kFloat64).mm(d2.to(torch::kFloat64).t());  // [m, m]
-        LayerOverlap  o;
-        o.layer = name;
-        o.m     = m;
-        o.awom  = torch::linalg::matrix_norm(P, 2, {-2, -1}, false, c10::nullopt).item<double>();
-        const double n1 = torch::linalg::matrix_norm(d1.to(torch::kFloat64), 2, {-2, -1}, false, c10::nullopt).item<double>();
-        const double n2 = torch::linalg::matrix_norm(d2.to(torch::kFloat64), 2, {-2, -1}, false, c10::nullopt).item<double>();
-        o.awom_normalized = n1 > 0 && n2 > 0 ? o.awom / (n1 * n2) : 0.0;
-        o.awor = 1.0 - (double)P.ne(0).sum().item<int64_t>() / (double)(m * m);
-        out.push_back(o);
-    }
     return out;
 }

@@ -1,24 +1,16 @@
-// Concept-loss measurements (issue 7): a small style judge and weight-space overlap of two adapters.
-//
-// Judge: a 4-level CNN over 64×64-ish RGB images, trained per benchmark (or per user) to tell styles
-// apart — the adapters' styles plus a "base" class of the base model's own samples. Its softmax gives
-// the style score of a generated image; its pooled penultimate features [F] give drift distances.
-// Files: safetensors "judge.<param>" fp32 + __metadata__ {format: "shira-studio-judge", classes (JSON),
-// widths (JSON), heldout_accuracy, size}.
-//
-// Overlap (paper §4.2): for the two deltas ΔW₁, ΔW₂ ∈ ℝ^{m×n} of a layer (SHiRA: S scattered into the
-// mask; LoRA: (alpha/r)·B·A), P = ΔW₁·ΔW₂ᵀ ∈ ℝ^{m×m} (the paper's A₁ᵀA₂ with A = ΔWᵀ);
-// AWOM = ‖P‖₂, AWOR = 1 − ‖P‖₀ / m². AWOM is scale-dependent, so ‖P‖₂ / (‖ΔW₁‖₂·‖ΔW₂‖₂) ∈ [0, 1]
-// is reported beside it.
+// The concept lab's style judge (concept loss, issue 7): a 4-level CNN over 64×64-ish RGB images, trained per
+// benchmark (or per user) to tell styles apart — the adapters' styles plus a "base" class of the base model's own
+// samples. Its softmax gives the style score of a generated image; its pooled penultimate features [F] give drift
+// distances. Files: safetensors "judge.<param>" fp32 + __metadata__ {format: "shira-studio-judge", classes (JSON),
+// widths (JSON), heldout_accuracy, size}. Weight-space overlap of two adapters is adapter/overlap.h.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
 
-#include <torch/torch.h>
-
-#include "adapter/shira.h"
+#include <torch/types.h>
 
 struct JudgeTrainOptions {
     int64_t              steps = 300;
@@ -51,11 +43,3 @@ struct JudgeScores {
     torch::Tensor            features;  // [N, F] fp32, pooled penultimate activations
 };
 JudgeScores judge_score(const std::string& judge_path, const torch::Tensor& images_u8);
-
-struct LayerOverlap {
-    std::string layer;
-    int64_t     m = 0;
-    double      awom = 0, awom_normalized = 0, awor = 0;
-};
-// Layers adapted by both; alphas scale each delta as in a fused mix.
-std::vector<LayerOverlap> adapter_overlap(const Adapter& a, const Adapter& b, double alpha_a = 1.0, double alpha_b = 1.0);

@@ -1,4 +1,6 @@
-// Adaptable Linear / Conv2d layer: the only kind of layer SHiRA and LoRA target.
+// Adaptable Linear / Conv2d layer: the only kind of layer SHiRA and LoRA target, and the training state they
+// attach to it (the fused SHiRA slot of paper §3, a LoRA pair). Its forward routes through the fused SHiRA op
+// (adapter/sparse_grad.h) while a slot is attached.
 //
 // Parameter names match torch.nn.Linear / nn.Conv2d ("weight", "bias"), so module paths
 // read like diffusers' (unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight).
@@ -55,10 +57,3 @@ struct LayerImpl : torch::nn::Module {
     std::shared_ptr<LoraSlot>  lora;   // set while training (or running unfused) LoRA
 };
 TORCH_MODULE(Layer);
-
-// Custom autograd ops for fused SHiRA training (implemented in shira.cpp). The forward uses the
-// resident weight as is; `values` is an input only so autograd routes dL/dδ to it.
-torch::Tensor shira_layer_forward(LayerImpl& layer, const torch::Tensor& x);
-
-// dL/dδ for y = x Wᵀ from g [N, out], x [N, in] using the given path (shira.cpp).
-torch::Tensor shira_matrix_grad(const torch::Tensor& g, const torch::Tensor& x, const ShiraSlot& slot, GradPath path);

@@ -1,3 +1,4 @@
+// safetensors (safetensors.h): bounds-checked header parsing; writes go to a temp name, then rename.
 #include "model_io/safetensors.h"
 
 #include <unistd.h>

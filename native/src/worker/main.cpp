@@ -17,6 +17,9 @@
 #include <iostream>
 #include <string>
 
+#include <c10/util/Exception.h>
+
+#include "core/device.h"
 #include "core/errors.h"
 #include "worker/worker.h"
 
@@ -58,15 +61,7 @@ int main(int argc, char** argv) {
             if (key == "device") {
                 device_name = value;
             } else if (key == "targets" || key == "exclude") {  // comma-separated lists
-                Json list = Json::array();
-                size_t start = 0;
-                while (start <= value.size()) {
-                    size_t end = value.find(',', start);
-                    if (end == std::string::npos) end = value.size();
-                    if (end > start) list.push_back(value.substr(start, end - start));
-                    start = end + 1;
-                }
-                args[key] = list;
+                args[key] = split_list(value, ',');
             } else {
                 args[key] = parse_value(value);
             }
