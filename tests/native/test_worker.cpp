@@ -1,8 +1,9 @@
-// worker/: apply_mix through the adapter cache (LRU, file-change invalidation, base identity).
+// worker/: apply_mix through the adapter cache (LRU, file-change invalidation, base identity) and the op table.
 #include "test_util.h"
 
 #include <chrono>
 #include <filesystem>
+#include <set>
 
 #include "adapter/mix.h"
 #include "model_io/adapter_file.h"
@@ -86,5 +87,44 @@ SHIRA_TEST(cache) {
     EXPECT(throws_type(ERROR_TYPE_NOT_FOUND, [&] { worker_run_op(st, "apply_mix", {{"adapters", {{{"path", kTmp + "-none.safetensors"}}}}}, quiet); }));
 }
 
+// The op table is the protocol: dispatch, the unknown-op error, the job/busy rules, info's op list and the CLI.
+SHIRA_TEST(ops) {
+    WorkerState st(torch::kCPU);
+    EmitFn      quiet = [](const Json&) {};
+    const std::string unknown = error_of([&] { worker_run_op(st, "make_coffee", Json::object(), quiet); });
+    std::set<std::string> names, cli;
+    for (const WorkerOp& op : worker_ops()) {
+        EXPECT(names.insert(op.name).second);  // one row per op
+        EXPECT(worker_op(op.name) == &op);
+        EXPECT(unknown.find(op.name) != std::string::npos);  // the error lists every op
+        EXPECT(!(op.long_running && op.read_only));
+        if (op.cli) {
+            EXPECT(cli.insert(op.cli).second && op.handler && op.cli_args);
+            EXPECT(worker_cli_op(op.cli) == &op);
+        }
+        if (!op.handler) expect_bad("protocol-only op through worker_run_op", [&] { worker_run_op(st, op.name, Json::object(), quiet); }, op.name);
+    }
+    std::printf("  %zu ops, %zu CLI subcommands; unknown op -> %s\n", names.size(), cli.size(), unknown.substr(0, 90).c_str());
+    EXPECT(unknown.rfind("bad_input: unknown op 'make_coffee'", 0) == 0);
+    EXPECT(!worker_op("make_coffee") && !worker_cli_op("serve"));
+    // The job rules the protocol has always had: these run on the job thread, these are answered beside one.
+    std::set<std::string> long_ops, read_only;
+    for (const WorkerOp& op : worker_ops()) {
+        if (op.long_running) long_ops.insert(op.name);
+        if (op.read_only) read_only.insert(op.name);
+    }
+    EXPECT((long_ops == std::set<std::string>{"train", "sample", "bench", "judge_train"}));
+    EXPECT((read_only == std::set<std::string>{"info", "adapter_inspect", "cancel"}));
+    EXPECT((cli == std::set<std::string>{"info", "init", "train", "sample", "inspect", "export", "convert", "bench"}));
+    EXPECT(std::string(worker_cli_op("init")->name) == "save_model" && worker_cli_op("sample")->cli_setup == CLI_SETUP_MODEL_AND_MIX);
+    // info reports the table as served.
+    const Json info = worker_run_op(st, "info", Json::object(), quiet);
+    EXPECT(info["ops"].size() == names.size());
+    for (const auto& op : info["ops"]) {
+        const WorkerOp* row = worker_op(op["name"].get<std::string>());
+        EXPECT(row && op["long_running"] == row->long_running && op["read_only"] == row->read_only);
+    }
+    expect_bad("args not an object", [&] { worker_run_op(st, "info", Json::array(), quiet); }, "'args' must be an object");
+}
 
 }  // namespace

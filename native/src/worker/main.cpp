@@ -1,19 +1,13 @@
 // shira-worker entry point.
 //
-//   shira-worker [--device auto|cpu|cuda] [serve]         JSON-lines protocol on stdin/stdout
-//   shira-worker train  (--model M.safetensors | --config C.json) --data D.safetensors --out A.safetensors [--key value]...
-//   shira-worker sample --model M.safetensors [--adapter A.safetensors [--alpha 1]] --prompt "..." --out S.safetensors
-//   shira-worker init   --config C.json --out M.safetensors [--seed N]
-//   shira-worker export --path A.safetensors --out DIR [--format peft|native]   PEFT folder (adapter_config.json + weights)
-//   shira-worker convert --path A.safetensors --out B.safetensors [--values f16|f32] [--model M | --config C]
-//                                                        any loadable adapter -> format v2 (docs/adapter-format.md);
-//                                                        v1/PEFT files need the model for their layer shapes
-//   shira-worker bench --kind train|switch|grad [--quick true] [--models builtin,sd15] | inspect --path A.safetensors | info
+//   shira-worker [--device auto|cpu|cuda] [serve]          JSON-lines protocol on stdin/stdout (worker.h)
+//   shira-worker [--device ...] <subcommand> [--key value]...   one op, output as JSON lines
 //
-// --identity ID goes to load_model with --model/--config (train records it as the adapter's base_identity).
-//
-// Every "--key value" becomes an argument of the protocol op of the same name, so the CLI and the
-// protocol cannot drift apart. Output is JSON lines (progress events, then the result).
+// The subcommands and their usage lines come from the op table (worker/op_table.cpp; `shira-worker --help` lists
+// them). Every "--key value" becomes an argument of the op of the same name, so the CLI and the protocol cannot
+// drift apart; --targets and --exclude take comma-separated lists, and --identity ID goes to load_model with
+// --model/--config (train records it as the adapter's base_identity). Output: progress events, then the result.
+#include <algorithm>
 #include <iostream>
 #include <string>
 
@@ -44,7 +38,14 @@ Json parse_value(const std::string& s) {
 void print(const Json& j) { std::cout << j.dump(-1, ' ', false, Json::error_handler_t::replace) << '\n' << std::flush; }
 
 int usage() {
-    std::cerr << "usage: shira-worker [--device auto|cpu|cuda] [serve|train|sample|init|export|convert|bench|inspect|info] [--key value]...\n";
+    std::cerr << "usage: shira-worker [--device auto|cpu|cuda] [serve | <subcommand> [--key value]...]\n"
+              << "  serve      JSON-lines protocol on stdin/stdout (the default)\n";
+    for (const WorkerOp& op : worker_ops()) {
+        if (!op.cli) continue;
+        std::string name = op.cli;
+        name.resize(std::max<size_t>(name.size(), 10), ' ');
+        std::cerr << "  " << name << " " << op.cli_args << "\n";
+    }
     return 2;
 }
 
@@ -55,6 +56,7 @@ int main(int argc, char** argv) {
     Json        args    = Json::object();
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
+        if (a == "-h" || a == "--help") return usage();
         if (a.rfind("--", 0) == 0) {
             if (i + 1 >= argc) return usage();
             std::string key = a.substr(2), value = argv[++i];
@@ -65,54 +67,33 @@ int main(int argc, char** argv) {
             } else {
                 args[key] = parse_value(value);
             }
-        } else if (a == "-h" || a == "--help") {
-            return usage();
         } else {
             command = a;
         }
     }
+    const WorkerOp* op = command == "serve" ? nullptr : worker_cli_op(command);
+    if (command != "serve" && !op) return usage();
     try {
         const torch::Device device = device_from_name(device_name);
         if (command == "serve") return worker_serve(device);
 
         WorkerState st(device);
-        auto emit = [](const Json& e) { print(e); };
-        auto load = [&] {
+        auto        emit = [](const Json& e) { print(e); };
+        const bool  has_model = args.contains("model") || args.contains("config");
+        if (op->cli_setup == CLI_SETUP_MODEL || op->cli_setup == CLI_SETUP_MODEL_AND_MIX ||
+            (op->cli_setup == CLI_SETUP_MODEL_IF_GIVEN && has_model)) {
             Json load_args = Json::object();
             if (args.contains("model")) load_args["path"] = args["model"];
             if (args.contains("config")) load_args["config"] = args["config"];
             if (args.contains("seed")) load_args["seed"] = args["seed"];
             if (args.contains("identity")) load_args["identity"] = args["identity"];
             worker_run_op(st, "load_model", load_args, emit);
-        };
-        Json result;
-        if (command == "train") {
-            load();
-            result = worker_run_op(st, "train", args, emit);
-        } else if (command == "sample") {
-            load();
-            if (args.contains("adapter")) {
-                Json mix = {{"adapters", {{{"path", args["adapter"]}, {"alpha", args.value("alpha", Json(1.0))}}}}};
-                worker_run_op(st, "apply_mix", mix, emit);
-            }
-            result = worker_run_op(st, "sample", args, emit);
-        } else if (command == "init") {
-            load();
-            result = worker_run_op(st, "save_model", args, emit);
-        } else if (command == "bench") {
-            result = worker_run_op(st, "bench", args, emit);
-        } else if (command == "export") {
-            result = worker_run_op(st, "adapter_export", args, emit);
-        } else if (command == "convert") {
-            if (args.contains("model") || args.contains("config")) load();
-            result = worker_run_op(st, "adapter_convert", args, emit);
-        } else if (command == "inspect") {
-            result = worker_run_op(st, "adapter_inspect", args, emit);
-        } else if (command == "info") {
-            result = worker_run_op(st, "info", args, emit);
-        } else {
-            return usage();
         }
+        if (op->cli_setup == CLI_SETUP_MODEL_AND_MIX && args.contains("adapter")) {
+            Json mix = {{"adapters", {{{"path", args["adapter"]}, {"alpha", args.value("alpha", Json(1.0))}}}}};
+            worker_run_op(st, "apply_mix", mix, emit);
+        }
+        const Json result = worker_run_op(st, op->name, args, emit);
         print({{"ok", true}, {"result", result}});
         return 0;
     } catch (const WorkerError& e) {

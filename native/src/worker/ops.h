@@ -1,4 +1,4 @@
-// The op handlers, by file: ops_model.cpp (the model), ops_adapter.cpp
+// The op handlers of the op table (worker/op_table.cpp), by file: ops_model.cpp (the model), ops_adapter.cpp
 // (adapter files and mixing), ops_train.cpp (training and sampling), ops_eval.cpp (concept-loss judge, benchmarks).
 // Each takes its arguments through core/json_args.h, so every argument is checked before anything changes.
 #pragma once

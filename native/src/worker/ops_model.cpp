@@ -30,6 +30,10 @@ Json op_info(WorkerState& st, const Json&, const EmitFn&) {
               {"cache_entries", (int64_t)st.adapters.entries.size()},
               {"cache_budget_bytes", st.adapters.budget_bytes}};
     if (st.model) j["model"] = st.model->config.name;
+    // The op table as the protocol serves it, so a client can check it speaks the same protocol.
+    Json ops = Json::array();
+    for (const WorkerOp& op : worker_ops()) ops.push_back({{"name", op.name}, {"long_running", op.long_running}, {"read_only", op.read_only}});
+    j["ops"] = ops;
     return j;
 }
 

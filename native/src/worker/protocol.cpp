@@ -1,5 +1,6 @@
-// The JSON-lines protocol loop (see worker.h): one request per line on stdin, replies and events on stdout. Long
-// ops run on one job thread; info, adapter_inspect and cancel are answered meanwhile, anything else gets "busy". Every failure becomes an error reply; no request can end the process but shutdown.
+// The JSON-lines protocol loop (see worker.h): one request per line on stdin, replies and events on stdout. Ops
+// marked long_running in the op table run on one job thread; read_only ops and cancel are answered meanwhile,
+// anything else gets "busy". Every failure becomes an error reply; no request can end the process but shutdown.
 #include <unistd.h>
 
 #include <functional>
@@ -90,7 +91,8 @@ struct Server {
             write({{"id", id}, {"ok", true}, {"result", {{"shutdown", true}}}});
             return false;
         }
-        if (op == "info" || op == "adapter_inspect") {  // read-only: safe beside a running job
+        const WorkerOp* spec = worker_op(op);  // unknown: answered by worker_run_op (or "busy" while a job runs)
+        if (spec && spec->read_only) {  // safe beside a running job
             run(id, op, args);
             return true;
         }
@@ -98,7 +100,7 @@ struct Server {
             reply_error(id, ERROR_TYPE_BUSY, "a train/sample/bench job is running; send cancel or wait");
             return true;
         }
-        if (!worker_op_is_long(op)) {
+        if (!spec || !spec->long_running) {
             run(id, op, args);
             return true;
         }
