@@ -11,7 +11,7 @@ int main(int argc, char** argv) {
     // One thread: the machines are shared, and an oversubscribed OpenMP pool is many times slower.
     torch::set_num_threads(1);
     const auto& cases = test_registry();
-    int run = 0;
+    int         run   = 0;
     for (const auto& [name, fn] : cases) {
         if (argc > 1 && name != argv[1]) continue;
         ++run;

@@ -15,49 +15,64 @@ namespace {
 
 double eval_loss(DiffusionModel& m, const std::string& data_path) {
     torch::NoGradGuard g;
-    SafeTensors        st     = safetensors_load(data_path);
-    torch::Tensor      x0     = images_to_model(st.tensors.at("images"));
-    auto               caps   = Json::parse(st.metadata.at("captions")).get<std::vector<std::string>>();
-    NoiseSchedule      noise  = noise_schedule_init(m.config.diffusion);
-    at::Generator      gen    = at::detail::createCPUGenerator(99);
-    double             total  = 0;
+    SafeTensors        st    = safetensors_load(data_path);
+    torch::Tensor      x0    = images_to_model(st.tensors.at("images"));
+    auto               caps  = Json::parse(st.metadata.at("captions")).get<std::vector<std::string>>();
+    NoiseSchedule      noise = noise_schedule_init(m.config.diffusion);
+    at::Generator      gen   = at::detail::createCPUGenerator(99);
+    double             total = 0;
     for (int rep = 0; rep < 8; ++rep) total += diffusion_loss(m, noise, x0, m.text->encode(caps), gen).item<double>();
     return total / 8;
 }
 
 SHIRA_TEST(train) {
     const std::string data = write_dataset();
-    WorkerState st(torch::kCPU);
-    auto emit_count = std::make_shared<int>(0);
-    EmitFn emit = [emit_count](const Json& e) {
+    WorkerState       st(torch::kCPU);
+    auto              emit_count = std::make_shared<int>(0);
+    EmitFn            emit       = [emit_count](const Json& e) {
         if (e.value("event", "") == "progress") ++*emit_count;
     };
     Json cfg = model_config_to_json(tiny_config());
     worker_run_op(st, "load_model", {{"config", cfg}, {"seed", 7}}, emit);
-    auto w0 = snapshot(*st.model);
-    const double before = eval_loss(*st.model, data);
-    const std::string out = kTmp + "-shira.safetensors";
-    Json r = worker_run_op(st, "train",
-                           {{"data", data}, {"out", out}, {"method", "shira"}, {"mask", "struct"}, {"density", 0.05}, {"steps", 50},
-                            {"lr", 3e-3}, {"batch", 4}, {"seed", 1}, {"progress_every", 10}},
-                           emit);
+    auto              w0     = snapshot(*st.model);
+    const double      before = eval_loss(*st.model, data);
+    const std::string out    = kTmp + "-shira.safetensors";
+    Json              r      = worker_run_op(st, "train",
+                                             {{"data", data},
+                                              {"out", out},
+                                              {"method", "shira"},
+                                              {"mask", "struct"},
+                                              {"density", 0.05},
+                                              {"steps", 50},
+                                              {"lr", 3e-3},
+                                              {"batch", 4},
+                                              {"seed", 1},
+                                              {"progress_every", 10}},
+                                             emit);
     EXPECT(bit_identical(*st.model, w0));  // training leaves the resident base untouched afterwards
     worker_run_op(st, "apply_mix", {{"adapters", {{{"path", out}, {"alpha", 1.0}}}}}, emit);
     const double after = eval_loss(*st.model, data);
     worker_run_op(st, "clear_mix", Json::object(), emit);
-    std::printf("  SHiRA-Struct 50 steps: eval loss %.4f -> %.4f (train loss %.4f -> %.4f), %d progress events, %.1f s\n", before, after,
-                r["first_loss"].get<double>(), r["final_loss"].get<double>(), *emit_count, r["seconds"].get<double>());
+    std::printf(
+        "  SHiRA-Struct 50 steps: eval loss %.4f -> %.4f (train loss %.4f -> %.4f), %d progress events, %.1f s\n",
+        before, after, r["first_loss"].get<double>(), r["final_loss"].get<double>(), *emit_count,
+        r["seconds"].get<double>());
     EXPECT(after < before);
     EXPECT(*emit_count == 5);
     for (const auto& gp : r["grad_paths"]) {
-        std::printf("    %-70s %-6s sparse %.3f ms dense %.3f ms\n", gp["layer"].get<std::string>().c_str(), gp["path"].get<std::string>().c_str(),
-                    gp["sparse_ms"].get<double>(), gp["dense_ms"].get<double>());
+        std::printf("    %-70s %-6s sparse %.3f ms dense %.3f ms\n", gp["layer"].get<std::string>().c_str(),
+                    gp["path"].get<std::string>().c_str(), gp["sparse_ms"].get<double>(), gp["dense_ms"].get<double>());
     }
     // Every other method/mask runs end to end for a few steps (Grad/SNIP with calibration; non-overlap; LoRA).
     for (const char* mask : {"rand", "wm", "grad", "snip"}) {
-        Json args = {{"data", data}, {"out", kTmp + "-" + mask + ".safetensors"}, {"mask", mask}, {"steps", 3}, {"calib_batches", 2},
-                     {"exclude", {out}}, {"grad_path", std::string(mask) == "rand" ? "sparse" : "auto"}};
-        Json res = worker_run_op(st, "train", args, emit);
+        Json    args = {{"data", data},
+                        {"out", kTmp + "-" + mask + ".safetensors"},
+                        {"mask", mask},
+                        {"steps", 3},
+                        {"calib_batches", 2},
+                        {"exclude", {out}},
+                        {"grad_path", std::string(mask) == "rand" ? "sparse" : "auto"}};
+        Json    res  = worker_run_op(st, "train", args, emit);
         Adapter a = adapter_load(kTmp + "-" + mask + ".safetensors"), s = adapter_load(out);
         for (auto& [name, t] : a.shira) {
             torch::Tensor both = torch::cat({t.idx, s.shira.at(name).idx});
@@ -76,42 +91,66 @@ SHIRA_TEST(train) {
     // "largest u stays" rule, so the trigger alone is what the model sees when every other tag drops.
     EXPECT(caption_drop_tags("inkfx, red bird, birds", drop_all, 3, 0.5, {"inkfx"}) == "inkfx");
     EXPECT(caption_drop_tags("red bird, InkFX style, birds", drop_all, 3, 0.5, {"inkfx"}) == "InkFX style");
-    EXPECT(caption_drop_tags("inkfxes, red bird, birds", drop_all, 3, 0.5, {"inkfx"}) == "red bird");  // whole words only
+    EXPECT(caption_drop_tags("inkfxes, red bird, birds", drop_all, 3, 0.5, {"inkfx"}) ==
+           "red bird");  // whole words only
     const float keep_second[] = {0.1f, 0.9f, 0.2f};
     EXPECT(caption_drop_tags("inkfx, red bird, birds", keep_second, 3, 0.5, {"inkfx"}) == "inkfx, red bird");
     torch::Tensor w = category_weights({"a", "a", "a", "b"}, 1.0);
     EXPECT(std::abs(w.slice(0, 0, 3).sum().item<double>() - w[3].item<double>()) < 1e-12);  // categories drawn equally
     EXPECT(category_weights({"a", "a", "b"}, 0.0).eq(1.0).all().item<bool>());
     EXPECT(throws_type(ERROR_TYPE_BAD_INPUT, [&] {
-        worker_run_op(st, "train", {{"data", data}, {"out", kTmp + "-b.safetensors"}, {"steps", 1}, {"category_balance", 0.5}}, emit);
+        worker_run_op(st, "train",
+                      {{"data", data}, {"out", kTmp + "-b.safetensors"}, {"steps", 1}, {"category_balance", 0.5}},
+                      emit);
     }));
-    // Precision names are checked before anything runs; bf16 autocast exists only on CUDA, so the bench refuses it here.
+    // Precision names are checked before anything runs; bf16 autocast exists only on CUDA, so the bench refuses it
+    // here.
     EXPECT(throws_type(ERROR_TYPE_BAD_INPUT, [&] {
-        worker_run_op(st, "train", {{"data", data}, {"out", kTmp + "-b.safetensors"}, {"steps", 1}, {"precision", "fp16"}}, emit);
+        worker_run_op(st, "train",
+                      {{"data", data}, {"out", kTmp + "-b.safetensors"}, {"steps", 1}, {"precision", "fp16"}}, emit);
     }));
     EXPECT(!std::filesystem::exists(kTmp + "-b.safetensors"));
-    EXPECT(throws_type(ERROR_TYPE_BAD_INPUT, [&] { worker_run_op(st, "bench", {{"kind", "train"}, {"precision", "bf16"}}, emit); }));
-    EXPECT(throws_type(ERROR_TYPE_BAD_INPUT, [&] { worker_run_op(st, "bench", {{"kind", "train"}, {"precision", "fp16"}}, emit); }));
+    EXPECT(throws_type(ERROR_TYPE_BAD_INPUT, [&] {
+        worker_run_op(st, "bench", {{"kind", "train"}, {"precision", "bf16"}}, emit);
+    }));
+    EXPECT(throws_type(ERROR_TYPE_BAD_INPUT, [&] {
+        worker_run_op(st, "bench", {{"kind", "train"}, {"precision", "fp16"}}, emit);
+    }));
     {
-        SafeTensors d = safetensors_load(data);
+        SafeTensors              d = safetensors_load(data);
         std::vector<std::string> cats;
         for (int i = 0; i < 8; ++i) cats.push_back(i % 3 == 0 ? "red" : "other");
         d.metadata["categories"] = Json(cats).dump();
         safetensors_save(kTmp + "-cat-data.safetensors", d.tensors, d.metadata);
-        Json res = worker_run_op(st, "train", {{"data", kTmp + "-cat-data.safetensors"}, {"out", kTmp + "-b.safetensors"}, {"steps", 2},
-                                               {"category_balance", 0.5}, {"caption_tag_dropout", 0.5},
-                                               {"caption_keep_words", {"red"}}}, emit);
+        Json res = worker_run_op(st, "train",
+                                 {{"data", kTmp + "-cat-data.safetensors"},
+                                  {"out", kTmp + "-b.safetensors"},
+                                  {"steps", 2},
+                                  {"category_balance", 0.5},
+                                  {"caption_tag_dropout", 0.5},
+                                  {"caption_keep_words", {"red"}}},
+                                 emit);
         EXPECT(std::isfinite(res["final_loss"].get<double>()));
         EXPECT(throws_type(ERROR_TYPE_BAD_INPUT, [&] {
-            worker_run_op(st, "train", {{"data", data}, {"out", kTmp + "-b2.safetensors"}, {"steps", 1}, {"caption_keep_words", "red"}}, emit);
+            worker_run_op(
+                st, "train",
+                {{"data", data}, {"out", kTmp + "-b2.safetensors"}, {"steps", 1}, {"caption_keep_words", "red"}}, emit);
         }));
     }
-    Json lr = worker_run_op(st, "train", {{"data", data}, {"out", kTmp + "-lora.safetensors"}, {"method", "lora"}, {"match_density", 0.05}, {"steps", 3}}, emit);
+    Json lr = worker_run_op(st, "train",
+                            {{"data", data},
+                             {"out", kTmp + "-lora.safetensors"},
+                             {"method", "lora"},
+                             {"match_density", 0.05},
+                             {"steps", 3}},
+                            emit);
     EXPECT(lr["trainable"].get<int64_t>() > 0);
     EXPECT(bit_identical(*st.model, w0));
     // Cancel takes effect before the next step.
     st.cancel = true;
-    EXPECT(throws_type(ERROR_TYPE_CANCELLED, [&] { worker_run_op(st, "train", {{"data", data}, {"out", kTmp + "-c.safetensors"}, {"steps", 100}}, emit); }));
+    EXPECT(throws_type(ERROR_TYPE_CANCELLED, [&] {
+        worker_run_op(st, "train", {{"data", data}, {"out", kTmp + "-c.safetensors"}, {"steps", 100}}, emit);
+    }));
     st.cancel = false;
     EXPECT(bit_identical(*st.model, w0));
 }
@@ -120,15 +159,17 @@ SHIRA_TEST(train) {
 // with EMA, flip and sampling on; the saved models must be bit-identical.
 SHIRA_TEST(resume) {
     const std::string data = write_dataset();
-    Json cfg = model_config_to_json(tiny_config());
-    const std::string ck = kTmp + "-ck.safetensors", a_out = kTmp + "-fullA.safetensors", b_out = kTmp + "-fullB.safetensors";
-    const std::string sdir = kTmp + "-samples";
-    Json base = {{"data", data}, {"method", "full"}, {"steps", 6}, {"batch", 2}, {"lr", 1e-3}, {"seed", 3}, {"ema", 0.9}, {"flip", true}};
-    EmitFn quiet = [](const Json&) {};
+    Json              cfg  = model_config_to_json(tiny_config());
+    const std::string ck = kTmp + "-ck.safetensors", a_out = kTmp + "-fullA.safetensors",
+                      b_out = kTmp + "-fullB.safetensors";
+    const std::string sdir  = kTmp + "-samples";
+    Json              base  = {{"data", data}, {"method", "full"}, {"steps", 6}, {"batch", 2},
+                               {"lr", 1e-3},   {"seed", 3},        {"ema", 0.9}, {"flip", true}};
+    EmitFn            quiet = [](const Json&) {};
     {
         WorkerState st(torch::kCPU);
         worker_run_op(st, "load_model", {{"config", cfg}, {"seed", 7}}, quiet);
-        Json args = base;
+        Json args   = base;
         args["out"] = a_out;
         worker_run_op(st, "train", args, quiet);
     }
@@ -136,15 +177,15 @@ SHIRA_TEST(resume) {
     {
         WorkerState st(torch::kCPU);
         worker_run_op(st, "load_model", {{"config", cfg}, {"seed", 7}}, quiet);
-        Json args = base;
-        args["out"] = kTmp + "-never.safetensors";
+        Json args                = base;
+        args["out"]              = kTmp + "-never.safetensors";
         args["checkpoint_every"] = 3;
-        args["checkpoint"] = ck;
-        args["sample_every"] = 3;
-        args["sample_prompts"] = "red square, small|blue square";
-        args["sample_steps"] = 2;
-        args["sample_dir"] = sdir;
-        EmitFn kill = [&](const Json& e) {
+        args["checkpoint"]       = ck;
+        args["sample_every"]     = 3;
+        args["sample_prompts"]   = "red square, small|blue square";
+        args["sample_steps"]     = 2;
+        args["sample_dir"]       = sdir;
+        EmitFn kill              = [&](const Json& e) {
             events.push_back(e);
             if (e.value("event", "") == "checkpoint") st.cancel = true;
         };
@@ -153,19 +194,19 @@ SHIRA_TEST(resume) {
     {
         WorkerState st(torch::kCPU);  // a fresh process: fresh init from the config, then resume
         worker_run_op(st, "load_model", {{"config", cfg}, {"seed", 99}}, quiet);
-        Json args = base;
-        args["out"] = b_out;
-        args["resume"] = ck;
-        args["sample_every"] = 3;
+        Json args              = base;
+        args["out"]            = b_out;
+        args["resume"]         = ck;
+        args["sample_every"]   = 3;
         args["sample_prompts"] = Json::array({"red square, small", "blue square"});
-        args["sample_steps"] = 2;
-        args["sample_dir"] = sdir;
-        Json r = worker_run_op(st, "train", args, [&](const Json& e) { events.push_back(e); });
+        args["sample_steps"]   = 2;
+        args["sample_dir"]     = sdir;
+        Json r                 = worker_run_op(st, "train", args, [&](const Json& e) { events.push_back(e); });
         EXPECT(r["start_step"] == 3);
     }
     SafeTensors A = safetensors_load(a_out), B = safetensors_load(b_out);
-    double worst = 0;
-    bool   same  = A.tensors.size() == B.tensors.size();
+    double      worst = 0;
+    bool        same  = A.tensors.size() == B.tensors.size();
     for (const auto& [k, t] : A.tensors) {
         same = same && B.tensors.count(k) && torch::equal(t, B.tensors.at(k));
         if (B.tensors.count(k)) worst = std::max(worst, maxdiff(t, B.tensors.at(k)));
@@ -184,10 +225,10 @@ SHIRA_TEST(resume) {
     EXPECT(throws_type(ERROR_TYPE_BAD_INPUT, [&] {
         WorkerState st(torch::kCPU);
         worker_run_op(st, "load_model", {{"config", cfg}}, quiet);
-        Json args = base;
-        args["out"] = b_out;
+        Json args      = base;
+        args["out"]    = b_out;
         args["resume"] = ck;
-        args["steps"] = 8;  // another schedule: refused
+        args["steps"]  = 8;  // another schedule: refused
         worker_run_op(st, "train", args, quiet);
     }));
 }
@@ -196,10 +237,10 @@ SHIRA_TEST(sample) {
     auto          model = model_init(tiny_config(), 6, torch::kCPU);
     NoiseSchedule s     = noise_schedule_init(model->config.diffusion);
     SampleParams  p;
-    p.prompts = {"red square"};
-    p.batch   = 2;
-    p.steps   = 5;
-    p.seed    = 42;
+    p.prompts       = {"red square"};
+    p.batch         = 2;
+    p.steps         = 5;
+    p.seed          = 42;
     torch::Tensor a = sample_images(*model, s, p);
     torch::Tensor b = sample_images(*model, s, p);
     p.seed          = 43;
@@ -207,11 +248,11 @@ SHIRA_TEST(sample) {
     EXPECT(a.scalar_type() == torch::kUInt8 && a.sizes() == torch::IntArrayRef({2, 16, 16, 3}));
     EXPECT(torch::equal(a, b));
     EXPECT(!torch::equal(a, c));
-    std::printf("  ddim: same seed -> identical uint8 images; other seed -> %lld of %lld bytes differ\n", (long long)a.ne(c).sum().item<int64_t>(),
-                (long long)a.numel());
+    std::printf("  ddim: same seed -> identical uint8 images; other seed -> %lld of %lld bytes differ\n",
+                (long long)a.ne(c).sum().item<int64_t>(), (long long)a.numel());
     // Euler: deterministic per seed, different from DDIM's images, guidance changes the result.
-    p.sampler = SAMPLER_TYPE_EULER;
-    p.seed    = 42;
+    p.sampler        = SAMPLER_TYPE_EULER;
+    p.seed           = 42;
     torch::Tensor e1 = sample_images(*model, s, p), e2 = sample_images(*model, s, p);
     p.seed           = 43;
     torch::Tensor e3 = sample_images(*model, s, p);
@@ -220,12 +261,14 @@ SHIRA_TEST(sample) {
     torch::Tensor e4 = sample_images(*model, s, p);
     EXPECT(e1.sizes() == a.sizes() && torch::equal(e1, e2));
     EXPECT(!torch::equal(e1, e3) && !torch::equal(e1, e4) && !torch::equal(e1, a));
-    std::printf("  euler: same seed identical; other seed %lld, guidance 1 vs 5 %lld, euler vs ddim %lld bytes differ\n",
-                (long long)e1.ne(e3).sum().item<int64_t>(), (long long)e1.ne(e4).sum().item<int64_t>(), (long long)e1.ne(a).sum().item<int64_t>());
+    std::printf(
+        "  euler: same seed identical; other seed %lld, guidance 1 vs 5 %lld, euler vs ddim %lld bytes differ\n",
+        (long long)e1.ne(e3).sum().item<int64_t>(), (long long)e1.ne(e4).sum().item<int64_t>(),
+        (long long)e1.ne(a).sum().item<int64_t>());
     // v-prediction models sample through both samplers.
-    Json v = model_config_to_json(tiny_config());
+    Json v                            = model_config_to_json(tiny_config());
     v["diffusion"]["prediction_type"] = "v_prediction";
-    auto vm = model_init(model_config_from_json(v), 6, torch::kCPU);
+    auto vm                           = model_init(model_config_from_json(v), 6, torch::kCPU);
     for (SamplerType sampler : {SAMPLER_TYPE_DDIM, SAMPLER_TYPE_EULER}) {
         p.sampler = sampler;
         EXPECT(sample_images(*vm, noise_schedule_init(vm->config.diffusion), p).sizes() == a.sizes());
@@ -235,18 +278,29 @@ SHIRA_TEST(sample) {
 
 // SHiRA (SNIP mask with calibration, sparse gradient) and LoRA: K straight steps vs K/2 + kill + resume + K/2.
 SHIRA_TEST(resume_adapter) {
-    const std::string data = write_dataset();
-    Json cfg = model_config_to_json(tiny_config());
-    EmitFn quiet = [](const Json&) {};
+    const std::string data  = write_dataset();
+    Json              cfg   = model_config_to_json(tiny_config());
+    EmitFn            quiet = [](const Json&) {};
     for (const char* method : {"shira", "lora"}) {
         const std::string ck = kTmp + "-ck-" + method + ".safetensors", a_out = kTmp + "-" + method + "A.safetensors",
-                          b_out = kTmp + "-" + method + "B.safetensors", never = kTmp + "-" + method + "-never.safetensors";
-        Json base = {{"data", data}, {"method", method}, {"steps", 6}, {"batch", 2}, {"lr", 3e-3}, {"seed", 5}, {"flip", true},
-                     {"values_dtype", "f32"}, {"mask", "snip"}, {"calib_batches", 2}, {"grad_path", "sparse"}, {"rank", 2}};
+                          b_out = kTmp + "-" + method + "B.safetensors",
+                          never = kTmp + "-" + method + "-never.safetensors";
+        Json base               = {{"data", data},
+                                   {"method", method},
+                                   {"steps", 6},
+                                   {"batch", 2},
+                                   {"lr", 3e-3},
+                                   {"seed", 5},
+                                   {"flip", true},
+                                   {"values_dtype", "f32"},
+                                   {"mask", "snip"},
+                                   {"calib_batches", 2},
+                                   {"grad_path", "sparse"},
+                                   {"rank", 2}};
         {
             WorkerState st(torch::kCPU);
             worker_run_op(st, "load_model", {{"config", cfg}, {"seed", 7}, {"identity", "base-xyz"}}, quiet);
-            Json args = base;
+            Json args   = base;
             args["out"] = a_out;
             worker_run_op(st, "train", args, quiet);
         }
@@ -254,11 +308,11 @@ SHIRA_TEST(resume_adapter) {
         {
             WorkerState st(torch::kCPU);
             worker_run_op(st, "load_model", {{"config", cfg}, {"seed", 7}}, quiet);
-            Json args = base;
-            args["out"] = never;
+            Json args                = base;
+            args["out"]              = never;
             args["checkpoint_every"] = 3;
-            args["checkpoint"] = ck;
-            EmitFn kill = [&](const Json& e) {
+            args["checkpoint"]       = ck;
+            EmitFn kill              = [&](const Json& e) {
                 if (e.value("event", "") == "checkpoint") st.cancel = true;
             };
             EXPECT(throws_type(ERROR_TYPE_CANCELLED, [&] { worker_run_op(st, "train", args, kill); }));
@@ -267,17 +321,17 @@ SHIRA_TEST(resume_adapter) {
         {
             WorkerState st(torch::kCPU);
             worker_run_op(st, "load_model", {{"config", cfg}, {"seed", 7}, {"identity", "base-xyz"}}, quiet);
-            auto w0 = snapshot(*st.model);
-            Json args = base;
-            args["out"] = b_out;
+            auto w0        = snapshot(*st.model);
+            Json args      = base;
+            args["out"]    = b_out;
             args["resume"] = ck;
-            Json r = worker_run_op(st, "train", args, quiet);
+            Json r         = worker_run_op(st, "train", args, quiet);
             EXPECT(r["start_step"] == 3);
             EXPECT(bit_identical(*st.model, w0));
         }
         SafeTensors A = safetensors_load(a_out), B = safetensors_load(b_out);
-        double worst = 0;
-        bool   same  = A.tensors.size() == B.tensors.size() && A.metadata == B.metadata;
+        double      worst = 0;
+        bool        same  = A.tensors.size() == B.tensors.size() && A.metadata == B.metadata;
         for (const auto& [k, t] : A.tensors) {
             same = same && B.tensors.count(k) && torch::equal(t, B.tensors.at(k));
             if (B.tensors.count(k)) worst = std::max(worst, maxdiff(t, B.tensors.at(k)));
@@ -289,26 +343,29 @@ SHIRA_TEST(resume_adapter) {
         // Other settings or other masks are refused with a reason.
         WorkerState st(torch::kCPU);
         worker_run_op(st, "load_model", {{"config", cfg}, {"seed", 7}}, quiet);
-        Json args = base;
-        args["out"] = b_out;
+        Json args      = base;
+        args["out"]    = b_out;
         args["resume"] = ck;
-        args["lr"] = 1e-3;
-        expect_bad("resume with another lr", [&] { worker_run_op(st, "train", args, quiet); }, "lr");
+        args["lr"]     = 1e-3;
+        expect_bad(
+            "resume with another lr", [&] { worker_run_op(st, "train", args, quiet); }, "lr");
         if (std::string(method) == "shira") {
             // Other data: the SNIP calibration picks other entries, so the re-attached masks differ.
-            torch::Tensor images = torch::randint(0, 256, {8, 16, 16, 3}).to(torch::kUInt8);
-            const std::string other = kTmp + "-data2.safetensors";
+            torch::Tensor     images = torch::randint(0, 256, {8, 16, 16, 3}).to(torch::kUInt8);
+            const std::string other  = kTmp + "-data2.safetensors";
             safetensors_save(other, {{"images", images}});
-            args = base;
-            args["out"] = b_out;
+            args           = base;
+            args["out"]    = b_out;
             args["resume"] = ck;
-            args["data"] = other;
-            expect_bad("resume with masks that differ", [&] { worker_run_op(st, "train", args, quiet); }, "mask of layer");
-            args = base;
+            args["data"]   = other;
+            expect_bad(
+                "resume with masks that differ", [&] { worker_run_op(st, "train", args, quiet); }, "mask of layer");
+            args           = base;
             args["method"] = "lora";
-            args["out"] = b_out;
+            args["out"]    = b_out;
             args["resume"] = ck;
-            expect_bad("resume a shira checkpoint as lora", [&] { worker_run_op(st, "train", args, quiet); }, "method");
+            expect_bad(
+                "resume a shira checkpoint as lora", [&] { worker_run_op(st, "train", args, quiet); }, "method");
         }
     }
 }

@@ -31,23 +31,24 @@
 
 using TestFn = void (*)();
 std::map<std::string, TestFn>& test_registry();  // test_main.cpp
+
 inline bool register_test(const char* name, TestFn fn) {
     test_registry()[name] = fn;
     return true;
 }
-#define SHIRA_TEST(name)                                                          \
-    void        test_##name();                                                    \
+#define SHIRA_TEST(name)                                                                \
+    void        test_##name();                                                          \
     static bool registered_##name [[maybe_unused]] = register_test(#name, test_##name); \
     void        test_##name()
 
 inline int g_failures = 0;
 
-#define EXPECT(cond)                                                                  \
-    do {                                                                             \
-        if (!(cond)) {                                                               \
+#define EXPECT(cond)                                                                       \
+    do {                                                                                   \
+        if (!(cond)) {                                                                     \
             std::fprintf(stderr, "%s:%d: EXPECT failed: %s\n", __FILE__, __LINE__, #cond); \
-            ++g_failures;                                                            \
-        }                                                                            \
+            ++g_failures;                                                                  \
+        }                                                                                  \
     } while (0)
 
 inline double maxdiff(const torch::Tensor& a, const torch::Tensor& b) {
@@ -80,9 +81,19 @@ inline const std::string kTmp = "/tmp/shira-native-tests-" + std::to_string(getp
 inline ModelConfig tiny_config(bool linear_projection = false) {
     Json j = {{"name", "tiny-test"},
               {"unet",
-               {{"sample_size", 16}, {"block_out_channels", {16, 32}}, {"attention", {false, true}}, {"layers_per_block", 1},
-                {"attention_heads", 2}, {"norm_num_groups", 8}, {"use_linear_projection", linear_projection}}},
-              {"text_encoder", {{"vocab", {"red", "blue", "green", "square", "circle"}}, {"width", 32}, {"layers", 1}, {"heads", 2}, {"max_length", 8}}}};
+               {{"sample_size", 16},
+                {"block_out_channels", {16, 32}},
+                {"attention", {false, true}},
+                {"layers_per_block", 1},
+                {"attention_heads", 2},
+                {"norm_num_groups", 8},
+                {"use_linear_projection", linear_projection}}},
+              {"text_encoder",
+               {{"vocab", {"red", "blue", "green", "square", "circle"}},
+                {"width", 32},
+                {"layers", 1},
+                {"heads", 2},
+                {"max_length", 8}}}};
     return model_config_from_json(j);
 }
 
@@ -108,14 +119,14 @@ struct Probe {
 };
 inline Probe make_probe(DiffusionModel& m) {
     torch::NoGradGuard g;
-    at::Generator gen = at::detail::createCPUGenerator(123);
+    at::Generator      gen = at::detail::createCPUGenerator(123);
     return {torch::randn({2, 3, 16, 16}, gen, torch::kFloat32), torch::tensor({10, 700}, torch::kInt64),
             m.text->encode({"red square", "blue circle"})};
 }
 
 // 8 images of a coloured square on a dark background, captions naming the colour.
 inline std::string write_dataset() {
-    torch::Tensor images = torch::full({8, 16, 16, 3}, 20, torch::kUInt8);
+    torch::Tensor            images = torch::full({8, 16, 16, 3}, 20, torch::kUInt8);
     std::vector<std::string> caps;
     for (int i = 0; i < 8; ++i) {
         const int c = i % 3, o = i % 4;
@@ -129,12 +140,12 @@ inline std::string write_dataset() {
 
 inline Adapter random_shira(DiffusionModel& m, MaskType mask, uint64_t seed, double scale) {
     ShiraOptions o;
-    o.mask = mask;
-    o.seed = seed;
+    o.mask      = mask;
+    o.seed      = seed;
     auto params = shira_attach(m, o);
     {
         torch::NoGradGuard g;
-        at::Generator gen = at::detail::createCPUGenerator(seed);
+        at::Generator      gen = at::detail::createCPUGenerator(seed);
         for (auto& v : params) v.copy_(torch::randn(v.sizes(), gen, torch::kFloat32) * scale);
     }
     return shira_detach(m);
@@ -142,10 +153,10 @@ inline Adapter random_shira(DiffusionModel& m, MaskType mask, uint64_t seed, dou
 
 inline Adapter random_lora(DiffusionModel& m, uint64_t seed, std::vector<std::string> targets = kDefaultTargets) {
     LoraOptions o;
-    o.rank = 2;
-    o.alpha = 3;
-    o.seed = seed;
-    o.targets = targets;
+    o.rank      = 2;
+    o.alpha     = 3;
+    o.seed      = seed;
+    o.targets   = targets;
     auto params = lora_attach(m, o);
     {
         torch::NoGradGuard g;
@@ -155,11 +166,11 @@ inline Adapter random_lora(DiffusionModel& m, uint64_t seed, std::vector<std::st
 }
 
 inline Adapter shira_with(DiffusionModel& m, ShiraOptions o, uint64_t value_seed, bool mark_rand_seed,
-                   const std::map<std::string, torch::Tensor>& scores = {}) {
+                          const std::map<std::string, torch::Tensor>& scores = {}) {
     auto params = shira_attach(m, o, scores);
     {
         torch::NoGradGuard g;
-        at::Generator gen = at::detail::createCPUGenerator(value_seed);
+        at::Generator      gen = at::detail::createCPUGenerator(value_seed);
         for (auto& v : params) v.copy_(torch::randn(v.sizes(), gen, torch::kFloat32) * 0.05);
     }
     Adapter a = shira_detach(m);

@@ -17,7 +17,7 @@ SHIRA_TEST(cache) {
     EmitFn      quiet = [](const Json&) {};
     Json        cfg   = model_config_to_json(tiny_config());
     worker_run_op(st, "load_model", {{"config", cfg}, {"seed", 4}}, quiet);
-    auto    w0 = snapshot(*st.model);
+    auto         w0 = snapshot(*st.model);
     ShiraOptions o;
     o.mask = MASK_TYPE_RAND;
     std::vector<Adapter>     ad;
@@ -38,11 +38,13 @@ SHIRA_TEST(cache) {
     };
     auto check = [&](const char* what, const Json& r, int64_t hits, int64_t misses, int64_t cached) {
         const bool ok = r["cache_hits"] == hits && r["cache_misses"] == misses && r["cache_bytes"] == cached * one;
-        std::printf("  %-34s hits %lld misses %lld cache %lld B (%lld adapters) reblended %lld unchanged %lld load %.2f ms: %s\n", what,
-                    (long long)r["cache_hits"].get<int64_t>(), (long long)r["cache_misses"].get<int64_t>(),
-                    (long long)r["cache_bytes"].get<int64_t>(), (long long)(r["cache_bytes"].get<int64_t>() / one),
-                    (long long)r["layers_reblended"].get<int64_t>(), (long long)r["layers_unchanged"].get<int64_t>(),
-                    r["load_ms"].get<double>(), ok ? "ok" : "UNEXPECTED");
+        std::printf(
+            "  %-34s hits %lld misses %lld cache %lld B (%lld adapters) reblended %lld unchanged %lld load %.2f ms: "
+            "%s\n",
+            what, (long long)r["cache_hits"].get<int64_t>(), (long long)r["cache_misses"].get<int64_t>(),
+            (long long)r["cache_bytes"].get<int64_t>(), (long long)(r["cache_bytes"].get<int64_t>() / one),
+            (long long)r["layers_reblended"].get<int64_t>(), (long long)r["layers_unchanged"].get<int64_t>(),
+            r["load_ms"].get<double>(), ok ? "ok" : "UNEXPECTED");
         EXPECT(ok);
     };
     check("apply A", apply({{0, 1.0}}), 0, 1, 1);
@@ -71,27 +73,37 @@ SHIRA_TEST(cache) {
     check("C rewritten on disk", apply({{0, 1.0}, {2, 0.5}}), 1, 1, 2);
     worker_run_op(st, "clear_mix", Json::object(), quiet);
     EXPECT(bit_identical(*st.model, w0));
-    // Identity: an adapter trained on another base is refused, naming both; an unknown identity on either side is not checked.
-    Adapter tagged = ad[0];
+    // Identity: an adapter trained on another base is refused, naming both; an unknown identity on either side is not
+    // checked.
+    Adapter tagged                   = ad[0];
     tagged.metadata["base_identity"] = "aaaaaaaaaaaa-base-one";
-    const std::string tp = kTmp + "-tagged.safetensors";
+    const std::string tp             = kTmp + "-tagged.safetensors";
     adapter_save(tagged, tp);
     worker_run_op(st, "load_model", {{"config", cfg}, {"seed", 4}, {"identity", "bbbbbbbbbbbb-base-two"}}, quiet);
-    expect_bad("identity mismatch", [&] { worker_run_op(st, "apply_mix", {{"adapters", {{{"path", tp}}}}}, quiet); }, "aaaaaaaaaaaa");
-    EXPECT(error_of([&] { worker_run_op(st, "apply_mix", {{"adapters", {{{"path", tp}}}}}, quiet); }).find("bbbbbbbbbbbb") != std::string::npos);
+    expect_bad(
+        "identity mismatch",
+        [&] {
+            worker_run_op(st, "apply_mix", {{"adapters", {{{"path", tp}}}}}, quiet);
+        },
+        "aaaaaaaaaaaa");
+    EXPECT(error_of([&] {
+               worker_run_op(st, "apply_mix", {{"adapters", {{{"path", tp}}}}}, quiet);
+           }).find("bbbbbbbbbbbb") != std::string::npos);
     EXPECT(bit_identical(*st.model, w0));
     worker_run_op(st, "apply_mix", {{"adapters", {{{"path", path[0]}}}}}, quiet);  // no base_identity: accepted
     worker_run_op(st, "load_model", {{"config", cfg}, {"seed", 4}, {"identity", "aaaaaaaaaaaa-base-one"}}, quiet);
     Json ok = worker_run_op(st, "apply_mix", {{"adapters", {{{"path", tp}}}}}, quiet);
     EXPECT(ok["adapters"] == 1);
-    EXPECT(throws_type(ERROR_TYPE_NOT_FOUND, [&] { worker_run_op(st, "apply_mix", {{"adapters", {{{"path", kTmp + "-none.safetensors"}}}}}, quiet); }));
+    EXPECT(throws_type(ERROR_TYPE_NOT_FOUND, [&] {
+        worker_run_op(st, "apply_mix", {{"adapters", {{{"path", kTmp + "-none.safetensors"}}}}}, quiet);
+    }));
 }
 
 // The op table is the protocol: dispatch, the unknown-op error, the job/busy rules, info's op list and the CLI.
 SHIRA_TEST(ops) {
-    WorkerState st(torch::kCPU);
-    EmitFn      quiet = [](const Json&) {};
-    const std::string unknown = error_of([&] { worker_run_op(st, "make_coffee", Json::object(), quiet); });
+    WorkerState           st(torch::kCPU);
+    EmitFn                quiet   = [](const Json&) {};
+    const std::string     unknown = error_of([&] { worker_run_op(st, "make_coffee", Json::object(), quiet); });
     std::set<std::string> names, cli;
     for (const WorkerOp& op : worker_ops()) {
         EXPECT(names.insert(op.name).second);  // one row per op
@@ -102,9 +114,13 @@ SHIRA_TEST(ops) {
             EXPECT(cli.insert(op.cli).second && op.handler && op.cli_args);
             EXPECT(worker_cli_op(op.cli) == &op);
         }
-        if (!op.handler) expect_bad("protocol-only op through worker_run_op", [&] { worker_run_op(st, op.name, Json::object(), quiet); }, op.name);
+        if (!op.handler)
+            expect_bad(
+                "protocol-only op through worker_run_op", [&] { worker_run_op(st, op.name, Json::object(), quiet); },
+                op.name);
     }
-    std::printf("  %zu ops, %zu CLI subcommands; unknown op -> %s\n", names.size(), cli.size(), unknown.substr(0, 90).c_str());
+    std::printf("  %zu ops, %zu CLI subcommands; unknown op -> %s\n", names.size(), cli.size(),
+                unknown.substr(0, 90).c_str());
     EXPECT(unknown.rfind("bad_input: unknown op 'make_coffee'", 0) == 0);
     EXPECT(!worker_op("make_coffee") && !worker_cli_op("serve"));
     // The job rules the protocol has always had: these run on the job thread, these are answered beside one.
@@ -116,7 +132,8 @@ SHIRA_TEST(ops) {
     EXPECT((long_ops == std::set<std::string>{"train", "sample", "bench", "judge_train"}));
     EXPECT((read_only == std::set<std::string>{"info", "adapter_inspect", "cancel"}));
     EXPECT((cli == std::set<std::string>{"info", "init", "train", "sample", "inspect", "export", "convert", "bench"}));
-    EXPECT(std::string(worker_cli_op("init")->name) == "save_model" && worker_cli_op("sample")->cli_setup == CLI_SETUP_MODEL_AND_MIX);
+    EXPECT(std::string(worker_cli_op("init")->name) == "save_model" &&
+           worker_cli_op("sample")->cli_setup == CLI_SETUP_MODEL_AND_MIX);
     // info reports the table as served.
     const Json info = worker_run_op(st, "info", Json::object(), quiet);
     EXPECT(info["ops"].size() == names.size());
@@ -124,7 +141,8 @@ SHIRA_TEST(ops) {
         const WorkerOp* row = worker_op(op["name"].get<std::string>());
         EXPECT(row && op["long_running"] == row->long_running && op["read_only"] == row->read_only);
     }
-    expect_bad("args not an object", [&] { worker_run_op(st, "info", Json::array(), quiet); }, "'args' must be an object");
+    expect_bad(
+        "args not an object", [&] { worker_run_op(st, "info", Json::array(), quiet); }, "'args' must be an object");
 }
 
 }  // namespace

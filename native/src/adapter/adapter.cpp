@@ -17,8 +17,13 @@ uint64_t next_adapter_uid() {
 Adapter::Adapter() : uid(next_adapter_uid()) {}
 
 Adapter::Adapter(const Adapter& o)
-    : kind(o.kind), shira(o.shira), lora(o.lora), metadata(o.metadata), format_version(o.format_version),
-      storage(o.storage), uid(next_adapter_uid()) {}
+    : kind(o.kind),
+      shira(o.shira),
+      lora(o.lora),
+      metadata(o.metadata),
+      format_version(o.format_version),
+      storage(o.storage),
+      uid(next_adapter_uid()) {}
 
 Adapter& Adapter::operator=(const Adapter& o) {
     if (this == &o) return *this;
@@ -59,6 +64,7 @@ ValuesDtype str_to_values_dtype(const std::string& name) {
 
 ValuesDtype get_values_dtype(const Json& args, const char* key) {
     const std::string v = get_str(args, key, "f16");
-    if (v != "f16" && v != "f32") throw_bad_input(std::string("argument '") + key + "' must be \"f16\" or \"f32\", not '" + v + "'");
+    if (v != "f16" && v != "f32")
+        throw_bad_input(std::string("argument '") + key + "' must be \"f16\" or \"f32\", not '" + v + "'");
     return str_to_values_dtype(v);
 }

@@ -11,14 +11,14 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json_fwd.hpp>
 #include <torch/types.h>
+#include <nlohmann/json_fwd.hpp>
 
 struct ShiraTensor {
-    torch::Tensor           idx;     // [K] int64 flat, sorted, unique
-    torch::Tensor           values;  // [K] fp32
-    int64_t                 cols = 0;  // n of the layer's [m, n] view; maps (i, j) <-> flat in v1 files
-    std::vector<int64_t>    shape;     // the layer's weight shape; empty when unknown (v1/PEFT files store none)
+    torch::Tensor           idx;        // [K] int64 flat, sorted, unique
+    torch::Tensor           values;     // [K] fp32
+    int64_t                 cols = 0;   // n of the layer's [m, n] view; maps (i, j) <-> flat in v1 files
+    std::vector<int64_t>    shape;      // the layer's weight shape; empty when unknown (v1/PEFT files store none)
     std::optional<uint64_t> rand_seed;  // the mask_rand seed the mask was drawn with, when known (v2 "rand")
     // idx and values on a CUDA model's device, made by the first blend there and reused by every later one, so a
     // warm switch moves no adapter bytes host → device (SD-1.5 at 2 %: ~63 MB that would take milliseconds).
@@ -27,9 +27,9 @@ struct ShiraTensor {
 };
 
 struct LoraTensor {
-    torch::Tensor A, B;  // see header comment
-    double        alpha = 1.0;
-    int64_t       rank() const { return A.size(0); }
+    torch::Tensor         A, B;  // see header comment
+    double                alpha = 1.0;
+    int64_t               rank() const { return A.size(0); }
     mutable torch::Tensor A_on_device{}, B_on_device{};  // as ShiraTensor's
 };
 
@@ -52,18 +52,18 @@ struct Adapter {
     // Copies get a fresh uid: mixing tracks what is applied per layer by uid, and a copy may be edited.
     Adapter(const Adapter& other);
     Adapter& operator=(const Adapter& other);
-    Adapter(Adapter&&) = default;
+    Adapter(Adapter&&)            = default;
     Adapter& operator=(Adapter&&) = default;
 
-    AdapterKind                          kind = ADAPTER_KIND_SHIRA;
-    std::map<std::string, ShiraTensor>   shira;  // layer path -> values
-    std::map<std::string, LoraTensor>    lora;
+    AdapterKind                        kind = ADAPTER_KIND_SHIRA;
+    std::map<std::string, ShiraTensor> shira;  // layer path -> values
+    std::map<std::string, LoraTensor>  lora;
     // Every metadata key of the file (all strings). v2 keys: format, format_version, kind, base_identity,
     // method (JSON), tensors (JSON); others (model, steps, lr, mask, seed, ...) are carried through unchanged.
     std::map<std::string, std::string>   metadata;
     int                                  format_version = 2;  // of the file it was read from (1 = PEFT layout)
     std::map<std::string, TensorStorage> storage;             // per layer, filled by adapter_load
-    uint64_t                             uid = 0;  // process-unique; never reused while the process lives
+    uint64_t                             uid = 0;             // process-unique; never reused while the process lives
     int64_t                              trainable() const;
     int64_t                              decoded_bytes() const;  // bytes of the in-memory tensors (cache budget)
     std::string                          base_identity() const;  // metadata "base_identity", "" when absent

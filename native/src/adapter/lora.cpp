@@ -20,20 +20,22 @@ std::vector<torch::Tensor> lora_attach(DiffusionModel& model, const LoraOptions&
     for (auto& [name, layer] : layers) {
         const torch::Tensor& W = layer->weight;
         const int64_t        m = W.size(0), n = matrix_cols(W);
-        int64_t r = o.rank;
+        int64_t              r = o.rank;
         if (o.match_density > 0) {
             // Parameter-matched: r(m+n) ≈ K of SHiRA at the same density, per layer.
             r = std::max<int64_t>(1, std::llround((double)shira_k(W.numel(), o.match_density) / (double)(m + n)));
         }
-        r = std::min(r, std::min(m, n));
-        auto          slot = std::make_shared<LoraSlot>();
-        const auto    opts = torch::TensorOptions().dtype(torch::kFloat32);
-        const double  bound = 1.0 / std::sqrt((double)n);  // PEFT: kaiming_uniform(a=√5) on A, zeros on B
+        r                  = std::min(r, std::min(m, n));
+        auto         slot  = std::make_shared<LoraSlot>();
+        const auto   opts  = torch::TensorOptions().dtype(torch::kFloat32);
+        const double bound = 1.0 / std::sqrt((double)n);  // PEFT: kaiming_uniform(a=√5) on A, zeros on B
         if (layer->kind == LAYER_KIND_LINEAR) {
             slot->A = torch::rand({r, n}, gen, opts).mul_(2 * bound).sub_(bound);
             slot->B = torch::zeros({m, r}, opts);
         } else {
-            slot->A = torch::rand({r, layer->in_features, layer->kernel, layer->kernel}, gen, opts).mul_(2 * bound).sub_(bound);
+            slot->A = torch::rand({r, layer->in_features, layer->kernel, layer->kernel}, gen, opts)
+                          .mul_(2 * bound)
+                          .sub_(bound);
             slot->B = torch::zeros({m, r, 1, 1}, opts);
         }
         slot->A     = slot->A.to(W.device()).requires_grad_(true);

@@ -14,11 +14,11 @@
 #include "model/diffusion_model.h"
 
 struct LoraOptions {
-    int64_t                  rank = 4;
-    double                   alpha = 4.0;
+    int64_t                  rank          = 4;
+    double                   alpha         = 4.0;
     double                   match_density = 0;  // > 0: parameter-matched, r = max(1, round(d·m·n / (m+n)))
-    uint64_t                 seed = 0;
-    std::vector<std::string> targets = kDefaultTargets;
+    uint64_t                 seed          = 0;
+    std::vector<std::string> targets       = kDefaultTargets;
 };
 std::vector<torch::Tensor> lora_attach(DiffusionModel& model, const LoraOptions& options);
 Adapter                    lora_detach(DiffusionModel& model);

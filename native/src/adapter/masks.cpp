@@ -51,10 +51,10 @@ torch::Tensor finish_mask(torch::Tensor idx) { return std::get<0>(idx.sort()).co
 // a Rand mask sorts millions of indices per file, several times faster than a comparison sort.
 void radix_sort_indices(std::vector<int64_t>& v) {
     if (v.size() < 2) return;
-    const uint64_t top    = (uint64_t)*std::max_element(v.begin(), v.end());
-    const int      bits   = top == 0 ? 1 : 64 - __builtin_clzll(top);
-    const int      passes = (bits + 11) / 12, width = (bits + passes - 1) / passes;
-    const uint64_t mask   = (1ull << width) - 1;
+    const uint64_t                    top    = (uint64_t)*std::max_element(v.begin(), v.end());
+    const int                         bits   = top == 0 ? 1 : 64 - __builtin_clzll(top);
+    const int                         passes = (bits + 11) / 12, width = (bits + passes - 1) / passes;
+    const uint64_t                    mask = (1ull << width) - 1;
     thread_local std::vector<int64_t> tmp;  // reused: see randperm_prefix
     tmp.resize(v.size());
     std::vector<size_t> count((size_t)mask + 2);
@@ -66,7 +66,6 @@ void radix_sort_indices(std::vector<int64_t>& v) {
         v.swap(tmp);
     }
 }
-
 
 // Open-addressing int64 -> int64 map for at most `max_entries` keys >= 0 (no erase): the displaced slots of a
 // partial Fisher–Yates shuffle.
@@ -110,7 +109,8 @@ std::vector<int64_t> randperm_prefix(int64_t n, int64_t K, uint64_t seed) {
     int64_t nmulti = 0;
     for (int64_t i = 0; i < steps; ++i) {
         // 32-bit modulo when it is exact (draw and n − i both fit): several times cheaper than 64-bit division.
-        z[i] = i + (wide ? (int64_t)(impl->random64() % (uint64_t)(n - i)) : (int64_t)(impl->random() % (uint32_t)(n - i)));
+        z[i] = i +
+               (wide ? (int64_t)(impl->random64() % (uint64_t)(n - i)) : (int64_t)(impl->random() % (uint32_t)(n - i)));
         if (z[i] < K) continue;
         const uint64_t p = (uint64_t)(z[i] - K), bit = 1ull << (p & 63);
         if (!(seen[p >> 6] & bit)) {
@@ -154,9 +154,10 @@ torch::Tensor mask_struct(int64_t m, int64_t n, int64_t K, const torch::Tensor& 
     const auto    i64  = torch::TensorOptions().dtype(torch::kInt64);
     const int64_t dmin = std::min(m, n);
     // Rows past dmin hold no diagonal entry, so n-1 new entries per row is the worst case.
-    const int64_t remaining   = std::max<int64_t>(0, K - dmin);
-    const int64_t rows_needed = remaining == 0 ? 1 : (remaining + std::max<int64_t>(1, n - 1) - 1) / std::max<int64_t>(1, n - 1);
-    const int64_t f           = std::max<int64_t>(1, m / rows_needed);
+    const int64_t remaining = std::max<int64_t>(0, K - dmin);
+    const int64_t rows_needed =
+        remaining == 0 ? 1 : (remaining + std::max<int64_t>(1, n - 1) - 1) / std::max<int64_t>(1, n - 1);
+    const int64_t f = std::max<int64_t>(1, m / rows_needed);
     if (!exclude.defined()) {
         // The first K candidates of the general path below (the diagonal, then rows in phase order minus their
         // diagonal entry), emitted row by row in sorted order without building the other m·n − K.
@@ -192,10 +193,10 @@ torch::Tensor mask_struct(int64_t m, int64_t n, int64_t K, const torch::Tensor& 
     torch::Tensor rows    = torch::cat(phases);
     torch::Tensor entries = (rows.unsqueeze(1) * n + torch::arange(n, i64).unsqueeze(0)).reshape(-1);
     torch::Tensor r = torch::div(entries, n, "floor"), c = entries.remainder(n);
-    entries = entries.masked_select(~(r.eq(c) & r.lt(dmin)));  // diagonal entries are already first
+    entries            = entries.masked_select(~(r.eq(c) & r.lt(dmin)));  // diagonal entries are already first
     torch::Tensor diag = torch::arange(dmin, i64) * (n + 1);
     torch::Tensor cand = torch::cat({diag, entries});
-    cand = cand.masked_select(~exclude.reshape(-1).index_select(0, cand));
+    cand               = cand.masked_select(~exclude.reshape(-1).index_select(0, cand));
     check_room(cand.numel(), K);
     return finish_mask(cand.slice(0, 0, K));
 }

@@ -18,7 +18,9 @@ namespace {
 
 // CPU fp32 weights take raw loops over the sorted indices: one pass, no TensorIterator set-up or
 // temporaries, which makes a SHiRA switch memory-bound (the libtorch index ops cost ~4× more per entry).
-bool raw_path(const torch::Tensor& W) { return W.device().is_cpu() && W.scalar_type() == torch::kFloat32 && W.is_contiguous(); }
+bool raw_path(const torch::Tensor& W) {
+    return W.device().is_cpu() && W.scalar_type() == torch::kFloat32 && W.is_contiguous();
+}
 constexpr int64_t kScatterGrain = 1 << 15;
 // Unstructured masks touch a new cache line per entry (mean gap 1/d weights): fetching a few dozen
 // entries ahead hides most of the memory latency that bounds a Rand/WM switch.
@@ -54,11 +56,11 @@ void restore_layer(torch::Tensor& W, const LayerBlend& b) {
 torch::Tensor scatter_add_keep(torch::Tensor& W, const torch::Tensor& uni, const torch::Tensor& add, double scale) {
     torch::Tensor  u = uni.contiguous(), a = add.to(torch::kFloat32).contiguous();
     torch::Tensor  base = torch::empty({u.numel()}, torch::kFloat32);
-    float*         w = W.data_ptr<float>();
-    float*         bp = base.data_ptr<float>();
-    const int64_t* up = u.data_ptr<int64_t>();
-    const float*   ap = a.data_ptr<float>();
-    const float    s = (float)scale;
+    float*         w    = W.data_ptr<float>();
+    float*         bp   = base.data_ptr<float>();
+    const int64_t* up   = u.data_ptr<int64_t>();
+    const float*   ap   = a.data_ptr<float>();
+    const float    s    = (float)scale;
     at::parallel_for(0, u.numel(), kScatterGrain, [&](int64_t lo, int64_t hi) {
         for (int64_t k = lo; k < hi; ++k) {
             if (k + kPrefetch < hi) SHIRA_PREFETCH(&w[up[k + kPrefetch]]);
@@ -70,7 +72,8 @@ torch::Tensor scatter_add_keep(torch::Tensor& W, const torch::Tensor& uni, const
     return base;
 }
 
-bool same_signature(const std::vector<std::pair<uint64_t, double>>& a, const std::vector<std::pair<uint64_t, double>>& b) {
+bool same_signature(const std::vector<std::pair<uint64_t, double>>& a,
+                    const std::vector<std::pair<uint64_t, double>>& b) {
     if (a.size() != b.size()) return false;
     for (size_t i = 0; i < a.size(); ++i) {
         // Bitwise: 0.0 and -0.0 can give different sums.
@@ -87,13 +90,14 @@ struct LayerParts {
 
 // Union of sorted unique index lists (k-way merge, O(total · lists)) and Σ αᵢ·valuesᵢ accumulated on it in
 // list order, so a layer's sum depends only on its signature.
-void shira_union_sum(const std::vector<std::pair<const ShiraTensor*, double>>& parts, torch::Tensor& uni_out, torch::Tensor& acc_out) {
-    const size_t N = parts.size();
-    std::vector<torch::Tensor>   idx(N), val(N);
-    std::vector<const int64_t*>  ip(N);
-    std::vector<int64_t>         size(N), head(N, 0);
+void shira_union_sum(const std::vector<std::pair<const ShiraTensor*, double>>& parts, torch::Tensor& uni_out,
+                     torch::Tensor& acc_out) {
+    const size_t                      N = parts.size();
+    std::vector<torch::Tensor>        idx(N), val(N);
+    std::vector<const int64_t*>       ip(N);
+    std::vector<int64_t>              size(N), head(N, 0);
     std::vector<std::vector<int64_t>> pos(N);
-    int64_t total = 0;
+    int64_t                           total = 0;
     for (size_t i = 0; i < N; ++i) {
         idx[i]  = parts[i].first->idx.to(torch::kCPU, torch::kInt64).contiguous();
         val[i]  = parts[i].first->values.to(torch::kCPU, torch::kFloat32).contiguous();
@@ -139,9 +143,9 @@ void blend_layer(torch::Tensor& W, const LayerParts& parts, LayerBlend& b) {
     if (!parts.lora.empty()) {
         if (!b.lora_backup.defined()) b.lora_backup = W.detach().clone();
         for (const auto& [t, alpha] : parts.lora) {
-            const torch::Tensor& A = on_device(t->A, t->A_on_device, W.device());
-            const torch::Tensor& B = on_device(t->B, t->B_on_device, W.device());
-            torch::Tensor BA = B.reshape({B.size(0), -1}).mm(A.reshape({A.size(0), -1}));
+            const torch::Tensor& A  = on_device(t->A, t->A_on_device, W.device());
+            const torch::Tensor& B  = on_device(t->B, t->B_on_device, W.device());
+            torch::Tensor        BA = B.reshape({B.size(0), -1}).mm(A.reshape({A.size(0), -1}));
             W.add_(BA.view(W.sizes()).to(W.scalar_type()), alpha * t->alpha / (double)t->rank());
         }
     }
@@ -167,8 +171,8 @@ void blend_layer(torch::Tensor& W, const LayerParts& parts, LayerBlend& b) {
         if (parts.shira.size() == 1) {
             // The common switch A -> B: one adapter's indices are already sorted and unique.
             const ShiraTensor& t = *parts.shira[0].first;
-            uni = on_device(t.idx, t.idx_on_device, W.device());
-            add = on_device(t.values, t.values_on_device, W.device()) * parts.shira[0].second;
+            uni                  = on_device(t.idx, t.idx_on_device, W.device());
+            add                  = on_device(t.values, t.values_on_device, W.device()) * parts.shira[0].second;
         } else {
             shira_union_sum(parts.shira, uni, add);
             uni = uni.to(W.device());
@@ -205,7 +209,8 @@ double mix_apply(DiffusionModel& model, MixState& state, const std::vector<std::
             if (it == layers.end()) throw_bad_input("adapter layer '" + name + "' is not in the model");
             const auto& W = it->second->weight;
             if (!t.shape.empty() && t.shape != W.sizes().vec()) {
-                throw_bad_input("adapter layer '" + name + "' has shape " + shape_str(t.shape) + " but the model's is " + shape_str(W.sizes().vec()));
+                throw_bad_input("adapter layer '" + name + "' has shape " + shape_str(t.shape) +
+                                " but the model's is " + shape_str(W.sizes().vec()));
             }
             // idx is sorted (adapter_load / shira_detach guarantee it), so its last entry is the maximum.
             if (t.cols != matrix_cols(W) || (t.idx.numel() && t.idx[t.idx.numel() - 1].item<int64_t>() >= W.numel())) {
@@ -267,4 +272,3 @@ double mix_apply(DiffusionModel& model, MixState& state, const std::vector<std::
     if (stats) *stats = s;
     return now_ms() - t0;
 }
-

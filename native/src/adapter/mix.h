@@ -21,13 +21,13 @@
 // only the layers whose signature changed and still equals clear + full apply bit for bit.
 struct LayerBlend {
     std::vector<std::pair<uint64_t, double>> signature;  // (Adapter::uid, α) of the adapters on this layer, mix order
-    torch::Tensor lora_backup;  // full W0 copy when a LoRA touches the layer
-    torch::Tensor shira_union;  // sorted union of the SHiRA indices (on the weight's device)
-    torch::Tensor shira_base;   // weight at shira_union before the SHiRA scatter (W0 plus any LoRA terms)
+    torch::Tensor                            lora_backup;  // full W0 copy when a LoRA touches the layer
+    torch::Tensor                            shira_union;  // sorted union of the SHiRA indices (on the weight's device)
+    torch::Tensor shira_base;  // weight at shira_union before the SHiRA scatter (W0 plus any LoRA terms)
 };
 struct MixState {
     std::map<std::string, LayerBlend> layers;  // only layers some applied adapter touches
-    bool active() const { return !layers.empty(); }
+    bool                              active() const { return !layers.empty(); }
 };
 struct MixStats {
     int64_t layers_reblended = 0;  // restored and/or blended anew (signature changed, incl. layers left out now)

@@ -19,7 +19,8 @@ torch::Tensor shira_delta(const ShiraTensor& t, int64_t m) {
 
 torch::Tensor lora_delta(const LoraTensor& t) {
     const int64_t r = t.A.size(0);
-    return t.B.reshape({t.B.size(0), r}).to(torch::kFloat32).mm(t.A.reshape({r, -1}).to(torch::kFloat32)) * (t.alpha / (double)r);
+    return t.B.reshape({t.B.size(0), r}).to(torch::kFloat32).mm(t.A.reshape({r, -1}).to(torch::kFloat32)) *
+           (t.alpha / (double)r);
 }
 
 int64_t rows_of(const ShiraTensor& t) {
@@ -37,8 +38,8 @@ std::vector<LayerOverlap> adapter_overlap(const Adapter& a, const Adapter& b, do
         for (const auto& [name, t] : x.lora) d[name] = lora_delta(t) * alpha;
         return d;
     };
-    torch::NoGradGuard no_grad;
-    auto da = deltas(a, alpha_a), db = deltas(b, alpha_b);
+    torch::NoGradGuard        no_grad;
+    auto                      da = deltas(a, alpha_a), db = deltas(b, alpha_b);
     std::vector<LayerOverlap> out;
     for (auto& [name, d1] : da) {
         auto it = db.find(name);
@@ -54,10 +55,12 @@ std::vector<LayerOverlap> adapter_overlap(const Adapter& a, const Adapter& b, do
         o.layer = name;
         o.m     = m;
         o.awom  = torch::linalg::matrix_norm(P, 2, {-2, -1}, false, c10::nullopt).item<double>();
-        const double n1 = torch::linalg::matrix_norm(d1.to(torch::kFloat64), 2, {-2, -1}, false, c10::nullopt).item<double>();
-        const double n2 = torch::linalg::matrix_norm(d2.to(torch::kFloat64), 2, {-2, -1}, false, c10::nullopt).item<double>();
+        const double n1 =
+            torch::linalg::matrix_norm(d1.to(torch::kFloat64), 2, {-2, -1}, false, c10::nullopt).item<double>();
+        const double n2 =
+            torch::linalg::matrix_norm(d2.to(torch::kFloat64), 2, {-2, -1}, false, c10::nullopt).item<double>();
         o.awom_normalized = n1 > 0 && n2 > 0 ? o.awom / (n1 * n2) : 0.0;
-        o.awor = 1.0 - (double)P.ne(0).sum().item<int64_t>() / (double)(m * m);
+        o.awor            = 1.0 - (double)P.ne(0).sum().item<int64_t>() / (double)(m * m);
         out.push_back(o);
     }
     return out;

@@ -12,8 +12,9 @@
 
 struct LayerOverlap {
     std::string layer;
-    int64_t     m = 0;
+    int64_t     m    = 0;
     double      awom = 0, awom_normalized = 0, awor = 0;
 };
 // Layers adapted by both; alphas scale each delta as in a fused mix.
-std::vector<LayerOverlap> adapter_overlap(const Adapter& a, const Adapter& b, double alpha_a = 1.0, double alpha_b = 1.0);
+std::vector<LayerOverlap> adapter_overlap(const Adapter& a, const Adapter& b, double alpha_a = 1.0,
+                                          double alpha_b = 1.0);

@@ -14,14 +14,14 @@ namespace {
 
 struct BitWriter {
     std::vector<uint8_t> bytes;
-    uint64_t             acc = 0;
-    int                  nacc = 0;  // pending bits in the low end of acc, < 8 between calls
-    void put(uint64_t value, int nbits) {  // nbits <= 56
+    uint64_t             acc  = 0;
+    int                  nacc = 0;                         // pending bits in the low end of acc, < 8 between calls
+    void                 put(uint64_t value, int nbits) {  // nbits <= 56
         acc = (acc << nbits) | value;
         nacc += nbits;
         while (nacc >= 8) {
-            nacc -= 8;
-            bytes.push_back((uint8_t)(acc >> nacc));
+                            nacc -= 8;
+                            bytes.push_back((uint8_t)(acc >> nacc));
         }
         acc &= (1ull << nacc) - 1;
     }
@@ -34,9 +34,9 @@ struct BitWriter {
 }  // namespace
 
 RiceCode rice_encode(const torch::Tensor& idx_in) {
-    torch::Tensor  idx = idx_in.to(torch::kCPU, torch::kInt64).contiguous();
-    const int64_t  K   = idx.numel();
-    const int64_t* p   = idx.data_ptr<int64_t>();
+    torch::Tensor         idx = idx_in.to(torch::kCPU, torch::kInt64).contiguous();
+    const int64_t         K   = idx.numel();
+    const int64_t*        p   = idx.data_ptr<int64_t>();
     std::vector<uint64_t> gaps(K);
     for (int64_t i = 0; i < K; ++i) {
         const int64_t g = i == 0 ? p[0] : p[i] - p[i - 1] - 1;
@@ -91,10 +91,10 @@ torch::Tensor rice_decode(const torch::Tensor& bytes_in, int k, int64_t K, int64
     torch::Tensor  bytes  = bytes_in.to(torch::kCPU).contiguous();
     const uint8_t* data   = bytes.data_ptr<uint8_t>();
     const int64_t  nbytes = bytes.numel();
-    int64_t        next = 0;  // next byte to load
-    uint64_t       buf  = 0;  // unread bits, MSB-aligned
-    int            nbuf = 0;
-    auto refill = [&] {
+    int64_t        next   = 0;  // next byte to load
+    uint64_t       buf    = 0;  // unread bits, MSB-aligned
+    int            nbuf   = 0;
+    auto           refill = [&] {
         while (nbuf <= 56 && next < nbytes) {
             buf |= (uint64_t)data[next++] << (56 - nbuf);
             nbuf += 8;
@@ -116,13 +116,14 @@ torch::Tensor rice_decode(const torch::Tensor& bytes_in, int k, int64_t K, int64
                 nbuf = 0;
             } else {
                 q += (uint64_t)ones;
-                buf  = ones + 1 >= 64 ? 0 : buf << (ones + 1);
+                buf = ones + 1 >= 64 ? 0 : buf << (ones + 1);
                 nbuf -= ones + 1;
                 break;
             }
             if (q > qmax) break;
         }
-        if (q > qmax) throw_bad_input(what + ": Rice-coded index " + std::to_string(i) + " is out of range (corrupt data)");
+        if (q > qmax)
+            throw_bad_input(what + ": Rice-coded index " + std::to_string(i) + " is out of range (corrupt data)");
         uint64_t r = 0;
         if (k > 0) {
             refill();
@@ -135,8 +136,8 @@ torch::Tensor rice_decode(const torch::Tensor& bytes_in, int k, int64_t K, int64
         if (g >= (uint64_t)numel || prev + 1 + (int64_t)g >= numel) {
             throw_bad_input(what + ": Rice-coded index " + std::to_string(i) + " is out of range (corrupt data)");
         }
-        prev    = prev + 1 + (int64_t)g;
-        out[i]  = prev;
+        prev   = prev + 1 + (int64_t)g;
+        out[i] = prev;
     }
     // What is left must be the zero padding of the last byte: no further bytes, no set bits.
     const int64_t used_bits = next * 8 - nbuf;

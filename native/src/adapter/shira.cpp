@@ -19,12 +19,12 @@ std::map<std::string, torch::Tensor> shira_calibrate(DiffusionModel& model, cons
     }
     std::map<std::string, torch::Tensor> scores;
     for (int64_t b = 0; b < batches; ++b) {
-        auto grads = torch::autograd::grad({loss_fn()}, weights);
+        auto               grads = torch::autograd::grad({loss_fn()}, weights);
         torch::NoGradGuard no_grad;
         for (size_t i = 0; i < layers.size(); ++i) {
             // Σ_b |g_b| (Grad) and Σ_b |W ⊙ g_b| (SNIP, eq. 2): per-batch magnitudes so that gradients of
             // opposite sign in different batches do not cancel (the paper leaves this open, notes §1.2).
-            torch::Tensor s = mask == MASK_TYPE_SNIP ? (weights[i] * grads[i]).abs() : grads[i].abs();
+            torch::Tensor s  = mask == MASK_TYPE_SNIP ? (weights[i] * grads[i]).abs() : grads[i].abs();
             auto [it, fresh] = scores.emplace(layers[i].first, s.to(torch::kFloat32));
             if (!fresh) it->second.add_(s);
         }
@@ -39,9 +39,9 @@ std::vector<torch::Tensor> shira_attach(DiffusionModel& model, const ShiraOption
     set_requires_grad(model, false);
     std::vector<torch::Tensor> params;
     for (auto& [name, layer] : layers) {
-        const torch::Tensor& W = layer->weight;
-        const int64_t numel = W.numel(), m = W.size(0), n = matrix_cols(W), K = shira_k(numel, o.density);
-        torch::Tensor exclude;
+        const torch::Tensor& W     = layer->weight;
+        const int64_t        numel = W.numel(), m = W.size(0), n = matrix_cols(W), K = shira_k(numel, o.density);
+        torch::Tensor        exclude;
         for (const Adapter* a : o.exclude) {
             auto it = a->shira.find(name);
             if (it == a->shira.end()) continue;
@@ -58,7 +58,8 @@ std::vector<torch::Tensor> shira_attach(DiffusionModel& model, const ShiraOption
             case MASK_TYPE_WM: idx = mask_topk(W.abs(), K, exclude); break;
             default: {
                 auto it = scores.find(name);
-                if (it == scores.end()) throw WorkerError(ERROR_TYPE_INTERNAL, "no calibration scores for '" + name + "'");
+                if (it == scores.end())
+                    throw WorkerError(ERROR_TYPE_INTERNAL, "no calibration scores for '" + name + "'");
                 idx = mask_topk(it->second, K, exclude);
             }
         }
@@ -67,9 +68,10 @@ std::vector<torch::Tensor> shira_attach(DiffusionModel& model, const ShiraOption
         slot->rows      = torch::div(slot->idx, n, "floor");
         slot->cols      = slot->idx.remainder(n);
         slot->base_vals = W.detach().reshape(-1).index_select(0, slot->idx).clone();
-        slot->values    = torch::zeros({K}, torch::TensorOptions().dtype(torch::kFloat32).device(W.device())).requires_grad_(true);
-        slot->path      = o.grad_path;
-        layer->shira    = slot;
+        slot->values =
+            torch::zeros({K}, torch::TensorOptions().dtype(torch::kFloat32).device(W.device())).requires_grad_(true);
+        slot->path   = o.grad_path;
+        layer->shira = slot;
         params.push_back(slot->values);
     }
     return params;
@@ -92,11 +94,11 @@ Adapter shira_detach(DiffusionModel& model) {
     for (auto& [name, layer] : model.layers()) {
         if (!layer->shira) continue;
         const ShiraSlot& s = *layer->shira;
-        ShiraTensor& t = a.shira[name];
-        t.idx          = s.idx.cpu();
-        t.values       = s.values.detach().to(torch::kCPU, torch::kFloat32).clone();
-        t.cols         = matrix_cols(layer->weight);
-        t.shape        = layer->weight.sizes().vec();
+        ShiraTensor&     t = a.shira[name];
+        t.idx              = s.idx.cpu();
+        t.values           = s.values.detach().to(torch::kCPU, torch::kFloat32).clone();
+        t.cols             = matrix_cols(layer->weight);
+        t.shape            = layer->weight.sizes().vec();
         layer->weight.view(-1).index_put_({s.idx}, s.base_vals);
         layer->shira.reset();
     }

@@ -17,12 +17,12 @@
 #include "model/diffusion_model.h"
 
 struct ShiraOptions {
-    MaskType                 mask = MASK_TYPE_STRUCT;
-    double                   density = 0.02;
-    uint64_t                 seed = 0;
-    std::vector<std::string> targets = kDefaultTargets;
+    MaskType                    mask    = MASK_TYPE_STRUCT;
+    double                      density = 0.02;
+    uint64_t                    seed    = 0;
+    std::vector<std::string>    targets = kDefaultTargets;
     std::vector<const Adapter*> exclude;  // non-overlap: indices used by these adapters are not chosen
-    GradPath                 grad_path = GRAD_PATH_AUTO;
+    GradPath                    grad_path = GRAD_PATH_AUTO;
 };
 
 // Scores for Grad/SNIP: accumulates |∂L/∂W| (Grad) or |W ⊙ ∂L/∂W| (SNIP) over `batches` calls of

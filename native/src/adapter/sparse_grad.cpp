@@ -15,7 +15,8 @@ using torch::autograd::variable_list;
 namespace {
 
 // dL/dδ_k = Σ_n g[n, i_k]·x[n, j_k] for the entries (rows, cols), streaming over N in bounded chunks.
-torch::Tensor gather_grad(const torch::Tensor& gt, const torch::Tensor& xt, const torch::Tensor& rows, const torch::Tensor& cols) {
+torch::Tensor gather_grad(const torch::Tensor& gt, const torch::Tensor& xt, const torch::Tensor& rows,
+                          const torch::Tensor& cols) {
     // gt [m, N], xt [n, N]: each gathered row is contiguous over N, so the product streams memory.
     const int64_t N = gt.size(1), K = rows.numel();
     torch::Tensor out = torch::empty({K}, gt.options());
@@ -23,19 +24,20 @@ torch::Tensor gather_grad(const torch::Tensor& gt, const torch::Tensor& xt, cons
     const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 22) / std::max<int64_t>(N, 1));
     for (int64_t b = 0; b < K; b += chunk) {
         const int64_t e = std::min(K, b + chunk);
-        out.slice(0, b, e).copy_((gt.index_select(0, rows.slice(0, b, e)) * xt.index_select(0, cols.slice(0, b, e))).sum(1));
+        out.slice(0, b, e).copy_(
+            (gt.index_select(0, rows.slice(0, b, e)) * xt.index_select(0, cols.slice(0, b, e))).sum(1));
     }
     return out;
 }
 
 void prepare_row_split(ShiraSlot& s, int64_t m, int64_t n) {
-    torch::Tensor counts = torch::bincount(s.rows.cpu(), {}, m);
-    torch::Tensor full   = counts.eq(n);
+    torch::Tensor counts  = torch::bincount(s.rows.cpu(), {}, m);
+    torch::Tensor full    = counts.eq(n);
     torch::Tensor in_full = full.index_select(0, s.rows.cpu());
-    s.full_rows       = full.nonzero().reshape(-1).to(s.idx.device());
-    s.full_pos        = in_full.nonzero().reshape(-1).to(s.idx.device());
-    s.rest_pos        = (~in_full).nonzero().reshape(-1).to(s.idx.device());
-    s.row_split_ready = true;
+    s.full_rows           = full.nonzero().reshape(-1).to(s.idx.device());
+    s.full_pos            = in_full.nonzero().reshape(-1).to(s.idx.device());
+    s.rest_pos            = (~in_full).nonzero().reshape(-1).to(s.idx.device());
+    s.row_split_ready     = true;
 }
 
 torch::Tensor sparse_path(const torch::Tensor& g, const torch::Tensor& x, const ShiraSlot& slot_in) {
@@ -53,7 +55,8 @@ torch::Tensor sparse_path(const torch::Tensor& g, const torch::Tensor& x, const 
         out.index_put_({s.rest_pos}, (g.index_select(1, r) * x.index_select(1, c)).sum(0));
     } else if (s.rest_pos.numel()) {
         torch::Tensor gt = g.t().contiguous(), xt = x.t().contiguous();
-        out.index_put_({s.rest_pos}, gather_grad(gt, xt, s.rows.index_select(0, s.rest_pos), s.cols.index_select(0, s.rest_pos)));
+        out.index_put_({s.rest_pos},
+                       gather_grad(gt, xt, s.rows.index_select(0, s.rest_pos), s.cols.index_select(0, s.rest_pos)));
     }
     return out;
 }
@@ -66,7 +69,7 @@ struct ShiraFunction : torch::autograd::Function<ShiraFunction> {
     // The layer pointer travels as an int64 because saved_data only holds IValues; the layer outlives
     // the graph (it owns the slot for the whole training run).
     static torch::Tensor forward(AutogradContext* ctx, torch::Tensor x, torch::Tensor values, int64_t layer_ptr) {
-        auto* layer = reinterpret_cast<LayerImpl*>(layer_ptr);
+        auto* layer              = reinterpret_cast<LayerImpl*>(layer_ptr);
         ctx->saved_data["layer"] = layer_ptr;
         // Under CUDA bf16 autocast the backward multiplies in bf16 anyway (x.to(g.dtype) below), so an fp32 input
         // (after a norm, which autocast keeps in fp32) is saved already cast: half its activation memory, the same
@@ -84,13 +87,15 @@ struct ShiraFunction : torch::autograd::Function<ShiraFunction> {
         const bool    need_x = ctx->needs_input_grad(0);
         const auto&   W      = layer->weight;
         torch::Tensor grad_x, grad_values;
-        const bool pointwise = layer->kind == LAYER_KIND_CONV && layer->kernel == 1 && layer->stride == 1 && layer->padding == 0;
+        const bool    pointwise =
+            layer->kind == LAYER_KIND_CONV && layer->kernel == 1 && layer->stride == 1 && layer->padding == 0;
         if (layer->kind == LAYER_KIND_LINEAR || pointwise) {
             torch::Tensor g2, x2;
             if (layer->kind == LAYER_KIND_LINEAR) {
                 if (need_x) grad_x = g.matmul(W.to(g.scalar_type()));
                 g2 = g.reshape({-1, layer->out_features});
-                x2 = x.reshape({-1, layer->in_features}).to(g.scalar_type());  // bf16 autocast: g is bf16, x may be fp32
+                x2 =
+                    x.reshape({-1, layer->in_features}).to(g.scalar_type());  // bf16 autocast: g is bf16, x may be fp32
             } else {  // a 1x1 conv is a Linear over channels: [B, C, H, W] -> [B·H·W, C]
                 if (need_x) grad_x = torch::conv2d(g, W.to(g.scalar_type()).transpose(0, 1));
                 g2 = g.permute({0, 2, 3, 1}).reshape({-1, layer->out_features});
@@ -100,9 +105,9 @@ struct ShiraFunction : torch::autograd::Function<ShiraFunction> {
         } else {
             // General convs take the dense path: unfold would need [B·H·W, in·kh·kw] per step, which costs
             // more than the weight gradient it avoids for the kernel sizes used here.
-            auto res = at::convolution_backward(g, x.to(g.scalar_type()), W.to(g.scalar_type()), c10::nullopt, {layer->stride, layer->stride},
-                                                {layer->padding, layer->padding}, {1, 1}, false, {0, 0}, 1,
-                                                {need_x, true, false});
+            auto res    = at::convolution_backward(g, x.to(g.scalar_type()), W.to(g.scalar_type()), c10::nullopt,
+                                                   {layer->stride, layer->stride}, {layer->padding, layer->padding},
+                                                   {1, 1}, false, {0, 0}, 1, {need_x, true, false});
             grad_x      = std::get<0>(res);
             grad_values = std::get<1>(res).reshape(-1).index_select(0, slot.idx);
             slot.chosen = GRAD_PATH_DENSE;
@@ -113,7 +118,9 @@ struct ShiraFunction : torch::autograd::Function<ShiraFunction> {
 
 }  // namespace
 
-const char* grad_path_name(GradPath p) { return p == GRAD_PATH_SPARSE ? "sparse" : p == GRAD_PATH_DENSE ? "dense" : "auto"; }
+const char* grad_path_name(GradPath p) {
+    return p == GRAD_PATH_SPARSE ? "sparse" : p == GRAD_PATH_DENSE ? "dense" : "auto";
+}
 
 GradPath str_to_grad_path(const std::string& name) {
     if (name == "auto") return GRAD_PATH_AUTO;
@@ -126,7 +133,8 @@ torch::Tensor shira_layer_forward(LayerImpl& layer, const torch::Tensor& x) {
     return ShiraFunction::apply(x, layer.shira->values, reinterpret_cast<int64_t>(&layer));
 }
 
-torch::Tensor shira_matrix_grad(const torch::Tensor& g, const torch::Tensor& x, const ShiraSlot& slot_in, GradPath path) {
+torch::Tensor shira_matrix_grad(const torch::Tensor& g, const torch::Tensor& x, const ShiraSlot& slot_in,
+                                GradPath path) {
     auto& slot = const_cast<ShiraSlot&>(slot_in);  // AUTO records its measurement in the slot
     if (path == GRAD_PATH_SPARSE) return sparse_path(g, x, slot);
     if (path == GRAD_PATH_DENSE) return dense_path(g, x, slot);
@@ -154,10 +162,10 @@ GradPathTiming shira_time_grad_paths(int64_t N, int64_t m, int64_t n, const torc
     torch::manual_seed(0);
     torch::Tensor g = torch::randn({N, m}), x = torch::randn({N, n});
     ShiraSlot     s;
-    s.idx  = idx;
-    s.rows = torch::div(idx, n, "floor");
-    s.cols = idx.remainder(n);
-    double best_sparse = 1e30, best_dense = 1e30;
+    s.idx                     = idx;
+    s.rows                    = torch::div(idx, n, "floor");
+    s.cols                    = idx.remainder(n);
+    double        best_sparse = 1e30, best_dense = 1e30;
     torch::Tensor a, b;
     for (int r = 0; r < reps + 1; ++r) {  // rep 0 warms caches and allocator
         double t0 = now_ms();

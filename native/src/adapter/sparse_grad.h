@@ -12,7 +12,7 @@
 
 #include "model/layer.h"
 
-const char* grad_path_name(GradPath path);               // "auto" | "sparse" | "dense"
+const char* grad_path_name(GradPath path);              // "auto" | "sparse" | "dense"
 GradPath    str_to_grad_path(const std::string& name);  // the same names, else BAD_INPUT
 
 // The layer's output through the fused op. `values` is an input only so autograd routes dL/dδ to it.
@@ -23,7 +23,7 @@ torch::Tensor shira_matrix_grad(const torch::Tensor& g, const torch::Tensor& x, 
 
 // Timing of the two gradient paths of one [m, n] Linear for N rows at a mask; used by bench and tests.
 struct GradPathTiming {
-    double sparse_ms, dense_ms, maxdiff;
+    double  sparse_ms, dense_ms, maxdiff;
     int64_t dense_dw_bytes;
 };
 GradPathTiming shira_time_grad_paths(int64_t N, int64_t m, int64_t n, const torch::Tensor& idx, int reps);

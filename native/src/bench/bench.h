@@ -16,8 +16,8 @@
 #include <functional>
 #include <string>
 
-#include <nlohmann/json.hpp>
 #include <torch/types.h>
+#include <nlohmann/json.hpp>
 
 #include "model/config.h"
 
@@ -28,4 +28,5 @@ ModelConfig bench_model_config(const std::string& name, int64_t size);
 
 // kind: "train" | "switch" | "grad". Returns {"rows": [...]}.
 nlohmann::json bench_run(const nlohmann::json& args, torch::Device device,
-                         const std::function<void(const nlohmann::json&)>& emit, const std::function<bool()>& should_stop);
+                         const std::function<void(const nlohmann::json&)>& emit,
+                         const std::function<bool()>&                      should_stop);

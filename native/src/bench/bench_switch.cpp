@@ -25,14 +25,14 @@ namespace {
 Adapter random_shira_adapter(DiffusionModel& model, MaskType mask, double density, uint64_t seed,
                              const std::vector<std::string>& targets = kDefaultTargets) {
     ShiraOptions o;
-    o.mask    = mask;
-    o.density = density;
-    o.seed    = seed;
-    o.targets = targets;
+    o.mask      = mask;
+    o.density   = density;
+    o.seed      = seed;
+    o.targets   = targets;
     auto params = shira_attach(model, o);
     {
         torch::NoGradGuard g;
-        at::Generator gen = at::detail::createCPUGenerator(seed);
+        at::Generator      gen = at::detail::createCPUGenerator(seed);
         for (auto& v : params) v.copy_(torch::randn(v.sizes(), gen, torch::kFloat32).mul_(0.01));
     }
     Adapter a = shira_detach(model);
@@ -65,7 +65,7 @@ Adapter random_lora_adapter(DiffusionModel& model, double density, uint64_t seed
     auto params     = lora_attach(model, o);
     {
         torch::NoGradGuard g;
-        at::Generator gen = at::detail::createCPUGenerator(seed + 1000);
+        at::Generator      gen = at::detail::createCPUGenerator(seed + 1000);
         for (auto& v : params) v.copy_(torch::randn(v.sizes(), gen, torch::kFloat32).mul_(0.01));
     }
     return lora_detach(model);
@@ -79,16 +79,17 @@ int64_t file_bytes(const std::string& path) {
 
 std::string bench_temp(const std::string& stem) {
     static int n = 0;
-    return (std::filesystem::temp_directory_path() / ("shira-bench-" + std::to_string(getpid()) + "-" + std::to_string(n++) + "-" + stem +
-                                                      ".safetensors")).string();
+    return (std::filesystem::temp_directory_path() /
+            ("shira-bench-" + std::to_string(getpid()) + "-" + std::to_string(n++) + "-" + stem + ".safetensors"))
+        .string();
 }
 
 // Temp adapter files of one model, deleted however the bench ends.
 struct TempFiles {
     std::vector<std::string> paths;
-    std::string add(const std::string& stem) {
-        paths.push_back(bench_temp(stem));
-        return paths.back();
+    std::string              add(const std::string& stem) {
+                     paths.push_back(bench_temp(stem));
+                     return paths.back();
     }
     ~TempFiles() {
         for (const auto& p : paths) std::remove(p.c_str());
@@ -116,8 +117,8 @@ double time_switch(DiffusionModel& model, torch::Device device, const Adapter& a
 
 // Cold switch from files: the state holds B; read + decode A's v2 file (OS page cache warm: just written) and
 // apply it, alternating A/B. Returns median {total, load (read + decode), apply} ms.
-std::array<double, 3> time_cold_switch(DiffusionModel& model, torch::Device device, const std::string& fa, const std::string& fb,
-                                       int64_t reps, const std::function<void()>& stop_check) {
+std::array<double, 3> time_cold_switch(DiffusionModel& model, torch::Device device, const std::string& fa,
+                                       const std::string& fb, int64_t reps, const std::function<void()>& stop_check) {
     MixState            st;
     std::vector<double> total, load, apply;
     {
@@ -156,25 +157,25 @@ Json storage_totals(const Adapter& a) {
 }  // namespace
 
 void bench_switch_model(DiffusionModel& model, const Json& common, const BenchContext& ctx) {
-    const Json&     args = ctx.args;
-    const bool      quick = ctx.quick;
-    const double    density = ctx.density;
-    const torch::Device device = ctx.device;
-    const auto&     push = ctx.push;
-    const auto&     stop_check = ctx.stop_check;
-    const int64_t reps = get_int(args, "reps", quick ? 3 : 7, 1, 1000);
-    TempFiles     tmp;
+    const Json&         args       = ctx.args;
+    const bool          quick      = ctx.quick;
+    const double        density    = ctx.density;
+    const torch::Device device     = ctx.device;
+    const auto&         push       = ctx.push;
+    const auto&         stop_check = ctx.stop_check;
+    const int64_t       reps       = get_int(args, "reps", quick ? 3 : 7, 1, 1000);
+    TempFiles           tmp;
     // Whole-model switch A → B (warm: A is applied first, every adapter already in memory). SHiRA writes
     // the kept base values back at A's indices, then scatters B; LoRA restores the kept copies of every
     // touched tensor, then adds (alpha/r)·BA per layer. The LoRA pair does not depend on the mask, so it is
     // timed once per model and reported in every mask's row.
-    Adapter la = random_lora_adapter(model, density, 1), lb = random_lora_adapter(model, density, 2);
-    const double lora_ms = time_switch(model, device, la, lb, reps, stop_check);
+    Adapter           la = random_lora_adapter(model, density, 1), lb = random_lora_adapter(model, density, 2);
+    const double      lora_ms = time_switch(model, device, la, lb, reps, stop_check);
     const std::string lfa = tmp.add("lora-a"), lfb = tmp.add("lora-b");
     adapter_save(la, lfa);
     adapter_save(lb, lfb);
-    const auto lora_cold = time_cold_switch(model, device, lfa, lfb, reps, stop_check);
-    const double lora_bpv = (double)file_bytes(lfa) / (double)la.trainable();
+    const auto   lora_cold = time_cold_switch(model, device, lfa, lfb, reps, stop_check);
+    const double lora_bpv  = (double)file_bytes(lfa) / (double)la.trainable();
     // Bytes per trained value of this mask's file (f16 and f32 values) vs PEFT and fp16 LoRA.
     auto bytes_row = [&](const Adapter& a, MaskType m, const char* index_model) {
         for (ValuesDtype vd : {VALUES_DTYPE_F16, VALUES_DTYPE_F32}) {
@@ -188,13 +189,22 @@ void bench_switch_model(DiffusionModel& model, const Json& common, const BenchCo
             Json          tot  = storage_totals(back);
             Json          r    = common;
             const double  k    = (double)a.trainable();
-            r.update({{"name", "bytes_per_value"}, {"mask", mask_type_name(m)}, {"density", density},
-                      {"values_dtype", vd == VALUES_DTYPE_F16 ? "f16" : "f32"}, {"index_encoding", tot["index_encoding"]},
-                      {"index_model", index_model}, {"trainable", a.trainable()}, {"file_bytes", file_bytes(f)},
-                      {"bytes_values", tot["bytes_values"]}, {"bytes_index", tot["bytes_index"]},
+            r.update({{"name", "bytes_per_value"},
+                      {"mask", mask_type_name(m)},
+                      {"density", density},
+                      {"values_dtype", vd == VALUES_DTYPE_F16 ? "f16" : "f32"},
+                      {"index_encoding", tot["index_encoding"]},
+                      {"index_model", index_model},
+                      {"trainable", a.trainable()},
+                      {"file_bytes", file_bytes(f)},
+                      {"bytes_values", tot["bytes_values"]},
+                      {"bytes_index", tot["bytes_index"]},
                       {"bytes_per_value", (double)file_bytes(f) / k},
-                      {"payload_bytes_per_value", (tot["bytes_values"].get<double>() + tot["bytes_index"].get<double>()) / k},
-                      {"peft_bytes_per_value", 12}, {"lora_bytes_per_value", lora_bpv}, {"encode_ms", t1 - t0},
+                      {"payload_bytes_per_value",
+                       (tot["bytes_values"].get<double>() + tot["bytes_index"].get<double>()) / k},
+                      {"peft_bytes_per_value", 12},
+                      {"lora_bytes_per_value", lora_bpv},
+                      {"encode_ms", t1 - t0},
                       {"decode_ms", t2 - t1}});
             push(r);
             std::remove(f.c_str());
@@ -205,10 +215,17 @@ void bench_switch_model(DiffusionModel& model, const Json& common, const BenchCo
         stop_check();
         Adapter sa = random_shira_adapter(model, mask, density, 1), sb = random_shira_adapter(model, mask, density, 2);
         const double shira_ms = time_switch(model, device, sa, sb, reps, stop_check);
-        Json row = common;
-        row.update({{"name", "switch"}, {"mask", mask_type_name(mask)}, {"density", density}, {"reps", reps},
-                    {"shira_switch_ms", shira_ms}, {"lora_switch_ms", lora_ms}, {"ratio", lora_ms / std::max(shira_ms, 1e-9)},
-                    {"shira_params", sa.trainable()}, {"lora_params", la.trainable()}, {"layers", (int64_t)sa.shira.size()}});
+        Json         row      = common;
+        row.update({{"name", "switch"},
+                    {"mask", mask_type_name(mask)},
+                    {"density", density},
+                    {"reps", reps},
+                    {"shira_switch_ms", shira_ms},
+                    {"lora_switch_ms", lora_ms},
+                    {"ratio", lora_ms / std::max(shira_ms, 1e-9)},
+                    {"shira_params", sa.trainable()},
+                    {"lora_params", la.trainable()},
+                    {"layers", (int64_t)sa.shira.size()}});
         push(row);
         // Cold: read + decode the v2 file, then apply (no decoded copy in memory beforehand).
         const std::string fa = tmp.add("shira-a"), fb = tmp.add("shira-b");
@@ -216,34 +233,46 @@ void bench_switch_model(DiffusionModel& model, const Json& common, const BenchCo
         adapter_save(sb, fb);
         const auto cold = time_cold_switch(model, device, fa, fb, reps, stop_check);
         Json       c    = common;
-        c.update({{"name", "cold_switch"}, {"mask", mask_type_name(mask)}, {"density", density}, {"reps", reps},
-                  {"index_encoding", storage_totals(adapter_load(fa))["index_encoding"]}, {"values_dtype", "f16"},
-                  {"shira_switch_ms", cold[0]}, {"shira_load_ms", cold[1]}, {"shira_apply_ms", cold[2]},
-                  {"lora_switch_ms", lora_cold[0]}, {"lora_load_ms", lora_cold[1]}, {"lora_apply_ms", lora_cold[2]},
-                  {"ratio", lora_cold[0] / std::max(cold[0], 1e-9)}, {"shira_file_bytes", file_bytes(fa)},
+        c.update({{"name", "cold_switch"},
+                  {"mask", mask_type_name(mask)},
+                  {"density", density},
+                  {"reps", reps},
+                  {"index_encoding", storage_totals(adapter_load(fa))["index_encoding"]},
+                  {"values_dtype", "f16"},
+                  {"shira_switch_ms", cold[0]},
+                  {"shira_load_ms", cold[1]},
+                  {"shira_apply_ms", cold[2]},
+                  {"lora_switch_ms", lora_cold[0]},
+                  {"lora_load_ms", lora_cold[1]},
+                  {"lora_apply_ms", lora_cold[2]},
+                  {"ratio", lora_cold[0] / std::max(cold[0], 1e-9)},
+                  {"shira_file_bytes", file_bytes(fa)},
                   {"lora_file_bytes", file_bytes(lfa)}});
         push(c);
         if (mask == MASK_TYPE_RAND) rand_like = sa;
-        bytes_row(sa, mask, mask == MASK_TYPE_WM ? "top-K of |W| (random init = iid random scores)" : "the mask itself");
+        bytes_row(sa, mask,
+                  mask == MASK_TYPE_WM ? "top-K of |W| (random init = iid random scores)" : "the mask itself");
     }
     // Grad/SNIP: top-K of iid random scores (a uniform K-subset), so Rice-coded like any top-K mask.
     for (MaskType mask : {MASK_TYPE_GRAD, MASK_TYPE_SNIP}) {
         stop_check();
-        bytes_row(random_topk_adapter(rand_like, mask == MASK_TYPE_GRAD ? 77 : 78), mask, "top-K of iid random scores (uniform K-subset)");
+        bytes_row(random_topk_adapter(rand_like, mask == MASK_TYPE_GRAD ? 77 : 78), mask,
+                  "top-K of iid random scores (uniform K-subset)");
     }
     // Blending N adapters (Rand SHiRA / parameter-matched LoRA, all on every default target): each timed
     // apply switches from the previous mix (the previous N, or the same N at the other α), so every layer
     // is restored and re-blended; median over reps per N.
     {
-        const std::vector<int64_t> ns = {1, 2, 4, 8};
-        const int64_t blend_reps = get_int(args, "blend_reps", quick ? 1 : 3, 1, 100);
-        std::vector<Adapter> shira_n, lora_n;
+        const std::vector<int64_t> ns         = {1, 2, 4, 8};
+        const int64_t              blend_reps = get_int(args, "blend_reps", quick ? 1 : 3, 1, 100);
+        std::vector<Adapter>       shira_n, lora_n;
         for (int64_t i = 0; i < ns.back(); ++i) {
             stop_check();
             shira_n.push_back(random_shira_adapter(model, MASK_TYPE_RAND, density, 100 + i));
             lora_n.push_back(random_lora_adapter(model, density, 100 + i));
         }
-        auto time_blend = [&](const std::vector<Adapter>& ads, std::vector<double>& out, std::vector<int64_t>& union_nnz) {
+        auto time_blend = [&](const std::vector<Adapter>& ads, std::vector<double>& out,
+                              std::vector<int64_t>& union_nnz) {
             MixState st;
             mix_apply(model, st, {{&ads[0], 0.5}});
             for (int64_t n : ns) {
@@ -271,19 +300,29 @@ void bench_switch_model(DiffusionModel& model, const Json& common, const BenchCo
         time_blend(lora_n, lora_t, lora_u);
         for (size_t i = 0; i < ns.size(); ++i) {
             Json r = common;
-            r.update({{"name", "blend_n"}, {"n", ns[i]}, {"mask", "rand"}, {"density", density}, {"reps", blend_reps},
-                      {"nnz_total", shira_n[0].trainable() * ns[i]}, {"union_nnz", shira_u[i]},
-                      {"lora_params_total", lora_n[0].trainable() * ns[i]}, {"shira_switch_ms", shira_t[i]},
-                      {"lora_switch_ms", lora_t[i]}, {"ratio", lora_t[i] / std::max(shira_t[i], 1e-9)}});
+            r.update({{"name", "blend_n"},
+                      {"n", ns[i]},
+                      {"mask", "rand"},
+                      {"density", density},
+                      {"reps", blend_reps},
+                      {"nnz_total", shira_n[0].trainable() * ns[i]},
+                      {"union_nnz", shira_u[i]},
+                      {"lora_params_total", lora_n[0].trainable() * ns[i]},
+                      {"shira_switch_ms", shira_t[i]},
+                      {"lora_switch_ms", lora_t[i]},
+                      {"ratio", lora_t[i] / std::max(shira_t[i], 1e-9)}});
             push(r);
         }
     }
     // Warm α change in a 2-adapter mix: A on the attention projections, B on the feed-forward and proj_in/out
     // layers; B's α changes. Incremental re-blends only B's layers; "full" is clear + apply of both.
     {
-        const std::vector<std::string> attn = {"to_q", "to_k", "to_v", "to_out.0"}, rest = {"ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"};
-        Adapter sa = random_shira_adapter(model, MASK_TYPE_RAND, density, 201, attn), sb = random_shira_adapter(model, MASK_TYPE_RAND, density, 202, rest);
-        Adapter la2 = random_lora_adapter(model, density, 201, attn), lb2 = random_lora_adapter(model, density, 202, rest);
+        const std::vector<std::string> attn = {"to_q", "to_k", "to_v", "to_out.0"},
+                                       rest = {"ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"};
+        Adapter sa                          = random_shira_adapter(model, MASK_TYPE_RAND, density, 201, attn),
+                sb                          = random_shira_adapter(model, MASK_TYPE_RAND, density, 202, rest);
+        Adapter la2                         = random_lora_adapter(model, density, 201, attn),
+                lb2                         = random_lora_adapter(model, density, 202, rest);
         auto time_alpha = [&](const Adapter& a, const Adapter& b, double& inc_ms, double& full_ms, MixStats& stats) {
             MixState            st;
             std::vector<double> inc, full;
@@ -315,11 +354,20 @@ void bench_switch_model(DiffusionModel& model, const Json& common, const BenchCo
         time_alpha(sa, sb, s_inc, s_full, s_stats);
         time_alpha(la2, lb2, l_inc, l_full, l_stats);
         Json r = common;
-        r.update({{"name", "alpha_change"}, {"n", 2}, {"mask", "rand"}, {"density", density}, {"reps", quick ? 1 : reps},
-                  {"shira_switch_ms", s_inc}, {"lora_switch_ms", l_inc}, {"ratio", l_inc / std::max(s_inc, 1e-9)},
-                  {"shira_full_ms", s_full}, {"lora_full_ms", l_full}, {"layers_reblended", s_stats.layers_reblended},
+        r.update({{"name", "alpha_change"},
+                  {"n", 2},
+                  {"mask", "rand"},
+                  {"density", density},
+                  {"reps", quick ? 1 : reps},
+                  {"shira_switch_ms", s_inc},
+                  {"lora_switch_ms", l_inc},
+                  {"ratio", l_inc / std::max(s_inc, 1e-9)},
+                  {"shira_full_ms", s_full},
+                  {"lora_full_ms", l_full},
+                  {"layers_reblended", s_stats.layers_reblended},
                   {"layers_total", s_stats.layers_reblended + s_stats.layers_unchanged},
-                  {"changed_adapter_params", sb.trainable()}, {"mix_params", sa.trainable() + sb.trainable()}});
+                  {"changed_adapter_params", sb.trainable()},
+                  {"mix_params", sa.trainable() + sb.trainable()}});
         push(r);
     }
 }

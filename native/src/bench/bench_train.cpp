@@ -29,19 +29,19 @@ struct TrainCase {
 Json bench_train_case(DiffusionModel& model, const std::string& model_name, const TrainCase& c, const Json& common,
                       int64_t batch, int64_t warmup, int64_t reps, double density, bool bf16, torch::Device device,
                       const std::function<bool()>& should_stop) {
-    const int64_t S = model.config.unet.sample_size;
+    const int64_t S   = model.config.unet.sample_size;
     at::Generator gen = at::detail::createCPUGenerator(0);
     // A fixed random batch: step time does not depend on the pixel values.
-    torch::Tensor x0  = (torch::rand({batch, 3, S, S}, gen) * 2 - 1).to(device);
+    torch::Tensor            x0 = (torch::rand({batch, 3, S, S}, gen) * 2 - 1).to(device);
     std::vector<std::string> caps(batch, "a red square");
-    NoiseSchedule noise = noise_schedule_init(model.config.diffusion);
-    auto loss_fn = [&] { return diffusion_loss(model, noise, x0, model.text->encode(caps), gen); };
+    NoiseSchedule            noise   = noise_schedule_init(model.config.diffusion);
+    auto                     loss_fn = [&] { return diffusion_loss(model, noise, x0, model.text->encode(caps), gen); };
 
-    Json row = common;
-    row["name"]   = "train";
-    row["method"] = c.method;
-    row["batch"]  = batch;
-    row["size"]   = S;
+    Json row         = common;
+    row["name"]      = "train";
+    row["method"]    = c.method;
+    row["batch"]     = batch;
+    row["size"]      = S;
     row["precision"] = bf16 ? "bf16" : "fp32";
     if (c.method == "shira") {
         row["mask"]      = mask_type_name(c.mask);
@@ -62,7 +62,7 @@ Json bench_train_case(DiffusionModel& model, const std::string& model_name, cons
         }
     }
 
-    const double t_setup = now_ms();
+    const double               t_setup = now_ms();
     std::vector<torch::Tensor> params;
     if (c.method == "shira") {
         ShiraOptions o;
@@ -70,7 +70,8 @@ Json bench_train_case(DiffusionModel& model, const std::string& model_name, cons
         o.density   = density;
         o.grad_path = c.path;
         std::map<std::string, torch::Tensor> scores;
-        if (c.mask == MASK_TYPE_GRAD || c.mask == MASK_TYPE_SNIP) scores = shira_calibrate(model, o.targets, c.mask, 1, loss_fn);
+        if (c.mask == MASK_TYPE_GRAD || c.mask == MASK_TYPE_SNIP)
+            scores = shira_calibrate(model, o.targets, c.mask, 1, loss_fn);
         params = shira_attach(model, o, scores);
     } else if (c.method == "lora") {
         LoraOptions o;
@@ -82,7 +83,7 @@ Json bench_train_case(DiffusionModel& model, const std::string& model_name, cons
             params.push_back(p);
         }
     }
-    row["setup_ms"] = now_ms() - t_setup;
+    row["setup_ms"]   = now_ms() - t_setup;
     int64_t trainable = 0;
     for (const auto& p : params) trainable += p.numel();
     row["trainable"]    = trainable;
@@ -97,7 +98,7 @@ Json bench_train_case(DiffusionModel& model, const std::string& model_name, cons
         for (int64_t i = 0; i < warmup + reps; ++i) {
             if (should_stop && should_stop()) throw WorkerError(ERROR_TYPE_CANCELLED, "bench cancelled");
             device_sync(device);
-            const double t0 = now_ms();
+            const double  t0   = now_ms();
             torch::Tensor loss = loss_fn();
             loss.backward();
             opt.step();
@@ -129,13 +130,13 @@ Json bench_train_case(DiffusionModel& model, const std::string& model_name, cons
     }
     if (c.method == "lora") lora_detach(model);
     for (auto& [_, p] : model.named_parameters()) p.set_requires_grad(false);
-    row["step_ms"]          = median(times);
-    row["step_ms_min"]      = *std::min_element(times.begin(), times.end());
-    row["steps_timed"]      = (int64_t)times.size();
-    row["warmup"]           = warmup;
-    row["peak_mem_bytes"]   = mem.peak_bytes;
-    row["peak_mem_kind"]    = mem.kind;
-    row["base_mem_bytes"]   = mem.base_bytes;
+    row["step_ms"]              = median(times);
+    row["step_ms_min"]          = *std::min_element(times.begin(), times.end());
+    row["steps_timed"]          = (int64_t)times.size();
+    row["warmup"]               = warmup;
+    row["peak_mem_bytes"]       = mem.peak_bytes;
+    row["peak_mem_kind"]        = mem.kind;
+    row["base_mem_bytes"]       = mem.base_bytes;
     row["peak_over_base_bytes"] = mem.peak_bytes - mem.base_bytes;
     return row;
 }
@@ -143,13 +144,14 @@ Json bench_train_case(DiffusionModel& model, const std::string& model_name, cons
 }  // namespace
 
 void bench_train_model(DiffusionModel& model, const std::string& name, const Json& common, const BenchContext& ctx) {
-    const Json&   args   = ctx.args;
-    const bool    quick  = ctx.quick;
-    const int64_t batch  = get_int(args, "batch", name == "sd15" ? 1 : (quick ? 2 : 4), 1, 256);
-    const int64_t warmup = get_int(args, "warmup", 1, 0, 100);
-    const int64_t reps   = get_int(args, "reps", quick ? 2 : (name == "sd15" ? 3 : 5), 1, 1000);
+    const Json&            args   = ctx.args;
+    const bool             quick  = ctx.quick;
+    const int64_t          batch  = get_int(args, "batch", name == "sd15" ? 1 : (quick ? 2 : 4), 1, 256);
+    const int64_t          warmup = get_int(args, "warmup", 1, 0, 100);
+    const int64_t          reps   = get_int(args, "reps", quick ? 2 : (name == "sd15" ? 3 : 5), 1, 1000);
     std::vector<TrainCase> cases;
-    for (MaskType m : {MASK_TYPE_STRUCT, MASK_TYPE_RAND, MASK_TYPE_WM, MASK_TYPE_GRAD, MASK_TYPE_SNIP}) cases.push_back({"shira", m, GRAD_PATH_DENSE});
+    for (MaskType m : {MASK_TYPE_STRUCT, MASK_TYPE_RAND, MASK_TYPE_WM, MASK_TYPE_GRAD, MASK_TYPE_SNIP})
+        cases.push_back({"shira", m, GRAD_PATH_DENSE});
     if (!quick) {
         // End-to-end comparison of the gradient paths (sparse everywhere it applies; auto = per-layer timing).
         for (MaskType m : {MASK_TYPE_STRUCT, MASK_TYPE_RAND}) {
@@ -161,6 +163,7 @@ void bench_train_model(DiffusionModel& model, const std::string& name, const Jso
     cases.push_back({"full", MASK_TYPE_STRUCT, GRAD_PATH_DENSE});  // last: it changes the weights
     for (const auto& c : cases) {
         ctx.stop_check();
-        ctx.push(bench_train_case(model, name, c, common, batch, warmup, reps, ctx.density, ctx.bf16, ctx.device, ctx.should_stop));
+        ctx.push(bench_train_case(model, name, c, common, batch, warmup, reps, ctx.density, ctx.bf16, ctx.device,
+                                  ctx.should_stop));
     }
 }

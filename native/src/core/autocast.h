@@ -5,7 +5,7 @@
 #pragma once
 
 class CudaAutocast {
-public:
+  public:
     explicit CudaAutocast(bool on);
     ~CudaAutocast();
     // Whether CUDA autocast is on in this thread (a scope above, or anything else that enabled it).
@@ -13,6 +13,6 @@ public:
     CudaAutocast(const CudaAutocast&)            = delete;
     CudaAutocast& operator=(const CudaAutocast&) = delete;
 
-private:
+  private:
     bool on_;
 };

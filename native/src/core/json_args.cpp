@@ -15,7 +15,8 @@ int64_t get_int(const Json& args, const char* key, int64_t fallback, int64_t lo,
     const Json& v = args.at(key);
     if (!v.is_number_integer()) throw_bad_input(std::string("argument '") + key + "' must be an integer");
     if (v.is_number_unsigned() ? v.get<uint64_t>() > (uint64_t)hi : (v.get<int64_t>() < lo || v.get<int64_t>() > hi)) {
-        throw_bad_input(std::string("argument '") + key + "' must be in " + std::to_string(lo) + ".." + std::to_string(hi));
+        throw_bad_input(std::string("argument '") + key + "' must be in " + std::to_string(lo) + ".." +
+                        std::to_string(hi));
     }
     return v.get<int64_t>();
 }
@@ -26,7 +27,8 @@ double get_num(const Json& args, const char* key, double fallback, double lo, do
     if (!v.is_number()) throw_bad_input(std::string("argument '") + key + "' must be a number");
     const double d = v.get<double>();
     if (!std::isfinite(d) || d < lo || d > hi) {
-        throw_bad_input(std::string("argument '") + key + "' must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+        throw_bad_input(std::string("argument '") + key + "' must be in [" + std::to_string(lo) + ", " +
+                        std::to_string(hi) + "]");
     }
     return d;
 }

@@ -18,7 +18,7 @@ int64_t rss_bytes();            // VmRSS of this process
 int64_t mem_available_bytes();  // MemAvailable of the host
 
 struct MemProbe {
-    std::string kind;  // "cuda_allocator_peak_allocated" | "cpu_rss_hwm": which one was measured
+    std::string kind;             // "cuda_allocator_peak_allocated" | "cpu_rss_hwm": which one was measured
     int64_t     base_bytes = -1;  // allocated / resident at reset
     int64_t     peak_bytes = -1;
 };

@@ -13,14 +13,14 @@
 #include <torch/types.h>
 
 struct JudgeTrainOptions {
-    int64_t              steps = 300;
-    int64_t              batch = 64;
-    double               lr = 2e-3;
-    double               heldout_fraction = 0.2;  // stratified per class; the rest trains
-    uint64_t             seed = 0;
+    int64_t  steps            = 300;
+    int64_t  batch            = 64;
+    double   lr               = 2e-3;
+    double   heldout_fraction = 0.2;  // stratified per class; the rest trains
+    uint64_t seed             = 0;
     // Gaussian pixel noise with σ ~ U(0, noise) on training batches: generated images carry sampler noise
     // that real style images lack, and the judge must not learn "noisy = base model".
-    double               noise = 0.15;
+    double               noise  = 0.15;
     std::vector<int64_t> widths = {16, 32, 64, 128};  // per level; the last is the feature size F
 };
 
@@ -33,8 +33,9 @@ struct JudgeTrainResult {
 
 // images_u8 [N, H, W, 3] uint8, labels [N] int64 in [0, classes.size()). Writes the judge to `out`
 // (atomic). should_stop → CANCELLED; progress(step, loss) every few steps.
-JudgeTrainResult judge_train(const torch::Tensor& images_u8, const torch::Tensor& labels, const std::vector<std::string>& classes,
-                             const JudgeTrainOptions& options, const std::string& out, const std::function<bool()>& should_stop,
+JudgeTrainResult judge_train(const torch::Tensor& images_u8, const torch::Tensor& labels,
+                             const std::vector<std::string>& classes, const JudgeTrainOptions& options,
+                             const std::string& out, const std::function<bool()>& should_stop,
                              const std::function<void(int64_t, double)>& progress);
 
 struct JudgeScores {

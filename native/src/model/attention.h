@@ -10,7 +10,7 @@
 // q [B, N, C], k and v [B, M, C] -> [B, N, C].
 inline torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t heads) {
     const int64_t B = q.size(0), N = q.size(1), C = q.size(2), M = k.size(1), d = C / heads;
-    auto split = [&](const torch::Tensor& t, int64_t L) { return t.view({B, L, heads, d}).transpose(1, 2); };
+    auto          split  = [&](const torch::Tensor& t, int64_t L) { return t.view({B, L, heads, d}).transpose(1, 2); };
     torch::Tensor scores = torch::matmul(split(q, N), split(k, M).transpose(-1, -2)) / std::sqrt((double)d);
     torch::Tensor out    = torch::matmul(scores.softmax(-1), split(v, M));  // [B, h, N, d]
     return out.transpose(1, 2).reshape({B, N, C});

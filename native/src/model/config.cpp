@@ -50,7 +50,8 @@ ModelConfig model_config_from_json(const json& j) {
     check(u.in_channels >= 1 && u.out_channels >= 1, "unet channels must be positive");
     check(u.norm_num_groups >= 1, "unet.norm_num_groups must be positive");
     for (int64_t ch : u.block_out_channels) {
-        check(ch > 0 && ch % u.norm_num_groups == 0, "every block_out_channels entry must be a multiple of norm_num_groups");
+        check(ch > 0 && ch % u.norm_num_groups == 0,
+              "every block_out_channels entry must be a multiple of norm_num_groups");
         check(ch % u.attention_heads == 0, "every block_out_channels entry must be a multiple of attention_heads");
     }
     check(u.patch_size >= 1 && u.patch_size <= 8, "unet.patch_size must be in 1..8");
@@ -58,23 +59,23 @@ ModelConfig model_config_from_json(const json& j) {
     check(u.sample_size >= down && u.sample_size % down == 0,
           "unet.sample_size must be a multiple of patch_size * 2^(levels-1) = " + std::to_string(down));
 
-    TextConfig& t = c.text;
-    t.vocab       = get_or(text, "vocab", t.vocab);
-    t.width       = get_or(text, "width", t.width);
-    t.layers      = get_or(text, "layers", t.layers);
-    t.heads       = get_or(text, "heads", t.heads);
-    t.max_length  = get_or(text, "max_length", t.max_length);
+    TextConfig& t   = c.text;
+    t.vocab         = get_or(text, "vocab", t.vocab);
+    t.width         = get_or(text, "width", t.width);
+    t.layers        = get_or(text, "layers", t.layers);
+    t.heads         = get_or(text, "heads", t.heads);
+    t.max_length    = get_or(text, "max_length", t.max_length);
     t.spare_buckets = get_or(text, "spare_buckets", t.spare_buckets);
     check(t.spare_buckets >= 0 && t.spare_buckets <= 65536, "text_encoder.spare_buckets must be in 0..65536");
     check(t.width > 0 && t.heads > 0 && t.width % t.heads == 0, "text_encoder.width must be a multiple of heads");
     check(t.layers >= 0 && t.layers <= 24, "text_encoder.layers must be in 0..24");
     check(t.max_length >= 2 && t.max_length <= 512, "text_encoder.max_length must be in 2..512");
 
-    DiffusionConfig& d    = c.diffusion;
-    d.num_train_timesteps = get_or(diff, "num_train_timesteps", d.num_train_timesteps);
-    d.beta_start          = get_or(diff, "beta_start", d.beta_start);
-    d.beta_end            = get_or(diff, "beta_end", d.beta_end);
-    d.beta_schedule       = get_or(diff, "beta_schedule", d.beta_schedule);
+    DiffusionConfig& d           = c.diffusion;
+    d.num_train_timesteps        = get_or(diff, "num_train_timesteps", d.num_train_timesteps);
+    d.beta_start                 = get_or(diff, "beta_start", d.beta_start);
+    d.beta_end                   = get_or(diff, "beta_end", d.beta_end);
+    d.beta_schedule              = get_or(diff, "beta_schedule", d.beta_schedule);
     const std::string prediction = get_or<std::string>(diff, "prediction_type", "epsilon");
     check(prediction == "epsilon" || prediction == "v_prediction",
           "diffusion.prediction_type must be 'epsilon' or 'v_prediction'");
@@ -86,7 +87,8 @@ ModelConfig model_config_from_json(const json& j) {
     check(d.beta_schedule == "scaled_linear" || d.beta_schedule == "linear",
           "diffusion.beta_schedule must be 'scaled_linear' or 'linear'");
     check(d.num_train_timesteps >= 2 && d.num_train_timesteps <= 100000, "diffusion.num_train_timesteps out of range");
-    check(d.beta_start > 0 && d.beta_end < 1 && d.beta_start < d.beta_end, "diffusion betas must satisfy 0<start<end<1");
+    check(d.beta_start > 0 && d.beta_end < 1 && d.beta_start < d.beta_end,
+          "diffusion betas must satisfy 0<start<end<1");
     return c;
 }
 

@@ -5,7 +5,7 @@
 
 #include "core/errors.h"
 
-const std::vector<std::string> kDefaultTargets = {"to_q", "to_k",     "to_v",    "to_out.0",
+const std::vector<std::string> kDefaultTargets = {"to_q",          "to_k",     "to_v",    "to_out.0",
                                                   "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"};
 
 std::map<std::string, torch::Tensor> DiffusionModel::named_parameters() const {
@@ -59,8 +59,8 @@ bool layer_matches(const std::string& name, const std::vector<std::string>& patt
     return false;
 }
 
-std::vector<std::pair<std::string, std::shared_ptr<LayerImpl>>> target_layers(DiffusionModel& model,
-                                                                              const std::vector<std::string>& patterns) {
+std::vector<std::pair<std::string, std::shared_ptr<LayerImpl>>> target_layers(
+    DiffusionModel& model, const std::vector<std::string>& patterns) {
     std::vector<std::pair<std::string, std::shared_ptr<LayerImpl>>> out;
     for (auto& [name, layer] : model.layers()) {
         if (layer_matches(name, patterns)) out.emplace_back(name, layer);

@@ -38,9 +38,9 @@ struct DiffusionModel {
 std::unique_ptr<DiffusionModel> model_init(const ModelConfig& config, uint64_t seed, torch::Device device);
 
 // Module-name patterns: "re:<regex>" or a dotted suffix ("to_out.0" matches "...attn1.to_out.0").
-bool layer_matches(const std::string& name, const std::vector<std::string>& patterns);
+bool                                  layer_matches(const std::string& name, const std::vector<std::string>& patterns);
 extern const std::vector<std::string> kDefaultTargets;  // what SHiRA and LoRA adapt unless a run names others
 // The layers matching `patterns`, by module path; BAD_INPUT when none does.
-std::vector<std::pair<std::string, std::shared_ptr<LayerImpl>>> target_layers(DiffusionModel& model,
+std::vector<std::pair<std::string, std::shared_ptr<LayerImpl>>> target_layers(DiffusionModel&                 model,
                                                                               const std::vector<std::string>& patterns);
 void set_requires_grad(DiffusionModel& model, bool on);  // every parameter

@@ -23,17 +23,17 @@ enum GradPath {
 // SHiRA training state of one layer (paper §3, fused mode).
 // Invariant while attached: weight.view(-1)[idx] == base_vals + values (bitwise, written by shira_write_values).
 struct ShiraSlot {
-    torch::Tensor values;     // [K] fp32, the trainable δ (leaf, requires_grad)
-    torch::Tensor idx;        // [K] int64 flat indices into weight, sorted ascending
-    torch::Tensor rows, cols; // [K] int64, idx in the [out, numel/out] matrix view
-    torch::Tensor base_vals;  // [K] W0 at idx in the weight's dtype: restore is a copy, never a subtraction
+    torch::Tensor values;      // [K] fp32, the trainable δ (leaf, requires_grad)
+    torch::Tensor idx;         // [K] int64 flat indices into weight, sorted ascending
+    torch::Tensor rows, cols;  // [K] int64, idx in the [out, numel/out] matrix view
+    torch::Tensor base_vals;   // [K] W0 at idx in the weight's dtype: restore is a copy, never a subtraction
     // Row split for the sparse gradient (built on first use): rows whose every column is in the mask (Struct's
     // trained rows) get one dense product g[:, full_rows]ᵀ x; only the rest (the diagonal) is gathered.
     // full_pos / rest_pos index the K-vector; full_pos runs row by row, matching that product's row-major order.
     torch::Tensor full_rows, full_pos, rest_pos;
     bool          row_split_ready = false;
-    GradPath      path = GRAD_PATH_AUTO;
-    GradPath      chosen = GRAD_PATH_AUTO;  // resolved path once AUTO has measured
+    GradPath      path            = GRAD_PATH_AUTO;
+    GradPath      chosen          = GRAD_PATH_AUTO;  // resolved path once AUTO has measured
     double        sparse_ms = -1, dense_ms = -1;
 };
 
@@ -50,10 +50,10 @@ struct LayerImpl : torch::nn::Module {
     torch::Tensor forward(const torch::Tensor& x);
     torch::Tensor base_forward(const torch::Tensor& x) const;
 
-    LayerKind     kind;
-    int64_t       in_features, out_features, kernel, stride, padding;
-    torch::Tensor weight, bias;  // bias undefined when absent
-    std::shared_ptr<ShiraSlot> shira;  // set only while training SHiRA on this layer
-    std::shared_ptr<LoraSlot>  lora;   // set while training (or running unfused) LoRA
+    LayerKind                  kind;
+    int64_t                    in_features, out_features, kernel, stride, padding;
+    torch::Tensor              weight, bias;  // bias undefined when absent
+    std::shared_ptr<ShiraSlot> shira;         // set only while training SHiRA on this layer
+    std::shared_ptr<LoraSlot>  lora;          // set while training (or running unfused) LoRA
 };
 TORCH_MODULE(Layer);

@@ -30,9 +30,9 @@ struct CLIPLayerImpl : nn::Module {
         x               = x + out_proj(attention(q_proj(h), k_proj(h), v_proj(h), heads));
         return x + fc2(torch::gelu(fc1(layer_norm2(x))));
     }
-    int64_t           heads;
-    nn::LayerNorm     layer_norm1{nullptr}, layer_norm2{nullptr};
-    Layer             q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, out_proj{nullptr}, fc1{nullptr}, fc2{nullptr};
+    int64_t       heads;
+    nn::LayerNorm layer_norm1{nullptr}, layer_norm2{nullptr};
+    Layer         q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, out_proj{nullptr}, fc1{nullptr}, fc2{nullptr};
 };
 TORCH_MODULE(CLIPLayer);
 
@@ -40,7 +40,7 @@ struct WordTextEncoderModuleImpl : nn::Module {
     explicit WordTextEncoderModuleImpl(const TextConfig& c) {
         WordTokenizer tok(c.vocab, c.spare_buckets);
         auto          embeddings = std::make_shared<nn::Module>();
-        token_embedding = embeddings->register_module("token_embedding", nn::Embedding(tok.num_ids(), c.width));
+        token_embedding    = embeddings->register_module("token_embedding", nn::Embedding(tok.num_ids(), c.width));
         position_embedding = embeddings->register_module("position_embedding", nn::Embedding(c.max_length, c.width));
         register_module("embeddings", embeddings);
         auto encoder = std::make_shared<nn::Module>();
@@ -70,15 +70,15 @@ struct WordTextEncoder : TextEncoder {
             auto row = tokenizer.encode(p, config.max_length);
             ids.insert(ids.end(), row.begin(), row.end());
         }
-        const auto device = net->token_embedding->weight.device();
-        torch::Tensor t = torch::tensor(ids, torch::kInt64).view({(int64_t)prompts.size(), config.max_length});
+        const auto    device = net->token_embedding->weight.device();
+        torch::Tensor t      = torch::tensor(ids, torch::kInt64).view({(int64_t)prompts.size(), config.max_length});
         return net->forward(t.to(device));
     }
-    int64_t dim() const override { return config.width; }
+    int64_t                     dim() const override { return config.width; }
     std::shared_ptr<nn::Module> module() override { return net.ptr(); }
-    TextConfig            config;
-    WordTokenizer         tokenizer;
-    WordTextEncoderModule net;
+    TextConfig                  config;
+    WordTokenizer               tokenizer;
+    WordTextEncoderModule       net;
 };
 
 }  // namespace

@@ -13,10 +13,10 @@
 
 // What the diffusion code needs from any text encoder; a CLIP encoder can implement it later.
 struct TextEncoder {
-    virtual ~TextEncoder() = default;
-    virtual torch::Tensor encode(const std::vector<std::string>& prompts) = 0;  // -> [B, L, D]
-    virtual int64_t       dim() const = 0;
-    virtual std::shared_ptr<torch::nn::Module> module() = 0;
+    virtual ~TextEncoder()                                                                     = default;
+    virtual torch::Tensor                      encode(const std::vector<std::string>& prompts) = 0;  // -> [B, L, D]
+    virtual int64_t                            dim() const                                     = 0;
+    virtual std::shared_ptr<torch::nn::Module> module()                                        = 0;
 };
 
 std::shared_ptr<TextEncoder> word_text_encoder_init(const TextConfig& config);

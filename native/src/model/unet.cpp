@@ -98,11 +98,11 @@ TORCH_MODULE(TransformerBlock);
 struct Transformer2DImpl : nn::Module {
     Transformer2DImpl(int64_t ch, int64_t context_dim, int64_t heads, int64_t groups, bool linear_projection)
         : linear_projection(linear_projection) {
-        norm = register_module("norm", group_norm(groups, ch, 1e-6));
+        norm                 = register_module("norm", group_norm(groups, ch, 1e-6));
         const LayerKind kind = linear_projection ? LAYER_KIND_LINEAR : LAYER_KIND_CONV;
-        proj_in = register_module("proj_in", Layer(kind, ch, ch));
-        auto blocks = register_module("transformer_blocks", nn::ModuleList());
-        block       = TransformerBlock(ch, context_dim, heads);
+        proj_in              = register_module("proj_in", Layer(kind, ch, ch));
+        auto blocks          = register_module("transformer_blocks", nn::ModuleList());
+        block                = TransformerBlock(ch, context_dim, heads);
         blocks->push_back(block);
         proj_out = register_module("proj_out", Layer(kind, ch, ch));
     }
@@ -127,11 +127,14 @@ struct Transformer2DImpl : nn::Module {
 TORCH_MODULE(Transformer2D);
 
 struct SamplerImpl : nn::Module {  // Downsample2D (stride-2 conv) or Upsample2D (nearest ×2, conv)
-    SamplerImpl(int64_t ch, bool up) : up(up) { conv = register_module("conv", Layer(LAYER_KIND_CONV, ch, ch, 3, up ? 1 : 2, 1)); }
+    SamplerImpl(int64_t ch, bool up) : up(up) {
+        conv = register_module("conv", Layer(LAYER_KIND_CONV, ch, ch, 3, up ? 1 : 2, 1));
+    }
     torch::Tensor forward(const torch::Tensor& x) {
         if (!up) return conv(x);
-        return conv(torch::nn::functional::interpolate(
-            x, torch::nn::functional::InterpolateFuncOptions().scale_factor(std::vector<double>{2.0, 2.0}).mode(torch::kNearest)));
+        return conv(torch::nn::functional::interpolate(x, torch::nn::functional::InterpolateFuncOptions()
+                                                              .scale_factor(std::vector<double>{2.0, 2.0})
+                                                              .mode(torch::kNearest)));
     }
     bool  up;
     Layer conv{nullptr};
@@ -153,23 +156,24 @@ struct UNetImpl : nn::Module {
     UNetImpl(const UNetConfig& c, int64_t context_dim) : config(c) {
         const auto&   ch     = c.block_out_channels;
         const int64_t levels = (int64_t)ch.size(), g = c.norm_num_groups, heads = c.attention_heads;
-        const int64_t temb   = 4 * ch[0];
-        const int64_t p2     = c.patch_size * c.patch_size;
-        conv_in              = register_module("conv_in", Layer(LAYER_KIND_CONV, c.in_channels * p2, ch[0], 3, 1, 1));
-        auto time_embedding  = register_module("time_embedding", std::make_shared<nn::Module>());
-        linear_1             = time_embedding->register_module("linear_1", Layer(LAYER_KIND_LINEAR, ch[0], temb));
-        linear_2             = time_embedding->register_module("linear_2", Layer(LAYER_KIND_LINEAR, temb, temb));
+        const int64_t temb  = 4 * ch[0];
+        const int64_t p2    = c.patch_size * c.patch_size;
+        conv_in             = register_module("conv_in", Layer(LAYER_KIND_CONV, c.in_channels * p2, ch[0], 3, 1, 1));
+        auto time_embedding = register_module("time_embedding", std::make_shared<nn::Module>());
+        linear_1            = time_embedding->register_module("linear_1", Layer(LAYER_KIND_LINEAR, ch[0], temb));
+        linear_2            = time_embedding->register_module("linear_2", Layer(LAYER_KIND_LINEAR, temb, temb));
 
         // Skip channels are tracked as a stack while building so the up path mirrors the down path.
-        std::vector<int64_t> skips = {ch[0]};
-        auto down_list = register_module("down_blocks", nn::ModuleList());
-        int64_t cur = ch[0];
+        std::vector<int64_t> skips     = {ch[0]};
+        auto                 down_list = register_module("down_blocks", nn::ModuleList());
+        int64_t              cur       = ch[0];
         for (int64_t i = 0; i < levels; ++i) {
             Block b;
             for (int64_t j = 0; j < c.layers_per_block; ++j) {
                 b->resnets->push_back(ResnetBlock(cur, ch[i], temb, g));
                 cur = ch[i];
-                if (c.attention[i]) b->attentions->push_back(Transformer2D(cur, context_dim, heads, g, c.use_linear_projection));
+                if (c.attention[i])
+                    b->attentions->push_back(Transformer2D(cur, context_dim, heads, g, c.use_linear_projection));
                 skips.push_back(cur);
             }
             if (i + 1 < levels) {
@@ -193,7 +197,8 @@ struct UNetImpl : nn::Module {
                 skips.pop_back();
                 b->resnets->push_back(ResnetBlock(cur + skip, ch[i], temb, g));
                 cur = ch[i];
-                if (c.attention[i]) b->attentions->push_back(Transformer2D(cur, context_dim, heads, g, c.use_linear_projection));
+                if (c.attention[i])
+                    b->attentions->push_back(Transformer2D(cur, context_dim, heads, g, c.use_linear_projection));
             }
             if (i > 0) {
                 b->samplers = b->register_module("upsamplers", nn::ModuleList());
@@ -218,15 +223,17 @@ namespace {
 // Sinusoidal timestep embedding (DDPM §3 / diffusers get_timestep_embedding with flip_sin_to_cos=True,
 // downscale_freq_shift=0, as SD uses). t [B] -> [B, dim].
 torch::Tensor timestep_embedding(const torch::Tensor& t, int64_t dim) {
-    const int64_t half     = dim / 2;
-    torch::Tensor exponent = -std::log(10000.0) * torch::arange(half, t.options().dtype(torch::kFloat32)) / (double)half;
-    torch::Tensor args     = t.to(torch::kFloat32).unsqueeze(1) * exponent.exp().unsqueeze(0);
-    torch::Tensor emb      = torch::cat({args.cos(), args.sin()}, -1);
+    const int64_t half = dim / 2;
+    torch::Tensor exponent =
+        -std::log(10000.0) * torch::arange(half, t.options().dtype(torch::kFloat32)) / (double)half;
+    torch::Tensor args = t.to(torch::kFloat32).unsqueeze(1) * exponent.exp().unsqueeze(0);
+    torch::Tensor emb  = torch::cat({args.cos(), args.sin()}, -1);
     if (dim % 2) emb = torch::nn::functional::pad(emb, torch::nn::functional::PadFuncOptions({0, 1}));
     return emb;
 }
 
-torch::Tensor run_block_layer(Block& b, int64_t j, torch::Tensor h, const torch::Tensor& temb, const torch::Tensor& ctx) {
+torch::Tensor run_block_layer(Block& b, int64_t j, torch::Tensor h, const torch::Tensor& temb,
+                              const torch::Tensor& ctx) {
     h = b->resnets[j]->as<ResnetBlockImpl>()->forward(h, temb);
     if ((int64_t)b->attentions->size() > j) h = b->attentions[j]->as<Transformer2DImpl>()->forward(h, ctx);
     return h;
@@ -234,7 +241,9 @@ torch::Tensor run_block_layer(Block& b, int64_t j, torch::Tensor h, const torch:
 
 }  // namespace
 
-UNetPtr unet_init(const UNetConfig& config, int64_t context_dim) { return std::make_shared<UNetImpl>(config, context_dim); }
+UNetPtr unet_init(const UNetConfig& config, int64_t context_dim) {
+    return std::make_shared<UNetImpl>(config, context_dim);
+}
 
 torch::nn::Module& unet_module(UNetImpl& unet) { return unet; }
 
@@ -242,8 +251,8 @@ torch::Tensor unet_forward(UNetImpl& u, const torch::Tensor& x, const torch::Ten
     // 1. time
     torch::Tensor temb = u.linear_2(torch::silu(u.linear_1(timestep_embedding(t, u.config.block_out_channels[0]))));
     // 2. pre-process
-    const int64_t              p = u.config.patch_size;
-    torch::Tensor              h = u.conv_in(p > 1 ? torch::pixel_unshuffle(x, p) : x);
+    const int64_t              p     = u.config.patch_size;
+    torch::Tensor              h     = u.conv_in(p > 1 ? torch::pixel_unshuffle(x, p) : x);
     std::vector<torch::Tensor> skips = {h};
     // 3. down
     for (auto& b : u.down_blocks) {

@@ -14,6 +14,7 @@
 
 struct UNetImpl;
 using UNetPtr = std::shared_ptr<UNetImpl>;
-UNetPtr       unet_init(const UNetConfig& config, int64_t context_dim);
-torch::Tensor unet_forward(UNetImpl& unet, const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context);
+UNetPtr            unet_init(const UNetConfig& config, int64_t context_dim);
+torch::Tensor      unet_forward(UNetImpl& unet, const torch::Tensor& x, const torch::Tensor& t,
+                                const torch::Tensor& context);
 torch::nn::Module& unet_module(UNetImpl& unet);  // its parameters and submodules, by diffusers name

@@ -30,14 +30,16 @@ const char* dtype_label(torch::ScalarType t) {
 std::string resolve_layer(const std::string& name, const DiffusionModel* model, const std::string& path) {
     const std::string peft = "base_model.model.";
     if (name.rfind(peft, 0) != 0) return name;
-    if (!model) throw_bad_input("adapter '" + path + "' is a PEFT file: load the model it belongs to first (PEFT stores neither component nor shapes)");
+    if (!model)
+        throw_bad_input(
+            "adapter '" + path +
+            "' is a PEFT file: load the model it belongs to first (PEFT stores neither component nor shapes)");
     const std::string module = name.substr(peft.size());
     for (const char* component : {"unet.", "text_encoder."}) {
         if (model->layers().count(component + module)) return component + module;
     }
     throw_bad_input("adapter '" + path + "': PEFT module '" + module + "' is not a layer of the loaded model");
 }
-
 
 }  // namespace
 
@@ -54,8 +56,9 @@ Adapter adapter_load_v1(const std::string& path, SafeTensors& st, const Diffusio
         }
         if (!kind.empty()) a.metadata["kind"] = kind;
     }
-    if (kind != "shira" && kind != "lora") throw_bad_input("adapter '" + path + "' is not a SHiRA or LoRA adapter (no kind, no known tensor names)");
-    a.kind = kind == "shira" ? ADAPTER_KIND_SHIRA : ADAPTER_KIND_LORA;
+    if (kind != "shira" && kind != "lora")
+        throw_bad_input("adapter '" + path + "' is not a SHiRA or LoRA adapter (no kind, no known tensor names)");
+    a.kind      = kind == "shira" ? ADAPTER_KIND_SHIRA : ADAPTER_KIND_LORA;
     json alphas = json::object(), cols = json::object();
     try {
         if (st.metadata.count("alphas")) alphas = json::parse(st.metadata["alphas"]);
@@ -70,7 +73,8 @@ Adapter adapter_load_v1(const std::string& path, SafeTensors& st, const Diffusio
         if (in) {
             try {
                 json cfg = json::parse(in);
-                if (cfg.contains("lora_alpha") && cfg["lora_alpha"].is_number()) peft_alpha = cfg["lora_alpha"].get<double>();
+                if (cfg.contains("lora_alpha") && cfg["lora_alpha"].is_number())
+                    peft_alpha = cfg["lora_alpha"].get<double>();
             } catch (const std::exception&) {
             }
         }
@@ -80,7 +84,8 @@ Adapter adapter_load_v1(const std::string& path, SafeTensors& st, const Diffusio
     std::optional<uint64_t> rand_seed;
     if (st.metadata.count("mask") && st.metadata["mask"] == "rand" && st.metadata.count("seed")) {
         const std::string& d = st.metadata["seed"];
-        if (!d.empty() && d.size() < 20 && d.find_first_not_of("0123456789") == std::string::npos) rand_seed = std::stoull(d);
+        if (!d.empty() && d.size() < 20 && d.find_first_not_of("0123456789") == std::string::npos)
+            rand_seed = std::stoull(d);
     }
     auto model_shape = [&](const std::string& layer) -> std::vector<int64_t> {
         if (!model) return {};
@@ -93,40 +98,51 @@ Adapter adapter_load_v1(const std::string& path, SafeTensors& st, const Diffusio
             const std::string what = "adapter '" + path + "': SHiRA layer '" + name + "'";
             auto              it   = st.tensors.find(base + ".shira_indices");
             const auto        it_t = it == st.tensors.end() ? torch::kFloat32 : it->second.scalar_type();
-            if (it == st.tensors.end() || t.dim() != 1 || it->second.dim() != 2 || it->second.size(0) != 2 || it->second.size(1) != t.size(0) ||
-                !t.is_floating_point() || (it_t != torch::kInt32 && it_t != torch::kInt64 && it_t != torch::kFloat32)) {
+            if (it == st.tensors.end() || t.dim() != 1 || it->second.dim() != 2 || it->second.size(0) != 2 ||
+                it->second.size(1) != t.size(0) || !t.is_floating_point() ||
+                (it_t != torch::kInt32 && it_t != torch::kInt64 && it_t != torch::kFloat32)) {
                 throw_bad_input(what + ": needs float shira_weight [K] and int shira_indices [2, K]");
             }
             std::vector<int64_t> shape = model_shape(name);
             int64_t              n     = shape.empty() ? 0 : numel_of(shape) / shape[0];
             if (cols.contains(base)) {
-                if (!cols[base].is_number_unsigned() || cols[base].get<int64_t>() < 1) throw_bad_input(what + ": bad column count");
-                if (n && n != cols[base].get<int64_t>()) throw_bad_input(what + " has " + std::to_string(cols[base].get<int64_t>()) + " columns but the model's layer has " + std::to_string(n));
+                if (!cols[base].is_number_unsigned() || cols[base].get<int64_t>() < 1)
+                    throw_bad_input(what + ": bad column count");
+                if (n && n != cols[base].get<int64_t>())
+                    throw_bad_input(what + " has " + std::to_string(cols[base].get<int64_t>()) +
+                                    " columns but the model's layer has " + std::to_string(n));
                 n = cols[base].get<int64_t>();
             }
-            if (n < 1) throw_bad_input(what + ": the column count is unknown (not in the file's metadata and no model layer of that name)");
+            if (n < 1)
+                throw_bad_input(
+                    what +
+                    ": the column count is unknown (not in the file's metadata and no model layer of that name)");
             // Windows PEFT saves the indices as float32; they must still be whole numbers.
             torch::Tensor ij = it->second.to(torch::kInt64);
-            if (it_t == torch::kFloat32 && !torch::equal(ij.to(torch::kFloat32), it->second)) throw_bad_input(what + ": float indices are not whole numbers");
+            if (it_t == torch::kFloat32 && !torch::equal(ij.to(torch::kFloat32), it->second))
+                throw_bad_input(what + ": float indices are not whole numbers");
             if (t.numel() && (ij.min().item<int64_t>() < 0 || ij[1].max().item<int64_t>() >= n ||
                               (!shape.empty() && ij[0].max().item<int64_t>() >= shape[0]))) {
                 throw_bad_input(what + ": indices out of range");
             }
             // Mixing relies on sorted, unique indices (PEFT writes row-major order; other writers may not).
             auto [idx, order] = (ij[0] * n + ij[1]).sort();
-            if (idx.numel() > 1 && idx.slice(0, 1).eq(idx.slice(0, 0, -1)).any().item<bool>()) throw_bad_input(what + ": duplicate indices");
+            if (idx.numel() > 1 && idx.slice(0, 1).eq(idx.slice(0, 0, -1)).any().item<bool>())
+                throw_bad_input(what + ": duplicate indices");
             ShiraTensor s;
-            s.idx           = idx.contiguous();
-            s.values        = t.to(torch::kFloat32).index_select(0, order).contiguous();
-            s.cols          = n;
-            s.shape         = shape;
+            s.idx    = idx.contiguous();
+            s.values = t.to(torch::kFloat32).index_select(0, order).contiguous();
+            s.cols   = n;
+            s.shape  = shape;
             if (rand_seed) s.rand_seed = shira_layer_seed(*rand_seed, name);
             a.shira[name]   = std::move(s);
-            a.storage[name] = {"peft", dtype_label(t.scalar_type()), (int64_t)t.nbytes(), (int64_t)it->second.nbytes(), -1};
+            a.storage[name] = {"peft", dtype_label(t.scalar_type()), (int64_t)t.nbytes(), (int64_t)it->second.nbytes(),
+                               -1};
         } else if (ends_with(key, ".lora_A.weight")) {
             const std::string base = key.substr(0, key.size() - 14), name = resolve_layer(base, model, path);
-            auto              it   = st.tensors.find(base + ".lora_B.weight");
-            if (it == st.tensors.end() || t.dim() < 2 || it->second.dim() != t.dim() || it->second.size(1) != t.size(0)) {
+            auto              it = st.tensors.find(base + ".lora_B.weight");
+            if (it == st.tensors.end() || t.dim() < 2 || it->second.dim() != t.dim() ||
+                it->second.size(1) != t.size(0)) {
                 throw_bad_input("adapter '" + path + "': bad LoRA entry for '" + name + "'");
             }
             double alpha = peft_alpha > 0 ? peft_alpha : (double)t.size(0);

@@ -40,9 +40,10 @@ Dataset dataset_load(const std::string& path, const DiffusionModel& model) {
         throw_bad_input("dataset 'images' must be uint8 [N, H, W, 3] with N >= 1");
     }
     const int64_t down = 1ll << (model.config.unet.block_out_channels.size() - 1);
-    if (im.size(1) % down || im.size(2) % down) throw_bad_input("dataset image size must be a multiple of " + std::to_string(down));
+    if (im.size(1) % down || im.size(2) % down)
+        throw_bad_input("dataset image size must be a multiple of " + std::to_string(down));
     Dataset d;
-    d.images = images_to_model(im).to(model.device);
+    d.images     = images_to_model(im).to(model.device);
     d.captions   = metadata_strings(st, "captions", im.size(0));
     d.categories = metadata_strings(st, "categories", im.size(0));
     if (d.captions.empty()) d.captions.assign(im.size(0), "");

@@ -21,8 +21,8 @@ std::unique_ptr<DiffusionModel> model_load(const std::string& path, torch::Devic
         !config_json["text_encoder"].contains("spare_buckets")) {
         config_json["text_encoder"]["spare_buckets"] = 0;
     }
-    auto m      = model_init(model_config_from_json(config_json), 0, torch::kCPU);
-    auto params = m->named_parameters();
+    auto               m      = model_init(model_config_from_json(config_json), 0, torch::kCPU);
+    auto               params = m->named_parameters();
     torch::NoGradGuard no_grad;
     for (auto& [name, p] : params) {
         auto src = st.tensors.find(name);

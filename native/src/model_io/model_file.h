@@ -11,4 +11,4 @@
 // Loads "<file>.safetensors" whose __metadata__["config"] holds the config JSON. Unknown or missing
 // keys, and shape mismatches, are errors (never silently skipped).
 std::unique_ptr<DiffusionModel> model_load(const std::string& path, torch::Device device);
-void model_save(const DiffusionModel& model, const std::string& path);
+void                            model_save(const DiffusionModel& model, const std::string& path);

@@ -49,7 +49,7 @@ const DtypeInfo& dtype_from_type(torch::ScalarType type) {
 
 void write_file_atomic(const std::string& path, const std::string& bytes) {
     static std::atomic<int> counter{0};
-    const std::string tmp = path + ".tmp-" + std::to_string(getpid()) + "-" + std::to_string(counter++);
+    const std::string       tmp = path + ".tmp-" + std::to_string(getpid()) + "-" + std::to_string(counter++);
     {
         std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
         if (!out) throw WorkerError(ERROR_TYPE_BAD_INPUT, "cannot write '" + tmp + "': " + std::strerror(errno));
@@ -143,10 +143,10 @@ void safetensors_save(const std::string& path, const std::map<std::string, torch
     if (!metadata.empty()) header["__metadata__"] = metadata;
     // std::map iterates sorted by name, which also makes the file byte-reproducible.
     for (const auto& [name, tensor] : tensors) {
-        torch::Tensor t     = tensor.detach().to(torch::kCPU).contiguous();
-        const auto&   dtype = dtype_from_type(t.scalar_type());
-        const uint64_t n    = (uint64_t)t.numel() * dtype.bytes;
-        header[name]        = {{"dtype", dtype.name}, {"shape", t.sizes().vec()}, {"data_offsets", {offset, offset + n}}};
+        torch::Tensor  t     = tensor.detach().to(torch::kCPU).contiguous();
+        const auto&    dtype = dtype_from_type(t.scalar_type());
+        const uint64_t n     = (uint64_t)t.numel() * dtype.bytes;
+        header[name] = {{"dtype", dtype.name}, {"shape", t.sizes().vec()}, {"data_offsets", {offset, offset + n}}};
         offset += n;
         ordered.push_back(t);
     }

@@ -15,14 +15,14 @@
 struct CachedAdapter {
     std::shared_ptr<Adapter> adapter;
     int64_t                  file_size = -1;
-    int64_t                  mtime_ns = 0;
-    int64_t                  bytes = 0;  // Adapter::decoded_bytes()
-    uint64_t                 last_use = 0;
+    int64_t                  mtime_ns  = 0;
+    int64_t                  bytes     = 0;  // Adapter::decoded_bytes()
+    uint64_t                 last_use  = 0;
 };
 struct AdapterCache {
     std::map<std::string, CachedAdapter> entries;
     int64_t                              budget_bytes = int64_t(2048) << 20;
-    uint64_t                             clock = 0;
+    uint64_t                             clock        = 0;
     int64_t                              bytes() const;
 };
 

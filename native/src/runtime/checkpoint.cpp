@@ -35,12 +35,12 @@ AdamWState* adam_state(torch::optim::AdamW& opt, const torch::Tensor& p) {
     return it == opt.state().end() ? nullptr : static_cast<AdamWState*>(it->second.get());
 }
 
-
 // Checks that a checkpoint belongs to this run before anything is restored: method, settings, masks.
 void checkpoint_check(const std::string& path, std::map<std::string, std::string>& meta, const CheckpointInfo& expect) {
     const std::string method = meta.count("method") ? meta["method"] : "";
     if (method != expect.method) {
-        throw_bad_input("checkpoint '" + path + "' is for method '" + method + "'; this run trains '" + expect.method + "'");
+        throw_bad_input("checkpoint '" + path + "' is for method '" + method + "'; this run trains '" + expect.method +
+                        "'");
     }
     if (!expect.settings.empty()) {
         Json saved, now = Json::parse(expect.settings);
@@ -56,7 +56,9 @@ void checkpoint_check(const std::string& path, std::map<std::string, std::string
         for (const auto& [key, v] : saved.items()) {
             if (!now.contains(key)) differ += (differ.empty() ? "" : ", ") + key;
         }
-        if (!differ.empty()) throw_bad_input("checkpoint '" + path + "' was made with other settings (" + differ + "); resume with the same ones");
+        if (!differ.empty())
+            throw_bad_input("checkpoint '" + path + "' was made with other settings (" + differ +
+                            "); resume with the same ones");
     }
     if (!expect.mask_checksums.empty()) {
         Json saved;
@@ -67,11 +69,13 @@ void checkpoint_check(const std::string& path, std::map<std::string, std::string
         }
         for (const auto& [layer, sum] : expect.mask_checksums) {
             if (!saved.contains(layer) || saved[layer] != sum) {
-                throw_bad_input("checkpoint '" + path + "': the mask of layer '" + layer +
-                                "' differs from the one rebuilt for this run (other data, seed, mask, density or exclude list)");
+                throw_bad_input(
+                    "checkpoint '" + path + "': the mask of layer '" + layer +
+                    "' differs from the one rebuilt for this run (other data, seed, mask, density or exclude list)");
             }
         }
-        if (saved.size() != expect.mask_checksums.size()) throw_bad_input("checkpoint '" + path + "' trains other layers than this run");
+        if (saved.size() != expect.mask_checksums.size())
+            throw_bad_input("checkpoint '" + path + "' trains other layers than this run");
     }
 }
 
@@ -92,11 +96,14 @@ void checkpoint_save(const std::string& path, const DiffusionModel& model,
         }
     }
     for (const auto& [name, e] : ema) t["ema." + name] = e;
-    t["rng"] = gen.get_state();
-    std::map<std::string, std::string> meta = {
-        {"format", "shira-studio-checkpoint"}, {"method", info.method}, {"step", std::to_string(step)},
-        {"steps", std::to_string(steps)}, {"seed", std::to_string(seed)}, {"adam_step", std::to_string(adam_step)},
-        {"config", model_config_to_json(model.config).dump()}};
+    t["rng"]                                = gen.get_state();
+    std::map<std::string, std::string> meta = {{"format", "shira-studio-checkpoint"},
+                                               {"method", info.method},
+                                               {"step", std::to_string(step)},
+                                               {"steps", std::to_string(steps)},
+                                               {"seed", std::to_string(seed)},
+                                               {"adam_step", std::to_string(adam_step)},
+                                               {"config", model_config_to_json(model.config).dump()}};
     if (!info.settings.empty()) meta["settings"] = info.settings;
     if (!info.mask_checksums.empty()) meta["mask_checksums"] = Json(info.mask_checksums).dump();
     if (!grad_paths.empty()) meta["grad_paths"] = grad_paths.dump();
@@ -108,7 +115,8 @@ int64_t checkpoint_load(const std::string& path, const std::vector<std::pair<std
                         torch::optim::AdamW& opt, std::map<std::string, torch::Tensor>& ema, at::Generator& gen,
                         int64_t steps, const CheckpointInfo& expect, std::map<std::string, std::string>& meta_out) {
     SafeTensors ck = safetensors_load(path);
-    if (ck.metadata["format"] != "shira-studio-checkpoint") throw_bad_input("'" + path + "' is not a training checkpoint");
+    if (ck.metadata["format"] != "shira-studio-checkpoint")
+        throw_bad_input("'" + path + "' is not a training checkpoint");
     int64_t step = 0, saved_steps = 0, adam_step = 0;
     try {
         step        = std::stoll(ck.metadata.at("step"));
@@ -118,7 +126,8 @@ int64_t checkpoint_load(const std::string& path, const std::vector<std::pair<std
         throw_bad_input("checkpoint '" + path + "' has malformed metadata");
     }
     if (saved_steps != steps) {
-        throw_bad_input("checkpoint was made for steps=" + std::to_string(saved_steps) + "; resume with the same steps so the schedule matches");
+        throw_bad_input("checkpoint was made for steps=" + std::to_string(saved_steps) +
+                        "; resume with the same steps so the schedule matches");
     }
     checkpoint_check(path, ck.metadata, expect);
     if (!ck.tensors.count("rng")) throw_bad_input("checkpoint '" + path + "' has no rng state");
@@ -131,7 +140,8 @@ int64_t checkpoint_load(const std::string& path, const std::vector<std::pair<std
         p.copy_(it->second);
         if (adam_step > 0) {
             auto a = ck.tensors.find("adam.exp_avg." + name), b = ck.tensors.find("adam.exp_avg_sq." + name);
-            if (a == ck.tensors.end() || b == ck.tensors.end()) throw_bad_input("checkpoint lacks optimiser state for '" + name + "'");
+            if (a == ck.tensors.end() || b == ck.tensors.end())
+                throw_bad_input("checkpoint lacks optimiser state for '" + name + "'");
             auto s = std::make_unique<AdamWState>();
             s->step(adam_step);
             s->exp_avg(a->second.to(p.device(), p.scalar_type()).clone());

@@ -14,8 +14,8 @@
 #include <vector>
 
 #include <ATen/core/Generator.h>
-#include <nlohmann/json.hpp>
 #include <torch/optim/adamw.h>
+#include <nlohmann/json.hpp>
 
 #include "model/diffusion_model.h"
 

@@ -26,11 +26,11 @@ struct SampleParams {
     SamplerType              sampler = SAMPLER_TYPE_DDIM;
     std::vector<std::string> prompts;          // one per image; repeated to fill `batch` if shorter
     std::string              negative_prompt;  // the unconditional branch of CFG
-    int64_t                  batch = 1;
-    int64_t                  steps = 20;
+    int64_t                  batch    = 1;
+    int64_t                  steps    = 20;
     double                   guidance = 5.0;
-    int64_t                  size = 0;  // 0 = model sample_size
-    uint64_t                 seed = 0;
+    int64_t                  size     = 0;  // 0 = model sample_size
+    uint64_t                 seed     = 0;
 };
 
 // DDIM (η = 0) or Euler, both with "leading" timestep spacing as in SD and classifier-free guidance.

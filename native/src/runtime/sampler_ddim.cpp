@@ -24,7 +24,7 @@ torch::Tensor sample_ddim(const SamplerSteps& steps, torch::Tensor x) {
             pred_eps = model_output;
             pred_x0  = (x - std::sqrt(beta_prod_t) * pred_eps) / std::sqrt(alpha_prod_t);
         } else {
-            pred_x0  = vs.skip * x - vs.out * model_output;
+            pred_x0 = vs.skip * x - vs.out * model_output;
         }
         // Pixel space: clip x̂_0 to the data range and re-derive ε̂ (diffusers' clip_sample).
         pred_x0  = pred_x0.clamp(-1.0, 1.0);

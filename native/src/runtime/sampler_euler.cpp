@@ -25,7 +25,7 @@ torch::Tensor sample_euler(const SamplerSteps& steps, torch::Tensor x) {
         torch::Tensor denoised = s.prediction_type == PREDICTION_TYPE_EPSILON
                                      ? x - sigma * out
                                      : x * (sd * sd * c_in * c_in) - out * (sigma * sd * c_in);
-        denoised = denoised.clamp(-1.0, 1.0);  // pixel space: same clip as DDIM's clip_sample
+        denoised               = denoised.clamp(-1.0, 1.0);  // pixel space: same clip as DDIM's clip_sample
         // dx/dσ = (x − D)/σ, one Euler step to σ_next (σ_next = 0 lands on D).
         x = x + (x - denoised) / sigma * (sigma_next - sigma);
     }

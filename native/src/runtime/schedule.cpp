@@ -23,5 +23,6 @@ NoiseSchedule noise_schedule_init(const DiffusionConfig& c) {
 VScales v_scales(double a, double d) {
     if (d == 1.0) return {1.0, std::sqrt(a), std::sqrt(1.0 - a), std::sqrt(a), std::sqrt(1.0 - a)};
     const double D = 1.0 - a + a * d * d, sD = std::sqrt(D);
-    return {1.0 / sD, d * d * std::sqrt(a) / D, std::sqrt(1.0 - a) * d / sD, d * std::sqrt(a) / sD, std::sqrt(1.0 - a) / (d * sD)};
+    return {1.0 / sD, d * d * std::sqrt(a) / D, std::sqrt(1.0 - a) * d / sD, d * std::sqrt(a) / sD,
+            std::sqrt(1.0 - a) / (d * sD)};
 }

@@ -13,8 +13,8 @@
 struct NoiseSchedule {
     torch::Tensor  alphas_cumprod;  // [T] fp64 on CPU: ᾱ_t = Π_{s≤t} (1 − β_s)
     int64_t        num_train_timesteps = 1000;
-    PredictionType prediction_type = PREDICTION_TYPE_EPSILON;
-    double         sigma_data = 1.0;  // v-prediction's σ_d (DiffusionConfig::sigma_data)
+    PredictionType prediction_type     = PREDICTION_TYPE_EPSILON;
+    double         sigma_data          = 1.0;  // v-prediction's σ_d (DiffusionConfig::sigma_data)
 };
 
 NoiseSchedule noise_schedule_init(const DiffusionConfig& config);

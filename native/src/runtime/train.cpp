@@ -35,9 +35,11 @@ Json train_run(DiffusionModel& model, const TrainParams& p, const Dataset& data,
     at::Generator gen   = at::detail::createCPUGenerator(p.seed);
     torch::manual_seed(p.seed);
     const int64_t N = data.images.size(0), batch = p.batch;
-    if (p.category_balance > 0 && data.categories.empty()) throw_bad_input("category_balance needs a dataset with metadata 'categories'");
-    const torch::Tensor pick_weights = p.category_balance > 0 ? category_weights(data.categories, p.category_balance) : torch::Tensor();
-    constexpr int64_t   kMaxTags = 16;
+    if (p.category_balance > 0 && data.categories.empty())
+        throw_bad_input("category_balance needs a dataset with metadata 'categories'");
+    const torch::Tensor pick_weights =
+        p.category_balance > 0 ? category_weights(data.categories, p.category_balance) : torch::Tensor();
+    constexpr int64_t kMaxTags = 16;
     // Every random draw of a step comes from `gen` in a fixed order (pick, drop, [tags], flip, t, ε), so
     // its state alone fixes the rest of the run (checkpoint/resume). Options left at 0 draw nothing, so
     // runs without them keep the stream they always had.
@@ -45,7 +47,8 @@ Json train_run(DiffusionModel& model, const TrainParams& p, const Dataset& data,
         torch::Tensor pick = p.category_balance > 0 ? torch::multinomial(pick_weights, batch, true, gen)
                                                     : torch::randint(0, N, {batch}, gen, torch::kInt64);
         torch::Tensor drop = torch::rand({batch}, gen);
-        torch::Tensor tag_u = p.caption_tag_dropout > 0 ? torch::rand({batch, kMaxTags}, gen).contiguous() : torch::Tensor();
+        torch::Tensor tag_u =
+            p.caption_tag_dropout > 0 ? torch::rand({batch, kMaxTags}, gen).contiguous() : torch::Tensor();
         std::vector<std::string> caps;
         for (int64_t i = 0; i < batch; ++i) {
             // Caption dropout trains the unconditional branch that classifier-free guidance needs.
@@ -53,8 +56,8 @@ Json train_run(DiffusionModel& model, const TrainParams& p, const Dataset& data,
             if (drop[i].item<double>() < p.caption_dropout) {
                 caps.push_back("");
             } else if (p.caption_tag_dropout > 0) {
-                caps.push_back(caption_drop_tags(caption, tag_u.data_ptr<float>() + i * kMaxTags, kMaxTags, p.caption_tag_dropout,
-                                                 p.caption_keep_words));
+                caps.push_back(caption_drop_tags(caption, tag_u.data_ptr<float>() + i * kMaxTags, kMaxTags,
+                                                 p.caption_tag_dropout, p.caption_keep_words));
             } else {
                 caps.push_back(caption);
             }
@@ -128,7 +131,7 @@ Json train_run(DiffusionModel& model, const TrainParams& p, const Dataset& data,
     }
     auto ema_update = [&](int64_t n) {
         torch::NoGradGuard no_grad;
-        const double d = std::min(p.ema, (1.0 + (double)n) / (10.0 + (double)n));
+        const double       d = std::min(p.ema, (1.0 + (double)n) / (10.0 + (double)n));
         for (const auto& [name, w] : named) ema.at(name).mul_(d).add_(w.detach(), 1.0 - d);
     };
     // Samples of the weights as they are now (EMA weights when EMA is on); sampling draws only from its
@@ -146,10 +149,13 @@ Json train_run(DiffusionModel& model, const TrainParams& p, const Dataset& data,
         for (const auto& [name, w] : live) model.named_parameters().at(name).detach().copy_(w);
         std::error_code ec;
         std::filesystem::create_directories(p.sample_dir, ec);
-        if (ec) throw WorkerError(ERROR_TYPE_BAD_INPUT, "cannot create sample_dir '" + p.sample_dir + "': " + ec.message());
+        if (ec)
+            throw WorkerError(ERROR_TYPE_BAD_INPUT, "cannot create sample_dir '" + p.sample_dir + "': " + ec.message());
         const std::string path = p.sample_dir + "/step_" + std::to_string(step) + ".safetensors";
         safetensors_save(path, {{"images", images}},
-                         {{"step", std::to_string(step)}, {"prompts", Json(p.sample.prompts).dump()}, {"seed", std::to_string(p.sample.seed)}});
+                         {{"step", std::to_string(step)},
+                          {"prompts", Json(p.sample.prompts).dump()},
+                          {"seed", std::to_string(p.sample.seed)}});
         hooks.emit({{"event", "sample"}, {"step", step}, {"path", path}});
     };
 
@@ -158,7 +164,7 @@ Json train_run(DiffusionModel& model, const TrainParams& p, const Dataset& data,
     CudaAutocast autocast_scope(use_autocast);
 
     // 3. the steps (after restoring a checkpoint)
-    const double t_start = now_ms();
+    const double t_start   = now_ms();
     double       last_loss = 0, first_loss = -1;
     bool         cancelled = false;
     int64_t      step = 0, start_step = 0;
@@ -169,7 +175,8 @@ Json train_run(DiffusionModel& model, const TrainParams& p, const Dataset& data,
             if (p.method == TRAIN_METHOD_SHIRA) {
                 Json saved = Json::parse(ck_meta.count("grad_paths") ? ck_meta["grad_paths"] : "{}", nullptr, false);
                 for (auto& [name, l] : model.layers()) {
-                    if (!l->shira || l->shira->path != GRAD_PATH_AUTO || !saved.is_object() || !saved.contains(name)) continue;
+                    if (!l->shira || l->shira->path != GRAD_PATH_AUTO || !saved.is_object() || !saved.contains(name))
+                        continue;
                     l->shira->chosen = saved[name] == "sparse" ? GRAD_PATH_SPARSE : GRAD_PATH_DENSE;
                 }
                 shira_write_values(model);  // the fused weights must hold W0 + the restored values
@@ -196,15 +203,22 @@ Json train_run(DiffusionModel& model, const TrainParams& p, const Dataset& data,
             if (!ema.empty()) ema_update(step);
             last_loss = loss_sum;
             if (first_loss < 0) first_loss = loss_sum;
-            if (!std::isfinite(last_loss)) throw WorkerError(ERROR_TYPE_INTERNAL, "loss became non-finite at step " + std::to_string(step));
+            if (!std::isfinite(last_loss))
+                throw WorkerError(ERROR_TYPE_INTERNAL, "loss became non-finite at step " + std::to_string(step));
             if (step % p.progress_every == 0 || step == p.steps) {
-                const double elapsed = (now_ms() - t_start) / 1000.0, it_s = (double)(step - start_step) / std::max(elapsed, 1e-9);
-                hooks.emit({{"event", "progress"}, {"step", step}, {"steps", p.steps}, {"loss", last_loss}, {"it_s", it_s},
+                const double elapsed = (now_ms() - t_start) / 1000.0,
+                             it_s    = (double)(step - start_step) / std::max(elapsed, 1e-9);
+                hooks.emit({{"event", "progress"},
+                            {"step", step},
+                            {"steps", p.steps},
+                            {"loss", last_loss},
+                            {"it_s", it_s},
                             {"eta_s", (double)(p.steps - step) / it_s}});
             }
             if (p.sample_every > 0 && (step % p.sample_every == 0 || step == p.steps)) emit_sample(step);
             if (p.checkpoint_every > 0 && (step % p.checkpoint_every == 0 || step == p.steps)) {
-                checkpoint_save(p.checkpoint, model, named, opt, ema, gen, step, p.steps, p.seed, ck_info, chosen_paths());
+                checkpoint_save(p.checkpoint, model, named, opt, ema, gen, step, p.steps, p.seed, ck_info,
+                                chosen_paths());
                 hooks.emit({{"event", "checkpoint"}, {"step", step}, {"path", p.checkpoint}});
             }
         }
@@ -221,8 +235,13 @@ Json train_run(DiffusionModel& model, const TrainParams& p, const Dataset& data,
     for (auto& [name, l] : model.layers()) {
         if (!l->shira) continue;
         const auto& s = *l->shira;
-        paths.push_back({{"layer", name}, {"shape", l->weight.sizes().vec()}, {"k", s.idx.numel()}, {"path", grad_path_name(s.chosen)},
-                         {"sparse_ms", s.sparse_ms}, {"dense_ms", s.dense_ms}, {"dense_dw_bytes", l->weight.numel() * 4}});
+        paths.push_back({{"layer", name},
+                         {"shape", l->weight.sizes().vec()},
+                         {"k", s.idx.numel()},
+                         {"path", grad_path_name(s.chosen)},
+                         {"sparse_ms", s.sparse_ms},
+                         {"dense_ms", s.dense_ms},
+                         {"dense_dw_bytes", l->weight.numel() * 4}});
     }
     Adapter adapter;
     if (p.method == TRAIN_METHOD_SHIRA) adapter = shira_detach(model);
@@ -236,8 +255,9 @@ Json train_run(DiffusionModel& model, const TrainParams& p, const Dataset& data,
         }
         model_save(model, p.out);
     } else {
-        adapter.metadata = {{"model", model.config.name}, {"method", method_json.dump()}, {"steps", std::to_string(p.steps)},
-                            {"seed", std::to_string(p.seed)}, {"lr", std::to_string(p.lr)}, {"base_identity", base_identity}};
+        adapter.metadata = {{"model", model.config.name},       {"method", method_json.dump()},
+                            {"steps", std::to_string(p.steps)}, {"seed", std::to_string(p.seed)},
+                            {"lr", std::to_string(p.lr)},       {"base_identity", base_identity}};
         if (p.method == TRAIN_METHOD_SHIRA) {
             adapter.metadata["mask"]    = mask_type_name(p.shira.mask);
             adapter.metadata["density"] = std::to_string(p.shira.density);
@@ -248,7 +268,14 @@ Json train_run(DiffusionModel& model, const TrainParams& p, const Dataset& data,
         }
         adapter_save(adapter, p.out, p.values_dtype);
     }
-    return {{"out", p.out}, {"steps", p.steps}, {"start_step", start_step}, {"first_loss", first_loss}, {"final_loss", last_loss},
-            {"trainable", trainable}, {"ema", p.ema}, {"autocast_bf16", use_autocast}, {"seconds", (now_ms() - t_start) / 1000.0},
+    return {{"out", p.out},
+            {"steps", p.steps},
+            {"start_step", start_step},
+            {"first_loss", first_loss},
+            {"final_loss", last_loss},
+            {"trainable", trainable},
+            {"ema", p.ema},
+            {"autocast_bf16", use_autocast},
+            {"seconds", (now_ms() - t_start) / 1000.0},
             {"grad_paths", paths}};
 }

@@ -15,8 +15,8 @@
 #include "runtime/train_params.h"
 
 struct TrainHooks {
-    std::function<bool()>                        should_stop;  // polled before every step (and sample step)
-    std::function<void(const nlohmann::json&)>   emit;         // progress / sample / checkpoint events
+    std::function<bool()>                      should_stop;  // polled before every step (and sample step)
+    std::function<void(const nlohmann::json&)> emit;         // progress / sample / checkpoint events
 };
 
 // Trains on `data` and writes params.out (adapter file v2, or the model); `base_identity` goes into the adapter's

@@ -36,7 +36,7 @@ std::string caption_drop_tags(const std::string& caption, const float* u, int64_
     std::vector<std::string> tags;
     for (size_t start = 0;;) {
         const size_t comma = caption.find(',', start);
-        std::string  tag = caption.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        std::string  tag   = caption.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
         const size_t a = tag.find_first_not_of(' '), b = tag.find_last_not_of(' ');
         if (a != std::string::npos) tags.push_back(tag.substr(a, b - a + 1));
         if (comma == std::string::npos) break;

@@ -41,27 +41,29 @@ const char* train_method_name(TrainMethod method) {
 }
 
 TrainParams train_params_from_json(const Json& args) {
-    TrainParams p;
+    TrainParams       p;
     const std::string method = get_str(args, "method", "shira");
-    if (method != "shira" && method != "lora" && method != "full") throw_bad_input("method must be 'shira', 'lora' or 'full'");
-    p.method = method == "shira" ? TRAIN_METHOD_SHIRA : method == "lora" ? TRAIN_METHOD_LORA : TRAIN_METHOD_FULL;
-    p.out                 = need_str(args, "out");
-    p.steps               = get_int(args, "steps", 200, 1, 10000000);
-    p.batch               = get_int(args, "batch", 4, 1, 4096);
-    p.grad_accum          = get_int(args, "grad_accum", 1, 1, 1024);
-    p.lr                  = get_num(args, "lr", 1e-4, 0, 10);
-    p.seed                = (uint64_t)get_int(args, "seed", 0, 0, INT64_MAX);
-    p.caption_dropout     = get_num(args, "caption_dropout", 0.1, 0, 1);
-    p.caption_tag_dropout = get_num(args, "caption_tag_dropout", 0.0, 0, 1);
-    p.caption_keep_words  = get_str_list(args, "caption_keep_words", {});
-    p.category_balance    = get_num(args, "category_balance", 0.0, 0, 1);
-    p.progress_every      = get_int(args, "progress_every", 10, 1, 10000000);
-    const double density  = get_num(args, "density", 0.02, 1e-9, 1);
+    if (method != "shira" && method != "lora" && method != "full")
+        throw_bad_input("method must be 'shira', 'lora' or 'full'");
+    p.method     = method == "shira" ? TRAIN_METHOD_SHIRA : method == "lora" ? TRAIN_METHOD_LORA : TRAIN_METHOD_FULL;
+    p.out        = need_str(args, "out");
+    p.steps      = get_int(args, "steps", 200, 1, 10000000);
+    p.batch      = get_int(args, "batch", 4, 1, 4096);
+    p.grad_accum = get_int(args, "grad_accum", 1, 1, 1024);
+    p.lr         = get_num(args, "lr", 1e-4, 0, 10);
+    p.seed       = (uint64_t)get_int(args, "seed", 0, 0, INT64_MAX);
+    p.caption_dropout          = get_num(args, "caption_dropout", 0.1, 0, 1);
+    p.caption_tag_dropout      = get_num(args, "caption_tag_dropout", 0.0, 0, 1);
+    p.caption_keep_words       = get_str_list(args, "caption_keep_words", {});
+    p.category_balance         = get_num(args, "category_balance", 0.0, 0, 1);
+    p.progress_every           = get_int(args, "progress_every", 10, 1, 10000000);
+    const double      density  = get_num(args, "density", 0.02, 1e-9, 1);
     const std::string schedule = get_str(args, "schedule", "cosine");
     if (schedule != "cosine" && schedule != "constant") throw_bad_input("schedule must be 'cosine' or 'constant'");
-    p.schedule = schedule == "cosine" ? LR_SCHEDULE_COSINE : LR_SCHEDULE_CONSTANT;
+    p.schedule                  = schedule == "cosine" ? LR_SCHEDULE_COSINE : LR_SCHEDULE_CONSTANT;
     const std::string precision = get_str(args, "precision", "bf16");
-    if (precision != "bf16" && precision != "fp32") throw_bad_input("precision must be 'bf16' or 'fp32', got '" + precision + "'");
+    if (precision != "bf16" && precision != "fp32")
+        throw_bad_input("precision must be 'bf16' or 'fp32', got '" + precision + "'");
     p.bf16             = precision == "bf16";
     p.targets          = get_str_list(args, "targets", kDefaultTargets);
     p.flip             = get_bool(args, "flip", false);
@@ -87,12 +89,14 @@ TrainParams train_params_from_json(const Json& args) {
     p.data       = need_str(args, "data");
     // Method-specific settings, read only for their method (another method ignores them, as it always has).
     if (p.method == TRAIN_METHOD_SHIRA) {
-        p.shira.density   = density;
-        p.shira.seed      = p.seed;
-        p.shira.targets   = p.targets;
-        p.shira.grad_path = str_to_grad_path(get_str(args, "grad_path", "auto"));  // docs/benchmarks.md: auto >= dense end to end
-        p.exclude         = get_str_list(args, "exclude", {});
-        if (p.shira.mask == MASK_TYPE_GRAD || p.shira.mask == MASK_TYPE_SNIP) p.calib_batches = get_int(args, "calib_batches", 8, 1, 1000);
+        p.shira.density = density;
+        p.shira.seed    = p.seed;
+        p.shira.targets = p.targets;
+        p.shira.grad_path =
+            str_to_grad_path(get_str(args, "grad_path", "auto"));  // docs/benchmarks.md: auto >= dense end to end
+        p.exclude = get_str_list(args, "exclude", {});
+        if (p.shira.mask == MASK_TYPE_GRAD || p.shira.mask == MASK_TYPE_SNIP)
+            p.calib_batches = get_int(args, "calib_batches", 8, 1, 1000);
     } else if (p.method == TRAIN_METHOD_LORA) {
         p.lora.rank          = get_int(args, "rank", 4, 1, 4096);
         p.lora.alpha         = get_num(args, "alpha", (double)p.lora.rank, 0, 1e6);
@@ -104,10 +108,16 @@ TrainParams train_params_from_json(const Json& args) {
 }
 
 Json train_method_json(const TrainParams& p) {
-    Json j = {{"method", train_method_name(p.method)}, {"seed", p.seed}, {"steps", p.steps}, {"lr", p.lr},
-              {"batch", p.batch}, {"grad_accum", p.grad_accum},
+    Json j = {{"method", train_method_name(p.method)},
+              {"seed", p.seed},
+              {"steps", p.steps},
+              {"lr", p.lr},
+              {"batch", p.batch},
+              {"grad_accum", p.grad_accum},
               {"schedule", p.schedule == LR_SCHEDULE_COSINE ? "cosine" : "constant"},
-              {"caption_dropout", p.caption_dropout}, {"flip", p.flip}, {"targets", p.targets}};
+              {"caption_dropout", p.caption_dropout},
+              {"flip", p.flip},
+              {"targets", p.targets}};
     if (p.caption_tag_dropout > 0) j["caption_tag_dropout"] = p.caption_tag_dropout;
     if (p.caption_tag_dropout > 0 && !p.caption_keep_words.empty()) j["caption_keep_words"] = p.caption_keep_words;
     if (p.category_balance > 0) j["category_balance"] = p.category_balance;

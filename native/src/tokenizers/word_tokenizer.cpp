@@ -8,7 +8,7 @@
 
 WordTokenizer::WordTokenizer(std::vector<std::string> words, int64_t spare) : spare_buckets(spare) {
     const std::vector<std::string> specials = {"<pad>", "<unk>", "<bos>", "<eos>"};
-    vocab = specials;
+    vocab                                   = specials;
     for (const auto& w : words) {
         if (std::find(specials.begin(), specials.end(), w) == specials.end()) vocab.push_back(w);
     }
@@ -18,13 +18,14 @@ WordTokenizer::WordTokenizer(std::vector<std::string> words, int64_t spare) : sp
 std::vector<int64_t> WordTokenizer::encode(const std::string& text, int64_t max_length) const {
     std::vector<int64_t> out = {kBos};
     std::string          word;
-    auto flush = [&] {
+    auto                 flush = [&] {
         if (word.empty()) return;
         auto it = ids.find(word);
         if (it != ids.end()) {
             out.push_back(it->second);
         } else {
-            out.push_back(spare_buckets > 0 ? (int64_t)vocab.size() + (int64_t)(fnv1a64(word) % (uint64_t)spare_buckets) : kUnk);
+            out.push_back(spare_buckets > 0 ? (int64_t)vocab.size() + (int64_t)(fnv1a64(word) % (uint64_t)spare_buckets)
+                                                            : kUnk);
         }
         word.clear();
     };

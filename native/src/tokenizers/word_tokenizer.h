@@ -13,10 +13,10 @@
 // vocab.size() + fnv1a64(w) % spare_buckets (or <unk> when spare_buckets == 0). Embedding rows = num_ids().
 struct WordTokenizer {
     explicit WordTokenizer(std::vector<std::string> vocab, int64_t spare_buckets = 0);
-    std::vector<int64_t>     encode(const std::string& text, int64_t max_length) const;
-    int64_t                  num_ids() const { return (int64_t)vocab.size() + spare_buckets; }
-    std::vector<std::string> vocab;
+    std::vector<int64_t>           encode(const std::string& text, int64_t max_length) const;
+    int64_t                        num_ids() const { return (int64_t)vocab.size() + spare_buckets; }
+    std::vector<std::string>       vocab;
     std::map<std::string, int64_t> ids;
-    int64_t                  spare_buckets = 0;
-    static constexpr int64_t kPad = 0, kUnk = 1, kBos = 2, kEos = 3;
+    int64_t                        spare_buckets = 0;
+    static constexpr int64_t       kPad = 0, kUnk = 1, kBos = 2, kEos = 3;
 };

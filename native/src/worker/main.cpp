@@ -53,7 +53,7 @@ int usage() {
 
 int main(int argc, char** argv) {
     std::string command = "serve", device_name = "auto";
-    Json        args    = Json::object();
+    Json        args = Json::object();
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
         if (a == "-h" || a == "--help") return usage();
@@ -78,7 +78,7 @@ int main(int argc, char** argv) {
         if (command == "serve") return worker_serve(device);
 
         WorkerState st(device);
-        auto        emit = [](const Json& e) { print(e); };
+        auto        emit      = [](const Json& e) { print(e); };
         const bool  has_model = args.contains("model") || args.contains("config");
         if (op->cli_setup == CLI_SETUP_MODEL || op->cli_setup == CLI_SETUP_MODEL_AND_MIX ||
             (op->cli_setup == CLI_SETUP_MODEL_IF_GIVEN && has_model)) {

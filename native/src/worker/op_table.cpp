@@ -13,7 +13,8 @@ const std::vector<WorkerOp> kOps = {
     {"info", op_info, false, true, "info", CLI_SETUP_NONE, ""},
     {"load_model", op_load_model, false, false, nullptr, CLI_SETUP_NONE, nullptr},
     {"unload", op_unload, false, false, nullptr, CLI_SETUP_NONE, nullptr},
-    {"save_model", op_save_model, false, false, "init", CLI_SETUP_MODEL, "--config C.json --out M.safetensors [--seed N]"},
+    {"save_model", op_save_model, false, false, "init", CLI_SETUP_MODEL,
+     "--config C.json --out M.safetensors [--seed N]"},
     {"train", op_train, true, false, "train", CLI_SETUP_MODEL,
      "(--model M.safetensors | --config C.json) --data D.safetensors --out A.safetensors [--key value]..."},
     {"cancel", nullptr, false, true, nullptr, CLI_SETUP_NONE, nullptr},
@@ -30,7 +31,8 @@ const std::vector<WorkerOp> kOps = {
     {"judge_train", op_judge_train, true, false, nullptr, CLI_SETUP_NONE, nullptr},
     {"judge_score", op_judge_score, false, false, nullptr, CLI_SETUP_NONE, nullptr},
     {"forward", op_forward, false, false, nullptr, CLI_SETUP_NONE, nullptr},
-    {"bench", op_bench, true, false, "bench", CLI_SETUP_NONE, "--kind train|switch|grad [--quick true] [--models builtin,sd15]"},
+    {"bench", op_bench, true, false, "bench", CLI_SETUP_NONE,
+     "--kind train|switch|grad [--quick true] [--models builtin,sd15]"},
     {"shutdown", nullptr, false, false, nullptr, CLI_SETUP_NONE, nullptr},
 };
 

@@ -29,8 +29,9 @@ Json op_apply_mix(WorkerState& st, const Json& args, const EmitFn&) {
         keep.push_back(adapter_cache_get(st.adapters, path, n));
         const std::string base = keep.back()->base_identity();
         if (!base.empty() && !st.identity.empty() && base != st.identity) {
-            throw_bad_input("adapter '" + path + "' was trained on base model " + base.substr(0, 12) + " but the loaded model is " +
-                            st.identity.substr(0, 12) + "; load that base model to use it");
+            throw_bad_input("adapter '" + path + "' was trained on base model " + base.substr(0, 12) +
+                            " but the loaded model is " + st.identity.substr(0, 12) +
+                            "; load that base model to use it");
         }
         mix.emplace_back(keep.back().get(), alpha);
         paths.push_back(path);
@@ -39,9 +40,14 @@ Json op_apply_mix(WorkerState& st, const Json& args, const EmitFn&) {
     const double ms = mix_apply(model, st.mix, mix, &stats);
     st.mix_paths    = paths;
     adapter_cache_evict(st.adapters, st.mix_paths);
-    return {{"ms", ms}, {"load_ms", n.load_ms}, {"cache_hits", n.hits}, {"cache_misses", n.misses},
-            {"layers_reblended", stats.layers_reblended}, {"layers_unchanged", stats.layers_unchanged},
-            {"cache_bytes", st.adapters.bytes()}, {"adapters", (int64_t)mix.size()}};
+    return {{"ms", ms},
+            {"load_ms", n.load_ms},
+            {"cache_hits", n.hits},
+            {"cache_misses", n.misses},
+            {"layers_reblended", stats.layers_reblended},
+            {"layers_unchanged", stats.layers_unchanged},
+            {"cache_bytes", st.adapters.bytes()},
+            {"adapters", (int64_t)mix.size()}};
 }
 
 Json op_clear_mix(WorkerState& st, const Json&, const EmitFn&) {
@@ -55,7 +61,7 @@ namespace {
 
 // Per-layer storage and the totals that bytes-per-value comparisons need (values and indices, headers excluded).
 Json adapter_summary(const Adapter& a) {
-    Json    tensors = Json::array();
+    Json    tensors      = Json::array();
     int64_t bytes_values = 0, bytes_index = 0;
     for (const auto& [name, info] : a.storage) {
         bytes_values += info.bytes_values;
@@ -63,23 +69,38 @@ Json adapter_summary(const Adapter& a) {
     }
     for (const auto& [name, t] : a.shira) {
         const TensorStorage info = a.storage.count(name) ? a.storage.at(name) : TensorStorage();
-        Json j = {{"layer", name}, {"k", t.values.numel()}, {"cols", t.cols}, {"index", info.index}, {"values", info.values},
-                  {"bytes_values", info.bytes_values}, {"bytes_index", info.bytes_index}};
+        Json                j    = {{"layer", name},
+                                    {"k", t.values.numel()},
+                                    {"cols", t.cols},
+                                    {"index", info.index},
+                                    {"values", info.values},
+                                    {"bytes_values", info.bytes_values},
+                                    {"bytes_index", info.bytes_index}};
         if (!t.shape.empty()) j["shape"] = t.shape;
         if (info.rice_k >= 0) j["rice_k"] = info.rice_k;
         tensors.push_back(j);
     }
     for (const auto& [name, t] : a.lora) {
         const TensorStorage info = a.storage.count(name) ? a.storage.at(name) : TensorStorage();
-        tensors.push_back({{"layer", name}, {"rank", t.rank()}, {"alpha", t.alpha}, {"a_shape", t.A.sizes().vec()},
-                           {"b_shape", t.B.sizes().vec()}, {"values", info.values}, {"bytes_values", info.bytes_values},
+        tensors.push_back({{"layer", name},
+                           {"rank", t.rank()},
+                           {"alpha", t.alpha},
+                           {"a_shape", t.A.sizes().vec()},
+                           {"b_shape", t.B.sizes().vec()},
+                           {"values", info.values},
+                           {"bytes_values", info.bytes_values},
                            {"bytes_index", info.bytes_index}});
     }
     const int64_t trainable = a.trainable();
-    return {{"kind", a.kind == ADAPTER_KIND_SHIRA ? "shira" : "lora"}, {"trainable", trainable}, {"metadata", a.metadata},
-            {"format_version", a.format_version}, {"base_identity", a.base_identity()}, {"bytes_values", bytes_values},
+    return {{"kind", a.kind == ADAPTER_KIND_SHIRA ? "shira" : "lora"},
+            {"trainable", trainable},
+            {"metadata", a.metadata},
+            {"format_version", a.format_version},
+            {"base_identity", a.base_identity()},
+            {"bytes_values", bytes_values},
             {"bytes_index", bytes_index},
-            {"bytes_per_value", trainable ? (double)(bytes_values + bytes_index) / (double)trainable : 0.0}, {"tensors", tensors}};
+            {"bytes_per_value", trainable ? (double)(bytes_values + bytes_index) / (double)trainable : 0.0},
+            {"tensors", tensors}};
 }
 
 }  // namespace
@@ -135,16 +156,25 @@ Json op_adapter_export(WorkerState& st, const Json& args, const EmitFn&) {
 Json op_adapter_overlap(WorkerState&, const Json& args, const EmitFn&) {
     const Adapter a = adapter_load(need_str(args, "a"));
     const Adapter b = adapter_load(need_str(args, "b"));
-    const auto    layers = adapter_overlap(a, b, get_num(args, "alpha_a", 1.0, -100, 100), get_num(args, "alpha_b", 1.0, -100, 100));
-    Json          rows = Json::array();
-    double        awom = 0, awom_n = 0, awor = 0;
+    const auto    layers =
+        adapter_overlap(a, b, get_num(args, "alpha_a", 1.0, -100, 100), get_num(args, "alpha_b", 1.0, -100, 100));
+    Json   rows = Json::array();
+    double awom = 0, awom_n = 0, awor = 0;
     for (const auto& l : layers) {
-        rows.push_back({{"layer", l.layer}, {"m", l.m}, {"awom", l.awom}, {"awom_normalized", l.awom_normalized}, {"awor", l.awor}});
+        rows.push_back({{"layer", l.layer},
+                        {"m", l.m},
+                        {"awom", l.awom},
+                        {"awom_normalized", l.awom_normalized},
+                        {"awor", l.awor}});
         awom += l.awom;
         awom_n += l.awom_normalized;
         awor += l.awor;
     }
     const double n = std::max<double>(1.0, (double)layers.size());
     return {{"layers", rows},
-            {"summary", {{"layers", (int64_t)layers.size()}, {"awom_mean", awom / n}, {"awom_normalized_mean", awom_n / n}, {"awor_mean", awor / n}}}};
+            {"summary",
+             {{"layers", (int64_t)layers.size()},
+              {"awom_mean", awom / n},
+              {"awom_normalized_mean", awom_n / n},
+              {"awor_mean", awor / n}}}};
 }

@@ -14,27 +14,37 @@ Json op_judge_train(WorkerState& st, const Json& args, const EmitFn& emit) {
     const std::string data = need_str(args, "data");
     const std::string out  = need_str(args, "out");
     JudgeTrainOptions o;
-    o.steps            = get_int(args, "steps", o.steps, 1, 100000);
-    o.batch            = get_int(args, "batch", o.batch, 2, 4096);
-    o.lr               = get_num(args, "lr", o.lr, 1e-6, 1);
-    o.heldout_fraction = get_num(args, "heldout_fraction", o.heldout_fraction, 0.01, 0.9);
-    o.noise            = get_num(args, "noise", o.noise, 0, 1);
-    o.seed             = (uint64_t)get_int(args, "seed", 0, 0, INT64_MAX);
+    o.steps             = get_int(args, "steps", o.steps, 1, 100000);
+    o.batch             = get_int(args, "batch", o.batch, 2, 4096);
+    o.lr                = get_num(args, "lr", o.lr, 1e-6, 1);
+    o.heldout_fraction  = get_num(args, "heldout_fraction", o.heldout_fraction, 0.01, 0.9);
+    o.noise             = get_num(args, "noise", o.noise, 0, 1);
+    o.seed              = (uint64_t)get_int(args, "seed", 0, 0, INT64_MAX);
     SafeTensors st_data = safetensors_load(data);
     auto        images  = st_data.tensors.find("images");
     auto        labels  = st_data.tensors.find("labels");
-    if (images == st_data.tensors.end() || labels == st_data.tensors.end()) throw_bad_input("judge data needs 'images' and 'labels' tensors");
+    if (images == st_data.tensors.end() || labels == st_data.tensors.end())
+        throw_bad_input("judge data needs 'images' and 'labels' tensors");
     std::vector<std::string> classes;
     try {
         classes = Json::parse(st_data.metadata.at("classes")).get<std::vector<std::string>>();
     } catch (const std::exception&) {
         throw_bad_input("judge data needs metadata 'classes' (a JSON array of names)");
     }
-    const JudgeTrainResult r = judge_train(images->second, labels->second, classes, o, out, [&] { return st.cancel.load(); },
-                                           [&](int64_t step, double loss) { emit({{"event", "progress"}, {"step", step}, {"steps", o.steps}, {"loss", loss}}); });
-    return {{"out", out}, {"classes", classes}, {"heldout_accuracy", r.heldout_accuracy}, {"train_accuracy", r.train_accuracy},
-            {"heldout_accuracy_per_class", r.heldout_accuracy_per_class}, {"train_count", r.train_count},
-            {"heldout_count", r.heldout_count}, {"final_loss", r.final_loss}, {"seconds", r.seconds}};
+    const JudgeTrainResult r = judge_train(
+        images->second, labels->second, classes, o, out, [&] { return st.cancel.load(); },
+        [&](int64_t step, double loss) {
+            emit({{"event", "progress"}, {"step", step}, {"steps", o.steps}, {"loss", loss}});
+        });
+    return {{"out", out},
+            {"classes", classes},
+            {"heldout_accuracy", r.heldout_accuracy},
+            {"train_accuracy", r.train_accuracy},
+            {"heldout_accuracy_per_class", r.heldout_accuracy_per_class},
+            {"train_count", r.train_count},
+            {"heldout_count", r.heldout_count},
+            {"final_loss", r.final_loss},
+            {"seconds", r.seconds}};
 }
 
 // Writes "probs" F32 [N, C] and "features" F32 [N, F] (metadata "classes") to `out`.

@@ -32,7 +32,8 @@ Json op_info(WorkerState& st, const Json&, const EmitFn&) {
     if (st.model) j["model"] = st.model->config.name;
     // The op table as the protocol serves it, so a client can check it speaks the same protocol.
     Json ops = Json::array();
-    for (const WorkerOp& op : worker_ops()) ops.push_back({{"name", op.name}, {"long_running", op.long_running}, {"read_only", op.read_only}});
+    for (const WorkerOp& op : worker_ops())
+        ops.push_back({{"name", op.name}, {"long_running", op.long_running}, {"read_only", op.read_only}});
     j["ops"] = ops;
     return j;
 }
@@ -44,9 +45,13 @@ Json model_summary(const DiffusionModel& m) {
     for (const auto& [_, p] : m.named_parameters()) params += p.numel();
     Json targets = Json::array();
     for (const auto& [name, l] : m.layers()) {
-        if (layer_matches(name, kDefaultTargets)) targets.push_back({{"name", name}, {"shape", l->weight.sizes().vec()}});
+        if (layer_matches(name, kDefaultTargets))
+            targets.push_back({{"name", name}, {"shape", l->weight.sizes().vec()}});
     }
-    return {{"name", m.config.name}, {"parameters", params}, {"default_targets", targets}, {"config", model_config_to_json(m.config)}};
+    return {{"name", m.config.name},
+            {"parameters", params},
+            {"default_targets", targets},
+            {"config", model_config_to_json(m.config)}};
 }
 
 }  // namespace
@@ -69,14 +74,16 @@ Json op_load_model(WorkerState& st, const Json& args, const EmitFn&) {
                 throw_bad_input(std::string("config is not JSON: ") + e.what());
             }
         }
-        st.model = model_init(model_config_from_json(config), (uint64_t)get_int(args, "seed", 0, 0, INT64_MAX), st.device);
+        st.model =
+            model_init(model_config_from_json(config), (uint64_t)get_int(args, "seed", 0, 0, INT64_MAX), st.device);
     } else {
         throw_bad_input("load_model needs 'path' (model .safetensors) or 'config' (object or JSON file)");
     }
-    st.mix = MixState();
-    st.identity               = get_str(args, "identity", "");
-    st.adapters.budget_bytes  = (int64_t)(get_num(args, "cache_mb", 2048, 0, 1 << 24) * 1048576.0);
-    adapter_cache_evict(st.adapters, st.mix_paths);  // decoded adapters do not depend on the model: they stay, within the new budget
+    st.mix                   = MixState();
+    st.identity              = get_str(args, "identity", "");
+    st.adapters.budget_bytes = (int64_t)(get_num(args, "cache_mb", 2048, 0, 1 << 24) * 1048576.0);
+    adapter_cache_evict(st.adapters,
+                        st.mix_paths);  // decoded adapters do not depend on the model: they stay, within the new budget
     Json j        = model_summary(*st.model);
     j["identity"] = st.identity;
     j["cache_mb"] = (double)st.adapters.budget_bytes / 1048576.0;
@@ -106,8 +113,9 @@ Json op_forward(WorkerState& st, const Json& args, const EmitFn&) {
     DiffusionModel&   model = need_model(st);
     const std::string out   = need_str(args, "out");
     SafeTensors       in    = safetensors_load(need_str(args, "inputs"));
-    auto x = in.tensors.find("x"), t = in.tensors.find("t");
-    if (x == in.tensors.end() || t == in.tensors.end() || x->second.dim() != 4 || t->second.dim() != 1 || t->second.size(0) != x->second.size(0)) {
+    auto              x = in.tensors.find("x"), t = in.tensors.find("t");
+    if (x == in.tensors.end() || t == in.tensors.end() || x->second.dim() != 4 || t->second.dim() != 1 ||
+        t->second.size(0) != x->second.size(0)) {
         throw_bad_input("forward inputs need 'x' [B, C, H, W] and 't' [B]");
     }
     std::vector<std::string> prompts;
@@ -128,7 +136,8 @@ Json op_forward(WorkerState& st, const Json& args, const EmitFn&) {
         p.set_requires_grad(false);
         p.mutable_grad() = torch::Tensor();
     }
-    torch::Tensor xin = x->second.to(torch::kFloat32).to(model.device), tin = t->second.to(torch::kInt64).to(model.device);
+    torch::Tensor xin = x->second.to(torch::kFloat32).to(model.device),
+                  tin = t->second.to(torch::kInt64).to(model.device);
     std::map<std::string, torch::Tensor> result;
     if (grads.empty()) {
         torch::NoGradGuard no_grad;
@@ -141,7 +150,8 @@ Json op_forward(WorkerState& st, const Json& args, const EmitFn&) {
             torch::Tensor ctx   = model.text->encode(prompts);
             torch::Tensor pred  = model.predict(xin, tin, ctx);
             auto          probe = in.tensors.find("probe");
-            torch::Tensor p     = probe == in.tensors.end() ? torch::ones_like(pred) : probe->second.to(torch::kFloat32).to(model.device);
+            torch::Tensor p =
+                probe == in.tensors.end() ? torch::ones_like(pred) : probe->second.to(torch::kFloat32).to(model.device);
             if (p.sizes() != pred.sizes()) throw_bad_input("forward: 'probe' must have the output's shape");
             (pred * p).sum().backward();
             result["context"] = ctx.detach().cpu().contiguous();

@@ -24,7 +24,7 @@ struct Server {
 
     void write(const Json& j) {
         // dump with replace: invalid UTF-8 from a request echoed in an error must not throw here.
-        const std::string line = j.dump(-1, ' ', false, Json::error_handler_t::replace);
+        const std::string           line = j.dump(-1, ' ', false, Json::error_handler_t::replace);
         std::lock_guard<std::mutex> lock(out_mutex);
         std::cout << line << '\n' << std::flush;
     }
@@ -32,7 +32,9 @@ struct Server {
     static Json error_reply(const Json& id, ErrorType type, const std::string& message) {
         return {{"id", id}, {"ok", false}, {"error", {{"type", error_type_name(type)}, {"message", message}}}};
     }
-    void reply_error(const Json& id, ErrorType type, const std::string& message) { write(error_reply(id, type, message)); }
+    void reply_error(const Json& id, ErrorType type, const std::string& message) {
+        write(error_reply(id, type, message));
+    }
 
     // `before_reply` runs just before the final reply is written: a job clears `busy` there, so a client
     // that sends its next request as soon as it reads the reply never sees a stale "busy".
@@ -43,7 +45,7 @@ struct Server {
                 e["id"] = id;
                 write(e);
             });
-            reply = {{"id", id}, {"ok", true}, {"result", result}};
+            reply       = {{"id", id}, {"ok", true}, {"result", result}};
         } catch (const WorkerError& e) {
             reply = error_reply(id, e.type, e.what());
         } catch (const c10::Error& e) {
@@ -92,7 +94,7 @@ struct Server {
             return false;
         }
         const WorkerOp* spec = worker_op(op);  // unknown: answered by worker_run_op (or "busy" while a job runs)
-        if (spec && spec->read_only) {  // safe beside a running job
+        if (spec && spec->read_only) {         // safe beside a running job
             run(id, op, args);
             return true;
         }
@@ -116,7 +118,10 @@ struct Server {
 
 int worker_serve(torch::Device device) {
     Server server(device);
-    server.write({{"event", "ready"}, {"version", SHIRA_WORKER_VERSION}, {"device", device.str()}, {"torch", TORCH_VERSION},
+    server.write({{"event", "ready"},
+                  {"version", SHIRA_WORKER_VERSION},
+                  {"device", device.str()},
+                  {"torch", TORCH_VERSION},
                   {"pid", (int64_t)getpid()}});
     std::string line;
     while (std::getline(std::cin, line)) {

@@ -51,10 +51,10 @@ struct WorkerOp {
     bool        read_only;     // reads no model and changes no state: served beside a running job
     const char* cli;           // command-line subcommand, or nullptr
     CliSetup    cli_setup;
-    const char* cli_args;      // the subcommand's arguments, for the usage text
+    const char* cli_args;  // the subcommand's arguments, for the usage text
 };
 
-const std::vector<WorkerOp>& worker_ops();          // in the order the unknown-op error lists them
+const std::vector<WorkerOp>& worker_ops();                        // in the order the unknown-op error lists them
 const WorkerOp*              worker_op(const std::string& name);  // nullptr when unknown
 const WorkerOp*              worker_cli_op(const std::string& subcommand);
 
