@@ -82,8 +82,8 @@ Json op_load_model(WorkerState& st, const Json& args, const EmitFn&) {
     st.mix                   = MixState();
     st.identity              = get_str(args, "identity", "");
     st.adapters.budget_bytes = (int64_t)(get_num(args, "cache_mb", 2048, 0, 1 << 24) * 1048576.0);
-    adapter_cache_evict(st.adapters,
-                        st.mix_paths);  // decoded adapters do not depend on the model: they stay, within the new budget
+    // Decoded adapters do not depend on the model: they stay, within the new budget.
+    adapter_cache_evict(st.adapters, st.mix_paths);
     Json j        = model_summary(*st.model);
     j["identity"] = st.identity;
     j["cache_mb"] = (double)st.adapters.budget_bytes / 1048576.0;
