@@ -47,6 +47,8 @@ const requirements = [
   // The PyTorch reference of the model (tests/reference) is the worker's test oracle; ~180 MB, ~1 min.
   { why: 'the PyTorch reference checks', only: ['test'], ok: () => existsSync('/usr/lib/python3/dist-packages/torch'), pkgs: ['python3-torch'] },
   { why: 'building the native worker', only: nativeWanted ? undefined : [], ok: () => has('cmake') && has('g++'), pkgs: ['cmake', 'g++'] },
+  // Optional: installed where apt can (~35 MB with its LLVM libraries); elsewhere the format check skips, saying so.
+  { why: 'the native format check', only: ['test'], optional: true, ok: () => has('clang-format'), pkgs: ['clang-format'] },
   {
     why: 'libtorch for the native worker',
     only: nativeWanted && !torchFromEnv ? undefined : [],
@@ -55,11 +57,11 @@ const requirements = [
     hint: "or point Torch_DIR at an existing libtorch, e.g. Torch_DIR=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')/Torch",
   },
 ];
-const missing = requirements.filter((r) => (!r.only || r.only.includes(purpose)) && !r.ok());
+const canApt = process.platform === 'linux' && has('apt-get') && process.getuid?.() === 0;
+const missing = requirements.filter((r) => (!r.only || r.only.includes(purpose)) && !r.ok() && (canApt || !r.optional));
 if (missing.length) {
   const pkgs = [...new Set(missing.flatMap((r) => r.pkgs))];
-  const isRoot = process.getuid?.() === 0;
-  if (process.platform === 'linux' && has('apt-get') && isRoot) {
+  if (canApt) {
     say(`installing system packages for ${missing.map((r) => r.why).join(', ')}: ${pkgs.join(' ')}`);
     const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
     must('apt-get', ['update', '-qq'], { env });

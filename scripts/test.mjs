@@ -45,10 +45,12 @@ if (existsSync(report)) {
   failures.push('vitest (no report)');
 }
 
-// Shell runners that end with "<label>: N passed, N failed": the native tests (they build the worker),
-// then the PyTorch reference checks that use it (skipped, not failed, where python3-torch is missing), then the
-// CUDA machine's pipeline rehearsed on CPU (its direct build, run, outputs and refusals).
+// Shell runners that end with "<label>: N passed, N failed": the native sources' format (skipped where
+// clang-format 14 is missing), the native tests (they build the worker), then the PyTorch reference checks that
+// use it (skipped, not failed, where python3-torch is missing), then the CUDA machine's pipeline rehearsed on CPU
+// (its direct build, run, outputs and refusals).
 for (const [label, runner] of [
+  ['format', join(ROOT, 'scripts', 'format-native.sh')],
   ['native', join(ROOT, 'tests', 'native', 'run.sh')],
   ['reference', join(ROOT, 'tests', 'reference', 'run.sh')],
   ['sd-reference', join(ROOT, 'tests', 'reference', 'sd', 'run.sh')],
