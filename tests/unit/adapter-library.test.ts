@@ -10,7 +10,7 @@ import {
   writeAdapterFile,
   type AdapterContent,
 } from '../../src/main/core/adapters/format';
-import { readSafetensors, writeSafetensors } from '../../src/main/core/worker/safetensors';
+import { readSafetensors, writeSafetensors } from '../../src/main/core/io/safetensors';
 import { makeCore, tempDir } from './helpers';
 
 const RESOURCES = resolve('resources');

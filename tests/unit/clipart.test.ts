@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { afterEach, describe, expect, it } from 'vitest';
 import { authorAliases, buildClipartDataset, cleanCaption, titleWords } from '../../src/main/hosts/cli/clipart';
-import { readSafetensors } from '../../src/main/core/worker/safetensors';
+import { readSafetensors } from '../../src/main/core/io/safetensors';
 import { tempDir, writeTree } from './helpers';
 
 const cleanups: (() => void | Promise<void>)[] = [];

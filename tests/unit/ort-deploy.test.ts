@@ -10,7 +10,7 @@ import { OrtEngine } from '../../src/main/core/ort/engine';
 import { loadModelFile } from '../../src/main/core/ort/model';
 import { readPatch } from '../../src/main/core/ort/patch';
 import { readDeploymentWeights, writeDeployment } from '../../src/main/core/ort/service';
-import { readSafetensors } from '../../src/main/core/worker/safetensors';
+import { readSafetensors } from '../../src/main/core/io/safetensors';
 import { syntheticPatch } from '../../src/main/hosts/cli/bench-ort';
 import { tempDir } from './helpers';
 

@@ -10,7 +10,7 @@ import { decodeModel, OPSET } from '../../src/main/core/ort/onnx-graph';
 import { DEFAULT_TARGETS, layerMatches, loadModelFile, WordTokenizer } from '../../src/main/core/ort/model';
 import { blendDeltas, patchFromPeft, readPatch, writePatch, type SparsePatch } from '../../src/main/core/ort/patch';
 import { sample, torchRandn } from '../../src/main/core/ort/sampler';
-import { readSafetensors, writeSafetensors } from '../../src/main/core/worker/safetensors';
+import { readSafetensors, writeSafetensors } from '../../src/main/core/io/safetensors';
 import { WorkerSupervisor } from '../../src/main/core/worker/supervisor';
 import { tempDir } from './helpers';
 

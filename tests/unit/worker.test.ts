@@ -3,7 +3,7 @@ import { join, resolve } from 'node:path';
 import sharp from 'sharp';
 import { afterEach, describe, expect, it } from 'vitest';
 import { packImages, withTrigger } from '../../src/main/core/worker/pack';
-import { readSafetensors, writeSafetensors } from '../../src/main/core/worker/safetensors';
+import { readSafetensors, writeSafetensors } from '../../src/main/core/io/safetensors';
 import { WorkerError, WorkerSupervisor, type WorkerEvent } from '../../src/main/core/worker/supervisor';
 import { makeCore, tempDir } from './helpers';
 

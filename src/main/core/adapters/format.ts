@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { badInput } from '../../../shared/errors';
-import { readSafetensors, readSafetensorsHeader, writeSafetensors, type Dtype, type TensorData } from '../worker/safetensors';
+import { readSafetensors, readSafetensorsHeader, writeSafetensors, type Dtype, type TensorData } from '../io/safetensors';
 
 export const ADAPTER_FORMAT = 'shira-studio-adapter';
 export const ADAPTER_FORMAT_VERSION = '2';

@@ -3,7 +3,7 @@
 // Images travel as safetensors files in `workDir`, never as JSON.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { readSafetensors, writeSafetensors, type TensorData } from '../worker/safetensors';
+import { readSafetensors, writeSafetensors, type TensorData } from '../io/safetensors';
 import type { WorkerSupervisor } from '../worker/supervisor';
 
 /** Content prompts for style scores (a trigger word is prepended) and unrelated prompts for drift. */

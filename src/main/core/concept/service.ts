@@ -11,7 +11,7 @@ import type { Db } from '../db/database';
 import type { AdapterLibrary } from '../adapters/library';
 import type { Mixer } from '../adapters/mixer';
 import type { WorkerSupervisor } from '../worker/supervisor';
-import type { TensorData } from '../worker/safetensors';
+import type { TensorData } from '../io/safetensors';
 import { ConceptLab, CONTENT_PROMPTS, drift, SCORE_SEEDS, styleScore, UNRELATED_PROMPTS } from './lab';
 
 const BASE_SEEDS = [11, 12, 13, 14];

@@ -27,7 +27,7 @@ import type { Db } from '../db/database';
 import type { Mixer } from '../adapters/mixer';
 import type { AdapterLibrary } from '../adapters/library';
 import type { EngineName, OrtService } from '../ort/service';
-import { readSafetensors } from '../worker/safetensors';
+import { readSafetensors } from '../io/safetensors';
 import type { WorkerSupervisor } from '../worker/supervisor';
 import { addPngText } from './png-text';
 

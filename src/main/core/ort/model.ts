@@ -2,7 +2,7 @@
 // __metadata__.config, same defaults and checks as native/src/model.cpp), fp32 weights by parameter name, the word
 // tokenizer, and which layers SHiRA targets. Everything here mirrors native/src/model.{h,cpp}; when that changes,
 // this must change with it (the parity tests in tests/unit/ort.test.ts say when it no longer does).
-import { readSafetensors, type TensorData } from '../worker/safetensors';
+import { readSafetensors, type TensorData } from '../io/safetensors';
 
 export interface UNetConfig {
   sampleSize: number;

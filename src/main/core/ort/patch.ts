@@ -12,7 +12,7 @@
 // copies W0 back (never subtracts), so W0 comes back exactly.
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { readSafetensors, writeSafetensors, type TensorData } from '../worker/safetensors';
+import { readSafetensors, writeSafetensors, type TensorData } from '../io/safetensors';
 
 export const PATCH_FORMAT = 'shira-sparse-patch';
 

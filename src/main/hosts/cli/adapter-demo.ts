@@ -5,7 +5,7 @@
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import sharp from 'sharp';
-import { readSafetensors, writeSafetensors } from '../../core/worker/safetensors';
+import { readSafetensors, writeSafetensors } from '../../core/io/safetensors';
 import { WorkerSupervisor } from '../../core/worker/supervisor';
 import { packImages } from '../../core/worker/pack';
 import { imagesToGrid } from './base-model';

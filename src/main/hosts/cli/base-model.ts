@@ -11,7 +11,7 @@ import { appendFileSync, copyFileSync, existsSync, mkdirSync, readFileSync, rmSy
 import { cpus } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
-import { readSafetensors, writeSafetensors, type TensorData } from '../../core/worker/safetensors';
+import { readSafetensors, writeSafetensors, type TensorData } from '../../core/io/safetensors';
 import { WorkerSupervisor } from '../../core/worker/supervisor';
 import { buildClipartDataset } from './clipart';
 import { imagesToGridPng } from '../../core/generate/grid';

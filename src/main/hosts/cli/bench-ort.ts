@@ -9,7 +9,7 @@ import { OrtEngine } from '../../core/ort/engine';
 import { DEFAULT_TARGETS, layerMatches, loadModelFile, type Weight } from '../../core/ort/model';
 import { blendDeltas, patchFromPeft, type SparsePatch } from '../../core/ort/patch';
 import { writeDeployment } from '../../core/ort/service';
-import { readSafetensors } from '../../core/worker/safetensors';
+import { readSafetensors } from '../../core/io/safetensors';
 import { WorkerSupervisor } from '../../core/worker/supervisor';
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;

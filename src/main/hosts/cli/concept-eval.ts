@@ -11,7 +11,7 @@
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { ConceptLab, CONTENT_PROMPTS, drift, mean, std, styleScore, UNRELATED_PROMPTS, type Scored } from '../../core/concept/lab';
-import { readSafetensors } from '../../core/worker/safetensors';
+import { readSafetensors } from '../../core/io/safetensors';
 import { WorkerSupervisor } from '../../core/worker/supervisor';
 import { buildStyleSet, STYLES, type StyleName } from './styles';
 

@@ -11,7 +11,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { concatImages, ConceptLab, type Scored } from '../../core/concept/lab';
-import { readSafetensors, type TensorData } from '../../core/worker/safetensors';
+import { readSafetensors, type TensorData } from '../../core/io/safetensors';
 import { WorkerSupervisor } from '../../core/worker/supervisor';
 
 export interface Pack {

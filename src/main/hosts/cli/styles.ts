@@ -3,7 +3,7 @@
 // Every transform maps a 64×64-ish RGB clipart-on-white image to the same size; all are
 // deterministic (the paper texture is seeded), so `eval:styles:data` is reproducible.
 import sharp, { type Sharp } from 'sharp';
-import { readSafetensors, writeSafetensors } from '../../core/worker/safetensors';
+import { readSafetensors, writeSafetensors } from '../../core/io/safetensors';
 
 export const STYLES = {
   /** Pixel art: 12-px grid, 8-colour palette, hard edges. */
