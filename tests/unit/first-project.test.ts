@@ -5,7 +5,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { GridInput } from '../../src/shared/api';
-import { uploadsDir } from '../../src/main/core/core';
+import { uploadsDir } from '../../src/main/core/paths';
 import { fnv1a64, WordTokenizer } from '../../src/main/core/ort/model';
 import { limitations, sharedRowChance } from '../../src/main/hosts/cli/model-card';
 import { makeCore, solidImage, tempDir, writeTree, type Caller } from './helpers';

@@ -23,8 +23,9 @@ import { MEDIA_KINDS, type MediaKind } from '../../../shared/api';
 import { SERVER_PATHS } from '../../../shared/bridge';
 import { ExpectedError } from '../../../shared/errors';
 import { connect } from '../../core/connection';
-import { uploadsDir, type Core } from '../../core/core';
+import type { Core } from '../../core/core';
 import { formatBytes } from '../../core/files';
+import { uploadsDir } from '../../core/paths';
 
 export const TOKEN_COOKIE = 'shira_token';
 export const MAX_UPLOAD_BYTES = 256 * 1024 * 1024;
@@ -280,7 +281,7 @@ export async function startStudioServer(options: StudioServerOptions): Promise<S
     if (!m) return send(res, 404, 'Not found');
     let parts;
     try {
-      parts = core.adapters.packageParts(Number(m[1]));
+      parts = core.packages.parts(Number(m[1]));
     } catch (error) {
       if (error instanceof ExpectedError && error.type === 'not_found') return send(res, 404, error.message);
       throw error;
