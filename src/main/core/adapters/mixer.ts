@@ -8,15 +8,6 @@ import type { Db } from '../db/database';
 import type { WorkerSupervisor } from '../worker/supervisor';
 import type { AdapterLibrary } from './library';
 
-interface ApplyReply {
-  ms: number;
-  load_ms?: number;
-  cache_hits?: number;
-  cache_misses?: number;
-  layers_reblended?: number;
-  layers_unchanged?: number;
-}
-
 export interface BaseRow {
   id: number;
   name: string;
@@ -100,18 +91,18 @@ export class Mixer {
     const checked = this.resolveBase(entries, this.loaded_?.baseModelId);
     const { base } = await this.ensureBase(checked.id);
     const adapters = entries.map((e) => ({ path: this.library.cacheFile(e.adapterId).path, alpha: e.alpha }));
-    const reply = await this.requireWorker().request<ApplyReply>('apply_mix', { adapters });
+    const reply = await this.requireWorker().request('apply_mix', { adapters });
     this.entries_ = entries.map((e) => ({ ...e }));
     return {
       baseModelId: base.id,
       entries: [...this.entries_],
       switchMs: reply.ms,
-      loadMs: reply.load_ms ?? 0,
+      loadMs: reply.load_ms,
       totalMs: performance.now() - t0,
-      cacheHits: reply.cache_hits ?? 0,
-      cacheMisses: reply.cache_misses ?? 0,
-      layersReblended: reply.layers_reblended ?? 0,
-      layersUnchanged: reply.layers_unchanged ?? 0,
+      cacheHits: reply.cache_hits,
+      cacheMisses: reply.cache_misses,
+      layersReblended: reply.layers_reblended,
+      layersUnchanged: reply.layers_unchanged,
     };
   }
 

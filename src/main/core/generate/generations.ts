@@ -242,7 +242,7 @@ export class Generations {
       try {
         let images: { dtype: string; shape: number[]; data: Uint8Array } | undefined;
         if (engine === 'worker') {
-          await w!.request('sample', { prompt: req.prompt, negative_prompt: req.negativePrompt ?? '', seed, steps, guidance, sampler, batch: 1, out: file });
+          await w!.request('sample', { prompt: req.prompt, negativePrompt: req.negativePrompt ?? '', seed, steps, guidance, sampler, batch: 1, out: file });
           images = readSafetensors(file).tensors.get('images');
         } else {
           const r = await this.ort!.generate({

@@ -17,7 +17,8 @@ import { readAdapterFile } from '../adapters/format';
 import { lossCurve, type AdapterLibrary } from '../adapters/library';
 import { imagesToGridPng } from '../generate/grid';
 import { packDataset } from '../worker/pack';
-import { WorkerError, type WorkerSupervisor } from '../worker/supervisor';
+import type { ArgsOf, WorkerOps } from '../worker/protocol';
+import { WorkerError, WorkerExitError, type WorkerSupervisor } from '../worker/supervisor';
 
 /** Worker deaths tolerated per job before it is marked failed (each one resumes from the checkpoint). */
 export const MAX_ATTEMPTS = 3;
@@ -209,7 +210,7 @@ export class TrainingQueue {
       await w.request('load_model', { path: base.weights_path, identity: base.weights_hash ?? '' });
       const resume = existsSync(checkpoint);
       const trigger = (this.db.prepare('SELECT trigger_word FROM datasets WHERE id = ?').get(row.dataset_id) as { trigger_word: string | null } | undefined)?.trigger_word;
-      const args: Record<string, unknown> = {
+      const args: ArgsOf<WorkerOps, 'train'> = {
         method: config.method,
         data,
         out,
@@ -217,15 +218,15 @@ export class TrainingQueue {
         batch: config.batch,
         lr: config.lr,
         seed: config.seed,
-        values_dtype: config.valuesDtype,
+        valuesDtype: config.valuesDtype,
         checkpoint,
-        checkpoint_every: config.checkpointEvery,
-        progress_every: Math.max(1, Math.min(25, Math.floor((config.steps ?? 1) / 50) || 1)),
+        checkpointEvery: config.checkpointEvery,
+        progressEvery: Math.max(1, Math.min(25, Math.floor((config.steps ?? 1) / 50) || 1)),
         ...(config.method === 'shira' ? { mask: config.mask, density: config.density } : {}),
-        ...(config.method === 'lora' ? (config.rank ? { rank: config.rank, alpha: config.rank } : { match_density: config.matchDensity }) : {}),
-        ...(config.samplePrompts?.length ? { sample_prompts: config.samplePrompts, sample_every: config.sampleEvery, sample_dir: join(dir, 'samples') } : {}),
+        ...(config.method === 'lora' ? (config.rank ? { rank: config.rank, alpha: config.rank } : { matchDensity: config.matchDensity }) : {}),
+        ...(config.samplePrompts?.length ? { samplePrompts: config.samplePrompts, sampleEvery: config.sampleEvery, sampleDir: join(dir, 'samples') } : {}),
         // The packed captions hold the trigger (withTrigger prepends it where missing); the tag holding it never drops.
-        ...(config.tagDropout ? { caption_tag_dropout: config.tagDropout, ...(trigger ? { caption_keep_words: [trigger] } : {}) } : {}),
+        ...(config.tagDropout ? { captionTagDropout: config.tagDropout, ...(trigger ? { captionKeepWords: [trigger] } : {}) } : {}),
         ...(config.flip ? { flip: true } : {}),
         ...(resume ? { resume: checkpoint } : {}),
       };
@@ -234,7 +235,8 @@ export class TrainingQueue {
       const t0 = Date.now();
       // Sample grids are converted while training goes on; the job folder is removed only after.
       const pendingSamples: Promise<void>[] = [];
-      const result = await w.request<Record<string, unknown>>('train', args, (e) => {
+      // Events are checked, not trusted: a malformed line must not throw inside the supervisor's reader.
+      const result = await w.request('train', args, (e) => {
         if (e.event === 'progress' && typeof e.step === 'number' && typeof e.loss === 'number') {
           putLoss.run(id, e.step, e.loss, Date.now() - t0);
           this.db.prepare('UPDATE training_runs SET step = ? WHERE id = ?').run(e.step, id);
@@ -288,7 +290,7 @@ export class TrainingQueue {
     }
     // A worker that died mid-job (crash, kill, out of memory) is restarted by the supervisor; the job
     // goes back to the queue and resumes from its checkpoint, up to MAX_ATTEMPTS times.
-    const crashed = we?.type === 'internal' && /native worker stopped/.test(message);
+    const crashed = error instanceof WorkerExitError;
     const attempts = (this.db.prepare('SELECT attempts FROM training_runs WHERE id = ?').get(id) as { attempts: number }).attempts + 1;
     if (crashed && attempts < MAX_ATTEMPTS) {
       this.db.prepare(`UPDATE training_runs SET status = 'queued', attempts = ?, error = ? WHERE id = ?`).run(attempts, message, id);

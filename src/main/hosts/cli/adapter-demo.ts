@@ -6,18 +6,20 @@ import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import sharp from 'sharp';
 import { readSafetensors, writeSafetensors } from '../../core/io/safetensors';
+import type { ArgsOf, WorkerOps } from '../../core/worker/protocol';
 import { WorkerSupervisor } from '../../core/worker/supervisor';
 import { packImages } from '../../core/worker/pack';
 import { imagesToGrid } from './base-model';
 
 export interface AdapterMethod {
   name: string;
-  args: Record<string, unknown>;
+  /** The method's own train arguments (mask and density, or LoRA's rank or matched density). */
+  args: Omit<ArgsOf<WorkerOps, 'train'>, 'data' | 'out'>;
 }
 
 export const DEMO_METHODS: AdapterMethod[] = [
-  ...(['struct', 'rand', 'wm', 'grad', 'snip'] as const).map((mask) => ({ name: `shira-${mask}`, args: { method: 'shira', mask, density: 0.02 } })),
-  { name: 'lora-matched', args: { method: 'lora', match_density: 0.02 } },
+  ...(['struct', 'rand', 'wm', 'grad', 'snip'] as const).map((mask) => ({ name: `shira-${mask}`, args: { method: 'shira' as const, mask, density: 0.02 } })),
+  { name: 'lora-matched', args: { method: 'lora', matchDensity: 0.02 } },
 ];
 
 /** Writes a packed style set out as a kohya-style folder: PNG files with .txt caption sidecars. */
@@ -97,15 +99,15 @@ export async function runAdapterDemo(o: DemoOptions): Promise<Record<string, unk
     for (const m of o.methods ?? DEMO_METHODS) {
       const adapter = join(o.workDir, `${m.name}.safetensors`);
       const t0 = Date.now();
-      const result = (await worker.request('train', { ...m.args, data: packed, out: adapter, steps: o.steps, lr: o.lr, batch: o.batch, seed: o.seed, progress_every: 50 }, (e) => {
-        if (e.event === 'progress') o.log(`${m.name} step ${e.step}/${e.steps} loss ${Number(e.loss).toFixed(4)}`);
-      })) as Record<string, unknown>;
+      const result = await worker.request('train', { ...m.args, data: packed, out: adapter, steps: o.steps, lr: o.lr, batch: o.batch, seed: o.seed, progressEvery: 50 }, (e) => {
+        if (e.event === 'progress') o.log(`${m.name} step ${e.step}/${e.steps} loss ${e.loss.toFixed(4)}`);
+      });
       const seconds = (Date.now() - t0) / 1000;
-      const mix = (await worker.request('apply_mix', { adapters: [{ path: adapter, alpha: 1 }] })) as Record<string, unknown>;
+      const mix = await worker.request('apply_mix', { adapters: [{ path: adapter, alpha: 1 }] });
       const luma = await sample(m.name);
       await worker.request('clear_mix', {});
       rows.push({ name: m.name, seconds, first_loss: result.first_loss, final_loss: result.final_loss, trainable: result.trainable, apply_ms: mix.ms, mean_luminance: luma });
-      o.log(`${m.name}: ${seconds.toFixed(0)} s, loss ${Number(result.first_loss).toFixed(3)} → ${Number(result.final_loss).toFixed(3)}, mean luminance ${luma.toFixed(1)} (base ${baseLuma.toFixed(1)}, style ${styleLuma.toFixed(1)})`);
+      o.log(`${m.name}: ${seconds.toFixed(0)} s, loss ${result.first_loss.toFixed(3)} → ${result.final_loss.toFixed(3)}, mean luminance ${luma.toFixed(1)} (base ${baseLuma.toFixed(1)}, style ${styleLuma.toFixed(1)})`);
     }
   } finally {
     await worker.close();
