@@ -5,6 +5,7 @@ import { closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, readF
 import { basename, join } from 'node:path';
 import type { AdapterKind, AdapterSummary } from '../../../shared/api';
 import { ExpectedError, badInput, conflict } from '../../../shared/errors';
+import { ALPHA } from '../../../shared/ranges';
 import type { Db } from '../db/database';
 import { describeFileKind, describeFsError, formatBytes } from '../files';
 import type { AdapterFileCache } from './cache';
@@ -203,7 +204,7 @@ function readSidecar(path: string): PackageSidecar | null {
     (s.triggerWords !== undefined && !strings(s.triggerWords)) ||
     (s.tags !== undefined && !strings(s.tags)) ||
     (s.notes !== undefined && (typeof s.notes !== 'string' || s.notes.length > 20_000)) ||
-    (s.preferredWeight !== undefined && (typeof s.preferredWeight !== 'number' || !Number.isFinite(s.preferredWeight) || Math.abs(s.preferredWeight) > 4))
+    (s.preferredWeight !== undefined && (typeof s.preferredWeight !== 'number' || !(s.preferredWeight >= ALPHA.min && s.preferredWeight <= ALPHA.max)))
   ) {
     throw badInput(`${label} is not a Shira Studio package description (format, name, fileSha256, tags, trigger words or weight are missing or wrong).`);
   }

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import type { ConceptReport, ConceptRequest, CoreEvent } from '../../../shared/api';
 import { badInput, unsupported } from '../../../shared/errors';
+import { CONCEPT } from '../../../shared/ranges';
 import type { Db } from '../db/database';
 import type { AdapterLibrary } from '../adapters/library';
 import type { Mixer } from '../adapters/mixer';
@@ -46,11 +47,11 @@ export class ConceptService {
       if (a.datasetId === null) throw badInput(`"${a.name}" has no training images in the library (it was imported), so its style cannot be judged.`);
       if (!this.db.prepare('SELECT 1 FROM datasets WHERE id = ?').get(a.datasetId)) throw badInput(`The training images of "${a.name}" were deleted, so its style cannot be judged.`);
     }
-    const alphas = req.alphas ?? [1];
+    const alphas = req.alphas ?? [CONCEPT.alpha.default];
     const t0 = performance.now();
     const previous = this.mixer.current().entries;
     const runDir = join(this.workDir, `concept-${process.pid}-${Date.now()}`);
-    const lab = new ConceptLab(w, runDir, { steps: req.steps ?? 20, guidance: req.guidance ?? 4 });
+    const lab = new ConceptLab(w, runDir, { steps: req.steps ?? CONCEPT.steps.default, guidance: req.guidance ?? CONCEPT.guidance.default });
     const total = 2 + adapters.length * 2 + alphas.length * adapters.length + (adapters.length * (adapters.length - 1)) / 2;
     let done = 0;
     const step = (phase: string) => this.emit({ type: 'concept.progress', phase, done: ++done, total });

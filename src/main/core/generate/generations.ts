@@ -23,6 +23,7 @@ import {
   type MixEntry,
 } from '../../../shared/api';
 import { badInput, notFound, unsupported } from '../../../shared/errors';
+import { SAMPLING, SEED } from '../../../shared/ranges';
 import type { Db } from '../db/database';
 import type { Mixer } from '../adapters/mixer';
 import type { AdapterLibrary } from '../adapters/library';
@@ -206,11 +207,11 @@ export class Generations {
     const byContent = [...entries]
       .sort((a, b) => a.adapterId - b.adapterId)
       .map((e) => ({ content: adapters.get(e.adapterId)!.content_hash ?? `adapter ${e.adapterId}`, alpha: e.alpha }));
-    const seed0 = req.seed ?? Math.floor(Math.random() * 2 ** 31);
-    const batch = req.batch ?? 1;
-    const steps = req.steps ?? 25;
-    const guidance = req.guidance ?? 5;
-    const sampler = req.sampler ?? 'ddim';
+    const seed0 = req.seed ?? Math.floor(Math.random() * (SEED.max + 1));
+    const batch = req.batch ?? SAMPLING.batch.default;
+    const steps = req.steps ?? SAMPLING.steps.default;
+    const guidance = req.guidance ?? SAMPLING.guidance.default;
+    const sampler = req.sampler ?? SAMPLING.sampler.default;
     mkdirSync(this.tmpDir, { recursive: true });
     const out: Generation[] = [];
     const standalone = req.forGrid ? 0 : 1;

@@ -10,6 +10,7 @@ import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { CoreEvent, JobStatus, TrainingJob, TrainingRequest } from '../../../shared/api';
 import { badInput, conflict, notFound } from '../../../shared/errors';
+import { TRAINING } from '../../../shared/ranges';
 import type { Db } from '../db/database';
 import type { EventBus } from '../events';
 import type { Logger } from '../logger';
@@ -42,8 +43,6 @@ interface RunRow {
   started_at: string | null;
   finished_at: string | null;
 }
-
-const DEFAULTS = { steps: 500, batch: 4, seed: 0, checkpointEvery: 50, valuesDtype: 'f16' as const };
 
 export class TrainingQueue {
   private running_: { id: number; cancel: boolean; done: Promise<void> } | null = null;
@@ -89,14 +88,14 @@ export class TrainingQueue {
     const config: TrainingRequest = {
       ...req,
       baseModelId: base.id,
-      steps: req.steps ?? DEFAULTS.steps,
-      batch: req.batch ?? DEFAULTS.batch,
-      seed: req.seed ?? DEFAULTS.seed,
-      lr: req.lr ?? (req.method === 'shira' ? 1e-3 : 1e-3),
-      checkpointEvery: req.checkpointEvery ?? DEFAULTS.checkpointEvery,
-      valuesDtype: req.valuesDtype ?? DEFAULTS.valuesDtype,
-      ...(req.method === 'shira' ? { mask: req.mask ?? 'struct', density: req.density ?? 0.02 } : {}),
-      ...(req.method === 'lora' && req.rank === undefined ? { matchDensity: req.matchDensity ?? 0.02 } : {}),
+      steps: req.steps ?? TRAINING.steps.default,
+      batch: req.batch ?? TRAINING.batch.default,
+      seed: req.seed ?? TRAINING.seed.default,
+      lr: req.lr ?? TRAINING.lr.default,
+      checkpointEvery: req.checkpointEvery ?? TRAINING.checkpointEvery.default,
+      valuesDtype: req.valuesDtype ?? 'f16',
+      ...(req.method === 'shira' ? { mask: req.mask ?? 'struct', density: req.density ?? TRAINING.density.default } : {}),
+      ...(req.method === 'lora' && req.rank === undefined ? { matchDensity: req.matchDensity ?? TRAINING.density.default } : {}),
     };
     const name = req.name ?? `${dataset.name} · ${req.method === 'shira' ? `SHiRA ${config.mask}` : `LoRA ${config.rank ? `r${config.rank}` : 'matched'}`}`;
     const id = Number(
