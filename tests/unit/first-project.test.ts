@@ -7,7 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { GridInput } from '../../src/shared/api';
 import { uploadsDir } from '../../src/main/core/paths';
 import { fnv1a64, WordTokenizer } from '../../src/main/core/ort/model';
-import { limitations, sharedRowChance } from '../../src/main/hosts/cli/model-card';
+import { limitations, sharedRowChance } from '../../tools/model-card';
 import { makeCore, solidImage, tempDir, writeTree, type Caller } from './helpers';
 
 const ROOT = resolve(__dirname, '../..');

@@ -6,8 +6,8 @@ import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import type { MixEntry, MixResult } from '../../../shared/api';
-import { Core } from '../../core/core';
+import type { MixEntry, MixResult } from '../src/shared/api';
+import { Core } from '../src/main/core/core';
 
 export interface BenchLibraryOptions {
   worker: string;

@@ -2,8 +2,10 @@
 // the built-in model and measuring how much of each style survives when adapters are combined.
 // Every transform maps a 64×64-ish RGB clipart-on-white image to the same size; all are
 // deterministic (the paper texture is seeded), so `eval:styles:data` is reproducible.
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
 import sharp, { type Sharp } from 'sharp';
-import { readSafetensors, writeSafetensors } from '../../core/io/safetensors';
+import { readSafetensors, writeSafetensors } from '../src/main/core/io/safetensors';
 
 export const STYLES = {
   /** Pixel art: 12-px grid, 8-colour palette, hard edges. */
@@ -106,6 +108,7 @@ export async function buildStyleSet(o: StyleSetOptions): Promise<{ images: numbe
     styled.copy(out, k * frame);
     outCaptions.push(`${trigger}, ${captions[i] ?? ''}`.replace(/, $/, ''));
   }
+  mkdirSync(dirname(o.out), { recursive: true });
   writeSafetensors(o.out, [['images', { dtype: 'U8', shape: [picks.length, h, w, 3], data: out }]], {
     format: 'shira-studio.packed-dataset.v1',
     style: o.style,

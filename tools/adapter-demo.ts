@@ -5,10 +5,10 @@
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import sharp from 'sharp';
-import { readSafetensors, writeSafetensors } from '../../core/io/safetensors';
-import type { ArgsOf, WorkerOps } from '../../core/worker/protocol';
-import { WorkerSupervisor } from '../../core/worker/supervisor';
-import { packImages } from '../../core/worker/pack';
+import { readSafetensors, writeSafetensors } from '../src/main/core/io/safetensors';
+import type { ArgsOf, WorkerOps } from '../src/main/core/worker/protocol';
+import { WorkerSupervisor } from '../src/main/core/worker/supervisor';
+import { packImages } from '../src/main/core/worker/pack';
 import { imagesToGrid } from './base-model';
 
 export interface AdapterMethod {
@@ -65,8 +65,8 @@ export async function runAdapterDemo(o: DemoOptions): Promise<Record<string, unk
   mkdirSync(o.workDir, { recursive: true });
   const styleImages: Buffer[] = [];
   const sources = [];
-  const { scanFolder, captionFor } = await import('../../core/datasets/scan');
-  const { processImage } = await import('../../core/datasets/images');
+  const { scanFolder, captionFor } = await import('../src/main/core/datasets/scan');
+  const { processImage } = await import('../src/main/core/datasets/images');
   const { readFile } = await import('node:fs/promises');
   const scan = await scanFolder(o.styleFolder);
   for (const c of scan.candidates) {

@@ -5,12 +5,12 @@
 //   ort_parity    — max abs diff of the two engines' images for the same seed (levels of 255)
 import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { OrtEngine } from '../../core/ort/engine';
-import { DEFAULT_TARGETS, layerMatches, loadModelFile, type Weight } from '../../core/ort/model';
-import { blendDeltas, patchFromPeft, type SparsePatch } from '../../core/ort/patch';
-import { writeDeployment } from '../../core/ort/service';
-import { readSafetensors } from '../../core/io/safetensors';
-import { WorkerSupervisor } from '../../core/worker/supervisor';
+import { OrtEngine } from '../src/main/core/ort/engine';
+import { DEFAULT_TARGETS, layerMatches, loadModelFile, type Weight } from '../src/main/core/ort/model';
+import { blendDeltas, patchFromPeft, type SparsePatch } from '../src/main/core/ort/patch';
+import { writeDeployment } from '../src/main/core/ort/service';
+import { readSafetensors } from '../src/main/core/io/safetensors';
+import { WorkerSupervisor } from '../src/main/core/worker/supervisor';
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const round = (x: number) => Math.round(x * 100) / 100;

@@ -2,9 +2,9 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { afterEach, describe, expect, it } from 'vitest';
-import { authorAliases, buildClipartDataset, cleanCaption, titleWords } from '../../src/main/hosts/cli/clipart';
+import { authorAliases, buildClipartDataset, cleanCaption, titleWords } from '../../tools/clipart';
 import { readSafetensors } from '../../src/main/core/io/safetensors';
-import { tempDir, writeTree } from './helpers';
+import { tempDir, writeTree } from '../unit/helpers';
 
 const cleanups: (() => void | Promise<void>)[] = [];
 afterEach(async () => {

@@ -10,9 +10,9 @@
 // Everything runs through the worker's JSON protocol; JSON rows on stdout, a table in docs/concept-loss.md.
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { ConceptLab, CONTENT_PROMPTS, drift, mean, std, styleScore, UNRELATED_PROMPTS, type Scored } from '../../core/concept/lab';
-import { readSafetensors } from '../../core/io/safetensors';
-import { WorkerSupervisor } from '../../core/worker/supervisor';
+import { ConceptLab, CONTENT_PROMPTS, drift, mean, std, styleScore, UNRELATED_PROMPTS, type Scored } from '../src/main/core/concept/lab';
+import { readSafetensors } from '../src/main/core/io/safetensors';
+import { WorkerSupervisor } from '../src/main/core/worker/supervisor';
 import { buildStyleSet, STYLES, type StyleName } from './styles';
 
 export const CONCEPT_METHODS = {
