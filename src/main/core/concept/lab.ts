@@ -1,4 +1,4 @@
-// Measuring styles with the worker's judge (native/src/concept.h): sample → score → style score,
+// Measuring styles with the worker's judge (its judge_train / judge_score ops): sample → score → style score,
 // drift and weight-space overlap. Shared by the `eval:concept` protocol and the app's Compare view.
 // Images travel as safetensors files in `workDir`, never as JSON.
 import { mkdirSync } from 'node:fs';

@@ -1,7 +1,8 @@
 // The portable inference engine: the base model exported to ONNX, run by onnxruntime-node in a worker_thread, with
 // SHiRA mixes applied in place on the weight inputs (paper §3.2: a fused sparse adapter changes only the weights,
 // never the engine). Same samplers and the same arithmetic for a mix as the native worker (tests/unit/ort.test.ts
-// measures how close).
+// measures how close): applyMix and clear mirror native mix_apply / mix_clear through patch.ts, sample mirrors the
+// worker's `sample` op (sample_images) through sampler.ts, the graphs come from export.ts.
 //
 // Memory: the main thread keeps W0 of the targeted weights (to restore from and to add to); the thread keeps the live
 // copies it feeds. Everything else lives only inside the ORT sessions.

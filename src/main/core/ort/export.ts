@@ -1,4 +1,9 @@
-// ONNX export of the model family (native/src/model.cpp): the word-level text encoder and the UNet as two graphs.
+// ONNX export of the built-in model family: the word-level text encoder and the UNet as two graphs.
+//
+// A copy kept on purpose (ONNX deployment): each graph spells out the native model's forward pass op for op —
+// the text encoder of word_text_encoder_init (model/text_encoder), unet_forward with its timestep_embedding
+// (model/unet), attention (model/attention.h) and the adapted Layer (model/layer). A change to the native model is
+// made here too; tests/unit/ort.test.ts compares the exported graphs' outputs with the worker's `forward` op.
 //
 // SHiRA-targeted weights (layers matching `targets`, by default the worker's kDefaultTargets) are graph INPUTS named
 // by their parameter name ("unet.mid_block.attentions.0.proj_in.weight") in the worker's layout ([out, in] for Linear,
@@ -136,6 +141,7 @@ class ModelGraph {
   }
 }
 
+/** Mirrors the native word text encoder's forward (model/text_encoder). */
 function exportTextEncoder(config: ModelConfig, weights: Map<string, Weight>, targets: readonly string[]): ExportedGraph {
   const t = config.text;
   const m = new ModelGraph('text_encoder', weights, targets);
@@ -163,7 +169,7 @@ function exportTextEncoder(config: ModelConfig, weights: Map<string, Weight>, ta
   return { bytes: g.encode(`shira-studio text encoder of ${config.name}`), weightInputs: m.weightInputs };
 }
 
-/** Sinusoidal frequencies exp(−ln(10⁴)·i/half) rounded as libtorch computes them in fp32 (timestep_embedding). */
+/** Sinusoidal frequencies exp(−ln(10⁴)·i/half) rounded as libtorch computes them in fp32. Mirrors native timestep_embedding. */
 function timestepFreqs(half: number): Float32Array {
   const f = Math.fround;
   const out = new Float32Array(half);
@@ -172,6 +178,7 @@ function timestepFreqs(half: number): Float32Array {
   return out;
 }
 
+/** Mirrors native unet_forward (model/unet). */
 function exportUNet(config: ModelConfig, weights: Map<string, Weight>, targets: readonly string[]): ExportedGraph {
   const u = config.unet;
   const m = new ModelGraph('unet', weights, targets);
