@@ -7,7 +7,7 @@
 // Screenshots of every view go to tests/artifacts/ (and, with SHIRA_E2E_SCREENSHOTS=docs, to docs/screenshots/).
 // Needs `npx electron-vite build` and native/build/shira-worker.
 import { existsSync } from 'node:fs';
-import { copyFile, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import Database from 'better-sqlite3';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';

@@ -138,7 +138,7 @@ describe.runIf(runnable)('ORT engine vs the native worker (clipart-64)', () => {
   let engine: OrtEngine;
   let worker: WorkerSupervisor;
   let dir: { path: string; cleanup: () => void };
-  let patches: SparsePatch[] = [];
+  const patches: SparsePatch[] = [];
   const prompts = ['bird, birds, animals', ''];
   const x = new Float32Array(2 * 3 * 64 * 64).map((_, i) => Math.sin(i * 0.37));
   const t = [10, 700];

@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { AdapterSummary, ConceptReport, WordCheck, WordInfo } from '../../../src/shared/api';
+import type { ConceptReport, WordCheck, WordInfo } from '../../../src/shared/api';
 import { filterAdapters, tagsOf } from '../../../src/renderer/src/lib/adapters';
 import { chartGeometry, smooth, thin } from '../../../src/renderer/src/lib/chart';
 import { editCaption, previewPrompts, splitTags, tagFrequency, withTriggerWords } from '../../../src/renderer/src/lib/captions';

@@ -188,7 +188,6 @@ function exportUNet(config: ModelConfig, weights: Map<string, Weight>, targets: 
   const ch = u.blockOutChannels;
   const G = u.normNumGroups;
   const heads = u.attentionHeads;
-  const temb = 4 * ch[0]!;
   const L = config.text.maxLength;
   const D = config.text.width;
   const P = 'unet.';

@@ -63,7 +63,7 @@ export function layerMatches(name: string, patterns: readonly string[]): boolean
       try {
         re = new RegExp(p.slice(3));
       } catch (error) {
-        throw new Error(`bad target pattern '${p}': ${(error as Error).message}`);
+        throw new Error(`bad target pattern '${p}': ${(error as Error).message}`, { cause: error });
       }
       if (re.test(name)) return true;
     } else if (name === p || (name.length > p.length && name.endsWith(p) && name[name.length - p.length - 1] === '.')) {
@@ -167,7 +167,7 @@ export function loadModelFile(path: string): LoadedModel {
   try {
     json = JSON.parse(raw);
   } catch (error) {
-    throw new Error(`model '${path}': config is not JSON (${(error as Error).message})`);
+    throw new Error(`model '${path}': config is not JSON (${(error as Error).message})`, { cause: error });
   }
   const config = parseModelConfig(json);
   const weights = new Map<string, Weight>();

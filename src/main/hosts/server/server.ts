@@ -134,6 +134,7 @@ export function checkUploadPath(raw: string | null): string[] {
   const shownPath = raw === null ? '' : JSON.stringify(raw.length > 80 ? `${raw.slice(0, 80)}…` : raw);
   const bad = (why: string) => new Refusal(400, `Upload path ${shownPath} ${why}.`);
   if (raw === null || raw === '') throw new Refusal(400, 'Upload path missing: add ?path=<the file’s relative path>.');
+  // eslint-disable-next-line no-control-regex -- control characters are exactly what this refuses
   if (/[\x00-\x1f\x7f]/.test(raw)) throw bad('contains NUL or control characters');
   if (Buffer.byteLength(raw) > MAX_UPLOAD_PATH_BYTES) throw bad(`is longer than ${MAX_UPLOAD_PATH_BYTES} bytes`);
   if (/^[/\\]/.test(raw) || /^[A-Za-z]:/.test(raw)) throw bad('is absolute; send the path relative to the folder you picked');
