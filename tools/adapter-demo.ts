@@ -31,7 +31,9 @@ export async function unpackToFolder(pack: string, folder: string): Promise<numb
   mkdirSync(folder, { recursive: true });
   for (let i = 0; i < n; i++) {
     const name = `img_${String(i).padStart(3, '0')}`;
-    await sharp(Buffer.from(t.data.subarray(i * h * w * 3, (i + 1) * h * w * 3)), { raw: { width: w, height: h, channels: 3 } }).png().toFile(join(folder, `${name}.png`));
+    await sharp(Buffer.from(t.data.subarray(i * h * w * 3, (i + 1) * h * w * 3)), { raw: { width: w, height: h, channels: 3 } })
+      .png()
+      .toFile(join(folder, `${name}.png`));
     writeFileSync(join(folder, `${name}.txt`), captions[i] ?? '');
   }
   return n;
@@ -107,7 +109,9 @@ export async function runAdapterDemo(o: DemoOptions): Promise<Record<string, unk
       const luma = await sample(m.name);
       await worker.request('clear_mix', {});
       rows.push({ name: m.name, seconds, first_loss: result.first_loss, final_loss: result.final_loss, trainable: result.trainable, apply_ms: mix.ms, mean_luminance: luma });
-      o.log(`${m.name}: ${seconds.toFixed(0)} s, loss ${result.first_loss.toFixed(3)} → ${result.final_loss.toFixed(3)}, mean luminance ${luma.toFixed(1)} (base ${baseLuma.toFixed(1)}, style ${styleLuma.toFixed(1)})`);
+      o.log(
+        `${m.name}: ${seconds.toFixed(0)} s, loss ${result.first_loss.toFixed(3)} → ${result.final_loss.toFixed(3)}, mean luminance ${luma.toFixed(1)} (base ${baseLuma.toFixed(1)}, style ${styleLuma.toFixed(1)})`,
+      );
     }
   } finally {
     await worker.close();

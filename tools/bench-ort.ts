@@ -29,7 +29,15 @@ export function syntheticPatch(weights: Map<string, Weight>, seed: number, every
   return { tensors, metadata: {} };
 }
 
-export async function benchOrt(o: { worker: string; model: string; threads: number; reps: number; steps: number; emit: (row: Record<string, unknown>) => void; log: (line: string) => void }): Promise<void> {
+export async function benchOrt(o: {
+  worker: string;
+  model: string;
+  threads: number;
+  reps: number;
+  steps: number;
+  emit: (row: Record<string, unknown>) => void;
+  log: (line: string) => void;
+}): Promise<void> {
   const { config, weights } = loadModelFile(o.model);
   const engine = await OrtEngine.fromWeights(config, weights, { threads: o.threads });
   const worker = new WorkerSupervisor({ binary: o.worker, threads: o.threads });
@@ -75,7 +83,16 @@ export async function benchOrt(o: { worker: string; model: string; threads: numb
       inPlace.push(t.ms);
       scatter.push(t.scatterMs);
     }
-    o.emit({ name: 'ort_switch', method: 'in_place_patch', model: config.name, tensors: patches[0]!.tensors.size, values, reps: inPlace.length, ms_median: round(median(inPlace)), scatter_ms_median: round(median(scatter)) });
+    o.emit({
+      name: 'ort_switch',
+      method: 'in_place_patch',
+      model: config.name,
+      tensors: patches[0]!.tensors.size,
+      values,
+      reps: inPlace.length,
+      ms_median: round(median(inPlace)),
+      scatter_ms_median: round(median(scatter)),
+    });
     // --- switching by rebuilding: fuse into a copy of the weights, export with no weight inputs, create sessions
     const rebuild: number[] = [];
     for (let r = 0; r < o.reps; r++) {
@@ -110,7 +127,10 @@ export async function ortExport(o: { worker: string; model: string; out: string;
       mkdirSync(peft, { recursive: true });
       await worker!.request('load_model', { path: o.model });
       await worker!.request('adapter_export', { path: file, out: peft, format: 'peft' });
-      patches.set(name, patchFromPeft(peft, (p) => engine.weightShape(p), { source: file }));
+      patches.set(
+        name,
+        patchFromPeft(peft, (p) => engine.weightShape(p), { source: file }),
+      );
       o.log(`adapter ${name}: ${[...patches.get(name)!.tensors.values()].reduce((a, t) => a + t.indices.length, 0)} values`);
     }
     const raw = readSafetensors(o.model).metadata.config!;

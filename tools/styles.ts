@@ -25,7 +25,7 @@ const rawOf = (r: Raw) => ({ raw: { width: r.width, height: r.height, channels: 
 
 function lcg(seed: number): () => number {
   let s = seed >>> 0 || 1;
-  return () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+  return () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
 }
 
 async function finish(img: Sharp, r: Raw): Promise<Buffer> {
@@ -36,7 +36,10 @@ export async function applyStyle(style: StyleName, r: Raw, seed = 0): Promise<Bu
   const src = () => sharp(r.data, rawOf(r));
   switch (style) {
     case 'pixel': {
-      const small = await src().resize(Math.round(r.width / 5), Math.round(r.height / 5), { kernel: 'nearest' }).png({ palette: true, colours: 8, dither: 0 }).toBuffer();
+      const small = await src()
+        .resize(Math.round(r.width / 5), Math.round(r.height / 5), { kernel: 'nearest' })
+        .png({ palette: true, colours: 8, dither: 0 })
+        .toBuffer();
       return finish(sharp(small).resize(r.width, r.height, { kernel: 'nearest' }), r);
     }
     case 'ink': {

@@ -546,9 +546,7 @@ export const api = {
       pixelArt: v.optional(v.boolean()),
     }),
   ),
-  'datasets.setCaption': method<Schema<{ imageId: number; caption: string }>, DatasetImage>(
-    v.object({ imageId: id, caption: v.string({ max: MAX_CAPTION_CHARS }) }),
-  ),
+  'datasets.setCaption': method<Schema<{ imageId: number; caption: string }>, DatasetImage>(v.object({ imageId: id, caption: v.string({ max: MAX_CAPTION_CHARS }) })),
   'datasets.removeImage': method<Schema<{ imageId: number }>, { removed: boolean }>(v.object({ imageId: id })),
   'datasets.delete': method<Schema<{ id: number }>, { deleted: boolean }>(v.object({ id })),
   'adapters.list': method<Schema<{ query?: string; kind?: AdapterKind; baseModelId?: number; tag?: string; sort?: 'recent' | 'name' | 'size' }>, AdapterSummary[]>(
@@ -583,9 +581,7 @@ export const api = {
     v.object({ path: v.string({ min: 1, max: 4096 }), name: v.optional(v.string({ min: 1, max: 200, trim: true })), baseModelId: v.optional(id) }),
   ),
   /** Fuses W0 + Σ αᵢ·Sᵢ into the worker's base model; an empty list restores W0. */
-  'mix.apply': method<Schema<{ entries?: MixEntry[]; mixId?: number }>, MixResult>(
-    v.object({ entries: v.optional(mixEntries(0)), mixId: v.optional(id) }),
-  ),
+  'mix.apply': method<Schema<{ entries?: MixEntry[]; mixId?: number }>, MixResult>(v.object({ entries: v.optional(mixEntries(0)), mixId: v.optional(id) })),
   'mix.current': method<Schema<Record<string, never>>, { baseModelId: number | null; entries: MixEntry[] }>(v.empty()),
   'mixes.list': method<Schema<Record<string, never>>, SavedMix[]>(v.empty()),
   'mixes.save': method<Schema<{ id?: number; name: string; entries: MixEntry[] }>, SavedMix>(
@@ -618,14 +614,12 @@ export const api = {
       flip: v.optional(v.boolean()),
     }) as Schema<TrainingRequest>,
   ),
-  'training.list': method<Schema<{ status?: JobStatus }>, TrainingJob[]>(
-    v.object({ status: v.optional(v.enum(['queued', 'running', 'completed', 'failed', 'cancelled'] as const)) }),
-  ),
+  'training.list': method<Schema<{ status?: JobStatus }>, TrainingJob[]>(v.object({ status: v.optional(v.enum(['queued', 'running', 'completed', 'failed', 'cancelled'] as const)) })),
   'training.get': method<Schema<{ id: number }>, TrainingJob>(v.object({ id })),
   'training.cancel': method<Schema<{ id: number }>, TrainingJob>(v.object({ id })),
   /** Preview grids so far (ids for `/media/training-sample/<id>`), oldest first. */
   'training.samples': method<Schema<{ id: number }>, { id: number; step: number }[]>(v.object({ id })),
-  'generate': method<Schema<GenerateRequest>, Generation[]>(
+  generate: method<Schema<GenerateRequest>, Generation[]>(
     v.object({
       prompt: v.string({ max: 1000 }),
       negativePrompt: v.optional(v.string({ max: 1000 })),

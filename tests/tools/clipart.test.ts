@@ -59,7 +59,14 @@ describe('clipart dataset pipeline', () => {
     files['food/broken.png'] = Buffer.from('not a png');
     writeTree(root.path, files);
     const authorsFile = join(out.path, 'authors.tsv');
-    writeTree(out.path, { 'authors.tsv': '# header\n' + Object.keys(files).filter((f) => f.startsWith('animals')).map((f) => `${f.split('/')[1]!.replace('.png', '')}\tBob Smith`).join('\n') });
+    writeTree(out.path, {
+      'authors.tsv':
+        '# header\n' +
+        Object.keys(files)
+          .filter((f) => f.startsWith('animals'))
+          .map((f) => `${f.split('/')[1]!.replace('.png', '')}\tBob Smith`)
+          .join('\n'),
+    });
     const summary = await buildClipartDataset({ root: root.path, authorsFile, resolution: 32, outDir: join(out.path, 'ds') });
     expect(summary).toMatchObject({ files: 17, unreadable: 1, duplicates: 1, kept: 15 });
     const manifest = JSON.parse(readFileSync(join(out.path, 'ds', 'manifest.json'), 'utf8')) as { items: { path: string; caption: string; split: string; category: string }[] };

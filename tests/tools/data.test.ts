@@ -46,9 +46,7 @@ describe('tool data on first use', () => {
   it('names what to install and run when it cannot build, and never builds into a folder the user named', async () => {
     const dataDir = join(temp('shira-clipart-'), 'clipart-64');
     const log = () => {};
-    await expect(ensureClipart({ dataDir, resolution: 64, root: '/nonexistent/openclipart', log })).rejects.toThrow(
-      /apt-get install openclipart-png\), then run `npm run data:clipart`/,
-    );
+    await expect(ensureClipart({ dataDir, resolution: 64, root: '/nonexistent/openclipart', log })).rejects.toThrow(/apt-get install openclipart-png\), then run `npm run data:clipart`/);
     await expect(ensureClipart({ dataDir, resolution: 64, explicit: true, log })).rejects.toThrow(`npm run data:clipart -- --out-dir ${dataDir}`);
   });
 

@@ -134,12 +134,26 @@ describe('bulk caption edits and run history', () => {
     const one = await call('datasets.get', { id: (await call('datasets.import', { source: { kind: 'folder', path: join(folder, 'one') } })).datasetId! });
     const two = await call('datasets.get', { id: (await call('datasets.import', { source: { kind: 'folder', path: join(folder, 'two') } })).datasetId! });
     const [a, b] = one.images;
-    const edited = await call('datasets.setCaptions', { datasetId: one.id, captions: [{ imageId: a!.id, caption: ' neonfx, a ring ' }, { imageId: b!.id, caption: 'neonfx, a box' }] });
+    const edited = await call('datasets.setCaptions', {
+      datasetId: one.id,
+      captions: [
+        { imageId: a!.id, caption: ' neonfx, a ring ' },
+        { imageId: b!.id, caption: 'neonfx, a box' },
+      ],
+    });
     expect(edited.images.map((i) => [i.caption, i.captionSource])).toEqual([
       ['neonfx, a ring', 'user'],
       ['neonfx, a box', 'user'],
     ]);
-    await expect(call('datasets.setCaptions', { datasetId: one.id, captions: [{ imageId: a!.id, caption: 'x' }, { imageId: two.images[0]!.id, caption: 'y' }] })).rejects.toMatchObject({
+    await expect(
+      call('datasets.setCaptions', {
+        datasetId: one.id,
+        captions: [
+          { imageId: a!.id, caption: 'x' },
+          { imageId: two.images[0]!.id, caption: 'y' },
+        ],
+      }),
+    ).rejects.toMatchObject({
       type: 'bad_input',
       message: expect.stringMatching(/not in this dataset.*nothing was changed/),
     });

@@ -53,7 +53,10 @@ function closure(entries: string[]): Map<string, string[]> {
     const file = stack.pop()!;
     if (seen.has(file)) continue;
     const specs = importsOf(file);
-    seen.set(file, specs.filter((s) => !s.startsWith('.')));
+    seen.set(
+      file,
+      specs.filter((s) => !s.startsWith('.')),
+    );
     for (const s of specs) {
       const local = resolveLocal(file, s);
       if (local) stack.push(local);

@@ -111,7 +111,14 @@ describe('safetensors and packed datasets', () => {
     cleanups.push(dir.cleanup);
     const file = join(dir.path, 'x.safetensors');
     const f32 = new Float32Array([1.5, -2, 3.25, 0]);
-    writeSafetensors(file, [['w', { dtype: 'F32', shape: [2, 2], data: new Uint8Array(f32.buffer) }], ['idx', { dtype: 'I32', shape: [1], data: new Uint8Array(new Int32Array([7]).buffer) }]], { a: 'b' });
+    writeSafetensors(
+      file,
+      [
+        ['w', { dtype: 'F32', shape: [2, 2], data: new Uint8Array(f32.buffer) }],
+        ['idx', { dtype: 'I32', shape: [1], data: new Uint8Array(new Int32Array([7]).buffer) }],
+      ],
+      { a: 'b' },
+    );
     const raw = readFileSync(file);
     expect(Number(raw.readBigUInt64LE()) % 8).toBe(0);
     const back = readSafetensors(file);
@@ -135,8 +142,12 @@ describe('safetensors and packed datasets', () => {
     const dir = tempDir();
     cleanups.push(dir.cleanup);
     const file = join(dir.path, 'packed.safetensors');
-    const wide = await sharp({ create: { width: 40, height: 20, channels: 4, background: { r: 255, g: 0, b: 0, alpha: 1 } } }).png().toBuffer();
-    const clear = await sharp({ create: { width: 16, height: 16, channels: 4, background: { r: 0, g: 0, b: 0, alpha: 0 } } }).png().toBuffer();
+    const wide = await sharp({ create: { width: 40, height: 20, channels: 4, background: { r: 255, g: 0, b: 0, alpha: 1 } } })
+      .png()
+      .toBuffer();
+    const clear = await sharp({ create: { width: 16, height: 16, channels: 4, background: { r: 0, g: 0, b: 0, alpha: 0 } } })
+      .png()
+      .toBuffer();
     const result = await packImages(
       [
         { caption: 'a red bar', repeats: 3, image: wide },

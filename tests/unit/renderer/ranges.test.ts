@@ -73,7 +73,7 @@ describe('ranges: renderer and API agree', () => {
 
   it('Compare sends what the API takes: α values over the whole range, and a measurement at 200 steps', async () => {
     const core = checkingApi({
-      'generate': (r: GenerateRequest) => [generation(1, { seed: r.seed!, mix: r.mix! })],
+      generate: (r: GenerateRequest) => [generation(1, { seed: r.seed!, mix: r.mix! })],
       'grids.save': () => ({ id: 1 }),
       'concept.latest': () => null,
       'concept.evaluate': () => ({ adapterIds: [1], alphas: [], singles: [], fused: [] }),
@@ -111,7 +111,12 @@ describe('ranges: renderer and API agree', () => {
     } as const;
     for (const [field, [lo, hi]] of Object.entries(edges)) {
       const step = Number.isInteger(lo) ? 1 : lo / 2 || 1e-9;
-      for (const [value, ok] of [[lo, true], [hi, true], [lo - step, false], [hi + step, false]] as const) {
+      for (const [value, ok] of [
+        [lo, true],
+        [hi, true],
+        [lo - step, false],
+        [hi + step, false],
+      ] as const) {
         const before = training[field];
         training[field] = value;
         const asked = core.calls.length;

@@ -408,7 +408,10 @@ describe('GalleryState', () => {
       generations: cells,
     };
     const { generations, ...summary } = grid;
-    const entries: GalleryEntry[] = [{ type: 'grid', ...summary }, { type: 'image', ...generation(5) }];
+    const entries: GalleryEntry[] = [
+      { type: 'grid', ...summary },
+      { type: 'image', ...generation(5) },
+    ];
     const api = fakeApi({
       'gallery.list': (): GalleryPage => ({ total: 2, items: entries }),
       'grids.get': () => grid,

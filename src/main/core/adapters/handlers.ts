@@ -51,7 +51,9 @@ export function adapterHandlers(d: AdapterDomain): HandlersOf<'adapters'> {
       // A studio-server client is not the server machine's user: it gets downloads
       // (/download/adapter/…), or the data folder's exports, never a path of its choosing.
       if (dir !== undefined && d.host === 'server') {
-        throw badInput(`The studio server does not write exports to folders a client names; leave out "dir" to export into ${exportsDir(d.dataDir)}, or download the adapter from the browser.`, { path: 'dir' });
+        throw badInput(`The studio server does not write exports to folders a client names; leave out "dir" to export into ${exportsDir(d.dataDir)}, or download the adapter from the browser.`, {
+          path: 'dir',
+        });
       }
       return d.packages.export(id, dir ?? exportsDir(d.dataDir));
     },

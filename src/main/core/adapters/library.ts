@@ -98,7 +98,9 @@ export class AdapterLibrary {
 
   detail(id: number): AdapterDetail {
     const summary = this.summary(id);
-    const tensors = this.db.prepare('SELECT name, shape_json, encoding, meta_json, length(values_blob) + coalesce(length(index_blob), 0) AS bytes FROM adapter_tensors WHERE adapter_id = ? ORDER BY name').all(id) as {
+    const tensors = this.db
+      .prepare('SELECT name, shape_json, encoding, meta_json, length(values_blob) + coalesce(length(index_blob), 0) AS bytes FROM adapter_tensors WHERE adapter_id = ? ORDER BY name')
+      .all(id) as {
       name: string;
       shape_json: string;
       encoding: string;
@@ -106,8 +108,7 @@ export class AdapterLibrary {
       bytes: number;
     }[];
     const run = this.db.prepare('SELECT * FROM training_runs WHERE adapter_id = ? ORDER BY id DESC LIMIT 1').get(id) as
-      | { id: number; config_json: string; device: string | null; started_at: string | null; finished_at: string | null; result_json: string | null; steps: number }
-      | undefined;
+      { id: number; config_json: string; device: string | null; started_at: string | null; finished_at: string | null; result_json: string | null; steps: number } | undefined;
     const loss = run ? lossCurve(this.db, run.id, 400) : [];
     return {
       ...summary,
@@ -139,9 +140,7 @@ export class AdapterLibrary {
 
   /** The adapter's tensors as stored, ready to write as a file. */
   content(id: number): AdapterContent {
-    const a = this.db.prepare('SELECT kind, method_json, base_identity FROM adapters WHERE id = ?').get(id) as
-      | { kind: AdapterKind; method_json: string; base_identity: string | null }
-      | undefined;
+    const a = this.db.prepare('SELECT kind, method_json, base_identity FROM adapters WHERE id = ?').get(id) as { kind: AdapterKind; method_json: string; base_identity: string | null } | undefined;
     if (!a) throw notFound(`Adapter ${id} does not exist.`);
     const rows = this.db.prepare('SELECT name, shape_json, mask_kind, encoding, meta_json, values_blob, index_blob FROM adapter_tensors WHERE adapter_id = ? ORDER BY name').all(id) as {
       name: string;
@@ -186,11 +185,22 @@ export class AdapterLibrary {
             `INSERT INTO adapters (name, kind, method_json, base_model_id, base_identity, dataset_id, trigger_words, preferred_weight, notes, content_hash, file_sha256, trainable)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
           )
-          .run(o.name, stamped.kind, stamped.methodJson, o.baseModelId, stamped.baseIdentity || null, o.datasetId ?? null, JSON.stringify(o.triggerWords ?? []), o.preferredWeight ?? 1, o.notes ?? '', hash, sha256, trainable).lastInsertRowid,
+          .run(
+            o.name,
+            stamped.kind,
+            stamped.methodJson,
+            o.baseModelId,
+            stamped.baseIdentity || null,
+            o.datasetId ?? null,
+            JSON.stringify(o.triggerWords ?? []),
+            o.preferredWeight ?? 1,
+            o.notes ?? '',
+            hash,
+            sha256,
+            trainable,
+          ).lastInsertRowid,
       );
-      const put = this.db.prepare(
-        'INSERT INTO adapter_tensors (adapter_id, name, shape_json, mask_kind, encoding, meta_json, values_blob, index_blob) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
-      );
+      const put = this.db.prepare('INSERT INTO adapter_tensors (adapter_id, name, shape_json, mask_kind, encoding, meta_json, values_blob, index_blob) VALUES (?, ?, ?, ?, ?, ?, ?, ?)');
       for (const t of stamped.tensors) put.run(id, t.name, JSON.stringify(t.shape), t.maskKind, t.encoding, JSON.stringify(t.meta), t.values, t.index);
       this.setTags(id, o.tags ?? []);
       beforeCommit?.(id);
@@ -292,7 +302,6 @@ export class AdapterLibrary {
     const put = this.db.prepare('INSERT INTO adapter_tags (adapter_id, tag) VALUES (?, ?)');
     for (const t of dedupe(tags)) put.run(id, t);
   }
-
 }
 
 function toSummary(r: AdapterRow): AdapterSummary {

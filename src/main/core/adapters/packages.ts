@@ -95,10 +95,7 @@ export class AdapterPackages {
    * every layer against the base model's shapes, the sidecar's hash against the file, then an
    * optional deep check (`verify`, the worker decoding every index), then one transaction.
    */
-  async import(
-    path: string,
-    o: { name?: string; baseModelId?: number; convert?: (src: string) => Promise<string>; verify?: (canonicalFile: string) => Promise<void> },
-  ): Promise<AdapterSummary> {
+  async import(path: string, o: { name?: string; baseModelId?: number; convert?: (src: string) => Promise<string>; verify?: (canonicalFile: string) => Promise<void> }): Promise<AdapterSummary> {
     const label = basename(path);
     if (!/\.safetensors$/i.test(path)) throw badInput(`${label}: choose the .safetensors file of the package.`);
     if (!existsSync(path)) throw badInput(`${label}: the file does not exist.`);

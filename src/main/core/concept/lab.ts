@@ -22,7 +22,6 @@ export interface Scored {
   f: number;
 }
 
-
 export const mean = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
 export const std = (xs: readonly number[]) => {
   const m = mean(xs);
@@ -65,10 +64,14 @@ export class ConceptLab {
     const all = concatImages(perClass);
     const labels = perClass.flatMap((t, c) => Array<bigint>(t.shape[0]!).fill(BigInt(c)));
     const data = this.file('judge-data');
-    writeSafetensors(data, [
-      ['images', all],
-      ['labels', { dtype: 'I64', shape: [labels.length], data: new Uint8Array(BigInt64Array.from(labels).buffer) }],
-    ], { classes: JSON.stringify(classes) });
+    writeSafetensors(
+      data,
+      [
+        ['images', all],
+        ['labels', { dtype: 'I64', shape: [labels.length], data: new Uint8Array(BigInt64Array.from(labels).buffer) }],
+      ],
+      { classes: JSON.stringify(classes) },
+    );
     return this.worker.request('judge_train', { data, out, steps: o.steps ?? 400, seed: o.seed ?? 0, heldoutFraction: o.heldoutFraction ?? 0.2 });
   }
 

@@ -32,8 +32,7 @@ export class ConceptService {
   latest(adapterIds: number[]): ConceptReport | null {
     const key = JSON.stringify([...new Set(adapterIds)].sort((a, b) => a - b));
     const row = this.db.prepare('SELECT id, result_json, created_at FROM concept_results WHERE adapter_ids = ? ORDER BY id DESC LIMIT 1').get(key) as
-      | { id: number; result_json: string; created_at: string }
-      | undefined;
+      { id: number; result_json: string; created_at: string } | undefined;
     return row ? { ...(JSON.parse(row.result_json) as Omit<ConceptReport, 'id' | 'createdAt'>), id: row.id, createdAt: row.created_at } : null;
   }
 
@@ -131,9 +130,9 @@ export class ConceptService {
 
   /** A dataset's stored images, centre-cropped to the model's size: U8 [n, size, size, 3]. */
   private async datasetImages(datasetId: number, size: number): Promise<TensorData> {
-    const rows = this.db
-      .prepare('SELECT d.normalized FROM dataset_images i JOIN dataset_image_data d ON d.image_id = i.id WHERE i.dataset_id = ? ORDER BY i.id LIMIT 200')
-      .all(datasetId) as { normalized: Buffer }[];
+    const rows = this.db.prepare('SELECT d.normalized FROM dataset_images i JOIN dataset_image_data d ON d.image_id = i.id WHERE i.dataset_id = ? ORDER BY i.id LIMIT 200').all(datasetId) as {
+      normalized: Buffer;
+    }[];
     if (rows.length < 2) throw badInput('A style needs at least 2 training images to be judged.');
     const parts: Buffer[] = [];
     for (const r of rows) parts.push(await sharp(r.normalized).resize(size, size, { fit: 'cover' }).removeAlpha().raw().toBuffer());

@@ -118,7 +118,9 @@ export function recipeKey(r: {
   guidance: number;
   engine: EngineName;
 }): string {
-  return createHash('sha256').update(JSON.stringify([r.base, r.mix.map((m) => [m.content, m.alpha]), r.prompt, r.negativePrompt, r.seed, r.sampler, r.steps, r.guidance, r.engine])).digest('hex');
+  return createHash('sha256')
+    .update(JSON.stringify([r.base, r.mix.map((m) => [m.content, m.alpha]), r.prompt, r.negativePrompt, r.seed, r.sampler, r.steps, r.guidance, r.engine]))
+    .digest('hex');
 }
 
 export class Generations {
@@ -204,9 +206,7 @@ export class Generations {
       const a = adapters.get(e.adapterId)!;
       return { ...e, name: a.name, autoV2: a.file_sha256 ? a.file_sha256.slice(0, 10).toUpperCase() : null };
     });
-    const byContent = [...entries]
-      .sort((a, b) => a.adapterId - b.adapterId)
-      .map((e) => ({ content: adapters.get(e.adapterId)!.content_hash ?? `adapter ${e.adapterId}`, alpha: e.alpha }));
+    const byContent = [...entries].sort((a, b) => a.adapterId - b.adapterId).map((e) => ({ content: adapters.get(e.adapterId)!.content_hash ?? `adapter ${e.adapterId}`, alpha: e.alpha }));
     const seed0 = req.seed ?? Math.floor(Math.random() * (SEED.max + 1));
     const batch = req.batch ?? SAMPLING.batch.default;
     const steps = req.steps ?? SAMPLING.steps.default;
@@ -284,8 +284,24 @@ export class Generations {
               `INSERT INTO generations (base_model_id, prompt, negative_prompt, seed, sampler, steps, guidance, width, height, mix_json, image_png, thumb_webp, duration_ms, engine, recipe_key, standalone)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
             )
-            .run(baseModelId, req.prompt, req.negativePrompt ?? '', seed, sampler, steps, guidance, wd, h, JSON.stringify(entries), png, thumb, Math.round(performance.now() - started), engine, key, standalone)
-            .lastInsertRowid,
+            .run(
+              baseModelId,
+              req.prompt,
+              req.negativePrompt ?? '',
+              seed,
+              sampler,
+              steps,
+              guidance,
+              wd,
+              h,
+              JSON.stringify(entries),
+              png,
+              thumb,
+              Math.round(performance.now() - started),
+              engine,
+              key,
+              standalone,
+            ).lastInsertRowid,
         );
         if (standalone) this.adoptCovers(id, entries);
         out.push(this.get(id));
@@ -311,11 +327,7 @@ export class Generations {
   }
 
   get(id: number): Generation {
-    const row = this.db
-      .prepare(
-        `${ROW_SQL} WHERE g.id = ?`,
-      )
-      .get(id) as GenerationRow | undefined;
+    const row = this.db.prepare(`${ROW_SQL} WHERE g.id = ?`).get(id) as GenerationRow | undefined;
     if (!row) throw notFound(`Generation ${id} does not exist.`);
     return toGeneration(row);
   }

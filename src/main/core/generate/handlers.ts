@@ -6,7 +6,7 @@ import type { Generations } from './generations';
 export function generationHandlers(generations: Generations, events: EventBus): HandlersOf<'generate' | 'generations' | 'gallery' | 'grids'> {
   const changed = (id?: number) => events.emit({ type: 'library.changed', what: 'generations', ...(id === undefined ? {} : { id }) });
   return {
-    'generate': async (req) => {
+    generate: async (req) => {
       const images = await generations.generate(req);
       changed();
       return images;

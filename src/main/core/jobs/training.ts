@@ -69,8 +69,7 @@ export class TrainingQueue {
 
   enqueue(req: TrainingRequest): TrainingJob {
     const dataset = this.db.prepare('SELECT name, (SELECT count(*) FROM dataset_images WHERE dataset_id = datasets.id) AS n FROM datasets WHERE id = ?').get(req.datasetId) as
-      | { name: string; n: number }
-      | undefined;
+      { name: string; n: number } | undefined;
     if (!dataset) throw notFound(`Dataset ${req.datasetId} does not exist.`);
     if (dataset.n === 0) throw badInput(`Dataset "${dataset.name}" has no images to train on.`);
     const base = (
@@ -109,9 +108,7 @@ export class TrainingQueue {
   }
 
   list(status?: JobStatus): TrainingJob[] {
-    const rows = this.db
-      .prepare(`SELECT * FROM training_runs WHERE kind IN ('shira', 'lora') AND (@status IS NULL OR status = @status) ORDER BY id DESC`)
-      .all({ status: status ?? null }) as RunRow[];
+    const rows = this.db.prepare(`SELECT * FROM training_runs WHERE kind IN ('shira', 'lora') AND (@status IS NULL OR status = @status) ORDER BY id DESC`).all({ status: status ?? null }) as RunRow[];
     return rows.map(toJob);
   }
 
@@ -198,8 +195,7 @@ export class TrainingQueue {
     const w = this.worker!;
     try {
       const base = this.db.prepare('SELECT name, weights_path, weights_hash, resolution FROM base_models WHERE id = ?').get(row.base_model_id) as
-        | { name: string; weights_path: string | null; weights_hash: string | null; resolution: number }
-        | undefined;
+        { name: string; weights_path: string | null; weights_hash: string | null; resolution: number } | undefined;
       if (!base?.weights_path || !existsSync(base.weights_path)) throw badInput('The base model of this job is gone or has no weights file.');
       if (row.dataset_id === null) throw badInput('The dataset of this job was deleted.');
       mkdirSync(dir, { recursive: true });
@@ -243,28 +239,26 @@ export class TrainingQueue {
         } else if (e.event === 'sample' && typeof e.path === 'string') {
           const path = e.path;
           const step = Number(e.step);
-          pendingSamples.push(imagesToGridPng(path, 4)
-            .then((png) => {
-              const { id: sampleId } = this.db
-                .prepare('INSERT INTO training_samples (run_id, step, image_png) VALUES (?, ?, ?) ON CONFLICT (run_id, step) DO UPDATE SET image_png = excluded.image_png RETURNING id')
-                .get(id, step, png) as { id: number };
-              this.events.emit({ type: 'training.sample', jobId: id, step, sampleId });
-            })
-            .catch((error) => this.log.warn(`training job ${id}: could not read samples at step ${step}`, error)));
+          pendingSamples.push(
+            imagesToGridPng(path, 4)
+              .then((png) => {
+                const { id: sampleId } = this.db
+                  .prepare('INSERT INTO training_samples (run_id, step, image_png) VALUES (?, ?, ?) ON CONFLICT (run_id, step) DO UPDATE SET image_png = excluded.image_png RETURNING id')
+                  .get(id, step, png) as { id: number };
+                this.events.emit({ type: 'training.sample', jobId: id, step, sampleId });
+              })
+              .catch((error) => this.log.warn(`training job ${id}: could not read samples at step ${step}`, error)),
+          );
         }
       });
       await Promise.all(pendingSamples);
       // Stored in one transaction with the run's completion (see the header comment).
       const content = readAdapterFile(out, `the adapter of job ${id}`);
-      this.library.insert(
-        content,
-        { name: row.name ?? `job ${id}`, baseModelId: row.base_model_id!, datasetId: row.dataset_id, triggerWords: trigger ? [trigger] : [] },
-        (adapterId) => {
-          this.db
-            .prepare(`UPDATE training_runs SET status = 'completed', adapter_id = ?, step = steps, result_json = ?, error = NULL, finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?`)
-            .run(adapterId, JSON.stringify(result ?? {}), id);
-        },
-      );
+      this.library.insert(content, { name: row.name ?? `job ${id}`, baseModelId: row.base_model_id!, datasetId: row.dataset_id, triggerWords: trigger ? [trigger] : [] }, (adapterId) => {
+        this.db
+          .prepare(`UPDATE training_runs SET status = 'completed', adapter_id = ?, step = steps, result_json = ?, error = NULL, finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?`)
+          .run(adapterId, JSON.stringify(result ?? {}), id);
+      });
       rmSync(dir, { recursive: true, force: true });
       this.events.emit({ type: 'library.changed', what: 'adapters' });
       this.changed(id);

@@ -107,7 +107,12 @@ class ModelGraph {
   /** GroupNorm as InstanceNormalization over [B, G, C/G·H·W] plus the per-channel affine (ONNX's own GroupNormalization-18 is per group). */
   groupNorm(x: string, module: string, groups: number, c: number, h: number, w: number, eps = 1e-5): string {
     const grouped = this.g.op('Reshape', [x, this.g.ints([-1, groups, (c / groups) * h * w])]);
-    const normed = this.g.op('InstanceNormalization', [grouped, this.g.floats(new Float32Array(groups).fill(1), [groups]), this.g.floats(new Float32Array(groups), [groups])], { epsilon: eps }, 'groupnorm');
+    const normed = this.g.op(
+      'InstanceNormalization',
+      [grouped, this.g.floats(new Float32Array(groups).fill(1), [groups]), this.g.floats(new Float32Array(groups), [groups])],
+      { epsilon: eps },
+      'groupnorm',
+    );
     const back = this.g.op('Reshape', [normed, this.g.ints([-1, c, h, w])]);
     return this.g.op('Add', [this.g.op('Mul', [back, this.param(`${module}.weight`, [c, 1, 1])]), this.param(`${module}.bias`, [c, 1, 1])]);
   }

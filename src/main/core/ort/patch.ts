@@ -92,7 +92,10 @@ export function readPatch(path: string): SparsePatch {
  */
 export function patchFromPeft(dir: string, shapeOf: (param: string) => number[] | undefined, metadata: Record<string, string> = {}): SparsePatch {
   const tensors = new Map<string, PatchTensor>();
-  for (const [sub, prefix] of [['', 'unet.'], ['text_encoder', 'text_encoder.']] as const) {
+  for (const [sub, prefix] of [
+    ['', 'unet.'],
+    ['text_encoder', 'text_encoder.'],
+  ] as const) {
     const file = join(dir, sub, 'adapter_model.safetensors');
     if (!existsSync(file)) continue;
     const st = readSafetensors(file);

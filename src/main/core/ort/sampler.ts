@@ -88,7 +88,10 @@ export async function sample(model: ModelFn, o: SampleOptions): Promise<Float32A
       const sigmaNext = i > 0 ? sigmaOf(timestep(i - 1)) : 0;
       const cIn = 1 / Math.sqrt(sigma * sigma + sd * sd);
       const fcIn = f(cIn);
-      const out = await guided(x.map((v) => f(v * fcIn)), t);
+      const out = await guided(
+        x.map((v) => f(v * fcIn)),
+        t,
+      );
       const a1 = f(sd * sd * cIn * cIn);
       const a2 = f(sigma * sd * cIn);
       const fs = f(sigma);

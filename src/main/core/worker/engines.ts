@@ -128,9 +128,7 @@ export class Engines {
         available: false,
         state: 'stopped',
         binary: this.binary_,
-        reason: this.binary_
-          ? `The native engine is not built (${this.binary_} is missing). Run \`npm start\` once to build it.`
-          : 'No native engine is configured for this host.',
+        reason: this.binary_ ? `The native engine is not built (${this.binary_} is missing). Run \`npm start\` once to build it.` : 'No native engine is configured for this host.',
       };
     }
     if (start && w.state !== 'ready') {

@@ -101,9 +101,7 @@ export interface TrainReply {
 }
 
 export type TrainEvent =
-  | { event: 'progress'; step: number; steps: number; loss: number; it_s: number; eta_s: number }
-  | { event: 'sample'; step: number; path: string }
-  | { event: 'checkpoint'; step: number; path: string };
+  { event: 'progress'; step: number; steps: number; loss: number; it_s: number; eta_s: number } | { event: 'sample'; step: number; path: string } | { event: 'checkpoint'; step: number; path: string };
 
 export interface SampleArgs {
   /** One prompt, or one per image of the batch. */

@@ -84,9 +84,7 @@ export class TrainingState {
   );
   readonly runningJob = $derived(this.jobs.find((j) => j.status === 'running') ?? null);
   readonly activeCount = $derived(this.jobs.filter((j) => j.status === 'running' || j.status === 'queued').length);
-  readonly shownJob = $derived(
-    (this.shownJobId !== null ? this.jobs.find((j) => j.id === this.shownJobId) : undefined) ?? this.runningJob ?? this.jobs[0] ?? null,
-  );
+  readonly shownJob = $derived((this.shownJobId !== null ? this.jobs.find((j) => j.id === this.shownJobId) : undefined) ?? this.runningJob ?? this.jobs[0] ?? null);
 
   readonly #api: ApiClient;
   readonly #toasts: Toasts;
@@ -227,7 +225,12 @@ export class TrainingState {
     if (this.method === 'lora') return [{ ...common, method: 'lora', rank: this.rank, ...(name ? { name } : {}) }];
     // Parameter-matched: the LoRA gets the rank whose size equals SHiRA's at this density.
     const lora: TrainingRequest = { ...common, method: 'lora', matchDensity: this.density };
-    return name ? [{ ...shira, name: `${name} · SHiRA` }, { ...lora, name: `${name} · LoRA` }] : [shira, lora];
+    return name
+      ? [
+          { ...shira, name: `${name} · SHiRA` },
+          { ...lora, name: `${name} · LoRA` },
+        ]
+      : [shira, lora];
   }
 
   #validate(): boolean {
@@ -246,7 +249,8 @@ export class TrainingState {
     if (!(this.tagDropout >= T.tagDropout.min && this.tagDropout <= T.tagDropout.max)) errors.tagDropout = `Tag dropout must be from ${pct(T.tagDropout.min)} to ${pct(T.tagDropout.max)}.`;
     if (this.previews) {
       if (this.samplePromptList.length === 0) errors.samplePrompts = 'Write at least one preview prompt, or turn previews off.';
-      else if (this.samplePromptList.length > T.maxPreviewPrompts) errors.samplePrompts = `Up to ${T.maxPreviewPrompts} preview prompts, one per line (${MAX_PREVIEW_PROMPTS} fit one row of the preview).`;
+      else if (this.samplePromptList.length > T.maxPreviewPrompts)
+        errors.samplePrompts = `Up to ${T.maxPreviewPrompts} preview prompts, one per line (${MAX_PREVIEW_PROMPTS} fit one row of the preview).`;
       if (!whole(this.sampleEvery, T.sampleEvery)) errors.sampleEvery = `Preview every ${T.sampleEvery.min} to ${T.sampleEvery.max.toLocaleString('en')} steps.`;
     }
     this.fieldErrors = errors;
@@ -299,7 +303,11 @@ export class TrainingState {
         let points = this.#losses.get(jobId);
         if (!points) this.#losses.set(jobId, (points = []));
         if (points.length === 0 || points[points.length - 1].step < step) points.push({ step, loss });
-        if (points.length > MAX_LIVE_POINTS) this.#losses.set(jobId, points.filter((_, i) => i % 2 === 1 || i === points.length - 1));
+        if (points.length > MAX_LIVE_POINTS)
+          this.#losses.set(
+            jobId,
+            points.filter((_, i) => i % 2 === 1 || i === points.length - 1),
+          );
         this.#lossVersion++;
         this.jobs = this.jobs.map((j) => (j.id === jobId ? { ...j, step, steps, status: 'running' } : j));
         break;
