@@ -90,7 +90,7 @@ export function ensureSqliteFor(target, { root = ROOT, outRoot = root, headers =
 
   const gyp = nodeGyp();
   if (!gyp) {
-    tries.push("node-gyp not found (it comes with npm; set npm_config_node_gyp to its bin/node-gyp.js)");
+    tries.push('node-gyp not found (it comes with npm; set npm_config_node_gyp to its bin/node-gyp.js)');
     return { ok: false, path: out, why: tries.join('; ') };
   }
   const args = [gyp, 'rebuild', '--release', `--target=${target.version}`, `--arch=${process.arch}`];

@@ -98,7 +98,7 @@ function newest(path) {
   return Math.max(st.mtimeMs, ...readdirSync(path).map((n) => newest(join(path, n))));
 }
 const buildStamp = join(ROOT, 'out', '.build-stamp');
-const sourcesTime = Math.max(newest(join(ROOT, 'src')), newest(join(ROOT, 'electron.vite.config.ts')), newest(join(ROOT, 'package.json')));
+const sourcesTime = Math.max(newest(join(ROOT, 'src')), newest(join(ROOT, 'tools')), newest(join(ROOT, 'electron.vite.config.ts')), newest(join(ROOT, 'package.json')));
 if (!existsSync(buildStamp) || statSync(buildStamp).mtimeMs < sourcesTime) {
   say('building the app');
   must('npx', ['electron-vite', 'build']);

@@ -2,6 +2,7 @@
 // registry before any handler runs) and the result type. Hosts relay messages; they never
 // add methods of their own. Adding a capability = one entry here + one handler + (often) a migration.
 import { v, type Infer, type Schema } from './schema';
+import { ALPHA, CONCEPT, MIX_MAX_ADAPTERS, SAMPLING, SEED, TRAINING } from './ranges';
 
 declare const resultBrand: unique symbol;
 /** Phantom carrier of a method's result type; nothing exists at run time. */
@@ -500,7 +501,8 @@ export interface ConceptReport {
 export const MAX_CAPTION_CHARS = 2000;
 
 const id = v.int({ min: 1 });
-const mixEntries = (min: number) => v.array(v.object({ adapterId: id, alpha: v.number({ min: -4, max: 4 }) }), { min, max: 32 });
+const alpha = v.number({ min: ALPHA.min, max: ALPHA.max });
+const mixEntries = (min: number) => v.array(v.object({ adapterId: id, alpha }), { min, max: MIX_MAX_ADAPTERS });
 const gridAxis = v.object({
   label: v.string({ min: 1, max: 1000 }),
   sub: v.optional(v.string({ max: 1000 })),
@@ -544,9 +546,7 @@ export const api = {
       pixelArt: v.optional(v.boolean()),
     }),
   ),
-  'datasets.setCaption': method<Schema<{ imageId: number; caption: string }>, DatasetImage>(
-    v.object({ imageId: id, caption: v.string({ max: MAX_CAPTION_CHARS }) }),
-  ),
+  'datasets.setCaption': method<Schema<{ imageId: number; caption: string }>, DatasetImage>(v.object({ imageId: id, caption: v.string({ max: MAX_CAPTION_CHARS }) })),
   'datasets.removeImage': method<Schema<{ imageId: number }>, { removed: boolean }>(v.object({ imageId: id })),
   'datasets.delete': method<Schema<{ id: number }>, { deleted: boolean }>(v.object({ id })),
   'adapters.list': method<Schema<{ query?: string; kind?: AdapterKind; baseModelId?: number; tag?: string; sort?: 'recent' | 'name' | 'size' }>, AdapterSummary[]>(
@@ -566,7 +566,7 @@ export const api = {
       tags: v.optional(v.array(v.string({ min: 1, max: 100, trim: true }), { max: 100 })),
       notes: v.optional(v.string({ max: 20_000 })),
       triggerWords: v.optional(v.array(v.string({ min: 1, max: 100, trim: true }), { max: 50 })),
-      preferredWeight: v.optional(v.number({ min: -4, max: 4 })),
+      preferredWeight: v.optional(alpha),
       coverGenerationId: v.optional(v.nullable(id)),
     }),
   ),
@@ -581,9 +581,7 @@ export const api = {
     v.object({ path: v.string({ min: 1, max: 4096 }), name: v.optional(v.string({ min: 1, max: 200, trim: true })), baseModelId: v.optional(id) }),
   ),
   /** Fuses W0 + Σ αᵢ·Sᵢ into the worker's base model; an empty list restores W0. */
-  'mix.apply': method<Schema<{ entries?: MixEntry[]; mixId?: number }>, MixResult>(
-    v.object({ entries: v.optional(mixEntries(0)), mixId: v.optional(id) }),
-  ),
+  'mix.apply': method<Schema<{ entries?: MixEntry[]; mixId?: number }>, MixResult>(v.object({ entries: v.optional(mixEntries(0)), mixId: v.optional(id) })),
   'mix.current': method<Schema<Record<string, never>>, { baseModelId: number | null; entries: MixEntry[] }>(v.empty()),
   'mixes.list': method<Schema<Record<string, never>>, SavedMix[]>(v.empty()),
   'mixes.save': method<Schema<{ id?: number; name: string; entries: MixEntry[] }>, SavedMix>(
@@ -601,37 +599,35 @@ export const api = {
       name: v.optional(v.string({ min: 1, max: 200, trim: true })),
       method: v.enum(['shira', 'lora'] as const),
       mask: v.optional(v.enum(['struct', 'rand', 'wm', 'grad', 'snip'] as const)),
-      density: v.optional(v.number({ min: 0.0001, max: 0.5 })),
-      rank: v.optional(v.int({ min: 1, max: 256 })),
-      matchDensity: v.optional(v.number({ min: 0.0001, max: 0.5 })),
-      steps: v.optional(v.int({ min: 1, max: 200_000 })),
-      lr: v.optional(v.number({ min: 1e-7, max: 1 })),
-      batch: v.optional(v.int({ min: 1, max: 64 })),
-      seed: v.optional(v.int({ min: 0, max: 2 ** 31 - 1 })),
-      checkpointEvery: v.optional(v.int({ min: 1, max: 100_000 })),
+      density: v.optional(v.number(TRAINING.density)),
+      rank: v.optional(v.int(TRAINING.rank)),
+      matchDensity: v.optional(v.number(TRAINING.density)),
+      steps: v.optional(v.int(TRAINING.steps)),
+      lr: v.optional(v.number(TRAINING.lr)),
+      batch: v.optional(v.int(TRAINING.batch)),
+      seed: v.optional(v.int(TRAINING.seed)),
+      checkpointEvery: v.optional(v.int(TRAINING.checkpointEvery)),
       valuesDtype: v.optional(v.enum(['f16', 'f32'] as const)),
-      samplePrompts: v.optional(v.array(v.string({ min: 1, max: 300 }), { max: 8 })),
-      sampleEvery: v.optional(v.int({ min: 1, max: 100_000 })),
-      tagDropout: v.optional(v.number({ min: 0, max: 0.9 })),
+      samplePrompts: v.optional(v.array(v.string({ min: 1, max: 300 }), { max: TRAINING.maxPreviewPrompts })),
+      sampleEvery: v.optional(v.int(TRAINING.sampleEvery)),
+      tagDropout: v.optional(v.number(TRAINING.tagDropout)),
       flip: v.optional(v.boolean()),
     }) as Schema<TrainingRequest>,
   ),
-  'training.list': method<Schema<{ status?: JobStatus }>, TrainingJob[]>(
-    v.object({ status: v.optional(v.enum(['queued', 'running', 'completed', 'failed', 'cancelled'] as const)) }),
-  ),
+  'training.list': method<Schema<{ status?: JobStatus }>, TrainingJob[]>(v.object({ status: v.optional(v.enum(['queued', 'running', 'completed', 'failed', 'cancelled'] as const)) })),
   'training.get': method<Schema<{ id: number }>, TrainingJob>(v.object({ id })),
   'training.cancel': method<Schema<{ id: number }>, TrainingJob>(v.object({ id })),
   /** Preview grids so far (ids for `/media/training-sample/<id>`), oldest first. */
   'training.samples': method<Schema<{ id: number }>, { id: number; step: number }[]>(v.object({ id })),
-  'generate': method<Schema<GenerateRequest>, Generation[]>(
+  generate: method<Schema<GenerateRequest>, Generation[]>(
     v.object({
       prompt: v.string({ max: 1000 }),
       negativePrompt: v.optional(v.string({ max: 1000 })),
-      seed: v.optional(v.int({ min: 0, max: 2 ** 31 - 1 })),
-      steps: v.optional(v.int({ min: 1, max: 200 })),
-      guidance: v.optional(v.number({ min: 0, max: 30 })),
+      seed: v.optional(v.int(SEED)),
+      steps: v.optional(v.int(SAMPLING.steps)),
+      guidance: v.optional(v.number(SAMPLING.guidance)),
       sampler: v.optional(v.enum(['ddim', 'euler'] as const)),
-      batch: v.optional(v.int({ min: 1, max: 16 })),
+      batch: v.optional(v.int(SAMPLING.batch)),
       mix: v.optional(mixEntries(0)),
       baseModelId: v.optional(id),
       engine: v.optional(v.enum(['auto', 'worker', 'ort'] as const)),
@@ -649,14 +645,14 @@ export const api = {
   /** Trains a style judge on the adapters' own images and measures single vs fused (a minute or two on CPU). */
   'concept.evaluate': method<Schema<ConceptRequest>, ConceptReport>(
     v.object({
-      adapterIds: v.array(id, { min: 1, max: 4 }),
-      alphas: v.optional(v.array(v.number({ min: 0.05, max: 2 }), { min: 1, max: 4 })),
-      steps: v.optional(v.int({ min: 1, max: 100 })),
-      guidance: v.optional(v.number({ min: 0, max: 30 })),
+      adapterIds: v.array(id, { min: 1, max: CONCEPT.maxAdapters }),
+      alphas: v.optional(v.array(v.number(CONCEPT.alpha), { min: 1, max: CONCEPT.alpha.count })),
+      steps: v.optional(v.int(CONCEPT.steps)),
+      guidance: v.optional(v.number(CONCEPT.guidance)),
     }) as Schema<ConceptRequest>,
   ),
   /** The newest stored report for exactly this set of adapters, or null. */
-  'concept.latest': method<Schema<{ adapterIds: number[] }>, ConceptReport | null>(v.object({ adapterIds: v.array(id, { min: 1, max: 4 }) })),
+  'concept.latest': method<Schema<{ adapterIds: number[] }>, ConceptReport | null>(v.object({ adapterIds: v.array(id, { min: 1, max: CONCEPT.maxAdapters }) })),
 
   // ---- A first real project (issue 24): word checks, bulk captions, run history, gallery grids, pixel art ----
   /**
@@ -686,9 +682,9 @@ export const api = {
       columns: v.array(gridAxis, { min: 1, max: 64 }),
       cells: v.array(v.array(v.nullable(id), { min: 1, max: 64 }), { min: 1, max: 64 }),
       prompts: v.array(v.string({ max: 1000 }), { min: 1, max: 64 }),
-      seed: v.int({ min: 0, max: 2 ** 31 - 1 }),
-      steps: v.int({ min: 1, max: 200 }),
-      guidance: v.number({ min: 0, max: 30 }),
+      seed: v.int(SEED),
+      steps: v.int(SAMPLING.steps),
+      guidance: v.number(SAMPLING.guidance),
       negativePrompt: v.string({ max: 1000 }),
     }) as Schema<GridInput>,
   ),

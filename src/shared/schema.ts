@@ -152,7 +152,12 @@ export const v = {
       const tag = own(value, field) ? (value as Record<string, unknown>)[field] : undefined;
       const schema = typeof tag === 'string' && own(options, tag) ? options[tag] : undefined;
       if (!schema) {
-        throw new SchemaError(join(path, field), `one of ${Object.keys(options).map((x) => JSON.stringify(x)).join(', ')}, got ${shown(tag)}`);
+        throw new SchemaError(
+          join(path, field),
+          `one of ${Object.keys(options)
+            .map((x) => JSON.stringify(x))
+            .join(', ')}, got ${shown(tag)}`,
+        );
       }
       return schema.parse(value, path) as Infer<S[keyof S]>;
     });
@@ -171,6 +176,4 @@ export const v = {
 };
 
 type OptionalKeys<O> = { [K in keyof O]: undefined extends O[K] ? K : never }[keyof O];
-type OptionalUndefined<O> = { [K in Exclude<keyof O, OptionalKeys<O>>]: O[K] } & { [K in OptionalKeys<O>]?: O[K] } extends infer R
-  ? { [K in keyof R]: R[K] }
-  : never;
+type OptionalUndefined<O> = { [K in Exclude<keyof O, OptionalKeys<O>>]: O[K] } & { [K in OptionalKeys<O>]?: O[K] } extends infer R ? { [K in keyof R]: R[K] } : never;

@@ -104,7 +104,12 @@ describe.runIf(runnable)('fault injection (kill -9 of the studio server mid-oper
       expect({ round, others: others.length <= 1 }).toEqual({ round, others: true });
       for (const a of others) {
         const d = await value<AdapterDetail>(s.call('adapters.get', { id: a.id }));
-        expect({ round, hash: d.contentHash, tensors: d.tensors.length, bytes: d.sizeBytes }).toEqual({ round, hash: movedDetail.contentHash, tensors: movedDetail.tensors.length, bytes: movedDetail.sizeBytes });
+        expect({ round, hash: d.contentHash, tensors: d.tensors.length, bytes: d.sizeBytes }).toEqual({
+          round,
+          hash: movedDetail.contentHash,
+          tensors: movedDetail.tensors.length,
+          bytes: movedDetail.sizeBytes,
+        });
       }
       expect((await value<{ images: unknown[] }>(s.call('datasets.get', { id: datasetId }))).images.length).toBe(ref.datasetImages);
       expect((await value<{ name: string }[]>(s.call('mixes.list', {}))).map((m) => m.name)).toEqual(ref.mixNames);

@@ -97,16 +97,7 @@ export async function startStudio(): Promise<Studio> {
       executablePath: CHROMIUM,
       headless: true,
       viewport: { width: 1280, height: 720 },
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
     });
     // Everything here is local and small: a step that takes longer than this is a failure, and
     // failing sooner leaves room in the test's own timeout for the teardown and the report.

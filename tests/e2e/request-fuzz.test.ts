@@ -159,7 +159,10 @@ function build(r: Rng): Built {
     '*',
     'http://evil.example/',
     `/${'a'.repeat(r.int(1, 30_000))}`,
-    `/${r.bytes(12).toString('latin1').replace(/[\r\n ]/g, '_')}`,
+    `/${r
+      .bytes(12)
+      .toString('latin1')
+      .replace(/[\r\n ]/g, '_')}`,
   ]);
   const headers: string[] = [];
   const hostHeader = wellFormed ? hostOk : r.pick([hostOk, hostOk, hostOk, `localhost:${port}`, 'evil.example', '', null, `${hostOk}\u00ff`]);
@@ -201,8 +204,17 @@ function build(r: Rng): Built {
   // Header lines a browser would never send: the parser must refuse them as a 400, not crash.
   if (!wellFormed && r.bool(0.05)) headers.push(r.pick(['X-Bad: a\u0000b', 'Bad Header: 1', `X-Long: ${'h'.repeat(20_000)}`, ': empty-name']));
   const head = `${method} ${target} HTTP/1.1\r\n${headers.join('\r\n')}\r\n\r\n`;
-  const authed = (tokenVia === 'bearer' || tokenVia === 'cookie' || target === `/?token=${token}`) && (hostHeader === hostOk || hostHeader === `localhost:${port}`) && (origin === undefined || origin === `http://${hostHeader}`);
-  return { bytes: Buffer.concat([Buffer.from(head, 'latin1'), payload]), hangUp: framing === 'lying-length' || framing === 'bad-chunked', authed, isApiCall, what: `${method} ${target.slice(0, 60)} token:${tokenVia} host:${String(hostHeader).slice(0, 30)} origin:${origin} body:${bodyKind}/${framing}` };
+  const authed =
+    (tokenVia === 'bearer' || tokenVia === 'cookie' || target === `/?token=${token}`) &&
+    (hostHeader === hostOk || hostHeader === `localhost:${port}`) &&
+    (origin === undefined || origin === `http://${hostHeader}`);
+  return {
+    bytes: Buffer.concat([Buffer.from(head, 'latin1'), payload]),
+    hangUp: framing === 'lying-length' || framing === 'bad-chunked',
+    authed,
+    isApiCall,
+    what: `${method} ${target.slice(0, 60)} token:${tokenVia} host:${String(hostHeader).slice(0, 30)} origin:${origin} body:${bodyKind}/${framing}`,
+  };
 }
 
 /** A masked client frame (RFC 6455 §5.2), optionally with the mask bit cleared (a protocol error). */
@@ -332,7 +344,10 @@ describe('request fuzzer (studio server process)', () => {
       assertAlive(batch, 'WebSocket calls');
       expect(await healthy()).toBe(true);
     }
-    const summary = [...statuses].sort().map(([s, n]) => `${s}×${n}`).join(' ');
+    const summary = [...statuses]
+      .sort()
+      .map(([s, n]) => `${s}×${n}`)
+      .join(' ');
     console.log(
       `request fuzzer: seed ${FUZZ_SEED}, ${BATCHES} batches, ${httpCases + rawWsCases + wsCalls} cases (${httpCases} raw HTTP, ${rawWsCases} raw WebSocket upgrades with hostile frames, ${wsCalls} WebSocket calls); crashes 0, internal answers ${internal}; statuses ${summary}`,
     );

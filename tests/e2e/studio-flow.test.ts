@@ -7,7 +7,7 @@
 // Screenshots of every view go to tests/artifacts/ (and, with SHIRA_E2E_SCREENSHOTS=docs, to docs/screenshots/).
 // Needs `npx electron-vite build` and native/build/shira-worker.
 import { existsSync } from 'node:fs';
-import { copyFile, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import Database from 'better-sqlite3';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -52,7 +52,9 @@ async function makeKohyaFolder(): Promise<string> {
           ? `<rect x="${12 + i}" y="14" width="36" height="${30 - i}" fill="none" stroke="${colour}" stroke-width="4"/>`
           : `<path d="M10 50 L32 ${10 + i} L54 50 Z" fill="none" stroke="${colour}" stroke-width="4"/>`;
     const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><rect width="64" height="64" fill="#05010a"/>${shape}</svg>`;
-    await sharp(Buffer.from(svg)).png().toFile(join(folder, `shape-${i}.png`));
+    await sharp(Buffer.from(svg))
+      .png()
+      .toFile(join(folder, `shape-${i}.png`));
     if (i % 2 === 0) await writeFile(join(folder, `shape-${i}.txt`), `${TRIGGER}, a glowing ${['ring', 'box', 'triangle'][i % 3]}\n`);
   }
   return dir;
@@ -340,7 +342,11 @@ describe('studio server: the whole artist flow', () => {
     expect(await prompt.inputValue()).toContain(TRIGGER);
     // A word the built-in model does not know is marked under the prompt.
     await prompt.fill(`${PROMPT}, a knight`);
-    await page.getByRole('list', { name: 'Word check' }).getByText(/does not know “knight”/).first().waitFor();
+    await page
+      .getByRole('list', { name: 'Word check' })
+      .getByText(/does not know “knight”/)
+      .first()
+      .waitFor();
     await prompt.fill(PROMPT);
     // A typed seed is used as it is: no lock to find first; "Random each run" is the visible, explicit other choice.
     const random = page.getByRole('checkbox', { name: 'Random each run' });
@@ -354,10 +360,12 @@ describe('studio server: the whole artist flow', () => {
     await expect.poll(() => results.count(), { timeout: GENERATE_TIMEOUT_MS }).toBe(2);
     for (const img of await results.all()) await expect.poll(() => hasLoaded(img)).toBe(true);
     await page.getByRole('button', { name: 'Generate', exact: true }).waitFor();
-    expect(await page.getByRole('region', { name: 'Results' }).getByText(/^seed \d+/).allInnerTexts()).toEqual([
-      expect.stringMatching(/^seed 42\b/),
-      expect.stringMatching(/^seed 43\b/),
-    ]);
+    expect(
+      await page
+        .getByRole('region', { name: 'Results' })
+        .getByText(/^seed \d+/)
+        .allInnerTexts(),
+    ).toEqual([expect.stringMatching(/^seed 42\b/), expect.stringMatching(/^seed 43\b/)]);
     await shoot(page, 'mix');
     // The same recipe again: the same two images come back, stored once.
     const firstIds = await results.evaluateAll((imgs) => imgs.map((i) => (i as unknown as { src: string }).src));
@@ -476,7 +484,10 @@ describe('studio server: the whole artist flow', () => {
       await expect.poll(() => fusedNumbers.count()).toBe(2 + 3 + 3 + 4);
       await table.getByText('Concept loss').waitFor();
       expect(await table.getByRole('rowheader').allInnerTexts()).toHaveLength(2);
-      await page.getByText(/Above 100 %: fusing raised the judge’s score/).first().waitFor();
+      await page
+        .getByText(/Above 100 %: fusing raised the judge’s score/)
+        .first()
+        .waitFor();
       await windowDoesNotScroll(page);
     }
 
@@ -496,7 +507,14 @@ describe('studio server: the whole artist flow', () => {
     await expect.poll(() => cellButtons.count()).toBe(4);
     await cellButtons.last().click();
     const cellDialog = page.getByRole('dialog', { name: /^Cell \d of 4 · Combine/ });
-    await expect.poll(() => cellDialog.getByRole('definition').allInnerTexts().then((t) => t.join('\n'))).toContain(`${COMPARE_PROMPT}, ${TRIGGER}`);
+    await expect
+      .poll(() =>
+        cellDialog
+          .getByRole('definition')
+          .allInnerTexts()
+          .then((t) => t.join('\n')),
+      )
+      .toContain(`${COMPARE_PROMPT}, ${TRIGGER}`);
     await cellDialog.getByRole('button', { name: 'Back to the grid' }).click();
     await gridDialog.waitFor();
     await page.getByRole('dialog').press('Escape');

@@ -1,16 +1,8 @@
 import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import {
-  autoV2,
-  baseWeightShapes,
-  contentHash,
-  fileSha256,
-  readAdapterFile,
-  writeAdapterFile,
-  type AdapterContent,
-} from '../../src/main/core/adapters/format';
-import { readSafetensors, writeSafetensors } from '../../src/main/core/worker/safetensors';
+import { autoV2, baseWeightShapes, contentHash, fileSha256, readAdapterFile, writeAdapterFile, type AdapterContent } from '../../src/main/core/adapters/format';
+import { readSafetensors, writeSafetensors } from '../../src/main/core/io/safetensors';
 import { makeCore, tempDir } from './helpers';
 
 const RESOURCES = resolve('resources');

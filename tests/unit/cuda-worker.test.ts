@@ -49,7 +49,7 @@ describe('finding a CUDA libtorch', () => {
     expect(findCudaTorch({ Torch_DIR: join(cuda, 'share', 'cmake', 'Torch'), PYTHON: '/nonexistent/python' })).toEqual({ kind: 'prefix', prefix: cuda, label: 'Torch_DIR' });
   });
 
-  it("falls back to a pip PyTorch with CUDA, and says what it looked at when there is none", async () => {
+  it('falls back to a pip PyTorch with CUDA, and says what it looked at when there is none', async () => {
     const { findCudaTorch } = await load();
     const s = setup();
     const cpu = s.libtorch('libtorch-cpu', false);
@@ -71,7 +71,7 @@ describe('building the CUDA worker', () => {
     });
   }
 
-  it("a pip PyTorch: scripts/gpu/build.sh into native/build-cuda, with that Python", async () => {
+  it('a pip PyTorch: scripts/gpu/build.sh into native/build-cuda, with that Python', async () => {
     const s = setup();
     const py = s.python('2.5.1+cu124', '12.4');
     const { calls } = await build({ PYTHON: py });

@@ -52,10 +52,7 @@ describe('library database', () => {
   it('rolls a failing migration back whole and keeps the previous version', () => {
     const file = dbFile();
     openDatabase(file).close();
-    const broken: Migration[] = [
-      ...MIGRATIONS,
-      { version: LATEST_SCHEMA_VERSION + 1, name: 'broken', sql: 'CREATE TABLE half_done (x INTEGER); INSERT INTO no_such_table VALUES (1);' },
-    ];
+    const broken: Migration[] = [...MIGRATIONS, { version: LATEST_SCHEMA_VERSION + 1, name: 'broken', sql: 'CREATE TABLE half_done (x INTEGER); INSERT INTO no_such_table VALUES (1);' }];
     expect(() => openDatabase(file, broken)).toThrow(/no such table/);
     const db = new Database(file);
     expect(schemaVersion(db)).toBe(LATEST_SCHEMA_VERSION);
@@ -75,9 +72,7 @@ describe('library database', () => {
     const file = dbFile();
     const db = openDatabase(file);
     const ds = Number(db.prepare("INSERT INTO datasets (name) VALUES ('a')").run().lastInsertRowid);
-    const img = Number(
-      db.prepare("INSERT INTO dataset_images (dataset_id, rel_path, width, height, format, bytes, sha256) VALUES (?, 'x.png', 4, 4, 'png', 10, 'h')").run(ds).lastInsertRowid,
-    );
+    const img = Number(db.prepare("INSERT INTO dataset_images (dataset_id, rel_path, width, height, format, bytes, sha256) VALUES (?, 'x.png', 4, 4, 'png', 10, 'h')").run(ds).lastInsertRowid);
     db.prepare("INSERT INTO dataset_image_data (image_id, normalized, thumb_webp) VALUES (?, x'00', x'00')").run(img);
     expect(() => db.prepare("INSERT INTO adapters (name, kind) VALUES ('bad', 'dora')").run()).toThrow(/CHECK/);
     expect(() => db.prepare("INSERT INTO dataset_images (dataset_id, rel_path, width, height, format, bytes, sha256) VALUES (999, 'y', 1, 1, 'png', 1, 'z')").run()).toThrow(/FOREIGN KEY/);

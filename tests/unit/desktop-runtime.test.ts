@@ -44,7 +44,10 @@ describe('which better-sqlite3 each runtime loads', () => {
   });
 
   it('the build script writes where the core reads', async () => {
-    const script = (await import(pathToFileURL(join(ROOT, 'scripts', 'electron-native.mjs')).href)) as { electronSqlitePath(root: string, abi: string): string; electronTarget(root: string): { abi: string; version: string } | null };
+    const script = (await import(pathToFileURL(join(ROOT, 'scripts', 'electron-native.mjs')).href)) as {
+      electronSqlitePath(root: string, abi: string): string;
+      electronTarget(root: string): { abi: string; version: string } | null;
+    };
     expect(script.electronSqlitePath('/src/shira', '150')).toBe(sqliteBinding('/src/shira', 'electron', '150'));
     // The installed electron package names its own ABI; it must not be Node's.
     const target = script.electronTarget(ROOT);
@@ -94,7 +97,10 @@ describe('reading load failures', () => {
 
   it("reads the other platforms' loader messages", () => {
     // Wording of dyld (macOS) and LoadLibrary (Windows), which cannot be produced on Linux.
-    expect(classifyLoadError(new Error('dlopen(/a/shira.node, 0x0001): Library not loaded: @rpath/libtorch_cpu.dylib\n  Referenced from: …'))).toMatchObject({ problem: 'missing-library', library: 'libtorch_cpu.dylib' });
+    expect(classifyLoadError(new Error('dlopen(/a/shira.node, 0x0001): Library not loaded: @rpath/libtorch_cpu.dylib\n  Referenced from: …'))).toMatchObject({
+      problem: 'missing-library',
+      library: 'libtorch_cpu.dylib',
+    });
     expect(classifyLoadError(new Error('\\\\?\\C:\\a\\better_sqlite3.node: The specified module could not be found.')).problem).toBe('missing-library');
     expect(classifyLoadError(new Error('something else entirely')).problem).toBe('load-failed');
   });
@@ -184,7 +190,8 @@ process.parentPort = { postMessage: (m) => process.stdout.write(JSON.stringify(m
     });
   }
 
-  const coreHost = (root: string) => startHost(['--import', pathToFileURL(join(root, 'fake-utility.mjs')).href, join(root, 'out', 'main', 'core-host.js'), '--data-dir', join(root, 'data')], (line) => JSON.parse(line));
+  const coreHost = (root: string) =>
+    startHost(['--import', pathToFileURL(join(root, 'fake-utility.mjs')).href, join(root, 'out', 'main', 'core-host.js'), '--data-dir', join(root, 'data')], (line) => JSON.parse(line));
   const electronCopy = (root: string) => join(root, 'electron-native', `abi${ABI}`, 'better_sqlite3.node');
   const mapped = (pid: number) => readFileSync(`/proc/${pid}/maps`, 'utf8');
 

@@ -1,7 +1,6 @@
 // The Electron main process when the core cannot start: the window shows what failed and the fix,
 // and the core is not restarted into the same failure. Electron is mocked (no binary here); the
 // forked core is a stand-in whose messages and exits the tests drive.
-import { EventEmitter } from 'node:events';
 import { beforeEach, describe, expect, it, vi } from 'vitest';
 import { describeFailure, failurePage, RestartPolicy, type StartupFailure } from '../../src/main/hosts/electron/startup';
 import type { NativeReport } from '../../src/shared/api';

@@ -79,7 +79,11 @@ describe('engine selection', () => {
     const noDriver = await selectEngine(builds, 'auto', probe({ files: [CPU, CUDA], gpus: [], info: { [CUDA]: { ok: false, problem: 'missing-library', detail: '…', library: 'libcuda.so.1' } } }));
     expect(noDriver).toMatchObject({ binary: CPU, selection: { reason: 'the CUDA engine does not start (the library libcuda.so.1 is missing); using the CPU.' } });
     expect(noDriver.selection.advice).toMatch(/Install the NVIDIA driver/);
-    const broken = await selectEngine(builds, 'auto', probe({ files: [CPU, CUDA], gpus: [H200], info: { [CUDA]: { ok: false, problem: 'missing-library', detail: '…', library: 'libtorch_cuda.so' } } }));
+    const broken = await selectEngine(
+      builds,
+      'auto',
+      probe({ files: [CPU, CUDA], gpus: [H200], info: { [CUDA]: { ok: false, problem: 'missing-library', detail: '…', library: 'libtorch_cuda.so' } } }),
+    );
     expect(broken.selection.advice).toBe('Rebuild the CUDA engine: npm run setup.');
   });
 
@@ -95,16 +99,13 @@ describe('engine selection', () => {
 
 describe('reading nvidia-smi and the worker', () => {
   it('parses nvidia-smi CSV and the worker info line', () => {
-    expect(parseNvidiaSmi('NVIDIA H200, 570.86.15, 143771\nNVIDIA GeForce RTX 4090, 550.54.14, [N/A]\n')).toEqual([
-      H200,
-      { name: 'NVIDIA GeForce RTX 4090', driver: '550.54.14', memoryMiB: null },
-    ]);
+    expect(parseNvidiaSmi('NVIDIA H200, 570.86.15, 143771\nNVIDIA GeForce RTX 4090, 550.54.14, [N/A]\n')).toEqual([H200, { name: 'NVIDIA GeForce RTX 4090', driver: '550.54.14', memoryMiB: null }]);
     expect(parseNvidiaSmi('')).toEqual([]);
     expect(parseWorkerInfo('loading…\n{"ok":true,"result":{"torch":"2.5.1","cuda_available":true}}\n')).toEqual({ ok: true, torch: '2.5.1', cuda: true });
     expect(parseWorkerInfo('{"ok":false,"error":{}}')).toBeNull();
   });
 
-  it("asks the real worker build what it is", async () => {
+  it('asks the real worker build what it is', async () => {
     const worker = join(ROOT, 'native', 'build', 'shira-worker');
     const info = await systemProbe.workerInfo(worker);
     expect(info).toMatchObject({ ok: true, cuda: false });

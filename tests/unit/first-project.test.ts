@@ -5,9 +5,9 @@ import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { GridInput } from '../../src/shared/api';
-import { uploadsDir } from '../../src/main/core/core';
+import { uploadsDir } from '../../src/main/core/paths';
 import { fnv1a64, WordTokenizer } from '../../src/main/core/ort/model';
-import { limitations, sharedRowChance } from '../../src/main/hosts/cli/model-card';
+import { limitations, sharedRowChance } from '../../tools/model-card';
 import { makeCore, solidImage, tempDir, writeTree, type Caller } from './helpers';
 
 const ROOT = resolve(__dirname, '../..');
@@ -134,12 +134,26 @@ describe('bulk caption edits and run history', () => {
     const one = await call('datasets.get', { id: (await call('datasets.import', { source: { kind: 'folder', path: join(folder, 'one') } })).datasetId! });
     const two = await call('datasets.get', { id: (await call('datasets.import', { source: { kind: 'folder', path: join(folder, 'two') } })).datasetId! });
     const [a, b] = one.images;
-    const edited = await call('datasets.setCaptions', { datasetId: one.id, captions: [{ imageId: a!.id, caption: ' neonfx, a ring ' }, { imageId: b!.id, caption: 'neonfx, a box' }] });
+    const edited = await call('datasets.setCaptions', {
+      datasetId: one.id,
+      captions: [
+        { imageId: a!.id, caption: ' neonfx, a ring ' },
+        { imageId: b!.id, caption: 'neonfx, a box' },
+      ],
+    });
     expect(edited.images.map((i) => [i.caption, i.captionSource])).toEqual([
       ['neonfx, a ring', 'user'],
       ['neonfx, a box', 'user'],
     ]);
-    await expect(call('datasets.setCaptions', { datasetId: one.id, captions: [{ imageId: a!.id, caption: 'x' }, { imageId: two.images[0]!.id, caption: 'y' }] })).rejects.toMatchObject({
+    await expect(
+      call('datasets.setCaptions', {
+        datasetId: one.id,
+        captions: [
+          { imageId: a!.id, caption: 'x' },
+          { imageId: two.images[0]!.id, caption: 'y' },
+        ],
+      }),
+    ).rejects.toMatchObject({
       type: 'bad_input',
       message: expect.stringMatching(/not in this dataset.*nothing was changed/),
     });

@@ -109,7 +109,10 @@ describe('import hazards', () => {
     const { call } = core();
     const d = dir();
     writeTree(d, { 'a.png': await solidImage(16, 16, 'png'), 'a.txt': Buffer.alloc(50 * 2 ** 20, 'neon, glow, ') });
-    for (const source of [{ kind: 'files' as const, paths: [join(d, 'a.png')] }, { kind: 'folder' as const, path: d }]) {
+    for (const source of [
+      { kind: 'files' as const, paths: [join(d, 'a.png')] },
+      { kind: 'folder' as const, path: d },
+    ]) {
       const report = await call('datasets.import', { source });
       const file = report.files.find((f) => f.status === 'imported')!;
       expect(file.note).toMatch(/caption cut to the 2000-character limit \(the sidecar has 50\.0 MiB\)/);
@@ -406,7 +409,16 @@ describe.runIf(existsSync(WORKER) || process.env.CI === 'true')('malformed adapt
     // A PEFT-layout LoRA for a layer the base model does not have.
     const peft = join(d, 'peft.safetensors');
     const a = f16(Array.from({ length: 2 * 4 }, () => 0x3c00));
-    writeFileSync(peft, rawSafetensors({ 'base_model.model.nowhere.lora_A.weight': { dtype: 'F16', shape: [2, 4], data_offsets: [0, 16] }, 'base_model.model.nowhere.lora_B.weight': { dtype: 'F16', shape: [4, 2], data_offsets: [16, 32] } }, Buffer.concat([a, a])));
+    writeFileSync(
+      peft,
+      rawSafetensors(
+        {
+          'base_model.model.nowhere.lora_A.weight': { dtype: 'F16', shape: [2, 4], data_offsets: [0, 16] },
+          'base_model.model.nowhere.lora_B.weight': { dtype: 'F16', shape: [4, 2], data_offsets: [16, 32] },
+        },
+        Buffer.concat([a, a]),
+      ),
+    );
     for (const [path, expected] of [
       [wrongChecksum, /^checksum\.safetensors: layer 'unet\..*to_q': the Struct indices no longer regenerate .*\(checksum mismatch\)$/],
       [peft, /^peft\.safetensors: PEFT module 'nowhere' is not a layer of the loaded model$/],

@@ -101,7 +101,14 @@ function breakers(s: AnySchema, keys: Key[]): { value: unknown; expectPath: stri
     case 'number':
     case 'int':
       wrong((v) => typeof v === 'number');
-      for (const [what, v] of [['NaN', NaN], ['Infinity', Infinity], ['-Infinity', -Infinity], ['a numeric string', '1'], ['a bigint-sized number', 1e308 * 10]] as const) add(what, v);
+      for (const [what, v] of [
+        ['NaN', NaN],
+        ['Infinity', Infinity],
+        ['-Infinity', -Infinity],
+        ['a numeric string', '1'],
+        ['a bigint-sized number', 1e308 * 10],
+      ] as const)
+        add(what, v);
       if (i.max < Number.MAX_SAFE_INTEGER) add('a number above the maximum', i.kind === 'int' ? i.max + 1 : i.max * 2 + 1);
       if (i.min > -Number.MAX_SAFE_INTEGER) add('a number below the minimum', i.kind === 'int' ? i.min - 1 : i.min - Math.abs(i.min) - 1);
       if (i.kind === 'int') {
@@ -128,7 +135,11 @@ function breakers(s: AnySchema, keys: Key[]): { value: unknown; expectPath: stri
     case 'array': {
       wrong((v) => Array.isArray(v));
       add('an array-like object', { length: 1, 0: valid(i.item) });
-      if (i.max < 200_000) add(`${i.max + 1} items`, Array.from({ length: i.max + 1 }, () => valid(i.item)));
+      if (i.max < 200_000)
+        add(
+          `${i.max + 1} items`,
+          Array.from({ length: i.max + 1 }, () => valid(i.item)),
+        );
       if (i.min >= 1) add('no items', []);
       // A hole reads as undefined: the item there is missing, and the error says which one.
       if (i.max >= 1) add('a hole', new Array(Math.max(i.min, 1)), `${here}[0]`);
@@ -249,7 +260,9 @@ describe('schema fuzzer (every method of src/shared/api.ts)', () => {
         failures.push(`${p.method} with ${p.paths.join(' and ')} broken: ${JSON.stringify(outcome).slice(0, 200)}`);
       }
     }
-    console.log(`schema fuzzer: seed ${FUZZ_SEED}, ${methods.length} methods, ${cases.length + pairs.length} cases (${cases.length} single-field, ${pairs.length} two-field); crashes ${thrown}, internal answers ${internal}, failures ${failures.length}`);
+    console.log(
+      `schema fuzzer: seed ${FUZZ_SEED}, ${methods.length} methods, ${cases.length + pairs.length} cases (${cases.length} single-field, ${pairs.length} two-field); crashes ${thrown}, internal answers ${internal}, failures ${failures.length}`,
+    );
     expect(failures.slice(0, 20)).toEqual([]);
     expect(internal).toBe(0);
     expect(cases.length).toBeGreaterThan(1000);

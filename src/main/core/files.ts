@@ -103,8 +103,7 @@ const OPEN_FLAGS = constants.O_RDONLY | (constants.O_NONBLOCK ?? 0);
  */
 export async function readRegularFile(path: string, limits: ReadLimits): Promise<{ data: Buffer; size: number; truncated: boolean }> {
   const flags = OPEN_FLAGS | (limits.followSymlink ? 0 : (constants.O_NOFOLLOW ?? 0));
-  const step = <T>(work: Promise<T>, what: string, release?: (late: T) => void) =>
-    withDeadline(work, what, { timeoutMs: limits.timeoutMs, signal: limits.signal, release });
+  const step = <T>(work: Promise<T>, what: string, release?: (late: T) => void) => withDeadline(work, what, { timeoutMs: limits.timeoutMs, signal: limits.signal, release });
   let fh: FileHandle;
   try {
     fh = await step(open(path, flags), 'opening the file', (late) => void late.close().catch(() => {}));

@@ -12,6 +12,8 @@ export interface CallContext {
 
 export type Handler<M extends MethodName> = (input: InputOf<M>, ctx: CallContext) => ResultOf<M> | Promise<ResultOf<M>>;
 export type Handlers = { [M in MethodName]: Handler<M> };
+/** One domain's handlers: the methods named `<domain>` or `<domain>.<verb>`. core.ts spreads them into Handlers. */
+export type HandlersOf<D extends string> = { [M in MethodName as M extends D | `${D}.${string}` ? M : never]: Handler<M> };
 
 export interface InternalErrorSink {
   (method: string, error: unknown): void;

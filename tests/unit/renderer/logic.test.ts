@@ -3,25 +3,14 @@
 import { describe, expect, it } from 'vitest';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { AdapterSummary, ConceptReport, WordCheck, WordInfo } from '../../../src/shared/api';
+import type { ConceptReport, WordCheck, WordInfo } from '../../../src/shared/api';
 import { filterAdapters, tagsOf } from '../../../src/renderer/src/lib/adapters';
 import { chartGeometry, smooth, thin } from '../../../src/renderer/src/lib/chart';
 import { editCaption, previewPrompts, splitTags, tagFrequency, withTriggerWords } from '../../../src/renderer/src/lib/captions';
 import { compareLayout, conceptNumbers, RETENTION_NOTE, type CompareConfig } from '../../../src/renderer/src/lib/compare';
 import { showsPixels } from '../../../src/renderer/src/lib/pixels';
 import { triggerSuggestion, wordMarks } from '../../../src/renderer/src/lib/words';
-import {
-  etaSeconds,
-  formatAlpha,
-  formatBytes,
-  formatDuration,
-  formatMs,
-  formatRate,
-  kindLabel,
-  parseList,
-  parseNumbers,
-  progressText,
-} from '../../../src/renderer/src/lib/format';
+import { etaSeconds, formatAlpha, formatBytes, formatDuration, formatMs, formatRate, kindLabel, parseList, parseNumbers, progressText } from '../../../src/renderer/src/lib/format';
 import { columnsOf, moveIndex } from '../../../src/renderer/src/lib/grid-nav';
 import { columnsFor, gridWindow, pagesFor, scrollToReveal } from '../../../src/renderer/src/lib/virtual';
 import { adapterSummary } from './fixtures';
@@ -146,7 +135,10 @@ describe('grid keyboard movement', () => {
 
 describe('loss chart geometry', () => {
   it('smooths with a debiased moving average and keeps at most N points, always the last', () => {
-    const flat = smooth([{ step: 1, loss: 2 }, { step: 2, loss: 2 }]);
+    const flat = smooth([
+      { step: 1, loss: 2 },
+      { step: 2, loss: 2 },
+    ]);
     for (const p of flat) expect(p.loss).toBeCloseTo(2, 12);
     const many = Array.from({ length: 1000 }, (_, i) => ({ step: i + 1, loss: 1 / (i + 1) }));
     const few = thin(many, 100);
@@ -155,7 +147,15 @@ describe('loss chart geometry', () => {
   });
 
   it('maps the curve into the box, top for the highest loss', () => {
-    const g = chartGeometry([{ step: 0, loss: 1 }, { step: 10, loss: 0.5 }], 100, 50, 0);
+    const g = chartGeometry(
+      [
+        { step: 0, loss: 1 },
+        { step: 10, loss: 0.5 },
+      ],
+      100,
+      50,
+      0,
+    );
     expect(g.raw).toBe('M0.0,0.0L100.0,50.0');
     expect(g).toMatchObject({ yMin: 0.5, yMax: 1, xMax: 10, last: { step: 10, loss: 0.5 } });
     expect(chartGeometry([], 100, 50).last).toBeNull();
@@ -215,7 +215,16 @@ describe('compare grid layout', () => {
   });
 
   it('prompts: one column per prompt line, every adapter at one α', () => {
-    const l = compareLayout({ ...base, mode: 'prompts', prompts: ['a ring', '', 'a box '], weight: 0.8, adapters: [{ ...shira, triggerWords: [] }, { ...lora, triggerWords: [] }] });
+    const l = compareLayout({
+      ...base,
+      mode: 'prompts',
+      prompts: ['a ring', '', 'a box '],
+      weight: 0.8,
+      adapters: [
+        { ...shira, triggerWords: [] },
+        { ...lora, triggerWords: [] },
+      ],
+    });
     expect(l.columns.map((c) => c.label)).toEqual(['a ring', 'a box']);
     expect(l.rows[1]).toMatchObject({ kind: 'shira', sub: 'α 0.8' });
     expect(l.cells[1].map((c) => c.mix)).toEqual([[{ adapterId: 1, alpha: 0.8 }], [{ adapterId: 1, alpha: 0.8 }]]);

@@ -18,7 +18,7 @@ import type {
   WordCheck,
 } from '../../../src/shared/api';
 import { loadRendererModules, settle } from './svelte-modules';
-import { adapterSummary } from './fixtures';
+import { adapterSummary, generation } from './fixtures';
 
 let m: Awaited<ReturnType<typeof loadRendererModules>>;
 
@@ -60,29 +60,6 @@ function fakeApi(handlers: Record<string, Handler>, files?: unknown) {
 
 const summary = adapterSummary;
 
-function generation(id: number, over: Partial<Generation> = {}): Generation {
-  return {
-    id,
-    baseModelId: 1,
-    baseModelName: 'clipart-64',
-    prompt: 'a ring',
-    negativePrompt: '',
-    seed: id,
-    sampler: 'ddim',
-    steps: 25,
-    guidance: 5,
-    width: 64,
-    height: 64,
-    mix: [],
-    favourite: false,
-    durationMs: 100,
-    createdAt: '2026-01-01T00:00:00.000Z',
-    engine: 'worker',
-    pixelArt: false,
-    ...over,
-  };
-}
-
 const blend = (over: Partial<MixResult> = {}): MixResult => ({
   baseModelId: 1,
   entries: [],
@@ -97,20 +74,20 @@ const blend = (over: Partial<MixResult> = {}): MixResult => ({
 });
 
 describe('MixState', () => {
-  it('adds an adapter at its preferred weight (clamped to −1…2) and puts its trigger word in the prompt', () => {
+  it('adds an adapter at its preferred weight (any the API accepts; typed ones kept in −4…4) and puts its trigger word in the prompt', () => {
     const mix = new m.MixState(fakeApi({}), new m.Toasts());
     mix.prompt = 'a lighthouse';
     mix.add(summary({ id: 1, preferredWeight: 3, triggerWords: ['neonfx'] }));
     mix.add(summary({ id: 1 }));
     mix.add(summary({ id: 2, preferredWeight: 0.7, triggerWords: ['NEONFX', 'inkfx'] }));
     expect(mix.slots).toEqual([
-      { adapterId: 1, alpha: 2, enabled: true },
+      { adapterId: 1, alpha: 3, enabled: true },
       { adapterId: 2, alpha: 0.7, enabled: true },
     ]);
     expect(mix.prompt).toBe('a lighthouse, neonfx, inkfx');
     mix.toggle(2);
     mix.setAlpha(1, -5);
-    expect(mix.entries).toEqual([{ adapterId: 1, alpha: -1 }]);
+    expect(mix.entries).toEqual([{ adapterId: 1, alpha: -4 }]);
     mix.prune(new Set([2]));
     expect(mix.slots.map((s: { adapterId: number }) => s.adapterId)).toEqual([2]);
   });
@@ -431,7 +408,10 @@ describe('GalleryState', () => {
       generations: cells,
     };
     const { generations, ...summary } = grid;
-    const entries: GalleryEntry[] = [{ type: 'grid', ...summary }, { type: 'image', ...generation(5) }];
+    const entries: GalleryEntry[] = [
+      { type: 'grid', ...summary },
+      { type: 'image', ...generation(5) },
+    ];
     const api = fakeApi({
       'gallery.list': (): GalleryPage => ({ total: 2, items: entries }),
       'grids.get': () => grid,

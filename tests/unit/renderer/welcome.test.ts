@@ -24,7 +24,14 @@ const engineMissingLib: NativeReport = {
   abi: '150',
   checks: [
     { module: 'better-sqlite3', ok: true, required: true },
-    { module: 'engine', ok: false, required: false, problem: 'missing-library', message: 'The native engine (shira-worker) cannot load: the library libtorch_cpu.so is missing.', fix: 'npm run setup' },
+    {
+      module: 'engine',
+      ok: false,
+      required: false,
+      problem: 'missing-library',
+      message: 'The native engine (shira-worker) cannot load: the library libtorch_cpu.so is missing.',
+      fix: 'npm run setup',
+    },
   ],
 };
 

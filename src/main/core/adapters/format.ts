@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { badInput } from '../../../shared/errors';
-import { readSafetensors, readSafetensorsHeader, writeSafetensors, type Dtype, type TensorData } from '../worker/safetensors';
+import { readSafetensors, readSafetensorsHeader, writeSafetensors, type Dtype, type TensorData } from '../io/safetensors';
 
 export const ADAPTER_FORMAT = 'shira-studio-adapter';
 export const ADAPTER_FORMAT_VERSION = '2';
@@ -56,8 +56,7 @@ const DTYPES: Record<ValuesDtype, Dtype> = { f16: 'F16', f32: 'F32' };
 const BYTES: Record<ValuesDtype, number> = { f16: 2, f32: 4 };
 
 const numel = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
-const isDims = (v: unknown, min: number, max: number): v is number[] =>
-  Array.isArray(v) && v.length >= min && v.length <= max && v.every((d) => Number.isInteger(d) && d > 0 && d < 2 ** 31);
+const isDims = (v: unknown, min: number, max: number): v is number[] => Array.isArray(v) && v.length >= min && v.length <= max && v.every((d) => Number.isInteger(d) && d > 0 && d < 2 ** 31);
 
 /** True for files in this format; false for PEFT-layout files the worker must convert first. */
 export function isNativeAdapterFile(metadata: Record<string, string>): boolean {

@@ -75,7 +75,11 @@ async function readCaption(path: string, signal?: AbortSignal): Promise<Sidecar>
     return reason === 'not found' ? null : { refused: `caption sidecar not read: ${reason}` };
   }
   // Sidecars are often written by taggers with trailing newlines or CRLF; one line is meant.
-  const text = read.data.toString('utf8').replace(/\r\n?/g, '\n').trim().replace(/\s*\n\s*/g, ', ');
+  const text = read.data
+    .toString('utf8')
+    .replace(/\r\n?/g, '\n')
+    .trim()
+    .replace(/\s*\n\s*/g, ', ');
   if (text.length <= MAX_CAPTION_CHARS && !read.truncated) return { text };
   return { text: cutCaption(text), note: `caption cut to the ${MAX_CAPTION_CHARS}-character limit (the sidecar has ${formatBytes(read.size)})` };
 }

@@ -36,10 +36,7 @@ export function migrate(db: Db, migrations: readonly Migration[] = MIGRATIONS): 
   const current = schemaVersion(db);
   const latest = migrations.length ? migrations[migrations.length - 1]!.version : 0;
   if (current > latest) {
-    throw new ExpectedError(
-      'unsupported',
-      `This library was written by a newer Shira Studio (schema v${current}; this build knows up to v${latest}). Update the app, or open another data folder.`,
-    );
+    throw new ExpectedError('unsupported', `This library was written by a newer Shira Studio (schema v${current}; this build knows up to v${latest}). Update the app, or open another data folder.`);
   }
   for (const m of migrations) {
     if (m.version <= current) continue;

@@ -23,11 +23,12 @@ import {
   type MixEntry,
 } from '../../../shared/api';
 import { badInput, notFound, unsupported } from '../../../shared/errors';
+import { SAMPLING, SEED } from '../../../shared/ranges';
 import type { Db } from '../db/database';
 import type { Mixer } from '../adapters/mixer';
 import type { AdapterLibrary } from '../adapters/library';
 import type { EngineName, OrtService } from '../ort/service';
-import { readSafetensors } from '../worker/safetensors';
+import { readSafetensors } from '../io/safetensors';
 import type { WorkerSupervisor } from '../worker/supervisor';
 import { addPngText } from './png-text';
 
@@ -117,7 +118,9 @@ export function recipeKey(r: {
   guidance: number;
   engine: EngineName;
 }): string {
-  return createHash('sha256').update(JSON.stringify([r.base, r.mix.map((m) => [m.content, m.alpha]), r.prompt, r.negativePrompt, r.seed, r.sampler, r.steps, r.guidance, r.engine])).digest('hex');
+  return createHash('sha256')
+    .update(JSON.stringify([r.base, r.mix.map((m) => [m.content, m.alpha]), r.prompt, r.negativePrompt, r.seed, r.sampler, r.steps, r.guidance, r.engine]))
+    .digest('hex');
 }
 
 export class Generations {
@@ -203,14 +206,12 @@ export class Generations {
       const a = adapters.get(e.adapterId)!;
       return { ...e, name: a.name, autoV2: a.file_sha256 ? a.file_sha256.slice(0, 10).toUpperCase() : null };
     });
-    const byContent = [...entries]
-      .sort((a, b) => a.adapterId - b.adapterId)
-      .map((e) => ({ content: adapters.get(e.adapterId)!.content_hash ?? `adapter ${e.adapterId}`, alpha: e.alpha }));
-    const seed0 = req.seed ?? Math.floor(Math.random() * 2 ** 31);
-    const batch = req.batch ?? 1;
-    const steps = req.steps ?? 25;
-    const guidance = req.guidance ?? 5;
-    const sampler = req.sampler ?? 'ddim';
+    const byContent = [...entries].sort((a, b) => a.adapterId - b.adapterId).map((e) => ({ content: adapters.get(e.adapterId)!.content_hash ?? `adapter ${e.adapterId}`, alpha: e.alpha }));
+    const seed0 = req.seed ?? Math.floor(Math.random() * (SEED.max + 1));
+    const batch = req.batch ?? SAMPLING.batch.default;
+    const steps = req.steps ?? SAMPLING.steps.default;
+    const guidance = req.guidance ?? SAMPLING.guidance.default;
+    const sampler = req.sampler ?? SAMPLING.sampler.default;
     mkdirSync(this.tmpDir, { recursive: true });
     const out: Generation[] = [];
     const standalone = req.forGrid ? 0 : 1;
@@ -242,7 +243,7 @@ export class Generations {
       try {
         let images: { dtype: string; shape: number[]; data: Uint8Array } | undefined;
         if (engine === 'worker') {
-          await w!.request('sample', { prompt: req.prompt, negative_prompt: req.negativePrompt ?? '', seed, steps, guidance, sampler, batch: 1, out: file });
+          await w!.request('sample', { prompt: req.prompt, negativePrompt: req.negativePrompt ?? '', seed, steps, guidance, sampler, batch: 1, out: file });
           images = readSafetensors(file).tensors.get('images');
         } else {
           const r = await this.ort!.generate({
@@ -283,8 +284,24 @@ export class Generations {
               `INSERT INTO generations (base_model_id, prompt, negative_prompt, seed, sampler, steps, guidance, width, height, mix_json, image_png, thumb_webp, duration_ms, engine, recipe_key, standalone)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
             )
-            .run(baseModelId, req.prompt, req.negativePrompt ?? '', seed, sampler, steps, guidance, wd, h, JSON.stringify(entries), png, thumb, Math.round(performance.now() - started), engine, key, standalone)
-            .lastInsertRowid,
+            .run(
+              baseModelId,
+              req.prompt,
+              req.negativePrompt ?? '',
+              seed,
+              sampler,
+              steps,
+              guidance,
+              wd,
+              h,
+              JSON.stringify(entries),
+              png,
+              thumb,
+              Math.round(performance.now() - started),
+              engine,
+              key,
+              standalone,
+            ).lastInsertRowid,
         );
         if (standalone) this.adoptCovers(id, entries);
         out.push(this.get(id));
@@ -310,11 +327,7 @@ export class Generations {
   }
 
   get(id: number): Generation {
-    const row = this.db
-      .prepare(
-        `${ROW_SQL} WHERE g.id = ?`,
-      )
-      .get(id) as GenerationRow | undefined;
+    const row = this.db.prepare(`${ROW_SQL} WHERE g.id = ?`).get(id) as GenerationRow | undefined;
     if (!row) throw notFound(`Generation ${id} does not exist.`);
     return toGeneration(row);
   }

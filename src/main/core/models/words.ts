@@ -1,5 +1,5 @@
 // What the built-in model's word tokenizer makes of a prompt or a trigger word. Words outside its vocabulary are
-// hashed into a few shared "spare" rows (native/src/model.cpp, WordTokenizer; mirrored in ../ort/model.ts), so two
+// hashed into a few shared "spare" rows (the native WordTokenizer, mirrored in ../ort/model.ts), so two
 // new words can silently share one embedding: an adapter trained on "sprite" then also answers to "knight". This
 // says which words the model does not know and which share a row with a trigger or caption word of the library,
 // and finds a trigger word whose row nothing uses yet.

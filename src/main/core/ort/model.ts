@@ -1,8 +1,12 @@
 // The model family as the exporter and the ORT sampler see it: config (the JSON in the weights file's
-// __metadata__.config, same defaults and checks as native/src/model.cpp), fp32 weights by parameter name, the word
-// tokenizer, and which layers SHiRA targets. Everything here mirrors native/src/model.{h,cpp}; when that changes,
-// this must change with it (the parity tests in tests/unit/ort.test.ts say when it no longer does).
-import { readSafetensors, type TensorData } from '../worker/safetensors';
+// __metadata__.config), fp32 weights by parameter name, the word tokenizer, and which layers SHiRA targets.
+//
+// A copy kept on purpose (ONNX deployment, the word check). It mirrors the native model: model_config_from_json's
+// defaults and checks (model/config), model_load's file layout (model_io/model_file), kDefaultTargets and
+// layer_matches (model/diffusion_model), WordTokenizer (tokenizers/word_tokenizer, which names this file back) and
+// fnv1a64 (core/hash.h). A change on either side is made on both; tests/unit/ort.test.ts (token ids, forward
+// outputs and images against the worker's) says when they part.
+import { readSafetensors, type TensorData } from '../io/safetensors';
 
 export interface UNetConfig {
   sampleSize: number;
@@ -48,10 +52,10 @@ export interface Weight {
   data: Float32Array;
 }
 
-/** The worker's kDefaultTargets (native/src/model.cpp): the layers SHiRA adapts unless a run names others. */
+/** The layers SHiRA adapts unless a run names others. Mirrors native kDefaultTargets. */
 export const DEFAULT_TARGETS = ['to_q', 'to_k', 'to_v', 'to_out.0', 'ff.net.0.proj', 'ff.net.2', 'proj_in', 'proj_out'] as const;
 
-/** native layer_matches: "re:<regex>" searches the module path; anything else is a dotted suffix or the whole path. */
+/** "re:<regex>" searches the module path; anything else is a dotted suffix or the whole path. Mirrors native layer_matches. */
 export function layerMatches(name: string, patterns: readonly string[]): boolean {
   for (const p of patterns) {
     if (p.startsWith('re:')) {
@@ -59,7 +63,7 @@ export function layerMatches(name: string, patterns: readonly string[]): boolean
       try {
         re = new RegExp(p.slice(3));
       } catch (error) {
-        throw new Error(`bad target pattern '${p}': ${(error as Error).message}`);
+        throw new Error(`bad target pattern '${p}': ${(error as Error).message}`, { cause: error });
       }
       if (re.test(name)) return true;
     } else if (name === p || (name.length > p.length && name.endsWith(p) && name[name.length - p.length - 1] === '.')) {
@@ -77,6 +81,7 @@ function pick<T>(o: Record<string, unknown>, key: string, fallback: T, check: (v
 const isInt = (v: unknown) => Number.isInteger(v);
 const isNum = (v: unknown) => typeof v === 'number' && Number.isFinite(v);
 
+/** The config JSON with the worker's defaults filled in; refuses what the worker refuses. Mirrors native model_config_from_json. */
 export function parseModelConfig(json: unknown): ModelConfig {
   if (!json || typeof json !== 'object') throw new Error('model config: must be a JSON object');
   const j = json as Record<string, unknown>;
@@ -90,7 +95,13 @@ export function parseModelConfig(json: unknown): ModelConfig {
     inChannels: pick(u, 'in_channels', 3, isInt, 'int'),
     outChannels: pick(u, 'out_channels', 3, isInt, 'int'),
     blockOutChannels,
-    attention: pick(u, 'attention', blockOutChannels.map(() => true), (v) => Array.isArray(v) && v.every((x) => typeof x === 'boolean'), 'bool array'),
+    attention: pick(
+      u,
+      'attention',
+      blockOutChannels.map(() => true),
+      (v) => Array.isArray(v) && v.every((x) => typeof x === 'boolean'),
+      'bool array',
+    ),
     layersPerBlock: pick(u, 'layers_per_block', 1, isInt, 'int'),
     attentionHeads: pick(u, 'attention_heads', 4, isInt, 'int'),
     normNumGroups: pick(u, 'norm_num_groups', 8, isInt, 'int'),
@@ -153,7 +164,7 @@ export interface LoadedModel {
   weights: Map<string, Weight>;
 }
 
-/** A shira-studio model file: fp16/fp32 weights named "unet.<path>" / "text_encoder.<path>" and the config JSON. */
+/** A shira-studio model file: fp16/fp32 weights named "unet.<path>" / "text_encoder.<path>" and the config JSON. Mirrors native model_load. */
 export function loadModelFile(path: string): LoadedModel {
   const file = readSafetensors(path);
   const raw = file.metadata.config;
@@ -162,7 +173,7 @@ export function loadModelFile(path: string): LoadedModel {
   try {
     json = JSON.parse(raw);
   } catch (error) {
-    throw new Error(`model '${path}': config is not JSON (${(error as Error).message})`);
+    throw new Error(`model '${path}': config is not JSON (${(error as Error).message})`, { cause: error });
   }
   const config = parseModelConfig(json);
   const weights = new Map<string, Weight>();
@@ -170,7 +181,7 @@ export function loadModelFile(path: string): LoadedModel {
   return { config, weights };
 }
 
-// ---- tokenizer (native WordTokenizer) ----
+// ---- tokenizer: mirrors native WordTokenizer (ids, specials, the spare-bucket hash) ----
 
 const SPECIALS = ['<pad>', '<unk>', '<bos>', '<eos>'];
 const PAD = 0;

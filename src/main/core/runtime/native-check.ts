@@ -124,9 +124,7 @@ function describe(module: NativeModuleName, f: LoadFailure, ctx: CheckContext): 
     case 'missing-library':
       return `${what} cannot load: the library ${f.library ?? 'it links'} is missing.`;
     case 'missing-binary':
-      return module === 'better-sqlite3' && ctx.runtime === 'electron'
-        ? `${what} has no build for this Electron (NODE_MODULE_VERSION ${ctx.abi}).`
-        : `${what} is not built or not installed.`;
+      return module === 'better-sqlite3' && ctx.runtime === 'electron' ? `${what} has no build for this Electron (NODE_MODULE_VERSION ${ctx.abi}).` : `${what} is not built or not installed.`;
     case 'load-failed':
       return `${what} failed to load.`;
   }

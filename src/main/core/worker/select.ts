@@ -112,8 +112,7 @@ export async function selectEngine(builds: EngineBuilds, preference: DevicePrefe
   });
   if (!has.cpu && !has.cuda) return choice(null, null, 'No engine is built.');
   const onCpu = (reason: string, advice?: string) => choice(has.cpu ? builds.cpu : builds.cuda, 'cpu', reason, advice);
-  const onCuda = (binary: string, torch: string | null) =>
-    choice(binary, 'cuda', `CUDA on ${gpus.length ? gpuName(gpus) : 'the GPU'}${torch ? ` (libtorch ${torch})` : ''}.`);
+  const onCuda = (binary: string, torch: string | null) => choice(binary, 'cuda', `CUDA on ${gpus.length ? gpuName(gpus) : 'the GPU'}${torch ? ` (libtorch ${torch})` : ''}.`);
   if (preference === 'cpu') return onCpu('CPU, as chosen under Engine → Device.');
 
   const asked = preference === 'gpu' ? 'GPU was chosen, but ' : '';

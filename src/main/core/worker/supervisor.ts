@@ -1,11 +1,13 @@
 // Supervises the native shira-worker: spawn, wait for its readiness line, route JSON-line replies
 // and progress events to requests by id, restart after a crash (with backoff), kill on close, and
 // keep its stderr and stray stdout in <data>/logs/worker.log. Tensors never cross here as JSON.
+// What may be asked is the op table in protocol.ts: `request` is typed by it end to end.
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { appendFileSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { createInterface } from 'node:readline';
 import { ExpectedError, type ApiError } from '../../../shared/errors';
+import { wireArgs, type ArgsOf, type EventOf, type OpName, type OpTable, type ReplyOf, type WorkerEvent, type WorkerOps } from './protocol';
 
 export interface WorkerOptions {
   binary: string;
@@ -28,14 +30,13 @@ export interface ReadyInfo {
   [key: string]: unknown;
 }
 
-export type WorkerEvent = { event: string; id?: number | string; [key: string]: unknown };
-
 interface Pending {
   resolve: (value: unknown) => void;
   reject: (error: Error) => void;
   onEvent?: (event: WorkerEvent) => void;
 }
 
+/** An error the worker replied with, or one about the request (the worker stopped, was cancelled). */
 export class WorkerError extends Error {
   constructor(readonly error: ApiError) {
     super(error.message);
@@ -43,9 +44,18 @@ export class WorkerError extends Error {
   }
 }
 
+/** The worker process ended (crash, kill, out of memory) while the request was in flight; it is restarted. */
+export class WorkerExitError extends WorkerError {
+  constructor(readonly why: string) {
+    super({ type: 'internal', message: `The native worker stopped (${why}) while working on this request.` });
+    this.name = 'WorkerExitError';
+  }
+}
+
 type State = 'stopped' | 'starting' | 'ready' | 'closed' | 'failed';
 
-export class WorkerSupervisor {
+/** `P`: the ops this worker serves (the native worker's, or a test fake's). */
+export class WorkerSupervisor<P extends OpTable = WorkerOps> {
   private child_: ChildProcessWithoutNullStreams | null = null;
   private state_: State = 'stopped';
   private ready_: Promise<ReadyInfo> | null = null;
@@ -159,7 +169,7 @@ export class WorkerSupervisor {
         const why = signal ? `signal ${signal}` : `code ${code}`;
         this.log(`worker exited (${why})`);
         const wasStarting = this.state_ === 'starting';
-        for (const p of this.pending_.values()) p.reject(new WorkerError({ type: 'internal', message: `The native worker stopped (${why}) while working on this request.` }));
+        for (const p of this.pending_.values()) p.reject(new WorkerExitError(why));
         this.pending_.clear();
         if (this.state_ === 'closed') return;
         if (wasStarting) {
@@ -211,15 +221,18 @@ export class WorkerSupervisor {
     }
   }
 
-  /** Sends one request; resolves with its result, rejects with WorkerError. Starts the worker if needed. */
-  async request<T = unknown>(op: string, args: Record<string, unknown> = {}, onEvent?: (event: WorkerEvent) => void): Promise<T> {
+  /**
+   * Sends one request; resolves with its result, rejects with WorkerError (WorkerExitError when the process died
+   * meanwhile). Starts the worker if needed. `onEvent` receives the op's progress events.
+   */
+  async request<Op extends OpName<P>>(op: Op, args: ArgsOf<P, Op>, onEvent?: (event: EventOf<P, Op>) => void): Promise<ReplyOf<P, Op>> {
     if (this.state_ !== 'ready') await this.start();
     const child = this.child_;
     if (!child) throw new WorkerError({ type: 'internal', message: 'The native worker is not running.' });
     const id = this.nextId_++;
-    return new Promise<T>((resolve, reject) => {
-      this.pending_.set(id, { resolve: resolve as (v: unknown) => void, reject, onEvent });
-      child.stdin.write(`${JSON.stringify({ id, op, args })}\n`);
+    return new Promise<ReplyOf<P, Op>>((resolve, reject) => {
+      this.pending_.set(id, { resolve: resolve as (v: unknown) => void, reject, onEvent: onEvent as ((event: WorkerEvent) => void) | undefined });
+      child.stdin.write(`${JSON.stringify({ id, op, args: wireArgs(args) })}\n`);
     });
   }
 

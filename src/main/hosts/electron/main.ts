@@ -104,7 +104,7 @@ function createWindow(): BrowserWindow {
 
 let quitting = false;
 
-app.whenReady().then(() => {
+function start(): void {
   const ses = session.defaultSession;
   ses.setPermissionRequestHandler((_wc, _permission, callback) => callback(false));
   ses.webRequest.onBeforeRequest((details, callback) => callback({ cancel: !isAllowedUrl(details.url, appUrlPrefix) }));
@@ -134,7 +134,16 @@ app.whenReady().then(() => {
   app.on('activate', () => {
     if (BrowserWindow.getAllWindows().length === 0) createWindow();
   });
-});
+}
+
+app
+  .whenReady()
+  .then(start)
+  .catch((error: unknown) => {
+    // Without this a failed start-up left a running app with no window and nothing said.
+    dialog.showErrorBox('Shira Studio could not start', error instanceof Error ? error.message : String(error));
+    app.exit(1);
+  });
 
 app.on('before-quit', () => {
   quitting = true;

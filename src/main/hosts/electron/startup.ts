@@ -13,10 +13,7 @@ export interface StartupFailure {
 }
 
 /** Messages the core's utility process sends to the main process. */
-export type CoreHostMessage =
-  | { type: 'ready' }
-  | { type: 'startup-failed'; failure: StartupFailure }
-  | { type: 'media'; requestId: number; mime: string | null; bytes: Uint8Array | null };
+export type CoreHostMessage = { type: 'ready' } | { type: 'startup-failed'; failure: StartupFailure } | { type: 'media'; requestId: number; mime: string | null; bytes: Uint8Array | null };
 
 /**
  * A crash after a good start is restarted (the windows get fresh ports and retry); a core that never
@@ -67,9 +64,10 @@ export function failurePage(failure: StartupFailure, where: { appRoot: string; l
   const { problems } = describeFailure(failure);
   const items = problems
     .map(
-      (p) => `<li><p>${escape(p.what)}</p>${p.detail ? `<p class="detail">${escape(p.detail)}</p>` : ''}${
-        p.fix ? `<p>To fix it${where.packaged || !isCommand(p.fix) ? '' : `, run in a terminal in <code>${escape(where.appRoot)}</code>`}:</p><pre>${escape(p.fix)}</pre>` : ''
-      }</li>`,
+      (p) =>
+        `<li><p>${escape(p.what)}</p>${p.detail ? `<p class="detail">${escape(p.detail)}</p>` : ''}${
+          p.fix ? `<p>To fix it${where.packaged || !isCommand(p.fix) ? '' : `, run in a terminal in <code>${escape(where.appRoot)}</code>`}:</p><pre>${escape(p.fix)}</pre>` : ''
+        }</li>`,
     )
     .join('');
   return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Shira Studio cannot start</title><style>

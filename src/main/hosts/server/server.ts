@@ -23,8 +23,9 @@ import { MEDIA_KINDS, type MediaKind } from '../../../shared/api';
 import { SERVER_PATHS } from '../../../shared/bridge';
 import { ExpectedError } from '../../../shared/errors';
 import { connect } from '../../core/connection';
-import { uploadsDir, type Core } from '../../core/core';
+import type { Core } from '../../core/core';
 import { formatBytes } from '../../core/files';
+import { uploadsDir } from '../../core/paths';
 
 export const TOKEN_COOKIE = 'shira_token';
 export const MAX_UPLOAD_BYTES = 256 * 1024 * 1024;
@@ -133,6 +134,7 @@ export function checkUploadPath(raw: string | null): string[] {
   const shownPath = raw === null ? '' : JSON.stringify(raw.length > 80 ? `${raw.slice(0, 80)}…` : raw);
   const bad = (why: string) => new Refusal(400, `Upload path ${shownPath} ${why}.`);
   if (raw === null || raw === '') throw new Refusal(400, 'Upload path missing: add ?path=<the file’s relative path>.');
+  // eslint-disable-next-line no-control-regex -- control characters are exactly what this refuses
   if (/[\x00-\x1f\x7f]/.test(raw)) throw bad('contains NUL or control characters');
   if (Buffer.byteLength(raw) > MAX_UPLOAD_PATH_BYTES) throw bad(`is longer than ${MAX_UPLOAD_PATH_BYTES} bytes`);
   if (/^[/\\]/.test(raw) || /^[A-Za-z]:/.test(raw)) throw bad('is absolute; send the path relative to the folder you picked');
@@ -280,7 +282,7 @@ export async function startStudioServer(options: StudioServerOptions): Promise<S
     if (!m) return send(res, 404, 'Not found');
     let parts;
     try {
-      parts = core.adapters.packageParts(Number(m[1]));
+      parts = core.packages.parts(Number(m[1]));
     } catch (error) {
       if (error instanceof ExpectedError && error.type === 'not_found') return send(res, 404, error.message);
       throw error;

@@ -104,8 +104,7 @@ export function previewPrompts(dataset: { name: string; triggerWord: string | nu
   const trigger = dataset.triggerWord?.trim() || null;
   const captions = [...new Set(dataset.images.map((i) => i.caption.trim()).filter(Boolean))];
   const wanted = MAX_PREVIEW_PROMPTS - (trigger ? 1 : 0);
-  const picked =
-    captions.length <= wanted ? captions : Array.from({ length: wanted }, (_, i) => captions[Math.round((i * (captions.length - 1)) / (wanted - 1 || 1))]!);
+  const picked = captions.length <= wanted ? captions : Array.from({ length: wanted }, (_, i) => captions[Math.round((i * (captions.length - 1)) / (wanted - 1 || 1))]!);
   const prompts = [...(trigger ? [trigger] : []), ...picked.map((c) => withTriggerFirst(c, trigger).slice(0, 300))];
   const unique = [...new Set(prompts)];
   return unique.length > 0 ? unique : [dataset.name.slice(0, 300)];

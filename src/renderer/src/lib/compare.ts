@@ -79,18 +79,12 @@ export function compareLayout(c: CompareConfig): CompareLayout {
     const prompt = prompts[0];
     rows = [...(c.includeBase ? [BASE] : []), ...c.adapters.map((a) => adapterAxis(a))];
     columns = c.alphas.map((alpha) => ({ key: `alpha${alpha}`, label: `α ${formatAlpha(alpha)}` }));
-    cells = [
-      ...(c.includeBase ? [c.alphas.map(() => spec(prompt, []))] : []),
-      ...c.adapters.map((a) => c.alphas.map((alpha) => spec(prompt, [{ adapterId: a.id, alpha }]))),
-    ];
+    cells = [...(c.includeBase ? [c.alphas.map(() => spec(prompt, []))] : []), ...c.adapters.map((a) => c.alphas.map((alpha) => spec(prompt, [{ adapterId: a.id, alpha }])))];
   } else if (c.mode === 'prompts') {
     if (c.adapters.length === 0 && !c.includeBase) return empty('Pick at least one adapter.');
     rows = [...(c.includeBase ? [BASE] : []), ...c.adapters.map((a) => adapterAxis(a, `α ${formatAlpha(c.weight)}`))];
     columns = prompts.map((p, i) => ({ key: `p${i}`, label: p }));
-    cells = [
-      ...(c.includeBase ? [prompts.map((p) => spec(p, []))] : []),
-      ...c.adapters.map((a) => prompts.map((p) => spec(p, [{ adapterId: a.id, alpha: c.weight }]))),
-    ];
+    cells = [...(c.includeBase ? [prompts.map((p) => spec(p, []))] : []), ...c.adapters.map((a) => prompts.map((p) => spec(p, [{ adapterId: a.id, alpha: c.weight }])))];
   } else {
     if (c.adapters.length < 2) return empty('Pick two or more adapters to see how they hold up together.');
     const fused: MixEntry[] = c.adapters.map((a) => ({ adapterId: a.id, alpha: c.weight }));
@@ -100,11 +94,7 @@ export function compareLayout(c: CompareConfig): CompareLayout {
       ...c.adapters.map((a) => adapterAxis(a, `alone · α ${formatAlpha(c.weight)}`)),
       { key: 'fused', label: 'All fused', sub: `${c.adapters.length} adapters · α ${formatAlpha(c.weight)}` },
     ];
-    cells = prompts.map((p) => [
-      ...(c.includeBase ? [spec(p, [])] : []),
-      ...c.adapters.map((a) => spec(p, [{ adapterId: a.id, alpha: c.weight }])),
-      spec(p, fused),
-    ]);
+    cells = prompts.map((p) => [...(c.includeBase ? [spec(p, [])] : []), ...c.adapters.map((a) => spec(p, [{ adapterId: a.id, alpha: c.weight }])), spec(p, fused)]);
   }
 
   const seen = new Set<string>();
@@ -136,8 +126,7 @@ export interface ConceptNumbers {
 const pct = (x: number) => `${Math.round(x * 100)} %`;
 
 /** Retention over 100 % reads like "more style survived", which it is not. */
-export const RETENTION_NOTE =
-  'Above 100 %: fusing raised the judge’s score for this style above the adapter alone. That is the mix pushing the judge, not the style surviving better than alone.';
+export const RETENTION_NOTE = 'Above 100 %: fusing raised the judge’s score for this style above the adapter alone. That is the mix pushing the judge, not the style surviving better than alone.';
 
 function retentionLine(label: string, f: ConceptReport['fused'][number]): ConceptLine {
   if (f.retention === null) return { label, value: pct(f.score) };

@@ -228,11 +228,7 @@ class SocketTransport implements Transport {
 }
 
 /** Uploads files one by one into a fresh server staging folder and returns that folder as the source. */
-async function uploadToServer(
-  files: PickedFile[],
-  onProgress: (done: number, total: number) => void,
-  signal: AbortSignal,
-): Promise<ImportSource> {
+async function uploadToServer(files: PickedFile[], onProgress: (done: number, total: number) => void, signal: AbortSignal): Promise<ImportSource> {
   const uploadId = newId();
   let folder: string | null = null;
   onProgress(0, files.length);

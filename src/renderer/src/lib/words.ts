@@ -34,7 +34,11 @@ export function wordMarks(check: WordCheck | null, purpose: WordPurpose): WordMa
   if (meaningless.length > 0) {
     const list = meaningless.map((w) => `“${w}”`).join(', ');
     const one = meaningless.length === 1;
-    marks.push({ word: meaningless.join(' '), tone: 'note', message: `${check.model} does not know ${list}: ${one ? 'it lands' : 'they land'} on shared spare rows and ${one ? 'means' : 'mean'} nothing to it yet.` });
+    marks.push({
+      word: meaningless.join(' '),
+      tone: 'note',
+      message: `${check.model} does not know ${list}: ${one ? 'it lands' : 'they land'} on shared spare rows and ${one ? 'means' : 'mean'} nothing to it yet.`,
+    });
   }
   return marks;
 }

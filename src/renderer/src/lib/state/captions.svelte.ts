@@ -38,9 +38,7 @@ export class CaptionEditorState {
   preview(edit: CaptionEdit, label: string): void {
     const dataset = this.#dataset();
     if (!dataset) return;
-    const proposals = dataset.images
-      .map((i) => ({ imageId: i.id, path: i.relPath, before: i.caption, after: editCaption(i.caption, edit, dataset.triggerWord) }))
-      .filter((p) => p.after !== p.before);
+    const proposals = dataset.images.map((i) => ({ imageId: i.id, path: i.relPath, before: i.caption, after: editCaption(i.caption, edit, dataset.triggerWord) })).filter((p) => p.after !== p.before);
     this.propose(label, proposals);
   }
 

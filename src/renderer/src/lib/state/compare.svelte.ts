@@ -7,12 +7,10 @@ import { compareLayout, conceptNumbers, type CellSpec, type CompareLayout, type 
 import { errorMessage } from '../errors';
 import { parseNumbers } from '../format';
 import type { ApiClient } from '../transport';
-import { ALPHA_MAX, ALPHA_MIN, randomSeed } from './mix.svelte';
+import { ALPHA, CONCEPT, SAMPLING } from '../../../../shared/ranges';
+import { randomSeed } from './mix.svelte';
 
 export type CellResult = { status: 'running' } | { status: 'done'; generation: Generation } | { status: 'failed'; error: string };
-
-/** The concept-loss judge takes at most this many adapters at once. */
-export const MAX_CONCEPT_ADAPTERS = 4;
 
 const setKey = (ids: readonly number[]) => JSON.stringify([...new Set(ids)].sort((a, b) => a - b));
 
@@ -24,10 +22,10 @@ export class CompareState {
   /** One prompt per line; the α mode uses the first. */
   promptsText = $state('');
   negativePrompt = $state('');
-  weight = $state(1);
+  weight = $state<number>(ALPHA.default);
   seed = $state(randomSeed());
-  steps = $state(25);
-  guidance = $state(5);
+  steps = $state<number>(SAMPLING.steps.default);
+  guidance = $state<number>(SAMPLING.guidance.default);
 
   results = $state.raw<Record<string, CellResult>>({});
   /** The exact settings the results were made with: changing the form must not relabel old images. */
@@ -48,7 +46,7 @@ export class CompareState {
   measureProgress = $state.raw<{ phase: string; done: number; total: number } | null>(null);
   measureError = $state<string | null>(null);
 
-  readonly alphas = $derived(parseNumbers(this.alphasText, ALPHA_MIN, ALPHA_MAX));
+  readonly alphas = $derived(parseNumbers(this.alphasText, ALPHA.min, ALPHA.max));
   readonly prompts = $derived(this.promptsText.split('\n'));
 
   readonly #api: ApiClient;
@@ -85,7 +83,7 @@ export class CompareState {
     const byId = this.#adapters();
     const chosen = this.adapterIds.map((id) => byId.get(id)).filter((a) => a !== undefined);
     if (chosen.length === 0) return 'Pick the adapters to measure.';
-    if (chosen.length > MAX_CONCEPT_ADAPTERS) return `Measure at most ${MAX_CONCEPT_ADAPTERS} adapters at once.`;
+    if (chosen.length > CONCEPT.maxAdapters) return `Measure at most ${CONCEPT.maxAdapters} adapters at once.`;
     const imported = chosen.find((a) => a.datasetId === null);
     if (imported) return `“${imported.name}” was imported without its training images, so its style cannot be judged.`;
     return null;
@@ -202,7 +200,7 @@ export class CompareState {
 
   async loadReport(): Promise<void> {
     const ids = this.adapterIds;
-    if (ids.length === 0 || ids.length > MAX_CONCEPT_ADAPTERS) {
+    if (ids.length === 0 || ids.length > CONCEPT.maxAdapters) {
       this.report = null;
       return;
     }
@@ -223,11 +221,13 @@ export class CompareState {
     this.measureError = null;
     this.measureProgress = null;
     const ids = [...this.adapterIds];
-    const alphas = this.mode === 'alpha' ? this.alphas.filter((a) => a >= 0.05) : [this.weight];
+    // The grid's weights the judge can measure (a faint or negative α has no style to score), else its default.
+    const { min, max, count } = CONCEPT.alpha;
+    const alphas = (this.mode === 'alpha' ? this.alphas : [this.weight]).filter((a) => a >= min && a <= max).slice(0, count);
     try {
       const report = await this.#api.call('concept.evaluate', {
         adapterIds: ids,
-        alphas: alphas.length > 0 && alphas.every((a) => a >= 0.05 && a <= 2) ? alphas.slice(0, 4) : [1],
+        alphas: alphas.length > 0 ? alphas : [CONCEPT.alpha.default],
         steps: this.steps,
         guidance: this.guidance,
       });

@@ -27,9 +27,7 @@ export class GalleryState {
   adapterFilter = $state<number | null>(null);
 
   viewport = $state.raw<Viewport>({ width: 0, height: 0, scrollTop: 0 });
-  readonly window: GridWindow = $derived(
-    gridWindow({ ...this.viewport, count: this.total, minCell: MIN_CELL, gap: GAP, overscan: OVERSCAN_ROWS }),
-  );
+  readonly window: GridWindow = $derived(gridWindow({ ...this.viewport, count: this.total, minCell: MIN_CELL, gap: GAP, overscan: OVERSCAN_ROWS }));
 
   /** Roving keyboard position in the grid. */
   focusIndex = $state(0);

@@ -208,8 +208,7 @@ export class LibraryState {
     this.importing = true;
     try {
       const source = await this.#api.files.sourceFor(picked, () => {}, new AbortController().signal);
-      const paths =
-        source.kind === 'folder' ? packages.map((p) => `${source.path}/${p.relativePath}`) : source.paths.filter((path) => PACKAGE.test(path));
+      const paths = source.kind === 'folder' ? packages.map((p) => `${source.path}/${p.relativePath}`) : source.paths.filter((path) => PACKAGE.test(path));
       for (const path of paths) {
         const name = path.split(/[/\\]/).pop() ?? path;
         try {

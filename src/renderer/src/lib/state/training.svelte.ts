@@ -3,6 +3,7 @@
 // records, so the view redraws per event without the state class copying long histories around.
 import type { CoreEvent, Dataset, MaskKind, TrainingJob, TrainingRequest } from '../../../../shared/api';
 import { ApiCallError } from '../../../../shared/errors';
+import { TRAINING } from '../../../../shared/ranges';
 import { MAX_PREVIEW_PROMPTS, previewPrompts } from '../captions';
 import type { Point } from '../chart';
 import { errorMessage, fieldErrorMessage, fieldOf } from '../errors';
@@ -47,12 +48,12 @@ export class TrainingState {
   method = $state<MethodChoice>('shira');
   mask = $state<MaskKind>('struct');
   /** SHiRA's share of each layer's weights; "both" gives the LoRA the same number of values. */
-  density = $state(0.02);
+  density = $state<number>(TRAINING.density.default);
   rank = $state(4);
-  steps = $state(500);
-  lr = $state(0.001);
-  batch = $state(4);
-  seed = $state(0);
+  steps = $state<number>(TRAINING.steps.default);
+  lr = $state<number>(TRAINING.lr.default);
+  batch = $state<number>(TRAINING.batch.default);
+  seed = $state<number>(TRAINING.seed.default);
   /** Preview grids while training: on unless the artist turns them off. */
   previews = $state(true);
   /** One prompt per line; filled from the chosen dataset (trigger word, a few captions) until the artist edits it. */
@@ -83,9 +84,7 @@ export class TrainingState {
   );
   readonly runningJob = $derived(this.jobs.find((j) => j.status === 'running') ?? null);
   readonly activeCount = $derived(this.jobs.filter((j) => j.status === 'running' || j.status === 'queued').length);
-  readonly shownJob = $derived(
-    (this.shownJobId !== null ? this.jobs.find((j) => j.id === this.shownJobId) : undefined) ?? this.runningJob ?? this.jobs[0] ?? null,
-  );
+  readonly shownJob = $derived((this.shownJobId !== null ? this.jobs.find((j) => j.id === this.shownJobId) : undefined) ?? this.runningJob ?? this.jobs[0] ?? null);
 
   readonly #api: ApiClient;
   readonly #toasts: Toasts;
@@ -226,24 +225,33 @@ export class TrainingState {
     if (this.method === 'lora') return [{ ...common, method: 'lora', rank: this.rank, ...(name ? { name } : {}) }];
     // Parameter-matched: the LoRA gets the rank whose size equals SHiRA's at this density.
     const lora: TrainingRequest = { ...common, method: 'lora', matchDensity: this.density };
-    return name ? [{ ...shira, name: `${name} · SHiRA` }, { ...lora, name: `${name} · LoRA` }] : [shira, lora];
+    return name
+      ? [
+          { ...shira, name: `${name} · SHiRA` },
+          { ...lora, name: `${name} · LoRA` },
+        ]
+      : [shira, lora];
   }
 
   #validate(): boolean {
     const errors: Partial<Record<TrainField, string>> = {};
     if (this.datasetId === null) errors.dataset = 'Choose a dataset to train on, or import a folder of images.';
     else if (this.dataset && this.dataset.imageCount === 0) errors.dataset = 'This dataset has no images. Add some in Datasets first.';
-    if (!Number.isInteger(this.steps) || this.steps < 1) errors.steps = 'Steps must be a whole number, 1 or more.';
-    if (!(this.lr > 0 && this.lr <= 1)) errors.lr = 'Learning rate must be above 0 and at most 1 (try 0.001).';
-    if (!Number.isInteger(this.batch) || this.batch < 1 || this.batch > 64) errors.batch = 'Batch must be a whole number from 1 to 64.';
-    if (!Number.isInteger(this.seed) || this.seed < 0) errors.seed = 'Seed must be a whole number, 0 or more.';
-    if (this.method !== 'lora' && !(this.density >= 0.0001 && this.density <= 0.5)) errors.density = 'Density must be between 0.01 % and 50 %.';
-    if (this.method === 'lora' && (!Number.isInteger(this.rank) || this.rank < 1 || this.rank > 256)) errors.rank = 'Rank must be a whole number from 1 to 256.';
-    if (!(this.tagDropout >= 0 && this.tagDropout <= 0.9)) errors.tagDropout = 'Tag dropout must be from 0 % to 90 %.';
+    const T = TRAINING;
+    const whole = (x: number, r: { min: number; max: number }) => Number.isInteger(x) && x >= r.min && x <= r.max;
+    const pct = (x: number) => `${+(x * 100).toFixed(2)} %`;
+    if (!whole(this.steps, T.steps)) errors.steps = `Steps must be a whole number from ${T.steps.min} to ${T.steps.max.toLocaleString('en')}.`;
+    if (!(this.lr >= T.lr.min && this.lr <= T.lr.max)) errors.lr = `Learning rate must be from ${T.lr.min} to ${T.lr.max} (try ${T.lr.default}).`;
+    if (!whole(this.batch, T.batch)) errors.batch = `Batch must be a whole number from ${T.batch.min} to ${T.batch.max}.`;
+    if (!whole(this.seed, T.seed)) errors.seed = `Seed must be a whole number from ${T.seed.min} to ${T.seed.max}.`;
+    if (this.method !== 'lora' && !(this.density >= T.density.min && this.density <= T.density.max)) errors.density = `Density must be between ${pct(T.density.min)} and ${pct(T.density.max)}.`;
+    if (this.method === 'lora' && !whole(this.rank, T.rank)) errors.rank = `Rank must be a whole number from ${T.rank.min} to ${T.rank.max}.`;
+    if (!(this.tagDropout >= T.tagDropout.min && this.tagDropout <= T.tagDropout.max)) errors.tagDropout = `Tag dropout must be from ${pct(T.tagDropout.min)} to ${pct(T.tagDropout.max)}.`;
     if (this.previews) {
       if (this.samplePromptList.length === 0) errors.samplePrompts = 'Write at least one preview prompt, or turn previews off.';
-      else if (this.samplePromptList.length > 8) errors.samplePrompts = `Up to 8 preview prompts, one per line (${MAX_PREVIEW_PROMPTS} fit one row of the preview).`;
-      if (!Number.isInteger(this.sampleEvery) || this.sampleEvery < 1) errors.sampleEvery = 'Preview every 1 or more steps.';
+      else if (this.samplePromptList.length > T.maxPreviewPrompts)
+        errors.samplePrompts = `Up to ${T.maxPreviewPrompts} preview prompts, one per line (${MAX_PREVIEW_PROMPTS} fit one row of the preview).`;
+      if (!whole(this.sampleEvery, T.sampleEvery)) errors.sampleEvery = `Preview every ${T.sampleEvery.min} to ${T.sampleEvery.max.toLocaleString('en')} steps.`;
     }
     this.fieldErrors = errors;
     return Object.keys(errors).length === 0;
@@ -295,7 +303,11 @@ export class TrainingState {
         let points = this.#losses.get(jobId);
         if (!points) this.#losses.set(jobId, (points = []));
         if (points.length === 0 || points[points.length - 1].step < step) points.push({ step, loss });
-        if (points.length > MAX_LIVE_POINTS) this.#losses.set(jobId, points.filter((_, i) => i % 2 === 1 || i === points.length - 1));
+        if (points.length > MAX_LIVE_POINTS)
+          this.#losses.set(
+            jobId,
+            points.filter((_, i) => i % 2 === 1 || i === points.length - 1),
+          );
         this.#lossVersion++;
         this.jobs = this.jobs.map((j) => (j.id === jobId ? { ...j, step, steps, status: 'running' } : j));
         break;

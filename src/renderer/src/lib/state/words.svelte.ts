@@ -10,9 +10,7 @@ export class WordCheckState {
   /** The field is empty: nothing to mark, but a trigger field still offers a word (made from `fallback`). */
   empty = $state(true);
   readonly marks = $derived.by(() => (this.empty ? [] : wordMarks(this.result, this.#purpose())));
-  readonly suggestion: string | null = $derived.by(() =>
-    this.#purpose() !== 'trigger' ? null : this.empty ? (this.result?.suggestion?.word ?? null) : triggerSuggestion(this.result),
-  );
+  readonly suggestion: string | null = $derived.by(() => (this.#purpose() !== 'trigger' ? null : this.empty ? (this.result?.suggestion?.word ?? null) : triggerSuggestion(this.result)));
 
   readonly #api: ApiClient;
   readonly #delayMs: number;

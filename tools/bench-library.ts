@@ -6,8 +6,8 @@ import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import type { MixEntry, MixResult } from '../../../shared/api';
-import { Core } from '../../core/core';
+import type { MixEntry, MixResult } from '../src/shared/api';
+import { Core } from '../src/main/core/core';
 
 export interface BenchLibraryOptions {
   worker: string;
@@ -37,7 +37,9 @@ export async function benchLibrary(o: BenchLibraryOptions): Promise<void> {
     mkdirSync(folder, { recursive: true });
     for (let i = 0; i < 4; i++) {
       const path = join(folder, `img_${i}.png`);
-      await sharp({ create: { width: 64, height: 64, channels: 3, background: { r: 60 * i, g: 255 - 50 * i, b: 128 } } }).png().toFile(path);
+      await sharp({ create: { width: 64, height: 64, channels: 3, background: { r: 60 * i, g: 255 - 50 * i, b: 128 } } })
+        .png()
+        .toFile(path);
       files.push(path);
     }
     const ds = await call<{ datasetId: number }>('datasets.import', { source: { kind: 'files', paths: files }, name: 'bench' });
@@ -65,7 +67,17 @@ export async function benchLibrary(o: BenchLibraryOptions): Promise<void> {
     // (3) bytes per trained value, as stored in the library (real trained adapters).
     for (const id of [...shira.slice(0, masks.length), lora[0]!]) {
       const a = core.adapters.summary(id);
-      o.emit({ name: 'library_bytes_per_value', device, model, kind: a.kind, mask: a.method.mask ?? null, trainable: a.trainable, bytes: a.sizeBytes, bytes_per_value: a.bytesPerValue, peft_bytes_per_value: a.kind === 'shira' ? 12 : null });
+      o.emit({
+        name: 'library_bytes_per_value',
+        device,
+        model,
+        kind: a.kind,
+        mask: a.method.mask ?? null,
+        trainable: a.trainable,
+        bytes: a.sizeBytes,
+        bytes_per_value: a.bytesPerValue,
+        peft_bytes_per_value: a.kind === 'shira' ? 12 : null,
+      });
     }
 
     // (1) warm whole-model switch between two single-adapter mixes, SHiRA vs LoRA.
@@ -83,7 +95,15 @@ export async function benchLibrary(o: BenchLibraryOptions): Promise<void> {
     // α change of one adapter in a two-adapter mix (incremental re-blend).
     const alpha = async (ids: number[]) => {
       const ms: number[] = [];
-      for (let r = 0; r < o.reps; r++) ms.push((await apply([{ adapterId: ids[0]!, alpha: 1 }, { adapterId: ids[1]!, alpha: 0.5 + 0.1 * r }])).switchMs);
+      for (let r = 0; r < o.reps; r++)
+        ms.push(
+          (
+            await apply([
+              { adapterId: ids[0]!, alpha: 1 },
+              { adapterId: ids[1]!, alpha: 0.5 + 0.1 * r },
+            ])
+          ).switchMs,
+        );
       return median(ms);
     };
     const as = await alpha(shira);

@@ -13,7 +13,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { basename, join, relative, sep } from 'node:path';
 import sharp, { type Sharp } from 'sharp';
-import { writeSafetensors } from '../../core/worker/safetensors';
+import { writeSafetensors } from '../src/main/core/io/safetensors';
 
 export const HELD_OUT_FRACTION = 0.06;
 const WHITE = { r: 255, g: 255, b: 255 };

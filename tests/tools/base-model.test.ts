@@ -1,9 +1,9 @@
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { afterEach, describe, expect, it } from 'vitest';
-import { baseModelConfig, buildVocab, exportFp16, f32ToF16, imagesToGrid } from '../../src/main/hosts/cli/base-model';
-import { readSafetensors, writeSafetensors } from '../../src/main/core/worker/safetensors';
-import { tempDir } from './helpers';
+import { baseModelConfig, buildVocab, exportFp16, f32ToF16, imagesToGrid } from '../../tools/base-model';
+import { readSafetensors, writeSafetensors } from '../../src/main/core/io/safetensors';
+import { tempDir } from '../unit/helpers';
 
 const cleanups: (() => void)[] = [];
 afterEach(() => {

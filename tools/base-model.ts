@@ -11,10 +11,10 @@ import { appendFileSync, copyFileSync, existsSync, mkdirSync, readFileSync, rmSy
 import { cpus } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
-import { readSafetensors, writeSafetensors, type TensorData } from '../../core/worker/safetensors';
-import { WorkerSupervisor } from '../../core/worker/supervisor';
+import { readSafetensors, writeSafetensors, type TensorData } from '../src/main/core/io/safetensors';
+import { WorkerSupervisor } from '../src/main/core/worker/supervisor';
 import { buildClipartDataset } from './clipart';
-import { imagesToGridPng } from '../../core/generate/grid';
+import { imagesToGridPng } from '../src/main/core/generate/grid';
 
 export function buildVocab(captions: readonly string[], minCount = 2, max = 8192): string[] {
   const counts = new Map<string, number>();

@@ -2,8 +2,10 @@
 // the built-in model and measuring how much of each style survives when adapters are combined.
 // Every transform maps a 64×64-ish RGB clipart-on-white image to the same size; all are
 // deterministic (the paper texture is seeded), so `eval:styles:data` is reproducible.
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
 import sharp, { type Sharp } from 'sharp';
-import { readSafetensors, writeSafetensors } from '../../core/worker/safetensors';
+import { readSafetensors, writeSafetensors } from '../src/main/core/io/safetensors';
 
 export const STYLES = {
   /** Pixel art: 12-px grid, 8-colour palette, hard edges. */
@@ -23,7 +25,7 @@ const rawOf = (r: Raw) => ({ raw: { width: r.width, height: r.height, channels: 
 
 function lcg(seed: number): () => number {
   let s = seed >>> 0 || 1;
-  return () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+  return () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
 }
 
 async function finish(img: Sharp, r: Raw): Promise<Buffer> {
@@ -34,7 +36,10 @@ export async function applyStyle(style: StyleName, r: Raw, seed = 0): Promise<Bu
   const src = () => sharp(r.data, rawOf(r));
   switch (style) {
     case 'pixel': {
-      const small = await src().resize(Math.round(r.width / 5), Math.round(r.height / 5), { kernel: 'nearest' }).png({ palette: true, colours: 8, dither: 0 }).toBuffer();
+      const small = await src()
+        .resize(Math.round(r.width / 5), Math.round(r.height / 5), { kernel: 'nearest' })
+        .png({ palette: true, colours: 8, dither: 0 })
+        .toBuffer();
       return finish(sharp(small).resize(r.width, r.height, { kernel: 'nearest' }), r);
     }
     case 'ink': {
@@ -106,6 +111,7 @@ export async function buildStyleSet(o: StyleSetOptions): Promise<{ images: numbe
     styled.copy(out, k * frame);
     outCaptions.push(`${trigger}, ${captions[i] ?? ''}`.replace(/, $/, ''));
   }
+  mkdirSync(dirname(o.out), { recursive: true });
   writeSafetensors(o.out, [['images', { dtype: 'U8', shape: [picks.length, h, w, 3], data: out }]], {
     format: 'shira-studio.packed-dataset.v1',
     style: o.style,

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { categoryAccuracy, frechetDistance, symmetricEigen } from '../../src/main/hosts/cli/eval-base';
+import { categoryAccuracy, frechetDistance, symmetricEigen } from '../../tools/eval-base';
 
 function gaussian(seed: number) {
   let s = seed;

@@ -10,9 +10,9 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { concatImages, ConceptLab, type Scored } from '../../core/concept/lab';
-import { readSafetensors, type TensorData } from '../../core/worker/safetensors';
-import { WorkerSupervisor } from '../../core/worker/supervisor';
+import { concatImages, ConceptLab, type Scored } from '../src/main/core/concept/lab';
+import { readSafetensors, type TensorData } from '../src/main/core/io/safetensors';
+import { WorkerSupervisor } from '../src/main/core/worker/supervisor';
 
 export interface Pack {
   images: Uint8Array;

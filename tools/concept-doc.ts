@@ -8,7 +8,7 @@ const END = '<!-- results:end -->';
 const SKELETON = `# Concept loss: SHiRA against LoRA when style adapters are fused
 
 How much of each style survives when two style adapters are fused into the base model, in numbers
-(\`npm run eval:concept\`; method in \`src/main/hosts/cli/concept-eval.ts\`).
+(\`npm run eval:concept\`; method in \`tools/concept-eval.ts\`).
 
 ${START}
 ${END}

@@ -1,17 +1,13 @@
-// Headless tools for studios and benchmarks, no app or database needed:
-//   node out/main/tools.js pack --folder DIR --out FILE.safetensors [--resolution 64] [--fit cover|contain] [--trigger WORD]
-// Reads a folder the way the app's import does (kohya folders, caption sidecars, the same rejects)
-// and writes the packed dataset the native worker trains from.
+// The research and model-building commands (`node out/main/tools.js <command>`, `npm run data:clipart`,
+// `train:base`, `eval:base`, `eval:concept`, `bench:*` …): clipart data, the built-in base model, its evaluation,
+// style sets, the concept-loss protocol, demos and benchmarks through the library. The command-line entry
+// (src/main/hosts/cli/main.ts) hands every command but the app's own `pack` to runTool. Data a command reads is
+// built first when missing (data.ts), so each works from a fresh clone.
 import { writeFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { availableParallelism, cpus } from 'node:os';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { argValue, defaultWorkerBinary } from '../../core/paths';
-import { ImageRejected, processImage } from '../../core/datasets/images';
-import { captionFor, scanFolder } from '../../core/datasets/scan';
-import { packImages, type PackFit, type PackSource } from '../../core/worker/pack';
+import { argValue, defaultWorkerBinary } from '../src/main/core/paths';
 import { buildClipartDataset, extractAuthors } from './clipart';
 import { sampleGrid, trainBase } from './base-model';
 import { writeModelCard } from './model-card';
@@ -22,36 +18,10 @@ import { benchLibrary } from './bench-library';
 import { benchOrt, ortExport } from './bench-ort';
 import { buildStyleBenchmark, CONCEPT_METHODS, conceptMarkdown, runConceptEval, SMALL_CONFIG, type ConceptMethod } from './concept-eval';
 import { writeConceptDoc } from './concept-doc';
+import { ensureClipart, ensureStyleSet } from './data';
 
-/** The app's root (two folders above out/main/): native/, resources/. */
-const appRoot = fileURLToPath(new URL('../../', import.meta.url));
-
-const USAGE = 'Usage: tools pack --folder DIR --out FILE.safetensors [--resolution 64] [--fit cover|contain] [--trigger WORD]';
-
-async function pack(argv: string[]): Promise<void> {
-  const folder = argValue(argv, 'folder');
-  const out = argValue(argv, 'out');
-  if (!folder || !out) throw new Error(USAGE);
-  const resolution = Number(argValue(argv, 'resolution') ?? 64);
-  const fit = (argValue(argv, 'fit') ?? 'cover') as PackFit;
-  if (fit !== 'cover' && fit !== 'contain') throw new Error(`--fit must be "cover" or "contain", got "${fit}"`);
-  const scan = await scanFolder(resolve(folder));
-  const sources: PackSource[] = [];
-  let skipped = 0;
-  for (const c of scan.candidates) {
-    try {
-      if (c.rejected) throw new ImageRejected(c.rejected);
-      const image = await processImage(await readFile(c.absPath));
-      sources.push({ caption: captionFor(scan, c).caption, repeats: c.repeats, image: image.normalized });
-    } catch (error) {
-      if (!(error instanceof ImageRejected)) throw error;
-      skipped++;
-      console.error(`skipped ${c.displayPath}: ${error.message}`);
-    }
-  }
-  const result = await packImages(sources, resolve(out), { resolution, fit, triggerWord: argValue(argv, 'trigger') ?? null });
-  console.log(JSON.stringify({ out: resolve(out), images: result.count, skipped, resolution, bytes: result.bytes }));
-}
+export const TOOLS_USAGE = '       tools clipart [--root DIR] [--resolution 64] [--out-dir DIR] [--limit N]\n       tools clipart-authors [--svg DIR] [--out FILE]';
+const log = (line: string) => console.error(line);
 
 async function clipart(argv: string[]): Promise<void> {
   const summary = await buildClipartDataset({
@@ -73,7 +43,7 @@ function clipartAuthors(argv: string[]): void {
   console.log(JSON.stringify({ out, entries: authors.size }));
 }
 
-async function trainBaseCommand(argv: string[]): Promise<void> {
+async function trainBaseCommand(argv: string[], appRoot: string): Promise<void> {
   const resolution = Number(argValue(argv, 'resolution') ?? 64);
   const device = argValue(argv, 'device') ?? 'auto';
   const worker = defaultWorkerBinary(appRoot);
@@ -103,11 +73,12 @@ async function trainBaseCommand(argv: string[]): Promise<void> {
   console.log(JSON.stringify(summary));
 }
 
-async function main(): Promise<void> {
-  const [command, ...rest] = process.argv.slice(2);
-  if (command === 'train-base') return trainBaseCommand(rest);
+/** Runs one research command; false when `command` is none of them. `appRoot`: where native/ and resources/ are. */
+export async function runTool(command: string | undefined, rest: string[], appRoot: string): Promise<boolean> {
+  if (command === 'train-base') return trainBaseCommand(rest, appRoot).then(() => true);
   if (command === 'eval-base') {
       const resolution = Number(argValue(rest, 'resolution') ?? 64);
+    await ensureClipart({ dataDir: resolve(argValue(rest, 'data') ?? `.data/clipart-${resolution}`), resolution, explicit: argValue(rest, 'data') !== undefined, log });
     const result = await evalBase({
       worker: defaultWorkerBinary(appRoot),
       threads: Number(argValue(rest, 'threads') ?? availableParallelism()),
@@ -130,12 +101,17 @@ async function main(): Promise<void> {
       writeFileSync(join(modelDir, 'eval.json'), `${JSON.stringify(result, null, 1)}\n`);
       writeModelCard(modelDir, resolve(argValue(rest, 'data') ?? `.data/clipart-${resolution}`));
     }
-    return console.log(JSON.stringify(result));
+    console.log(JSON.stringify(result));
+    return true;
   }
   if (command === 'adapter-demo') {
       const style = (argValue(rest, 'style') ?? 'neon') as StyleName;
+    if (!STYLE_NAMES.includes(style)) throw new Error(`--style must be one of ${STYLE_NAMES.join(', ')}`);
     const folder = resolve(argValue(rest, 'folder') ?? `.data/styles/${style}-folder`);
-    if (!argValue(rest, 'folder')) await unpackToFolder(resolve(`.data/styles/${style}.safetensors`), folder);
+    if (!argValue(rest, 'folder')) {
+      await ensureStyleSet({ style, file: resolve(`.data/styles/${style}.safetensors`), heldout: resolve('.data/clipart-64/heldout.safetensors'), log });
+      await unpackToFolder(resolve(`.data/styles/${style}.safetensors`), folder);
+    }
     const summary = await runAdapterDemo({
       worker: defaultWorkerBinary(appRoot),
       threads: Number(argValue(rest, 'threads') ?? availableParallelism()),
@@ -151,11 +127,13 @@ async function main(): Promise<void> {
       outPng: resolve(argValue(rest, 'out') ?? `docs/images/adapters-${style}.png`),
       log: (line) => console.error(line),
     });
-    return console.log(JSON.stringify(summary));
+    console.log(JSON.stringify(summary));
+    return true;
   }
   if (command === 'style-set') {
     const style = argValue(rest, 'style') as StyleName;
     if (!STYLE_NAMES.includes(style)) throw new Error(`--style must be one of ${STYLE_NAMES.join(', ')}`);
+    if (!argValue(rest, 'source')) await ensureClipart({ dataDir: resolve('.data/clipart-64'), resolution: 64, log });
     const r = await buildStyleSet({
       source: resolve(argValue(rest, 'source') ?? '.data/clipart-64/heldout.safetensors'),
       style,
@@ -164,13 +142,18 @@ async function main(): Promise<void> {
       offset: Number(argValue(rest, 'offset') ?? 0),
       stride: Number(argValue(rest, 'stride') ?? 1),
     });
-    return console.log(JSON.stringify(r));
+    console.log(JSON.stringify(r));
+    return true;
   }
   if (command === 'sample-grid') {
       const dir = resolve(rest[0] ?? join(appRoot, 'resources/models/clipart-64'));
-    return sampleGrid(defaultWorkerBinary(appRoot), dir, join(dir, 'samples.png'));
+    await sampleGrid(defaultWorkerBinary(appRoot), dir, join(dir, 'samples.png'));
+    return true;
   }
-  if (command === 'model-card') return writeModelCard(resolve(rest[0] ?? 'resources/models/clipart-64'), resolve(rest[1] ?? '.data/clipart-64'));
+  if (command === 'model-card') {
+    writeModelCard(resolve(rest[0] ?? 'resources/models/clipart-64'), resolve(rest[1] ?? '.data/clipart-64'));
+    return true;
+  }
   if (command === 'styles-data' || command === 'concept-eval') {
     const list = (key: string) => argValue(rest, key)?.split(',').map((x) => x.trim()).filter(Boolean);
     const o = {
@@ -189,7 +172,11 @@ async function main(): Promise<void> {
     };
     for (const st of o.styles) if (!STYLE_NAMES.includes(st)) throw new Error(`--styles: "${st}" is not one of ${STYLE_NAMES.join(', ')}`);
     for (const m of o.methods) if (!(m in CONCEPT_METHODS)) throw new Error(`--methods: "${m}" is not one of ${Object.keys(CONCEPT_METHODS).join(', ')}`);
-    if (command === 'styles-data') return console.log(JSON.stringify(await buildStyleBenchmark(o)));
+    if (!argValue(rest, 'heldout')) await ensureClipart({ dataDir: dirname(o.heldout), resolution: 64, log });
+    if (command === 'styles-data') {
+      console.log(JSON.stringify(await buildStyleBenchmark(o)));
+      return true;
+    }
     const result = await runConceptEval(o);
     console.log(JSON.stringify({ name: 'summary', summary: result.summary, judge: result.judge, seconds: result.seconds }));
     if (rest.includes('--write')) {
@@ -197,10 +184,10 @@ async function main(): Promise<void> {
       writeConceptDoc(join(appRoot, 'docs', 'concept-loss.md'), conceptMarkdown(result, hardware, new Date().toISOString().slice(0, 10)));
       writeFileSync(join(appRoot, 'docs', 'concept-loss.json'), `${JSON.stringify(result, null, 1)}\n`);
     }
-    return;
+    return true;
   }
   if (command === 'bench-library') {
-    return benchLibrary({
+    await benchLibrary({
       worker: defaultWorkerBinary(appRoot),
       resourcesDir: join(appRoot, 'resources'),
       threads: Number(argValue(rest, 'threads') ?? process.env.OMP_NUM_THREADS ?? 1),
@@ -209,9 +196,10 @@ async function main(): Promise<void> {
       emit: (row) => console.log(JSON.stringify(row)),
       log: (line) => console.error(line),
     });
+    return true;
   }
   if (command === 'bench-ort') {
-    return benchOrt({
+    await benchOrt({
       worker: defaultWorkerBinary(appRoot),
       model: resolve(argValue(rest, 'model') ?? join(appRoot, 'resources/models/clipart-64/model.safetensors')),
       threads: Number(argValue(rest, 'threads') ?? process.env.OMP_NUM_THREADS ?? 1),
@@ -220,6 +208,7 @@ async function main(): Promise<void> {
       emit: (row) => console.log(JSON.stringify(row)),
       log: (line) => console.error(line),
     });
+    return true;
   }
   if (command === 'ort-export') {
     const out = argValue(rest, 'out');
@@ -236,15 +225,13 @@ async function main(): Promise<void> {
       adapters,
       log: (line) => console.error(line),
     });
-    return console.log(JSON.stringify(result));
+    console.log(JSON.stringify(result));
+    return true;
   }
-  if (command === 'pack') return pack(rest);
-  if (command === 'clipart') return clipart(rest);
-  if (command === 'clipart-authors') return clipartAuthors(rest);
-  throw new Error(`${USAGE}\n       tools clipart [--root DIR] [--resolution 64] [--out-dir DIR] [--limit N]\n       tools clipart-authors [--svg DIR] [--out FILE]`);
+  if (command === 'clipart') return clipart(rest).then(() => true);
+  if (command === 'clipart-authors') {
+    clipartAuthors(rest);
+    return true;
+  }
+  return false;
 }
-
-main().catch((error: unknown) => {
-  console.error(error instanceof Error ? error.message : String(error));
-  process.exit(1);
-});

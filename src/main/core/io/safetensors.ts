@@ -1,6 +1,8 @@
 // safetensors, the one tensor container on both sides of the worker boundary:
 //   u64 LE header length N | N bytes of JSON header (space-padded to 8) | raw little-endian data.
 // Header: { name: { dtype, shape, data_offsets: [begin, end] }, __metadata__?: { string: string } }.
+// The native worker reads and writes the same layout (its safetensors_load / safetensors_save); every TypeScript
+// reader of tensors uses this one: adapter files, packed datasets, sample images, the ONNX path, the tools.
 import { closeSync, constants, fstatSync, openSync, readSync, renameSync, writeSync } from 'node:fs';
 
 export type Dtype = 'F32' | 'F16' | 'BF16' | 'I32' | 'I64' | 'U8' | 'I8' | 'I16' | 'F64';

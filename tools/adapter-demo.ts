@@ -5,19 +5,21 @@
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import sharp from 'sharp';
-import { readSafetensors, writeSafetensors } from '../../core/worker/safetensors';
-import { WorkerSupervisor } from '../../core/worker/supervisor';
-import { packImages } from '../../core/worker/pack';
+import { readSafetensors, writeSafetensors } from '../src/main/core/io/safetensors';
+import type { ArgsOf, WorkerOps } from '../src/main/core/worker/protocol';
+import { WorkerSupervisor } from '../src/main/core/worker/supervisor';
+import { packImages } from '../src/main/core/worker/pack';
 import { imagesToGrid } from './base-model';
 
 export interface AdapterMethod {
   name: string;
-  args: Record<string, unknown>;
+  /** The method's own train arguments (mask and density, or LoRA's rank or matched density). */
+  args: Omit<ArgsOf<WorkerOps, 'train'>, 'data' | 'out'>;
 }
 
 export const DEMO_METHODS: AdapterMethod[] = [
-  ...(['struct', 'rand', 'wm', 'grad', 'snip'] as const).map((mask) => ({ name: `shira-${mask}`, args: { method: 'shira', mask, density: 0.02 } })),
-  { name: 'lora-matched', args: { method: 'lora', match_density: 0.02 } },
+  ...(['struct', 'rand', 'wm', 'grad', 'snip'] as const).map((mask) => ({ name: `shira-${mask}`, args: { method: 'shira' as const, mask, density: 0.02 } })),
+  { name: 'lora-matched', args: { method: 'lora', matchDensity: 0.02 } },
 ];
 
 /** Writes a packed style set out as a kohya-style folder: PNG files with .txt caption sidecars. */
@@ -29,7 +31,9 @@ export async function unpackToFolder(pack: string, folder: string): Promise<numb
   mkdirSync(folder, { recursive: true });
   for (let i = 0; i < n; i++) {
     const name = `img_${String(i).padStart(3, '0')}`;
-    await sharp(Buffer.from(t.data.subarray(i * h * w * 3, (i + 1) * h * w * 3)), { raw: { width: w, height: h, channels: 3 } }).png().toFile(join(folder, `${name}.png`));
+    await sharp(Buffer.from(t.data.subarray(i * h * w * 3, (i + 1) * h * w * 3)), { raw: { width: w, height: h, channels: 3 } })
+      .png()
+      .toFile(join(folder, `${name}.png`));
     writeFileSync(join(folder, `${name}.txt`), captions[i] ?? '');
   }
   return n;
@@ -63,8 +67,8 @@ export async function runAdapterDemo(o: DemoOptions): Promise<Record<string, unk
   mkdirSync(o.workDir, { recursive: true });
   const styleImages: Buffer[] = [];
   const sources = [];
-  const { scanFolder, captionFor } = await import('../../core/datasets/scan');
-  const { processImage } = await import('../../core/datasets/images');
+  const { scanFolder, captionFor } = await import('../src/main/core/datasets/scan');
+  const { processImage } = await import('../src/main/core/datasets/images');
   const { readFile } = await import('node:fs/promises');
   const scan = await scanFolder(o.styleFolder);
   for (const c of scan.candidates) {
@@ -97,15 +101,17 @@ export async function runAdapterDemo(o: DemoOptions): Promise<Record<string, unk
     for (const m of o.methods ?? DEMO_METHODS) {
       const adapter = join(o.workDir, `${m.name}.safetensors`);
       const t0 = Date.now();
-      const result = (await worker.request('train', { ...m.args, data: packed, out: adapter, steps: o.steps, lr: o.lr, batch: o.batch, seed: o.seed, progress_every: 50 }, (e) => {
-        if (e.event === 'progress') o.log(`${m.name} step ${e.step}/${e.steps} loss ${Number(e.loss).toFixed(4)}`);
-      })) as Record<string, unknown>;
+      const result = await worker.request('train', { ...m.args, data: packed, out: adapter, steps: o.steps, lr: o.lr, batch: o.batch, seed: o.seed, progressEvery: 50 }, (e) => {
+        if (e.event === 'progress') o.log(`${m.name} step ${e.step}/${e.steps} loss ${e.loss.toFixed(4)}`);
+      });
       const seconds = (Date.now() - t0) / 1000;
-      const mix = (await worker.request('apply_mix', { adapters: [{ path: adapter, alpha: 1 }] })) as Record<string, unknown>;
+      const mix = await worker.request('apply_mix', { adapters: [{ path: adapter, alpha: 1 }] });
       const luma = await sample(m.name);
       await worker.request('clear_mix', {});
       rows.push({ name: m.name, seconds, first_loss: result.first_loss, final_loss: result.final_loss, trainable: result.trainable, apply_ms: mix.ms, mean_luminance: luma });
-      o.log(`${m.name}: ${seconds.toFixed(0)} s, loss ${Number(result.first_loss).toFixed(3)} → ${Number(result.final_loss).toFixed(3)}, mean luminance ${luma.toFixed(1)} (base ${baseLuma.toFixed(1)}, style ${styleLuma.toFixed(1)})`);
+      o.log(
+        `${m.name}: ${seconds.toFixed(0)} s, loss ${result.first_loss.toFixed(3)} → ${result.final_loss.toFixed(3)}, mean luminance ${luma.toFixed(1)} (base ${baseLuma.toFixed(1)}, style ${styleLuma.toFixed(1)})`,
+      );
     }
   } finally {
     await worker.close();

@@ -89,7 +89,7 @@ export function writeModelCard(modelDir: string, dataDir: string): void {
     '',
     '## Data',
     '',
-    "Debian's `openclipart-png` (Open Clip Art Library, public domain). Captions come from the file's words (author names and series numbers removed) plus its folder path; pictures are flattened onto white, trimmed, padded to a square and resized; near-duplicates are removed; 6 % of each top-level category is held out. Recipe: `src/main/hosts/cli/clipart.ts`.",
+    "Debian's `openclipart-png` (Open Clip Art Library, public domain). Captions come from the file's words (author names and series numbers removed) plus its folder path; pictures are flattened onto white, trimmed, padded to a square and resized; near-duplicates are removed; 6 % of each top-level category is held out. Recipe: `tools/clipart.ts`.",
     '',
     manifest
       ? `${manifest.files} files → ${manifest.unreadable} unreadable, ${manifest.duplicates} near-duplicates removed → ${manifest.kept} images: ${manifest.train.images} for training, ${manifest.heldout.images} held out. Categories: ${Object.entries(manifest.categories).map(([c, n]) => `${c} ${n}`).join(', ')}.`

@@ -10,16 +10,16 @@
 // Everything runs through the worker's JSON protocol; JSON rows on stdout, a table in docs/concept-loss.md.
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { ConceptLab, CONTENT_PROMPTS, drift, mean, std, styleScore, UNRELATED_PROMPTS, type Scored } from '../../core/concept/lab';
-import { readSafetensors } from '../../core/worker/safetensors';
-import { WorkerSupervisor } from '../../core/worker/supervisor';
+import { ConceptLab, CONTENT_PROMPTS, drift, mean, std, styleScore, UNRELATED_PROMPTS, type Scored } from '../src/main/core/concept/lab';
+import { readSafetensors } from '../src/main/core/io/safetensors';
+import { WorkerSupervisor } from '../src/main/core/worker/supervisor';
 import { buildStyleSet, STYLES, type StyleName } from './styles';
 
 export const CONCEPT_METHODS = {
   'shira-struct': { method: 'shira', mask: 'struct', density: 0.02 },
   'shira-rand': { method: 'shira', mask: 'rand', density: 0.02 },
   'shira-snip': { method: 'shira', mask: 'snip', density: 0.02 },
-  'lora-matched': { method: 'lora', match_density: 0.02 },
+  'lora-matched': { method: 'lora', matchDensity: 0.02 },
 } as const;
 export type ConceptMethod = keyof typeof CONCEPT_METHODS;
 
@@ -124,7 +124,7 @@ export async function runConceptEval(o: ConceptOptions): Promise<Record<string, 
         for (const style of o.styles) {
           const out = adapterFile(m, style, seed);
           if (existsSync(out)) continue;
-          const r = (await w.request('train', { ...CONCEPT_METHODS[m], data: sets[style]!.train, out, steps: o.steps, batch: o.batch, lr: o.lr, seed, flip: true, progress_every: 1000 })) as Record<string, unknown>;
+          const r = await w.request('train', { ...CONCEPT_METHODS[m], data: sets[style]!.train, out, steps: o.steps, batch: o.batch, lr: o.lr, seed, flip: true, progressEvery: 1000 });
           o.log(`trained ${m} ${style} seed ${seed}: loss ${Number(r.first_loss).toFixed(3)} → ${Number(r.final_loss).toFixed(3)}, ${Number(r.trainable)} values, ${Number(r.seconds).toFixed(0)} s`);
         }
 

@@ -1,9 +1,9 @@
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { afterEach, describe, expect, it } from 'vitest';
-import { applyStyle, buildStyleSet, STYLE_NAMES } from '../../src/main/hosts/cli/styles';
-import { readSafetensors, writeSafetensors } from '../../src/main/core/worker/safetensors';
-import { tempDir } from './helpers';
+import { applyStyle, buildStyleSet, STYLE_NAMES } from '../../tools/styles';
+import { readSafetensors, writeSafetensors } from '../../src/main/core/io/safetensors';
+import { tempDir } from '../unit/helpers';
 
 const cleanups: (() => void)[] = [];
 afterEach(() => {
@@ -55,7 +55,7 @@ describe('style transforms', () => {
 
 describe('adapter demo helpers', () => {
   it('writes a packed set out as a captioned folder that the app import reads back', async () => {
-    const { unpackToFolder, meanLuminance } = await import('../../src/main/hosts/cli/adapter-demo');
+    const { unpackToFolder, meanLuminance } = await import('../../tools/adapter-demo');
     const { scanFolder, captionFor } = await import('../../src/main/core/datasets/scan');
     const dir = tempDir();
     cleanups.push(dir.cleanup);

@@ -5,12 +5,12 @@
 //   ort_parity    — max abs diff of the two engines' images for the same seed (levels of 255)
 import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { OrtEngine } from '../../core/ort/engine';
-import { DEFAULT_TARGETS, layerMatches, loadModelFile, type Weight } from '../../core/ort/model';
-import { blendDeltas, patchFromPeft, type SparsePatch } from '../../core/ort/patch';
-import { writeDeployment } from '../../core/ort/service';
-import { readSafetensors } from '../../core/worker/safetensors';
-import { WorkerSupervisor } from '../../core/worker/supervisor';
+import { OrtEngine } from '../src/main/core/ort/engine';
+import { DEFAULT_TARGETS, layerMatches, loadModelFile, type Weight } from '../src/main/core/ort/model';
+import { blendDeltas, patchFromPeft, type SparsePatch } from '../src/main/core/ort/patch';
+import { writeDeployment } from '../src/main/core/ort/service';
+import { readSafetensors } from '../src/main/core/io/safetensors';
+import { WorkerSupervisor } from '../src/main/core/worker/supervisor';
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const round = (x: number) => Math.round(x * 100) / 100;
@@ -29,7 +29,15 @@ export function syntheticPatch(weights: Map<string, Weight>, seed: number, every
   return { tensors, metadata: {} };
 }
 
-export async function benchOrt(o: { worker: string; model: string; threads: number; reps: number; steps: number; emit: (row: Record<string, unknown>) => void; log: (line: string) => void }): Promise<void> {
+export async function benchOrt(o: {
+  worker: string;
+  model: string;
+  threads: number;
+  reps: number;
+  steps: number;
+  emit: (row: Record<string, unknown>) => void;
+  log: (line: string) => void;
+}): Promise<void> {
   const { config, weights } = loadModelFile(o.model);
   const engine = await OrtEngine.fromWeights(config, weights, { threads: o.threads });
   const worker = new WorkerSupervisor({ binary: o.worker, threads: o.threads });
@@ -75,7 +83,16 @@ export async function benchOrt(o: { worker: string; model: string; threads: numb
       inPlace.push(t.ms);
       scatter.push(t.scatterMs);
     }
-    o.emit({ name: 'ort_switch', method: 'in_place_patch', model: config.name, tensors: patches[0]!.tensors.size, values, reps: inPlace.length, ms_median: round(median(inPlace)), scatter_ms_median: round(median(scatter)) });
+    o.emit({
+      name: 'ort_switch',
+      method: 'in_place_patch',
+      model: config.name,
+      tensors: patches[0]!.tensors.size,
+      values,
+      reps: inPlace.length,
+      ms_median: round(median(inPlace)),
+      scatter_ms_median: round(median(scatter)),
+    });
     // --- switching by rebuilding: fuse into a copy of the weights, export with no weight inputs, create sessions
     const rebuild: number[] = [];
     for (let r = 0; r < o.reps; r++) {
@@ -110,7 +127,10 @@ export async function ortExport(o: { worker: string; model: string; out: string;
       mkdirSync(peft, { recursive: true });
       await worker!.request('load_model', { path: o.model });
       await worker!.request('adapter_export', { path: file, out: peft, format: 'peft' });
-      patches.set(name, patchFromPeft(peft, (p) => engine.weightShape(p), { source: file }));
+      patches.set(
+        name,
+        patchFromPeft(peft, (p) => engine.weightShape(p), { source: file }),
+      );
       o.log(`adapter ${name}: ${[...patches.get(name)!.tensors.values()].reduce((a, t) => a + t.indices.length, 0)} values`);
     }
     const raw = readSafetensors(o.model).metadata.config!;

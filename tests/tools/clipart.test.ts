@@ -2,9 +2,9 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { afterEach, describe, expect, it } from 'vitest';
-import { authorAliases, buildClipartDataset, cleanCaption, titleWords } from '../../src/main/hosts/cli/clipart';
-import { readSafetensors } from '../../src/main/core/worker/safetensors';
-import { tempDir, writeTree } from './helpers';
+import { authorAliases, buildClipartDataset, cleanCaption, titleWords } from '../../tools/clipart';
+import { readSafetensors } from '../../src/main/core/io/safetensors';
+import { tempDir, writeTree } from '../unit/helpers';
 
 const cleanups: (() => void | Promise<void>)[] = [];
 afterEach(async () => {
@@ -59,7 +59,14 @@ describe('clipart dataset pipeline', () => {
     files['food/broken.png'] = Buffer.from('not a png');
     writeTree(root.path, files);
     const authorsFile = join(out.path, 'authors.tsv');
-    writeTree(out.path, { 'authors.tsv': '# header\n' + Object.keys(files).filter((f) => f.startsWith('animals')).map((f) => `${f.split('/')[1]!.replace('.png', '')}\tBob Smith`).join('\n') });
+    writeTree(out.path, {
+      'authors.tsv':
+        '# header\n' +
+        Object.keys(files)
+          .filter((f) => f.startsWith('animals'))
+          .map((f) => `${f.split('/')[1]!.replace('.png', '')}\tBob Smith`)
+          .join('\n'),
+    });
     const summary = await buildClipartDataset({ root: root.path, authorsFile, resolution: 32, outDir: join(out.path, 'ds') });
     expect(summary).toMatchObject({ files: 17, unreadable: 1, duplicates: 1, kept: 15 });
     const manifest = JSON.parse(readFileSync(join(out.path, 'ds', 'manifest.json'), 'utf8')) as { items: { path: string; caption: string; split: string; category: string }[] };
