@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """CPython as the oracle for the tokenizer's Unicode code: NFC and str.lower() of every code point and of random
 mark sequences, and the letter/number class of every assigned code point, compared with
-`shira-tokenizer-tests unicode-dump`. Skips (exit 0, saying so) when this Python's Unicode version is not the one
+`shira-worker-tests unicode-dump`. Skips (exit 0, saying so) when this Python's Unicode version is not the one
 the tables were generated from (native/src/tokenizers/unicode_tables.inc, first lines).
 
-usage: unicode_oracle.py <shira-tokenizer-tests> <unicode_tables.inc>
+usage: unicode_oracle.py <shira-worker-tests> <unicode_tables.inc>
 """
 import random
 import re

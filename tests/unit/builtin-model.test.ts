@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { findBuiltinModels } from '../../src/main/core/models/builtin';
-import { readSafetensors, writeSafetensors } from '../../src/main/core/worker/safetensors';
+import { readSafetensors, writeSafetensors } from '../../src/main/core/io/safetensors';
 import { WorkerSupervisor } from '../../src/main/core/worker/supervisor';
 import { tempDir } from './helpers';
 

@@ -8,16 +8,16 @@
 
 #include <nlohmann/json.hpp>
 
-#include "common.h"
+#include "core/errors.h"
 #include "tokenizers/unicode.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 
-const std::string kEndOfWord = "</w>";
+const std::string kEndOfWord   = "</w>";
 const std::string kStartOfText = "<|startoftext|>";
-const std::string kEndOfText = "<|endoftext|>";
+const std::string kEndOfText   = "<|endoftext|>";
 
 // GPT-2's bytes_to_unicode: printable Latin-1 bytes stand for themselves, the other 68 bytes (controls, space,
 // U+00AD) for U+0100 onwards in byte order, so no byte maps to whitespace or a control the BPE would trip on.
@@ -26,7 +26,7 @@ struct ByteMap {
     char32_t chars[256];
     uint8_t  order[256];
     ByteMap() {
-        int n = 0, shifted = 0;
+        int  n = 0, shifted = 0;
         auto printable = [](int b) { return (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE); };
         for (int b = 0; b < 256; ++b)
             if (printable(b)) chars[b] = static_cast<char32_t>(b), order[n++] = static_cast<uint8_t>(b);
@@ -102,17 +102,15 @@ struct Entity {
 // Entities ending in ';' as ftfy decodes them; this is the subset that turns up in prompts copied from web pages
 // (HTML5 names 2,125 of them).
 const Entity kEntities[] = {
-    {"amp", '&'},       {"lt", '<'},         {"gt", '>'},          {"quot", '"'},        {"apos", '\''},
-    {"nbsp", 0xA0},     {"copy", 0xA9},      {"reg", 0xAE},        {"trade", 0x2122},    {"hellip", 0x2026},
-    {"mdash", 0x2014},  {"ndash", 0x2013},   {"lsquo", 0x2018},    {"rsquo", 0x2019},    {"ldquo", 0x201C},
-    {"rdquo", 0x201D},  {"laquo", 0xAB},     {"raquo", 0xBB},      {"middot", 0xB7},     {"bull", 0x2022},
-    {"deg", 0xB0},      {"times", 0xD7},     {"divide", 0xF7},     {"plusmn", 0xB1},     {"eacute", 0xE9},
-    {"Eacute", 0xC9},   {"egrave", 0xE8},    {"agrave", 0xE0},     {"aacute", 0xE1},     {"iacute", 0xED},
-    {"oacute", 0xF3},   {"uacute", 0xFA},    {"ntilde", 0xF1},     {"Ntilde", 0xD1},     {"ccedil", 0xE7},
-    {"auml", 0xE4},     {"ouml", 0xF6},      {"uuml", 0xFC},       {"Auml", 0xC4},       {"Ouml", 0xD6},
-    {"Uuml", 0xDC},     {"szlig", 0xDF},     {"euro", 0x20AC},     {"pound", 0xA3},      {"yen", 0xA5},
-    {"cent", 0xA2},     {"sect", 0xA7},      {"para", 0xB6},       {"frac12", 0xBD},     {"frac14", 0xBC},
-    {"frac34", 0xBE},   {"hearts", 0x2665},  {"star", 0x2606},     {"starf", 0x2605},
+    {"amp", '&'},      {"lt", '<'},       {"gt", '>'},       {"quot", '"'},      {"apos", '\''},    {"nbsp", 0xA0},
+    {"copy", 0xA9},    {"reg", 0xAE},     {"trade", 0x2122}, {"hellip", 0x2026}, {"mdash", 0x2014}, {"ndash", 0x2013},
+    {"lsquo", 0x2018}, {"rsquo", 0x2019}, {"ldquo", 0x201C}, {"rdquo", 0x201D},  {"laquo", 0xAB},   {"raquo", 0xBB},
+    {"middot", 0xB7},  {"bull", 0x2022},  {"deg", 0xB0},     {"times", 0xD7},    {"divide", 0xF7},  {"plusmn", 0xB1},
+    {"eacute", 0xE9},  {"Eacute", 0xC9},  {"egrave", 0xE8},  {"agrave", 0xE0},   {"aacute", 0xE1},  {"iacute", 0xED},
+    {"oacute", 0xF3},  {"uacute", 0xFA},  {"ntilde", 0xF1},  {"Ntilde", 0xD1},   {"ccedil", 0xE7},  {"auml", 0xE4},
+    {"ouml", 0xF6},    {"uuml", 0xFC},    {"Auml", 0xC4},    {"Ouml", 0xD6},     {"Uuml", 0xDC},    {"szlig", 0xDF},
+    {"euro", 0x20AC},  {"pound", 0xA3},   {"yen", 0xA5},     {"cent", 0xA2},     {"sect", 0xA7},    {"para", 0xB6},
+    {"frac12", 0xBD},  {"frac14", 0xBC},  {"frac34", 0xBE},  {"hearts", 0x2665}, {"star", 0x2606},  {"starf", 0x2605},
 };
 
 // A numeric reference as Python's html.unescape reads it: NUL -> U+FFFD, CR kept, 0x80..0x9F as Windows-1252,
@@ -134,24 +132,24 @@ std::u32string unescape_entities(const std::u32string& t) {
     std::u32string out;
     for (size_t i = 0; i < t.size(); ++i) {
         const size_t semi = t[i] == U'&' ? t.find(U';', i + 1) : std::u32string::npos;
-        const size_t len = semi == std::u32string::npos ? 0 : semi - i - 1;
+        const size_t len  = semi == std::u32string::npos ? 0 : semi - i - 1;
         if (len == 0 || len > 25) {
             out += t[i];
             continue;
         }
-        const std::u32string body = t.substr(i + 1, len);
-        bool replaced = false;
+        const std::u32string body     = t.substr(i + 1, len);
+        bool                 replaced = false;
         if (body[0] == U'#' && len >= 2) {
             const bool hex = body[1] == U'x' || body[1] == U'X';
-            uint64_t   n = 0;
-            bool       ok = body.size() > (hex ? 2u : 1u);
+            uint64_t   n   = 0;
+            bool       ok  = body.size() > (hex ? 2u : 1u);
             for (size_t k = hex ? 2 : 1; ok && k < body.size(); ++k) {
                 const char32_t c = body[k];
                 int            d = (c >= '0' && c <= '9') ? int(c - '0') : -1;
                 if (hex && d < 0 && c >= 'a' && c <= 'f') d = int(c - 'a' + 10);
                 if (hex && d < 0 && c >= 'A' && c <= 'F') d = int(c - 'A' + 10);
                 ok = d >= 0;
-                n = std::min<uint64_t>(n * (hex ? 16 : 10) + static_cast<uint64_t>(std::max(d, 0)), 0x110000);
+                n  = std::min<uint64_t>(n * (hex ? 16 : 10) + static_cast<uint64_t>(std::max(d, 0)), 0x110000);
             }
             if (ok) out += numeric_reference(n), replaced = true;
         } else {
@@ -216,10 +214,12 @@ std::u32string ftfy_pass(const std::u32string& text) {
     for (char32_t c : t) {
         for (char32_t l : ligature(unicode_c1_as_windows1252(c))) {
             char32_t   wide[2];
-            const int  n = unicode_width_fold(l, wide);
+            const int  n    = unicode_width_fold(l, wide);
             const auto emit = [&out](char32_t x) {
-                if (x == 0x2BC || (x >= 0x2018 && x <= 0x201B)) x = U'\'';
-                else if (x >= 0x201C && x <= 0x201F) x = U'"';
+                if (x == 0x2BC || (x >= 0x2018 && x <= 0x201B))
+                    x = U'\'';
+                else if (x >= 0x201C && x <= 0x201F)
+                    x = U'"';
                 out += x;
             };
             if (n == 0) emit(l);
@@ -282,8 +282,8 @@ size_t contraction_at(const std::u32string& s, size_t i) {
     if (s[i] != U'\'' || i + 1 >= s.size()) return 0;
     const char32_t c = s[i + 1];
     if (c == U's' || c == 0x17F || c == U't' || c == U'm' || c == U'd') return 2;
-    if (i + 2 < s.size() && ((c == U'r' && s[i + 2] == U'e') || (c == U'v' && s[i + 2] == U'e') ||
-                             (c == U'l' && s[i + 2] == U'l')))
+    if (i + 2 < s.size() &&
+        ((c == U'r' && s[i + 2] == U'e') || (c == U'v' && s[i + 2] == U'e') || (c == U'l' && s[i + 2] == U'l')))
         return 3;
     return 0;
 }
@@ -300,14 +300,14 @@ int32_t ClipTokenizer::intern(const std::string& symbol) {
 
 void ClipTokenizer::add_merges(const std::vector<std::pair<std::string, std::string>>& merges) {
     for (int b = 0; b < 256; ++b) {
-        byte_symbol_[b] = intern(byte_symbol(b));
+        byte_symbol_[b]     = intern(byte_symbol(b));
         byte_end_symbol_[b] = intern(byte_symbol(b) + kEndOfWord);
     }
     symbol_ids_.reserve(merges.size() * 2 + 512);
     merges_.reserve(merges.size());
     for (size_t rank = 0; rank < merges.size(); ++rank) {
-        const auto&    [left, right] = merges[rank];
-        const uint64_t key = (static_cast<uint64_t>(intern(left)) << 32) | static_cast<uint32_t>(intern(right));
+        const auto& [left, right] = merges[rank];
+        const uint64_t key        = (static_cast<uint64_t>(intern(left)) << 32) | static_cast<uint32_t>(intern(right));
         // A repeated pair takes its last rank, as dict(zip(merges, range(n))) does.
         merges_[key] = Merge{static_cast<int32_t>(rank), intern(left + right)};
     }
@@ -319,13 +319,13 @@ void ClipTokenizer::finish(const std::unordered_map<std::string, int64_t>& vocab
         if (it == vocab.end()) throw_bad_input("CLIP vocabulary has no " + name + " token");
         return it->second;
     };
-    bos_ = special(kStartOfText);
-    eos_ = special(kEndOfText);
+    bos_       = special(kStartOfText);
+    eos_       = special(kEndOfText);
     auto comma = vocab.find("," + kEndOfWord);
-    comma_ = comma == vocab.end() ? -1 : comma->second;
+    comma_     = comma == vocab.end() ? -1 : comma->second;
     symbol_token_.resize(symbols_.size());
     for (size_t s = 0; s < symbols_.size(); ++s) {
-        auto it = vocab.find(symbols_[s]);
+        auto it          = vocab.find(symbols_[s]);
         symbol_token_[s] = it == vocab.end() ? eos_ : it->second;  // HF's unk_token is <|endoftext|>
     }
 }
@@ -353,7 +353,7 @@ ClipTokenizer ClipTokenizer::from_merges_file(const std::string& path) {
 ClipTokenizer ClipTokenizer::from_folder(const std::string& dir) {
     const fs::path root(dir);
     const fs::path vocab_path = root / "vocab.json";
-    const auto     j = nlohmann::json::parse(read_file(vocab_path, "tokenizer vocab.json"), nullptr, false);
+    const auto     j          = nlohmann::json::parse(read_file(vocab_path, "tokenizer vocab.json"), nullptr, false);
     if (j.is_discarded() || !j.is_object()) throw_bad_input(vocab_path.string() + " is not a JSON object");
     std::unordered_map<std::string, int64_t> vocab;
     int64_t                                  max_id = -1;
@@ -373,8 +373,10 @@ ClipTokenizer ClipTokenizer::from_folder(const std::string& dir) {
         const auto pad = pad_token_of(root / file);
         if (!pad) continue;
         auto it = vocab.find(*pad);
-        if (*pad == kEndOfText) tok.pad_hint_ = CLIP_PAD_EOS;
-        else if (it != vocab.end() && it->second == 0) tok.pad_hint_ = CLIP_PAD_ZERO;
+        if (*pad == kEndOfText)
+            tok.pad_hint_ = CLIP_PAD_EOS;
+        else if (it != vocab.end() && it->second == 0)
+            tok.pad_hint_ = CLIP_PAD_ZERO;
         break;
     }
     return tok;
@@ -389,19 +391,19 @@ void ClipTokenizer::bpe(const std::string& piece, std::vector<int64_t>& out) con
     std::vector<int32_t> word(piece.size());
     for (size_t i = 0; i < piece.size(); ++i) {
         const auto b = static_cast<unsigned char>(piece[i]);
-        word[i] = i + 1 == piece.size() ? byte_end_symbol_[b] : byte_symbol_[b];
+        word[i]      = i + 1 == piece.size() ? byte_end_symbol_[b] : byte_symbol_[b];
     }
     // Merge the lowest-ranked adjacent pair everywhere it occurs, left to right without overlap, until no pair
     // has a rank (simple_tokenizer.py bpe()).
     std::vector<int32_t> next;
     while (word.size() > 1) {
-        const Merge* best = nullptr;
+        const Merge* best     = nullptr;
         uint64_t     best_key = 0;
         for (size_t i = 0; i + 1 < word.size(); ++i) {
             const uint64_t key = (static_cast<uint64_t>(word[i]) << 32) | static_cast<uint32_t>(word[i + 1]);
-            auto           it = merges_.find(key);
+            auto           it  = merges_.find(key);
             if (it != merges_.end() && (best == nullptr || it->second.rank < best->rank)) {
-                best = &it->second;
+                best     = &it->second;
                 best_key = key;
             }
         }
@@ -480,7 +482,7 @@ std::string ClipTokenizer::decode(const std::vector<int64_t>& ids) const {
     // Byte-level tokens can split a character; a sequence that does not decode becomes U+FFFD (errors="replace").
     std::string valid;
     for (size_t i = 0; i < text.size();) {
-        const size_t len = std::max(utf8_length(static_cast<unsigned char>(text[i])), 1);
+        const size_t len  = std::max(utf8_length(static_cast<unsigned char>(text[i])), 1);
         size_t       have = 1;
         while (have < len && i + have < text.size() && utf8_length(static_cast<unsigned char>(text[i + have])) == 0)
             ++have;

@@ -13,9 +13,9 @@
 #include <unordered_map>
 #include <vector>
 
-constexpr int kClipContext = 77;      // BOS + 75 prompt tokens + EOS
-constexpr int kClipChunkTokens = 75;  // prompt tokens per chunk
-constexpr int kClipMerges = 48894;    // lines [1, 48894] of the merges file: 49152 - 256 - 2 (simple_tokenizer.py)
+constexpr int kClipContext     = 77;     // BOS + 75 prompt tokens + EOS
+constexpr int kClipChunkTokens = 75;     // prompt tokens per chunk
+constexpr int kClipMerges      = 48894;  // lines [1, 48894] of the merges file: 49152 - 256 - 2 (simple_tokenizer.py)
 
 // What fills a sequence after its EOS. SD-1.x and SDXL's CLIP-L pad with EOS (49407); SD-2.x (OpenCLIP-H) and
 // SDXL's bigG pad with 0 (ComfyUI sdxl_clip.py pad_with_end=False, sd.cpp `tokenizer(sd2 ? 0 : 49407)`).
@@ -25,7 +25,7 @@ enum ClipPad {
 };
 
 class ClipTokenizer {
-public:
+  public:
     // openai's bpe_simple_vocab_16e6 merges (resources/tokenizers/clip/merges.txt); the vocabulary is rebuilt from
     // them as simple_tokenizer.py does, so the file must hold all 48,894 merges.
     static ClipTokenizer from_merges_file(const std::string& path);
@@ -50,7 +50,7 @@ public:
     // The pad a tokenizer folder declares (pad_token "<|endoftext|>" -> EOS, "!" / id 0 -> zero), if it says.
     std::optional<ClipPad> pad_hint() const { return pad_hint_; }
 
-private:
+  private:
     struct Merge {
         int32_t rank;
         int32_t result;  // symbol id of the merged pair
@@ -66,7 +66,7 @@ private:
     std::unordered_map<std::string, int32_t> symbol_ids_;
     std::unordered_map<uint64_t, Merge>      merges_;
     std::vector<int64_t>                     symbol_token_;  // symbol -> vocabulary id (unknown -> EOS, as HF)
-    int32_t                                  byte_symbol_[256] = {};
+    int32_t                                  byte_symbol_[256]     = {};
     int32_t                                  byte_end_symbol_[256] = {};  // the byte with "</w>"
     std::vector<std::string>                 tokens_;                     // vocabulary id -> string
     int64_t                                  bos_ = -1, eos_ = -1, comma_ = -1;

@@ -3,18 +3,18 @@
 #include <locale>
 #include <sstream>
 
-#include "common.h"
+#include "core/errors.h"
 #include "tokenizers/unicode.h"
 
 namespace {
 
-constexpr double kRoundMultiplier = 1.1;
+constexpr double kRoundMultiplier  = 1.1;
 constexpr double kSquareMultiplier = 1 / 1.1;  // written as A1111 writes it, so products match bit for bit
 
 // The code point starting at byte i (a lead byte of valid UTF-8) and its length.
 char32_t char_at(const std::string& s, size_t i, size_t* len) {
     const auto c = static_cast<unsigned char>(s[i]);
-    *len = static_cast<size_t>(utf8_length(c));
+    *len         = static_cast<size_t>(utf8_length(c));
     return *len == 1 ? c : utf8_decode(s.substr(i, *len))[0];
 }
 
@@ -44,9 +44,9 @@ void add_text(std::vector<PromptSegment>& res, const std::string& text) {
     for (size_t from = 0;;) {
         const size_t at = text.find("BREAK", from);
         if (at == std::string::npos) break;
-        size_t     len = 0;
+        size_t     len         = 0;
         const bool word_before = at > 0 && py_word(char_at(text, prev_char(text, at), &len));
-        const bool word_after = at + 5 < text.size() && py_word(char_at(text, at + 5, &len));
+        const bool word_after  = at + 5 < text.size() && py_word(char_at(text, at + 5, &len));
         if (word_before || word_after) {
             from = at + 1;
             continue;
@@ -100,12 +100,12 @@ std::vector<PromptSegment> parse_prompt_attention(const std::string& text) {
     utf8_decode(text);  // refuse invalid UTF-8 here, with the byte offset, rather than mid-way
     std::vector<PromptSegment> res;
     std::vector<size_t>        round, square;  // where each open bracket's range starts in res
-    const auto multiply_range = [&res](size_t start, double m) {
+    const auto                 multiply_range = [&res](size_t start, double m) {
         for (size_t p = start; p < res.size(); ++p)
             if (!res[p].is_break) res[p].weight *= m;
     };
     for (size_t i = 0; i < text.size();) {
-        const char c = text[i];
+        const char  c = text[i];
         std::string number;
         if (c == '\\') {
             const bool escaped = i + 1 < text.size() && std::string("()[]\\").find(text[i + 1]) != std::string::npos;
@@ -138,7 +138,7 @@ std::vector<PromptSegment> parse_prompt_attention(const std::string& text) {
             add_text(res, std::string(1, c));
             ++i;
         } else {
-            const size_t end = text.find_first_of("\\()[]:", i);
+            const size_t end  = text.find_first_of("\\()[]:", i);
             const size_t stop = end == std::string::npos ? text.size() : end;
             add_text(res, text.substr(i, stop - i));
             i = stop;
@@ -221,7 +221,7 @@ PromptTokens tokenize_prompt(const ClipTokenizer& tokenizer, const std::string& 
                 ids.resize(static_cast<size_t>(split));
                 weights.resize(static_cast<size_t>(split));
                 next_chunk(false);
-                ids = std::move(moved_ids);
+                ids     = std::move(moved_ids);
                 weights = std::move(moved_weights);
             }
             if (static_cast<int64_t>(ids.size()) == kClipChunkTokens) next_chunk(false);
@@ -238,12 +238,12 @@ torch::Tensor apply_emphasis(const torch::Tensor& z, const torch::Tensor& weight
         throw_bad_input("apply_emphasis needs z [chunks, tokens, dim] and weights [chunks, tokens], got " +
                         std::string(c10::str(z.sizes())) + " and " + std::string(c10::str(weights.sizes())));
     if (emphasis == EMPHASIS_IGNORE || emphasis == EMPHASIS_NONE) return z;
-    const torch::Tensor zf = z.to(torch::kFloat32);
+    const torch::Tensor zf       = z.to(torch::kFloat32);
     torch::Tensor       weighted = zf * weights.to(zf.device(), torch::kFloat32).unsqueeze(-1);
     if (emphasis == EMPHASIS_ORIGINAL) {
         const torch::Tensor before = zf.mean({1, 2}, /*keepdim=*/true);
-        const torch::Tensor after = weighted.mean({1, 2}, /*keepdim=*/true);
-        weighted = weighted * torch::where(after == 0, torch::ones_like(after), before / after);
+        const torch::Tensor after  = weighted.mean({1, 2}, /*keepdim=*/true);
+        weighted                   = weighted * torch::where(after == 0, torch::ones_like(after), before / after);
     }
     return weighted.to(z.scalar_type());
 }

@@ -24,7 +24,7 @@ Emphasis emphasis_from_name(const std::string& name);
 
 struct PromptSegment {
     std::string text;
-    double      weight = 1.0;  // double, as A1111 multiplies Python floats: equal weights merge only when bit-equal
+    double      weight   = 1.0;  // double, as A1111 multiplies Python floats: equal weights merge only when bit-equal
     bool        is_break = false;
 };
 
@@ -43,9 +43,9 @@ struct PromptOptions {
 };
 
 struct PromptTokens {
-    int64_t              chunks = 0;   // ≥ 1
-    std::vector<int64_t> ids;          // [chunks, 77] row-major: BOS, 75 prompt or pad tokens, EOS
-    std::vector<float>   weights;      // [chunks, 77]; 1 at BOS, EOS and padding, and everywhere without emphasis
+    int64_t              chunks = 0;  // ≥ 1
+    std::vector<int64_t> ids;         // [chunks, 77] row-major: BOS, 75 prompt or pad tokens, EOS
+    std::vector<float>   weights;     // [chunks, 77]; 1 at BOS, EOS and padding, and everywhere without emphasis
     // A1111's count, shown as "N/75": 75 for every chunk before the last plus the last chunk's tokens (the plain
     // token count unless BREAK or the comma rule moved words).
     int64_t token_count = 0;

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <utility>
 
-#include "common.h"
+#include "core/errors.h"
 
 namespace {
 
@@ -96,7 +96,7 @@ char32_t compose(char32_t a, char32_t b) {
         return kSBase + ((a - kLBase) * kVCount + (b - kVBase)) * kTCount;
     if (a >= kSBase && a < kSBase + kSCount && (a - kSBase) % kTCount == 0 && b > kTBase && b < kTBase + kTCount)
         return a + (b - kTBase);
-    const Composition* end = kCompositions + sizeof(kCompositions) / sizeof(kCompositions[0]);
+    const Composition* end    = kCompositions + sizeof(kCompositions) / sizeof(kCompositions[0]);
     const auto         before = [](const Composition& x, std::pair<char32_t, char32_t> key) {
         return x.first != key.first ? x.first < key.first : x.second < key.second;
     };
@@ -127,9 +127,9 @@ std::u32string utf8_decode(const std::string& text) {
             continue;
         }
         static const char32_t kMin[5] = {0, 0, 0x80, 0x800, 0x10000}, kLeadBits[5] = {0, 0, 0x1F, 0x0F, 0x07};
-        const int len = utf8_length(c);
-        char32_t  cp = c & kLeadBits[len], min = kMin[len];
-        bool      ok = len >= 2 && i + len <= n;
+        const int             len = utf8_length(c);
+        char32_t              cp = c & kLeadBits[len], min = kMin[len];
+        bool                  ok = len >= 2 && i + len <= n;
         for (int k = 1; ok && k < len; ++k) {
             ok = (s[i + k] & 0xC0) == 0x80;
             cp = (cp << 6) | (s[i + k] & 0x3F);
@@ -216,7 +216,7 @@ std::u32string unicode_nfc(const std::u32string& text) {
     // mark of the same or a higher class); the marks are in canonical order, so the last one decides.
     std::u32string out;
     out.reserve(d.size());
-    ptrdiff_t starter = -1;
+    ptrdiff_t starter  = -1;
     int       last_ccc = 0;
     for (char32_t cp : d) {
         const int cc = ccc(cp);
@@ -239,7 +239,7 @@ std::u32string unicode_nfc(const std::u32string& text) {
 int unicode_width_fold(char32_t cp, char32_t out[2]) {
     if (cp != 0x3000 && (cp < 0xFF01 || cp > 0xFFEF)) return 0;
     const WidthMap* end = kWidthMap + sizeof(kWidthMap) / sizeof(kWidthMap[0]);
-    const WidthMap* w = std::lower_bound(kWidthMap, end, cp, [](const WidthMap& x, char32_t c) { return x.cp < c; });
+    const WidthMap* w   = std::lower_bound(kWidthMap, end, cp, [](const WidthMap& x, char32_t c) { return x.cp < c; });
     if (w == end || w->cp != cp) return 0;
     out[0] = w->out0;
     out[1] = w->out1;

@@ -16,9 +16,9 @@ enum UnicodeClass {
 // Invalid UTF-8 (including encoded surrogates and overlongs) is a bad_input WorkerError naming the byte offset.
 std::u32string utf8_decode(const std::string& text);
 // Bytes in the sequence a lead byte starts (1..4), 0 for a continuation byte or one that never leads.
-int            utf8_length(unsigned char lead);
-std::string    utf8_encode(const std::u32string& text);
-void           utf8_append(std::string& out, char32_t cp);
+int         utf8_length(unsigned char lead);
+std::string utf8_encode(const std::u32string& text);
+void        utf8_append(std::string& out, char32_t cp);
 
 UnicodeClass unicode_class(char32_t cp);
 

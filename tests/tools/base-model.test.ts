@@ -1,0 +1,70 @@
+import { join } from 'node:path';
+import sharp from 'sharp';
+import { afterEach, describe, expect, it } from 'vitest';
+import { baseModelConfig, buildVocab, exportFp16, f32ToF16, imagesToGrid } from '../../tools/base-model';
+import { readSafetensors, writeSafetensors } from '../../src/main/core/io/safetensors';
+import { tempDir } from '../unit/helpers';
+
+const cleanups: (() => void)[] = [];
+afterEach(() => {
+  for (const c of cleanups.splice(0)) c();
+});
+
+describe('built-in model tooling', () => {
+  it('converts fp32 to fp16 exactly where representable, rounding to nearest even', () => {
+    const cases: [number, number][] = [
+      [0, 0x0000],
+      [-0, 0x8000],
+      [1, 0x3c00],
+      [-2, 0xc000],
+      [65504, 0x7bff], // largest half
+      [65520, 0x7c00], // rounds up to +inf
+      [1e-8, 0x0000], // underflows
+      [2 ** -24, 0x0001], // smallest subnormal
+      [2 ** -14, 0x0400], // smallest normal
+      [1 + 2 ** -11, 0x3c00], // a tie: to even (down)
+      [1 + 3 * 2 ** -11, 0x3c02], // a tie: to even (up)
+      [0.1, 0x2e66],
+      [Infinity, 0x7c00],
+    ];
+    const out = f32ToF16(new Float32Array(cases.map(([x]) => x)));
+    expect([...out].map((h) => h.toString(16))).toEqual(cases.map(([, h]) => h.toString(16)));
+    expect(f32ToF16(new Float32Array([NaN]))[0]! & 0x7c00).toBe(0x7c00);
+  });
+
+  it('exports F32 tensors as F16, keeping other dtypes and the metadata', () => {
+    const dir = tempDir();
+    cleanups.push(dir.cleanup);
+    const src = join(dir.path, 'a.safetensors');
+    writeSafetensors(src, [['w', { dtype: 'F32', shape: [2], data: new Uint8Array(new Float32Array([0.5, -3]).buffer) }], ['i', { dtype: 'I32', shape: [1], data: new Uint8Array(4) }]], { config: '{}' });
+    const dst = join(dir.path, 'b.safetensors');
+    exportFp16(src, dst);
+    const back = readSafetensors(dst);
+    expect(back.metadata).toEqual({ config: '{}' });
+    expect(back.tensors.get('w')).toMatchObject({ dtype: 'F16', shape: [2] });
+    expect([...new Uint16Array(back.tensors.get('w')!.data.slice().buffer)]).toEqual([0x3800, 0xc200]);
+    expect(back.tensors.get('i')!.dtype).toBe('I32');
+  });
+
+  it('builds the vocabulary from words seen at least twice, most frequent first', () => {
+    expect(buildVocab(['Red apple, food', 'green apple, food', "bird's nest, animals"])).toEqual(['apple', 'food']);
+    const config = baseModelConfig('m', 64, ['a']) as { unet: { sample_size: number; patch_size: number }; text_encoder: { vocab: string[] } };
+    expect(config.unet).toMatchObject({ sample_size: 64, patch_size: 4 });
+    expect(config.text_encoder.vocab).toEqual(['a']);
+  });
+
+  it('lays out sample images as a grid PNG', async () => {
+    const dir = tempDir();
+    cleanups.push(dir.cleanup);
+    const file = join(dir.path, 's.safetensors');
+    const data = new Uint8Array(3 * 2 * 2 * 3);
+    data.fill(255, 12, 24); // image 1 white
+    writeSafetensors(file, [['images', { dtype: 'U8', shape: [3, 2, 2, 3], data }]]);
+    await imagesToGrid(file, 2, join(dir.path, 'g.png'), 1);
+    const { data: px, info } = await sharp(join(dir.path, 'g.png')).raw().toBuffer({ resolveWithObject: true });
+    expect([info.width, info.height]).toEqual([4, 4]);
+    expect(px[(0 * 4 + 2) * 3]).toBe(255); // image 1 at column 1
+    expect(px[(0 * 4 + 0) * 3]).toBe(0); // image 0
+    expect(px[(2 * 4 + 2) * 3]).toBe(255); // empty cell stays white
+  });
+});
