@@ -21,6 +21,7 @@
 #include "tokenizers/clip_tokenizer.h"
 #include "tokenizers/prompt_weights.h"
 #include "tokenizers/unicode.h"
+#include "worker/worker.h"
 
 namespace {
 
@@ -431,6 +432,30 @@ SHIRA_TEST(tokenizer_errors) {
     fs::create_directories(kTokTmp + "/empty");
     EXPECT(throws(ERROR_TYPE_NOT_FOUND, "vocab.json", [] { ClipTokenizer::load(kTokTmp + "/empty"); }));
     fs::remove_all(kTokTmp);
+}
+
+// The worker's tokenize op: the front end above behind the protocol's argument checks.
+SHIRA_TEST(tokenizer_op) {
+    WorkerState st(torch::kCPU);
+    const auto  run = [&](const Json& args) { return worker_run_op(st, "tokenize", args, [](const Json&) {}); };
+    const Json  r   = run({{"prompt", "a photo of a [dog]"}, {"tokenizer", SHIRA_CLIP_MERGES}});
+    EXPECT(r["chunks"] == 1 && r["token_count"] == 5 && r["pad"] == "eos");
+    const Ids ids = r["ids"][0].get<Ids>();
+    EXPECT(ids.size() == 77 && ids[0] == 49406 && ids[6] == 49407 && ids[76] == 49407);
+    expect_ids("tokenize op", "a photo of a [dog]", Ids(ids.begin() + 1, ids.begin() + 6), kDog);
+    EXPECT(std::abs(r["weights"][0][5].get<double>() - 1 / 1.1) < 1e-6 && r["weights"][0][4] == 1.0);
+    EXPECT(r["tokens"][0].size() == 5 && r["tokens"][0][4] == "dog</w>");
+    const Json z = run({{"prompt", "a photo of a dog"}, {"tokenizer", SHIRA_CLIP_MERGES}, {"pad", "zero"}});
+    EXPECT(z["ids"][0][6] == 49407 && z["ids"][0][7] == 0 && z["pad"] == "zero");
+    EXPECT(throws(ERROR_TYPE_BAD_INPUT, "pad", [&] {
+        run({{"prompt", "x"}, {"tokenizer", SHIRA_CLIP_MERGES}, {"pad", "one"}});
+    }));
+    EXPECT(throws(ERROR_TYPE_BAD_INPUT, "comma_backtrack", [&] {
+        run({{"prompt", "x"}, {"tokenizer", SHIRA_CLIP_MERGES}, {"comma_backtrack", 75}});
+    }));
+    EXPECT(throws(ERROR_TYPE_NOT_FOUND, "merges", [&] {
+        run({{"prompt", "x"}, {"tokenizer", "/nonexistent/merges.txt"}});
+    }));
 }
 
 // Lines of hex UTF-8 in; "nfc lower class" (hex, hex, class of the first code point) out, for unicode_oracle.py.
