@@ -190,7 +190,7 @@ export class Checkpoints {
 
   private toModel(r: Row): BaseModel {
     const base = { id: r.id, name: r.name, family: r.family, resolution: r.resolution, weightsHash: r.weights_hash, isDefault: r.is_default === 1, createdAt: r.created_at };
-    if (r.source !== 'user') return { ...base, source: 'builtin', familyLabel: `Built-in (${r.resolution} px)`, runnable: true, checkpoint: null };
+    if (r.source !== 'user') return { ...base, source: 'builtin', familyLabel: 'Built-in pixel-space model', runnable: true, checkpoint: null };
     const probe = JSON.parse(r.checkpoint_json!) as Stored;
     const prediction = r.prediction ?? probe.prediction;
     const sizeBytes = probe.files.reduce((a, f) => a + f.size, 0);
@@ -208,7 +208,7 @@ export class Checkpoints {
         prediction,
         detectedPrediction: probe.prediction,
         predictionSource: r.prediction ? 'user' : probe.predictionSource,
-        predictionNote: r.prediction ? `set by you (detected: ${probe.prediction ?? 'not stated'}; ${probe.predictionNote})` : probe.predictionNote,
+        predictionNote: r.prediction ? `set by you (${probe.prediction ? `detected: ${probe.prediction}, from ${probe.predictionNote}` : 'the file does not say'})` : probe.predictionNote,
         dtype: probe.dtype,
         emaKeys: probe.emaKeys,
         weights: probe.weights,
@@ -298,9 +298,15 @@ export class Checkpoints {
     // A single file's identity is its own SHA-256 (A1111's and Civitai's); a diffusers folder has no such standard,
     // so its identity is the SHA-256 of its weight files' list: "role relative-path sha256" lines, in probe order.
     const identity =
-      probe.layout === 'ldm' ? probe.files[0]!.sha256! : createHash('sha256').update(probe.files.map((f) => `${f.role} ${relative(row.source_path!, f.path)} ${f.sha256}\n`).join('')).digest('hex');
+      probe.layout === 'ldm'
+        ? probe.files[0]!.sha256!
+        : createHash('sha256')
+            .update(probe.files.map((f) => `${f.role} ${relative(row.source_path!, f.path)} ${f.sha256}\n`).join(''))
+            .digest('hex');
     // Only if nothing re-probed or removed the row meanwhile.
-    const changed = this.db.prepare('UPDATE base_models SET weights_hash = ?, checkpoint_json = ? WHERE id = ? AND checkpoint_json = ? AND weights_hash IS NULL').run(identity, JSON.stringify(probe), id, json).changes;
+    const changed = this.db
+      .prepare('UPDATE base_models SET weights_hash = ?, checkpoint_json = ? WHERE id = ? AND checkpoint_json = ? AND weights_hash IS NULL')
+      .run(identity, JSON.stringify(probe), id, json).changes;
     if (!changed) return;
     this.hashes_.delete(id);
     this.emit({ type: 'models.hash', modelId: id, state: 'done', done: total, total, error: null });

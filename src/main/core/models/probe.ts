@@ -54,6 +54,8 @@ const UNET = 'model.diffusion_model.';
 const VAE = 'first_stage_model.';
 /** Metadata values longer than this (kohya's tag frequencies, modelspec thumbnails) are stored as a note. */
 const MAX_METADATA_VALUE = 2000;
+/** A diffusers config.json or model_index.json is a few KB; anything past this is not one. */
+const MAX_CONFIG_BYTES = 1 << 20;
 /** sd-formats §1: a file "has EMA" when it carries more than 100 `model_ema*` keys. */
 const EMA_MIN_KEYS = 100;
 
@@ -73,7 +75,7 @@ export function conversionAdvice(file: string): string {
   return (
     `"${basename(file)}" is a PyTorch pickle file. Opening a pickle can run any code it carries, so Shira Studio never does. ` +
     'Use the .safetensors version most model pages offer, or convert it once with a tool you trust: with PyTorch ≥ 1.13, ' +
-    "`torch.load(path, weights_only=True)` rebuilds only tensors; save its \"state_dict\" with safetensors' `save_file` " +
+    '`torch.load(path, weights_only=True)` rebuilds only tensors; save its "state_dict" with safetensors\' `save_file` ' +
     '(docs/models.md has the two lines).'
   );
 }
@@ -138,7 +140,8 @@ function prefixes(names: Iterable<string>): string {
 /** An input-channel count other than 4 names the variant (sd-formats §1). */
 function refuseVariant(inChannels: number, key: string, name: string): void {
   if (inChannels === 4) return;
-  if (inChannels === 9) throw unsupported(`"${name}" is an inpainting model (${key} takes 9 input channels; a text-to-image UNet takes 4). Inpainting models are not supported; use the text-to-image version.`);
+  if (inChannels === 9)
+    throw unsupported(`"${name}" is an inpainting model (${key} takes 9 input channels; a text-to-image UNet takes 4). Inpainting models are not supported; use the text-to-image version.`);
   if (inChannels === 8) throw unsupported(`"${name}" is an InstructPix2Pix model (${key} takes 8 input channels; a text-to-image UNet takes 4). Pix2pix models are not supported.`);
   throw badInput(`"${name}" has a UNet of an unknown kind: ${key} takes ${inChannels} input channels (a text-to-image UNet takes 4).`);
 }
@@ -219,8 +222,10 @@ export function probeSingleFile(path: string): Probe {
   const evidence: string[] = [];
 
   // SDXL first: its files also hold model.diffusion_model.*.
-  if (has('conditioner.embedders.1.model.')) throw unsupported(`"${name}" is an SDXL base model (conditioner.embedders.1.model.* holds OpenCLIP bigG). SDXL is recognised but not supported yet; SD-1.x and SD-2.x are.`);
-  if (has('conditioner.embedders.0.model.')) throw unsupported(`"${name}" is an SDXL refiner (conditioner.embedders.0.model.*, bigG alone). SDXL is recognised but not supported yet; SD-1.x and SD-2.x are.`);
+  if (has('conditioner.embedders.1.model.'))
+    throw unsupported(`"${name}" is an SDXL base model (conditioner.embedders.1.model.* holds OpenCLIP bigG). SDXL is recognised but not supported yet; SD-1.x and SD-2.x are.`);
+  if (has('conditioner.embedders.0.model.'))
+    throw unsupported(`"${name}" is an SDXL refiner (conditioner.embedders.0.model.*, bigG alone). SDXL is recognised but not supported yet; SD-1.x and SD-2.x are.`);
   if (!has(UNET)) {
     if (keys.some((k) => k.startsWith('lora_') || /\.lora_(down|up|A|B)\./.test(k))) throw badInput(`"${name}" is a LoRA file, not a checkpoint: import it in the Library as an adapter.`);
     if (has('encoder.') && has('decoder.')) throw badInput(`"${name}" is a VAE, not a checkpoint: add it as the VAE of a checkpoint.`);
@@ -249,14 +254,19 @@ export function probeSingleFile(path: string): Probe {
       `"${name}" is of an unknown family: its text encoder is ${openClip ? 'OpenCLIP (SD-2.x)' : 'CLIP (SD-1.x)'} but its UNet's proj_in is a ${linearProj ? 'Linear layer (SD-2.x)' : '1×1 convolution (SD-1.x)'}.`,
     );
   }
-  evidence.push(openClip ? 'text encoder: OpenCLIP ViT-H (cond_stage_model.model.*)' : `text encoder: CLIP ViT-L/14 (cond_stage_model.transformer.${has('cond_stage_model.transformer.text_model.') ? 'text_model.' : ''}*)`);
+  evidence.push(
+    openClip
+      ? 'text encoder: OpenCLIP ViT-H (cond_stage_model.model.*)'
+      : `text encoder: CLIP ViT-L/14 (cond_stage_model.transformer.${has('cond_stage_model.transformer.text_model.') ? 'text_model.' : ''}*)`,
+  );
   evidence.push(`UNet proj_in: ${linearProj ? 'Linear' : '1×1 convolution'}`);
   const toK = header.tensors.get(`${UNET}input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight`);
   if (toK) evidence.push(`cross-attention context width ${toK.shape[1]}${toK.shape[1] === 768 || toK.shape[1] === 1024 ? '' : ' (not a full-size model)'}`);
 
   const vaeShapes = new Map<string, number[]>();
   for (const [k, t] of header.tensors) if (k.startsWith(VAE)) vaeShapes.set(k.slice(VAE.length), t.shape);
-  if (!vaeShapes.has('decoder.conv_in.weight')) throw badInput(`"${name}" has no VAE (first_stage_model.decoder.conv_in.weight is missing); add a VAE file with it.`, { key: `${VAE}decoder.conv_in.weight` });
+  if (!vaeShapes.has('decoder.conv_in.weight'))
+    throw badInput(`"${name}" has no VAE (first_stage_model.decoder.conv_in.weight is missing); add a VAE file with it.`, { key: `${VAE}decoder.conv_in.weight` });
 
   const emaKeys = keys.filter((k) => k.startsWith('model_ema.') && k !== 'model_ema.decay' && k !== 'model_ema.num_updates').length;
   const ema = emaKeys > EMA_MIN_KEYS;
@@ -286,12 +296,17 @@ export function probeSingleFile(path: string): Probe {
 
 /** `rel` inside the diffusers folder `dir`, parsed; a missing or malformed file is named. */
 function readJson(dir: string, rel: string): Record<string, unknown> {
+  const file = join(dir, rel);
+  const unusable = (why: string) => badInput(`"${basename(dir)}" is not a usable diffusers folder: ${rel} ${why}.`);
+  // Checked before reading: a FIFO named config.json would block the core, a huge file fill its memory.
+  const st = statSync(file, { throwIfNoEntry: false });
+  if (!st) throw unusable('is missing');
+  if (!st.isFile() || st.size > MAX_CONFIG_BYTES) throw unusable(st.isFile() ? `is ${st.size} bytes (a config is a few KB)` : 'is not a regular file');
   let parsed: unknown;
   try {
-    parsed = JSON.parse(readFileSync(join(dir, rel), 'utf8'));
-  } catch (error) {
-    const missing = (error as NodeJS.ErrnoException).code === 'ENOENT';
-    throw badInput(`"${basename(dir)}" is not a usable diffusers folder: ${rel} ${missing ? 'is missing' : 'is not valid JSON'}.`);
+    parsed = JSON.parse(readFileSync(file, 'utf8'));
+  } catch {
+    throw unusable('is not valid JSON');
   }
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw badInput(`"${basename(dir)}": ${rel} is not a JSON object.`);
   return parsed as Record<string, unknown>;
@@ -343,7 +358,9 @@ export function probeDiffusers(dir: string): Probe {
   const act = textConfig.hidden_act;
   const openClip = act === 'gelu';
   if ((act !== 'gelu' && act !== 'quick_gelu') || linearProj !== openClip) {
-    throw badInput(`"${name}" is of an unknown family: text_encoder hidden_act ${JSON.stringify(act)}, UNet proj_in ${linearProj ? 'Linear' : '1×1 convolution'} (SD-1.x: quick_gelu + convolution; SD-2.x: gelu + Linear).`);
+    throw badInput(
+      `"${name}" is of an unknown family: text_encoder hidden_act ${JSON.stringify(act)}, UNet proj_in ${linearProj ? 'Linear' : '1×1 convolution'} (SD-1.x: quick_gelu + convolution; SD-2.x: gelu + Linear).`,
+    );
   }
   const family: SdFamily = openClip ? 'stable-diffusion-2' : 'stable-diffusion-1';
   need(textHeader, 'text_model.embeddings.token_embedding.weight', `${name}/text_encoder`);
@@ -397,7 +414,8 @@ export function probeCheckpoint(path: string): Probe {
     throw badInput(`There is no file or folder at ${path}.`);
   }
   if (st.isDirectory()) {
-    if (!existsSync(join(path, 'model_index.json'))) throw badInput(`"${basename(path)}" is a folder without model_index.json: not a diffusers model. Choose a .safetensors file or a diffusers folder.`);
+    if (!existsSync(join(path, 'model_index.json')))
+      throw badInput(`"${basename(path)}" is a folder without model_index.json: not a diffusers model. Choose a .safetensors file or a diffusers folder.`);
     return probeDiffusers(path);
   }
   if (!st.isFile()) throw badInput(`${path} is not a regular file.`);
@@ -426,7 +444,8 @@ export function probeVae(path: string, checkpointVae: Map<string, number[]>): Pr
   const convIn = shapes.get('decoder.conv_in.weight');
   if (!convIn) throw badInput(`"${name}" is not a VAE: it has no decoder.conv_in.weight (it holds ${prefixes(keys)}).`, { key: 'decoder.conv_in.weight' });
   const latents = checkpointVae.get('decoder.conv_in.weight')?.[1] ?? 4;
-  if (convIn[1] !== latents) throw badInput(`"${name}" is a VAE of the wrong shape: ${convIn[1]} latent channels (decoder.conv_in.weight), the model's VAE has ${latents}.`, { key: 'decoder.conv_in.weight' });
+  if (convIn[1] !== latents)
+    throw badInput(`"${name}" is a VAE of the wrong shape: ${convIn[1]} latent channels (decoder.conv_in.weight), the model's VAE has ${latents}.`, { key: 'decoder.conv_in.weight' });
   for (const [k, shape] of shapes) {
     const own = checkpointVae.get(k);
     if (own && JSON.stringify(own) !== JSON.stringify(shape)) {
