@@ -76,7 +76,7 @@ export function conversionAdvice(file: string): string {
     `"${basename(file)}" is a PyTorch pickle file. Opening a pickle can run any code it carries, so Shira Studio never does. ` +
     'Use the .safetensors version most model pages offer, or convert it once with a tool you trust: with PyTorch ≥ 1.13, ' +
     '`torch.load(path, weights_only=True)` rebuilds only tensors; save its "state_dict" with safetensors\' `save_file` ' +
-    '(docs/models.md has the two lines).'
+    '(docs/models.md shows how).'
   );
 }
 
