@@ -236,6 +236,13 @@ describe.skipIf(!PY)(
         type: 'bad_input',
         message: expect.stringMatching(/unknown family: its text encoder is CLIP \(SD-1\.x\) but its UNet's proj_in is a Linear layer/),
       });
+      // A key the file made up is named only when it looks like a module path (never echoing control characters).
+      const blocks = Object.fromEntries([1, 2, 4].map((b) => [`model.diffusion_model.input_blocks.${b}.1.transformer_blocks.0.attn1.to_q.weight`, [8, 8]]));
+      writeShapes(join(scratch, 'odd.safetensors'), { ...sd1Shapes(4), ...blocks, 'model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn1.to_q\u0007.weight': [8, 8] });
+      await expect(call('models.add', { path: join(scratch, 'odd.safetensors') })).rejects.toMatchObject({
+        type: 'bad_input',
+        message: expect.stringMatching(/has an unknown tensor \(an unprintable name\) \(no other block/),
+      });
       await expect(call('models.add', { path: scratch })).rejects.toMatchObject({ type: 'bad_input', message: expect.stringMatching(/folder without model_index\.json/) });
       // FIFOs where a file belongs are refused without being opened (opening one would block the core).
       const pipes = join(scratch, 'pipes');

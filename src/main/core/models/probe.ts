@@ -115,7 +115,7 @@ function fileInfo(role: ProbedFile['role'], path: string, header: Header, filter
 
 const DTYPE_NAMES: Partial<Record<Dtype, string>> = { F32: 'fp32', F16: 'fp16', BF16: 'bf16', F64: 'fp64' };
 
-/** The dtype holding the most elements among the tensors `filter` keeps (ties: the first); mixed floats listed. */
+/** The float dtypes of the tensors `filter` keeps, most elements first: 'fp16', or 'fp16+fp32' for a mix. */
 function dominantDtype(header: Header, filter: (name: string) => boolean): string {
   const count = new Map<string, number>();
   for (const [name, t] of header.tensors) {
@@ -130,10 +130,18 @@ function keptMetadata(metadata: Record<string, string>): Record<string, string> 
   return Object.fromEntries(Object.entries(metadata).map(([k, v]) => [k, v.length > MAX_METADATA_VALUE ? `(${v.length} characters, not kept)` : v]));
 }
 
+/**
+ * A name from the file as a message may quote it: module-path-like names as they are, anything else (control
+ * characters, a megabyte of text) as a placeholder, as io/safetensors.ts does for tensor names.
+ */
+function shown(name: unknown): string {
+  return typeof name === 'string' && /^[A-Za-z0-9_.:-]{1,200}$/.test(name) ? name : '(an unprintable name)';
+}
+
 /** The top-level prefixes of a header's keys, for a message saying what a file holds instead of a checkpoint. */
 function prefixes(names: Iterable<string>): string {
   const seen = new Set<string>();
-  for (const n of names) if (seen.size < 4) seen.add(`${n.split('.')[0]}.*`);
+  for (const n of names) if (seen.size < 4) seen.add(`${shown(n.split('.')[0])}.*`);
   return [...seen].join(', ') || 'no tensors';
 }
 
@@ -171,12 +179,12 @@ function checkRepeated(keys: readonly string[], pattern: RegExp, name: string): 
   for (const [suffix, n] of counts) {
     if (n === blocks.size || n * 2 < blocks.size) continue;
     const key = `${[...blocks].find(([, own]) => !own.has(suffix))![0]}${suffix}`;
-    throw badInput(`"${name}" is missing the tensor ${key} (every other block of its kind has it).`, { key });
+    throw badInput(`"${name}" is missing the tensor ${shown(key)} (every other block of its kind has it).`, { key: shown(key) });
   }
   for (const [suffix, n] of counts) {
     if (n === blocks.size) continue;
     const key = `${[...blocks].find(([, own]) => own.has(suffix))![0]}${suffix}`;
-    throw badInput(`"${name}" has an unknown tensor ${key} (no other block of its kind has it).`, { key });
+    throw badInput(`"${name}" has an unknown tensor ${shown(key)} (no other block of its kind has it).`, { key: shown(key) });
   }
 }
 
@@ -331,7 +339,7 @@ function componentFile(dir: string, component: string, stem: string, folderName:
 export function probeDiffusers(dir: string): Probe {
   const name = basename(dir);
   const index = readJson(dir, 'model_index.json');
-  const cls = typeof index._class_name === 'string' ? index._class_name : '(none)';
+  const cls = shown(index._class_name);
   if (/XL/.test(cls) || 'text_encoder_2' in index) {
     // The refiner has text_encoder_2 (bigG) alone: its text_encoder entry is absent or [null, null].
     const clipL = Array.isArray(index.text_encoder) && index.text_encoder[0] !== null;
@@ -359,7 +367,7 @@ export function probeDiffusers(dir: string): Probe {
   const openClip = act === 'gelu';
   if ((act !== 'gelu' && act !== 'quick_gelu') || linearProj !== openClip) {
     throw badInput(
-      `"${name}" is of an unknown family: text_encoder hidden_act ${JSON.stringify(act)}, UNet proj_in ${linearProj ? 'Linear' : '1×1 convolution'} (SD-1.x: quick_gelu + convolution; SD-2.x: gelu + Linear).`,
+      `"${name}" is of an unknown family: text_encoder hidden_act ${shown(act)}, UNet proj_in ${linearProj ? 'Linear' : '1×1 convolution'} (SD-1.x: quick_gelu + convolution; SD-2.x: gelu + Linear).`,
     );
   }
   const family: SdFamily = openClip ? 'stable-diffusion-2' : 'stable-diffusion-1';
@@ -449,7 +457,7 @@ export function probeVae(path: string, checkpointVae: Map<string, number[]>): Pr
   for (const [k, shape] of shapes) {
     const own = checkpointVae.get(k);
     if (own && JSON.stringify(own) !== JSON.stringify(shape)) {
-      throw badInput(`"${name}" is a VAE of the wrong shape: ${k} is ${JSON.stringify(shape)}, the model's is ${JSON.stringify(own)}.`, { key: k });
+      throw badInput(`"${name}" is a VAE of the wrong shape: ${shown(k)} is ${JSON.stringify(shape)}, the model's is ${JSON.stringify(own)}.`, { key: shown(k) });
     }
   }
   return fileInfo('vae_file', path, header, (k) => !k.startsWith('model_ema'));
