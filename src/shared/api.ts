@@ -179,7 +179,7 @@ export interface CheckpointInfo {
   weights: 'ema' | 'model';
   /** diffusers: the variant files read ('fp16'), else null. */
   variant: string | null;
-  /** Every registered file's size; for a diffusers folder, its three weight files together. */
+  /** The checkpoint's size (a diffusers folder: its three weight files together); a separate VAE's is in `vae`. */
   sizeBytes: number;
   /** A1111/Civitai short hash: the first 10 hex digits of the SHA-256 (for a diffusers folder, of its file list). */
   autoV2: string | null;

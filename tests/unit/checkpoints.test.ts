@@ -276,6 +276,17 @@ describe.skipIf(!PY)(
         type: 'unsupported',
         message: expect.stringMatching(/"innocent\.safetensors" is a PyTorch pickle file/),
       });
+      // A safetensors whose first byte is 0x80 (its header length is 128 modulo 256) is not a pickle.
+      const looksLikePickle = join(scratch, 'first-byte-0x80.safetensors');
+      for (let pad = 0; pad < 300; pad++) {
+        writeShapes(looksLikePickle, sd1Shapes(4), { pad: 'x'.repeat(pad) });
+        if (readFileSync(looksLikePickle)[0] === 0x80) break;
+      }
+      // 0x80 then 2–5: a pickle's PROTO opcode, byte for byte.
+      expect([...readFileSync(looksLikePickle).subarray(0, 2)]).toEqual([0x80, 3]);
+      const fine = await call('models.add', { path: looksLikePickle });
+      expect(fine.family).toBe('stable-diffusion-1');
+      await call('models.remove', { id: fine.id });
       // A pickle offered as the VAE is refused the same way.
       await expect(call('models.add', { path: join(fx, 'sd1-ldm-fp16-ema.safetensors'), vaePath: join(fx, 'sd1-ckpt-fp16.ckpt') })).rejects.toMatchObject({ type: 'unsupported' });
       expect(existsSync(marker)).toBe(false);

@@ -80,17 +80,22 @@ export function conversionAdvice(file: string): string {
   );
 }
 
-/** Refuses pickles by extension or by their first bytes (a zip from torch.save, or a raw pickle's PROTO opcode). */
+/**
+ * Refuses pickles by extension or by their first bytes: a zip (torch.save since 1.6) or a raw pickle's PROTO opcode
+ * (0x80, protocol 2–5). A safetensors file's first byte is the low byte of its header length and may be 0x80 too,
+ * so a file whose ninth byte opens its JSON header ('{') is never taken for a pickle.
+ */
 function refusePickle(file: string): void {
   if (PICKLE_EXTENSIONS.has(extname(file).toLowerCase())) throw unsupported(conversionAdvice(file));
-  const head = Buffer.alloc(4);
+  const head = Buffer.alloc(9);
   const fd = openSync(file, 'r');
   try {
-    readSync(fd, head, 0, 4, 0);
+    readSync(fd, head, 0, 9, 0);
   } finally {
     closeSync(fd);
   }
-  if (head.readUInt32BE(0) === 0x504b0304 || head[0] === 0x80) throw unsupported(conversionAdvice(file));
+  if (head[8] === 0x7b) return;
+  if (head.readUInt32BE(0) === 0x504b0304 || (head[0] === 0x80 && head[1]! >= 2 && head[1]! <= 5)) throw unsupported(conversionAdvice(file));
 }
 
 interface Header {
