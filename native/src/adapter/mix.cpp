@@ -346,12 +346,6 @@ void blend_shira_indexed(torch::Tensor& W, const LayerParts& parts, const std::s
 
 }  // namespace
 
-int64_t MergedUnion::bytes() const {
-    int64_t n = uni.numel() * 8;
-    for (const auto& p : pos) n += p.numel() * 4;
-    return n;
-}
-
 double mix_clear(DiffusionModel& model, MixState& state) {
     const double       t0 = now_ms();
     torch::NoGradGuard no_grad;

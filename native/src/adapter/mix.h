@@ -22,9 +22,9 @@
 // only the layers whose signature changed and still equals clear + full apply bit for bit.
 //
 // A switch is bound by the weight cache lines it touches (a Rand mask at 2 % puts almost every value on its own
-// 64-byte line), so the CPU path makes one pass per layer over the weight addresses: in blocks of kMixBlock new
-// entries it writes the old union's base values back and then captures and scatters the new union while those
-// lines are still in cache, with no allocation (the base buffers are reused), parallel over blocks of every
+// 64-byte line), so the CPU path makes one pass per layer over the weight addresses: in blocks of 2048 new
+// entries (kMixBlock) it writes the old union's base values back and then captures and scatters the new union while
+// those lines are still in cache, with no allocation (the base buffers are reused), parallel over blocks of every
 // changed layer at once, on at::get_num_threads() threads (the worker's OMP_NUM_THREADS, which the app sets).
 
 // The sorted union of the indices of several SHiRA adapters on one layer and where each adapter's entries sit in
@@ -33,10 +33,9 @@ struct MergedUnion {
     std::vector<uint64_t>      uids;  // the adapters, mix order
     torch::Tensor              uni;   // [U] int64, sorted, unique (CPU)
     std::vector<torch::Tensor> pos;   // per adapter [K_i] int32, ascending: uni[pos_i[k]] == idx_i[k]
-    // uni and pos (int64, for index_add_) on a CUDA weight's device, made by the first blend there.
+    // uni and pos on a CUDA weight's device (index_add_ takes int32 indices), made by the first blend there.
     mutable torch::Tensor              uni_on_device;
     mutable std::vector<torch::Tensor> pos_on_device;
-    int64_t                            bytes() const;
 };
 struct LayerBlend {
     std::vector<std::pair<uint64_t, double>> signature;  // (Adapter::uid, α) of the adapters on this layer, mix order
@@ -52,7 +51,7 @@ struct LayerBlend {
 };
 struct MixState {
     std::map<std::string, LayerBlend> layers;  // only layers some applied adapter touches
-    // Merged unions per layer, most recently used first (at most kMergedKept: the applied mix's and the ones before,
+    // Merged unions per layer, most recently used first (at most 3, kMergedKept: the applied mix's and the ones before,
     // so α changes and switching back reuse them); dropped by mix_clear.
     std::map<std::string, std::vector<std::shared_ptr<const MergedUnion>>> merged;
     bool                                                                   active() const { return !layers.empty(); }
