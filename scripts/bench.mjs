@@ -4,7 +4,8 @@
 //   node scripts/bench.mjs train|switch|grad [--quick] [--device cpu|cuda|auto] [--models builtin,sd15] [--key value]...
 //
 // Extra --key value pairs go to `shira-worker bench` unchanged (e.g. --reps 5 --size 32 --density 0.01).
-// OMP_NUM_THREADS defaults to 1 (shared machines; set it to use more cores). Exit code 1 when the worker fails.
+// OMP_NUM_THREADS defaults to 1 (shared machines; set it to use more cores); the switch bench times its rows at 1 thread
+// and at --threads N (default: the machine's cores) whatever it is. Exit code 1 when the worker fails.
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';

@@ -190,7 +190,8 @@ export async function runTool(command: string | undefined, rest: string[], appRo
     await benchLibrary({
       worker: defaultWorkerBinary(appRoot),
       resourcesDir: join(appRoot, 'resources'),
-      threads: Number(argValue(rest, 'threads') ?? process.env.OMP_NUM_THREADS ?? 1),
+      // The app's default (engines.ts): every core.
+      threads: Number(argValue(rest, 'threads') ?? process.env.OMP_NUM_THREADS ?? availableParallelism()),
       reps: Number(argValue(rest, 'reps') ?? 5),
       maxN: Number(argValue(rest, 'max-n') ?? 8),
       emit: (row) => console.log(JSON.stringify(row)),

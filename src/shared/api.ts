@@ -346,11 +346,11 @@ export interface MixResult {
   /** The base model the mix is fused into. */
   baseModelId: number | null;
   entries: MixEntry[];
-  /** Worker time to re-blend the weights (the number the UI shows). */
+  /** Worker time to re-blend the weights. */
   switchMs: number;
   /** Worker time decoding adapters that were not cached. */
   loadMs: number;
-  /** Whole call, including reading the library and loading the base when it changed. */
+  /** Whole call, including reading the library and loading the base when it changed (the number the UI shows). */
   totalMs: number;
   cacheHits: number;
   cacheMisses: number;

@@ -349,3 +349,105 @@ SHIRA_TEST(incremental) {
 }
 
 }  // namespace
+
+namespace {
+
+// The dense oracle of a SHiRA-only mix, as the ONNX mirror defines it: W = W0 + Σ fp32(vᵢ·αᵢ) accumulated from 0 in
+// mix order on the union (index_add_ with unique indices performs exactly these additions), W0 elsewhere.
+std::map<std::string, torch::Tensor> dense_mix(const std::map<std::string, torch::Tensor>&           w0,
+                                               const std::vector<std::pair<const Adapter*, double>>& mix) {
+    std::map<std::string, torch::Tensor> out = w0;
+    std::map<std::string, torch::Tensor> acc, touched;
+    for (const auto& [a, alpha] : mix) {
+        for (const auto& [layer, t] : a->shira) {
+            const torch::Tensor& W = w0.at(layer + ".weight");
+            if (!acc.count(layer)) {
+                acc[layer]     = torch::zeros({W.numel()}, torch::kFloat32);
+                touched[layer] = torch::zeros({W.numel()}, torch::kBool);
+            }
+            acc[layer].index_add_(0, t.idx, t.values * alpha);
+            touched[layer].index_fill_(0, t.idx, true);
+        }
+    }
+    for (const auto& [layer, sum] : acc) {
+        const torch::Tensor W0 = w0.at(layer + ".weight").reshape(-1);
+        out[layer + ".weight"] = torch::where(touched.at(layer), W0 + sum, W0).view(w0.at(layer + ".weight").sizes());
+    }
+    return out;
+}
+
+}  // namespace
+
+// The fused CPU pass at 1 and 3 threads (blocks split unevenly over the threads, layers spanning several blocks):
+// merged blends of 3 adapters, α changes on a merged union, a cached list reused, switches to a single adapter and
+// LoRA re-fusing — every step equal to the dense oracle (SHiRA-only mixes) and to clear + full apply, bit for bit,
+// and W0 bit-identical after clear.
+SHIRA_TEST(mix_threads) {
+    for (const int threads : {1, 3}) {
+        auto model = model_init(tiny_config(), 11, torch::kCPU), ref = model_init(tiny_config(), 11, torch::kCPU);
+        auto w0 = snapshot(*model);
+        ShiraOptions o;
+        o.density  = 0.5;  // ff.net.0.proj (256×32) then holds 4096 entries per adapter: several blocks per layer
+        o.mask     = MASK_TYPE_RAND;
+        o.seed     = 1;
+        Adapter R1 = shira_with(*model, o, 1, true);
+        o.seed     = 2;
+        Adapter R2 = shira_with(*model, o, 2, true);
+        o.mask     = MASK_TYPE_WM;
+        o.density  = 0.3;
+        Adapter W  = shira_with(*model, o, 3, false);
+        o.mask     = MASK_TYPE_STRUCT;
+        o.targets  = {"to_q", "ff.net.0.proj"};
+        Adapter S  = shira_with(*model, o, 4, false);
+        Adapter L  = random_lora(*model, 5, {"to_q", "ff.net.2"});
+        torch::set_num_threads(threads);
+        using Mix = std::vector<std::pair<const Adapter*, double>>;
+        struct Step {
+            const char* what;
+            Mix         mix;
+            int64_t     merged;  // merged unions this step must build (-1: not checked)
+        };
+        const int64_t           shared = (int64_t)R1.shira.size();  // R1, R2 and W cover every default target
+        const std::vector<Step> steps  = {
+             {"R1 .5 + R2 1 + W -.7", {{&R1, 0.5}, {&R2, 1.0}, {&W, -0.7}}, shared},
+             {"alpha of R1 -> .25", {{&R1, 0.25}, {&R2, 1.0}, {&W, -0.7}}, 0},
+             {"switch to S", {{&S, 1.0}}, 0},
+             {"R2 .3 + R1 .5 (new order)", {{&R2, 0.3}, {&R1, 0.5}}, shared},
+             {"first list again", {{&R1, 0.5}, {&R2, 1.0}, {&W, 0.7}}, 0},
+             {"+ L", {{&R1, 0.5}, {&L, 1.0}, {&R2, 1.0}}, -1},
+             {"alpha of L -> -.5", {{&R1, 0.5}, {&L, -0.5}, {&R2, 1.0}}, -1},
+             {"drop L", {{&R1, 0.5}, {&R2, 1.0}}, -1},
+             {"R1 alone", {{&R1, -1.0}}, 0},
+             {"nothing", {}, 0},
+             {"W alone", {{&W, 2.0}}, 0},
+        };
+        MixState st;
+        for (const auto& step : steps) {
+            MixStats stats;
+            mix_apply(*model, st, step.mix, &stats);
+            MixState sr;
+            mix_apply(*ref, sr, step.mix);
+            bool       same_full = true, same_oracle = true;
+            const bool has_lora =
+                std::any_of(step.mix.begin(), step.mix.end(), [](const auto& e) { return !e.first->lora.empty(); });
+            const auto oracle = has_lora ? std::map<std::string, torch::Tensor>() : dense_mix(w0, step.mix);
+            auto       pr     = ref->named_parameters();
+            for (const auto& [k, v] : model->named_parameters()) {
+                same_full = same_full && torch::equal(v, pr.at(k));
+                if (!has_lora) same_oracle = same_oracle && torch::equal(v, oracle.at(k));
+            }
+            mix_clear(*ref, sr);
+            std::printf("  %d thread(s) %-26s merged %3lld: %s vs full apply, %s\n", threads, step.what,
+                        (long long)stats.layers_merged, same_full ? "bit-identical" : "DIFFERENT",
+                        has_lora      ? "LoRA (no oracle)"
+                        : same_oracle ? "bit-identical to the dense oracle"
+                                      : "NOT the oracle");
+            EXPECT(same_full);
+            EXPECT(same_oracle);
+            if (step.merged >= 0) EXPECT(stats.layers_merged == step.merged);
+        }
+        mix_clear(*model, st);
+        EXPECT(bit_identical(*model, w0));
+        torch::set_num_threads(1);
+    }
+}

@@ -2,11 +2,13 @@
 //   train            per-step training time and peak memory of SHiRA (each mask, each gradient path) vs
 //                    parameter-matched LoRA vs full fine-tune (bench_train.cpp)
 //   grad             the per-layer sparse vs dense-then-gather weight gradient (bench.cpp)
-//   switch           adapter switching, per model (bench_switch.cpp):
-//     switch           warm whole-model switch A→B (SHiRA scatter vs LoRA fuse), per mask
+//   switch           adapter switching, per model (bench_switch.cpp), timed at 1 thread and at `threads` (default: the
+//                    machine's cores); every timed row carries its bytes, achieved_gbps and fraction_of_limit:
+//     bandwidth        the bound: STREAM copy / triad at that thread count, measured in the same run
+//     switch           warm whole-model switch A→B (SHiRA scatter vs LoRA fuse), per mask (all five)
 //     cold_switch      read + decode the v2 file + apply, per mask (LoRA: its v2 f16 file)
 //     bytes_per_value  file bytes per trained value, per mask and value dtype, vs PEFT (12) and fp16 LoRA
-//     blend_n          blending N = 1, 2, 4, 8 adapters (Rand SHiRA vs LoRA)
+//     blend_n          blending N = 1, 2, 4, 8 adapters (Rand SHiRA vs LoRA): first (merge included) and warm
 //     alpha_change     one α changed in a 2-adapter mix: incremental re-blend vs clear + full apply
 // Each row goes to `emit` as {"event":"bench_row","row":{name, device, model, ...}} as soon as it is measured.
 // Not part of shira_core: the worker links it for op "bench"; nothing in the engine depends on it.
