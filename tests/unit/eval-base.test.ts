@@ -1,5 +1,13 @@
 import { describe, expect, it } from 'vitest';
-import { categoryAccuracy, frechetDistance, symmetricEigen } from '../../src/main/hosts/cli/eval-base';
+import { categoryAccuracy, frechetDistance, meanAbsLaplacian, parseSamplers, promptSensitivity, symmetricEigen } from '../../src/main/hosts/cli/eval-base';
+import type { TensorData } from '../../src/main/core/worker/safetensors';
+
+/** n images of h×w×3 from pixel(i, y, x, k) in 0..255. */
+function imgs(n: number, h: number, w: number, pixel: (i: number, y: number, x: number, k: number) => number): TensorData {
+  const data = new Uint8Array(n * h * w * 3);
+  for (let i = 0; i < n; i++) for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) for (let k = 0; k < 3; k++) data[((i * h + y) * w + x) * 3 + k] = pixel(i, y, x, k);
+  return { dtype: 'U8', shape: [n, h, w, 3], data };
+}
 
 function gaussian(seed: number) {
   let s = seed;
@@ -52,5 +60,40 @@ describe('eval:base maths', () => {
       [2, 0, 0],
     ]);
     expect(() => categoryAccuracy({ probs, n: 6 }, 3, [0, 1])).toThrow(/2 labels for 6/);
+  });
+
+  it('measures speckle as the mean absolute Laplacian: 0 on flat colour and smooth ramps, 4 on a full-range checkerboard', () => {
+    expect(meanAbsLaplacian(imgs(2, 8, 8, () => 200))).toBe(0);
+    expect(meanAbsLaplacian(imgs(1, 8, 8, (_, y, x) => 10 * x + 5 * y))).toBe(0); // linear: no curvature
+    expect(meanAbsLaplacian(imgs(1, 8, 8, (_, y, x) => ((x + y) % 2) * 255))).toBeCloseTo(4, 12);
+    // Per-pixel noise on a flat image raises it; one bright pixel in the interior of a 5×5 image: |4·255| at it,
+    // 255 at its 4 neighbours, over 3×3 interior pixels × 3 channels (all channels equal).
+    expect(meanAbsLaplacian(imgs(1, 5, 5, (_, y, x) => (y === 2 && x === 2 ? 255 : 0)))).toBeCloseTo((4 + 4 * 1) / 9, 12);
+    expect(() => meanAbsLaplacian(imgs(1, 2, 8, () => 0))).toThrow(/at least 3×3/);
+  });
+
+  it('measures prompt sensitivity as the distance across prompts at one seed against across seeds at one prompt', () => {
+    // Image (p, s) is flat grey 40·p + 10·s: prompts 40/255 apart (per step of p), seeds 10/255 apart.
+    const t = imgs(3 * 2, 16, 16, (i) => 40 * Math.floor(i / 2) + 10 * (i % 2));
+    const r = promptSensitivity(t, 3, 2);
+    expect(r.prompts).toBeCloseTo(((40 + 80 + 40) / 3) / 255, 12);
+    expect(r.seeds).toBeCloseTo(10 / 255, 12);
+    expect(r.ratio).toBeCloseTo(16 / 3, 9);
+    // A model that ignores its prompt: the seed decides the picture.
+    const deaf = promptSensitivity(imgs(3 * 2, 16, 16, (i) => 100 * (i % 2) + Math.floor(i / 2)), 3, 2);
+    expect(deaf.ratio).toBeLessThan(0.05);
+    // Per-pixel noise averages out in the 16×16 cells: a ±1 checkerboard on a 64×64 image moves no cell.
+    const noisy = imgs(2 * 2, 64, 64, (i, y, x) => 100 + 50 * Math.floor(i / 2) + ((x + y) % 2 ? 1 : -1) * (i % 2));
+    expect(promptSensitivity(noisy, 2, 2).seeds).toBe(0);
+    expect(() => promptSensitivity(t, 2, 2)).toThrow(/6 images for 2 prompts × 2 seeds/);
+  });
+
+  it('parses sampler sweeps and names a bad entry', () => {
+    expect(parseSamplers('ddim:25, euler:10')).toEqual([
+      { sampler: 'ddim', steps: 25 },
+      { sampler: 'euler', steps: 10 },
+    ]);
+    expect(() => parseSamplers('ddim:25,heun:10')).toThrow(/"heun:10"/);
+    expect(() => parseSamplers('ddim')).toThrow(/sampler:steps/);
   });
 });

@@ -17,7 +17,7 @@ import { sampleGrid, trainBase } from './base-model';
 import { writeModelCard } from './model-card';
 import { buildStyleSet, STYLE_NAMES, STYLES, type StyleName } from './styles';
 import { runAdapterDemo, unpackToFolder } from './adapter-demo';
-import { evalBase } from './eval-base';
+import { evalBase, parseSamplers } from './eval-base';
 import { benchLibrary } from './bench-library';
 import { benchOrt, ortExport } from './bench-ort';
 import { buildStyleBenchmark, CONCEPT_METHODS, conceptMarkdown, runConceptEval, SMALL_CONFIG, type ConceptMethod } from './concept-eval';
@@ -122,6 +122,9 @@ async function main(): Promise<void> {
         return n;
       }),
       judgeSteps: Number(argValue(rest, 'judge-steps') ?? 800),
+      samplers: parseSamplers(argValue(rest, 'samplers') ?? 'ddim:10,ddim:25,ddim:50,euler:25'),
+      sweepSeeds: (argValue(rest, 'sweep-seeds') ?? '1,2,3,4').split(',').map(Number),
+      denoiseTimesteps: (argValue(rest, 'denoise-t') ?? '1,21,41,81,161,321').split(',').map(Number),
       log: (line) => console.error(line),
     });
     // --write records the numbers beside the weights, where the model card quotes them.
