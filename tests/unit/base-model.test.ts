@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { afterEach, describe, expect, it } from 'vitest';
-import { baseModelConfig, buildVocab, exportFp16, f32ToF16, imagesToGrid } from '../../src/main/hosts/cli/base-model';
+import { baseModelConfig, buildVocab, exportFp16, f32ToF16, imagesToGrid, warmStart } from '../../src/main/hosts/cli/base-model';
 import { readSafetensors, writeSafetensors } from '../../src/main/core/worker/safetensors';
 import { tempDir } from './helpers';
 
@@ -66,5 +66,38 @@ describe('built-in model tooling', () => {
     expect(px[(0 * 4 + 2) * 3]).toBe(255); // image 1 at column 1
     expect(px[(0 * 4 + 0) * 3]).toBe(0); // image 0
     expect(px[(2 * 4 + 2) * 3]).toBe(255); // empty cell stays white
+  });
+
+  it('warm-starts a model from another one: token rows follow the words, new rows and spare rows are fresh', () => {
+    const dir = tempDir();
+    cleanups.push(dir.cleanup);
+    const w = 2;
+    // From: vocab [a, b] + 2 spare rows; row r holds [r, r].
+    const rows = 4 + 2 + 2;
+    const emb = new Float32Array(rows * w).map((_, i) => Math.floor(i / w));
+    const src = join(dir.path, 'from.safetensors');
+    writeSafetensors(
+      src,
+      [
+        ['text_encoder.embeddings.token_embedding.weight', { dtype: 'F16', shape: [rows, w], data: new Uint8Array(f32ToF16(emb).buffer) }],
+        ['unet.conv_in.bias', { dtype: 'F16', shape: [1], data: new Uint8Array(f32ToF16(new Float32Array([0.5])).buffer) }],
+      ],
+      { config: JSON.stringify({ text_encoder: { vocab: ['a', 'b'], width: w, spare_buckets: 2 } }) },
+    );
+    const config = { name: 'next', text_encoder: { vocab: ['b', 'c'], width: w, spare_buckets: 3 } };
+    const out = join(dir.path, 'to.safetensors');
+    expect(warmStart(src, config, out)).toEqual({ tensors: 2, copiedWords: 1, newRows: 4 });
+    const back = readSafetensors(out);
+    expect(JSON.parse(back.metadata.config!)).toEqual(config);
+    const t = back.tensors.get('text_encoder.embeddings.token_embedding.weight')!;
+    expect(t).toMatchObject({ dtype: 'F32', shape: [4 + 2 + 3, w] });
+    const got = new Float32Array(t.data.slice().buffer);
+    expect([...got.subarray(0, 4 * w)]).toEqual([0, 0, 1, 1, 2, 2, 3, 3]); // specials
+    expect([...got.subarray(4 * w, 5 * w)]).toEqual([5, 5]); // "b" was row 5
+    expect([...got.subarray(5 * w)].every((x) => Number.isFinite(x) && !Number.isInteger(x))).toBe(true); // drawn N(0, 1)
+    expect([...new Float32Array(back.tensors.get('unet.conv_in.bias')!.data.slice().buffer)]).toEqual([0.5]);
+    expect(() => warmStart(out, config, join(dir.path, 'x.safetensors'))).not.toThrow();
+    writeSafetensors(src, [], {});
+    expect(() => warmStart(src, config, out)).toThrow(/no vocabulary/);
   });
 });

@@ -77,10 +77,14 @@ async function trainBaseCommand(argv: string[]): Promise<void> {
   const resolution = Number(argValue(argv, 'resolution') ?? 64);
   const device = argValue(argv, 'device') ?? 'auto';
   const worker = defaultWorkerBinary(appRoot);
-  const outDir = resolve(argValue(argv, 'out') ?? join(appRoot, 'resources', 'models', `clipart-${resolution}`));
+  const name = argValue(argv, 'name') ?? `clipart-${resolution}-v3`;
+  const outDir = resolve(argValue(argv, 'out') ?? join(appRoot, 'resources', 'models', name));
   const threads = Number(argValue(argv, 'threads') ?? availableParallelism());
   const summary = await trainBase({
     worker,
+    name,
+    previous: argValue(argv, 'previous'),
+    initFrom: argValue(argv, 'init-from') ? resolve(argValue(argv, 'init-from')!) : undefined,
     device,
     resolution,
     // CPU default (the shipped weights' recipe): about 52 min with 2 threads on this 2-core VM; use --steps 40000 on a GPU.
@@ -93,7 +97,7 @@ async function trainBaseCommand(argv: string[]): Promise<void> {
     patchSize: Number(argValue(argv, 'patch') ?? 4),
     threads,
     resume: argv.includes('--resume'),
-    runDir: resolve(argValue(argv, 'run-dir') ?? `.data/runs/base-${resolution}`),
+    runDir: resolve(argValue(argv, 'run-dir') ?? `.data/runs/${name}`),
     outDir,
     dataDir: resolve(argValue(argv, 'data') ?? `.data/clipart-${resolution}`),
     log: (line) => console.error(line),
