@@ -3,10 +3,12 @@
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { rmSync } from 'node:fs';
+import { Core } from '../../src/main/core/core';
 import { findBuiltinModels } from '../../src/main/core/models/builtin';
 import { readSafetensors, writeSafetensors } from '../../src/main/core/worker/safetensors';
 import { WorkerSupervisor } from '../../src/main/core/worker/supervisor';
-import { tempDir } from './helpers';
+import { makeCore, tempDir, writeTree } from './helpers';
 
 const ROOT = resolve(__dirname, '../..');
 const WORKER = join(ROOT, 'native', 'build', 'shira-worker');
@@ -16,6 +18,44 @@ const runnable = existsSync(WORKER) || process.env.CI === 'true';
 const cleanups: (() => void | Promise<void>)[] = [];
 afterEach(async () => {
   for (const c of cleanups.splice(0)) await c();
+});
+
+describe('built-in succession', () => {
+  it('makes the newest built-in the default for new work and keeps the one it supersedes registered', async () => {
+    const resources = tempDir('shira-resources-');
+    cleanups.push(resources.cleanup);
+    const model = (name: string, supersedes?: string) => ({
+      [`models/${name}/config.json`]: JSON.stringify({ name, unet: { sample_size: 64 }, ...(supersedes ? { supersedes } : {}) }),
+      [`models/${name}/model.safetensors`]: `weights of ${name}`,
+    });
+    // An install from before v3: v2 is the default.
+    writeTree(resources.path, model('clipart-64'));
+    const { call, core, dataDir, cleanup } = makeCore({ resourcesDir: resources.path });
+    cleanups.push(cleanup);
+    const [v2] = await call('models.list', {});
+    expect(v2).toMatchObject({ name: 'clipart-64', isDefault: true });
+    await core.close();
+    // The update ships v3 (and later v4, listed first by name): the default moves along, v2 keeps its row and hash.
+    writeTree(resources.path, { ...model('clipart-64-v3', 'clipart-64'), ...model('a-v4', 'clipart-64-v3') });
+    const list = async () => {
+      const again = new Core({ dataDir, host: 'test', resourcesDir: resources.path });
+      const outcome = await again.registry.dispatch('models.list', {}, { client: 't' });
+      await again.close();
+      return (outcome as { value: { id: number; name: string; isDefault: boolean; weightsHash: string }[] }).value;
+    };
+    const after = await list();
+    expect(after.map((m) => [m.name, m.isDefault])).toEqual([
+      ['a-v4', true],
+      ['clipart-64', false],
+      ['clipart-64-v3', false],
+    ]);
+    expect(after.find((m) => m.name === 'clipart-64')).toMatchObject({ id: v2!.id, weightsHash: v2!.weightsHash });
+    // A fresh install gets the newest one too; without a successor the first stays the default.
+    rmSync(join(resources.path, 'models/a-v4'), { recursive: true });
+    const fresh = makeCore({ resourcesDir: resources.path });
+    cleanups.push(fresh.cleanup);
+    expect((await fresh.call('models.list', {})).filter((m) => m.isDefault).map((m) => m.name)).toEqual(['clipart-64-v3']);
+  });
 });
 
 describe.runIf(runnable)('shipped base model', () => {

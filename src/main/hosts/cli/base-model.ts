@@ -7,7 +7,7 @@
 //   4. export: fp16 weights, config, vocabulary, a sample grid and MODEL_CARD.md into
 //      resources/models/<name>/, where the app registers it as the default base model
 import { spawn } from 'node:child_process';
-import { appendFileSync, copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -294,8 +294,9 @@ export async function trainBase(o: TrainBaseOptions): Promise<Record<string, unk
 function exportBase(o: TrainBaseOptions & { name: string; configFile: string; final: string; journal: string }): Record<string, unknown> {
   mkdirSync(o.outDir, { recursive: true });
   const weights = exportFp16(o.final, join(o.outDir, 'model.safetensors'));
-  copyFileSync(o.configFile, join(o.outDir, 'config.json'));
   const config = JSON.parse(readFileSync(o.configFile, 'utf8')) as { text_encoder: { vocab: string[] } };
+  // "supersedes" makes the app move its default to this model and keep the older one for its adapters (builtin.ts).
+  writeFileSync(join(o.outDir, 'config.json'), JSON.stringify({ ...config, ...(o.previous ? { supersedes: o.previous } : {}) }, null, 1));
   writeFileSync(join(o.outDir, 'vocab.txt'), `${config.text_encoder.vocab.join('\n')}\n`);
   const sessions = readFileSync(o.journal, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
   const wall = sessions.filter((s) => s.event === 'session_end').reduce((a, s) => a + Number(s.seconds), 0);
