@@ -13,10 +13,10 @@
 //   (d) where speckle comes from: the share of the input noise's high frequencies the denoiser's x̂_0
 //       still holds on noised held-out images, per timestep (0 removes it all, 1 removes none).
 // Everything is seeded; the same weights give the same numbers on the same machine.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { concatImages, ConceptLab, type Scored } from '../../core/concept/lab';
+import { dirname, join } from 'node:path';
+import { concatImages, ConceptLab, type JudgeReport, type Scored } from '../../core/concept/lab';
 import { parseModelConfig } from '../../core/ort/model';
 import { alphasCumprod, torchRandn, vScales } from '../../core/ort/sampler';
 import { readSafetensors, writeSafetensors, type TensorData } from '../../core/worker/safetensors';
@@ -329,8 +329,14 @@ export async function evalBase(o: EvalOptions): Promise<Record<string, unknown>>
   try {
     await worker.start();
     const lab = new ConceptLab(worker, join(work, 'judge'), { steps: 25, guidance: 0 });
-    const judge = join(work, 'judge.safetensors');
-    const report = await lab.trainJudge(classes, classes.map((c) => images(train, ofClass(train, c))), judge, { steps: o.judgeSteps, seed: 1, heldoutFraction: 0.05 });
+    // The judge depends on the data and its own seeded recipe only, not on the model under test: it is kept
+    // beside the data (half an hour of a loaded 2-core CPU) and reused by the next model's evaluation.
+    const judge = join(dirname(o.train), `eval-judge-${o.judgeSteps}.safetensors`);
+    const reportFile = judge.replace(/\.safetensors$/, '.json');
+    const dataTime = statSync(o.train).mtimeMs;
+    const kept = existsSync(judge) && existsSync(reportFile) ? (JSON.parse(readFileSync(reportFile, 'utf8')) as JudgeReport & { data_mtime: number }) : null;
+    const report = kept?.data_mtime === dataTime ? kept : await lab.trainJudge(classes, classes.map((c) => images(train, ofClass(train, c))), judge, { steps: o.judgeSteps, seed: 1, heldoutFraction: 0.05 });
+    writeFileSync(reportFile, JSON.stringify({ ...report, data_mtime: dataTime }));
     const real = await lab.score(judge, images(held, heldIds));
     const realAccuracy = categoryAccuracy(real, classes.length, heldLabels);
     o.log(`classifier (${report.seconds.toFixed(0)} s): ${(realAccuracy.overall * 100).toFixed(1)} % on held-out real images, mean over categories (chance ${(100 / classes.length).toFixed(1)} %)`);

@@ -1,8 +1,45 @@
 // MODEL_CARD.md for a built-in model, from what the run recorded (training.json) and the data
 // manifest — never typed by hand, so the card cannot drift from the weights beside it.
+import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SAMPLE_PROMPTS } from './base-model';
+
+/** What a model card quotes from eval.json (older files lack the later fields). */
+interface EvalFile {
+  categories: string[];
+  chance: number;
+  classifier_heldout_accuracy: number;
+  classifier?: { kind: string; steps: number };
+  guidance?: number;
+  by_guidance?: { guidance: number; overall: number; vs_chance: number }[];
+  sample_threads?: number;
+  generated_accuracy: { overall: number; per_category: Record<string, number>; vs_chance: number };
+  frechet: { generated_vs_heldout: number; train_subset_vs_heldout: number; samples: number; feature_dim: number };
+  sample_ms_64px_25steps_cfg: number;
+  speckle?: {
+    training_images: number;
+    guidance: number;
+    seeds: number[];
+    prompts: string[];
+    by_sampler: { sampler: string; steps: number; speckle: number; vs_training: number; prompt_distance: number; seed_distance: number; prompt_vs_seed: number }[];
+  };
+  denoiser?: { t: number; sigma: number; kept: number; skip_only: number }[];
+}
+
+const readEval = (dir: string): EvalFile | null => (existsSync(join(dir, 'eval.json')) ? (JSON.parse(readFileSync(join(dir, 'eval.json'), 'utf8')) as EvalFile) : null);
+
+/** The headline numbers of issue 23's goals, one value per model: accuracy, speckle, prompt sensitivity, speed, size. */
+function headline(ev: EvalFile): Record<string, string> {
+  const main = ev.speckle?.by_sampler.find((r) => r.sampler === 'ddim' && r.steps === 25) ?? ev.speckle?.by_sampler[0];
+  return {
+    [`category accuracy at guidance ${String(ev.guidance ?? 5)} (goal ≥ 4× chance)`]: `${(100 * ev.generated_accuracy.overall).toFixed(1)} % = ${ev.generated_accuracy.vs_chance.toFixed(2)}× chance`,
+    'speckle, DDIM 25 steps, against the training images (goal ≤ 1.5×)': main ? `${main.speckle.toFixed(3)} = ${main.vs_training.toFixed(2)}×` : 'not measured',
+    'prompt vs seed distance, DDIM 25 steps (goal ≥ 1)': main ? `${main.prompt_distance.toFixed(3)} / ${main.seed_distance.toFixed(3)} = ${main.prompt_vs_seed.toFixed(2)}` : 'not measured',
+    'Fréchet distance to held-out images': ev.frechet.generated_vs_heldout.toFixed(2),
+    'one 64×64 image, 25 DDIM steps, 1 thread': `${ev.sample_ms_64px_25steps_cfg.toFixed(0)} ms`,
+  };
+}
 
 export function writeModelCard(modelDir: string, dataDir: string): void {
   const training = JSON.parse(readFileSync(join(modelDir, 'training.json'), 'utf8')) as {
@@ -20,27 +57,18 @@ export function writeModelCard(modelDir: string, dataDir: string): void {
     ema: number;
     caption_tag_dropout?: number;
     category_balance?: number;
+    /** The built-in this one supersedes (a sibling folder), whose numbers the card puts beside its own. */
+    previous?: string;
+    recipe?: string;
   };
   const config = JSON.parse(readFileSync(join(modelDir, 'config.json'), 'utf8')) as { unet: Record<string, unknown>; text_encoder: { vocab: string[] } & Record<string, unknown>; diffusion: Record<string, unknown> };
   const manifest = existsSync(join(dataDir, 'manifest.json'))
     ? (JSON.parse(readFileSync(join(dataDir, 'manifest.json'), 'utf8')) as { files: number; unreadable: number; duplicates: number; kept: number; train: { images: number }; heldout: { images: number }; categories: Record<string, number> })
     : null;
   const { vocab, ...text } = config.text_encoder;
-  const evalFile = join(modelDir, 'eval.json');
-  const ev = existsSync(evalFile)
-    ? (JSON.parse(readFileSync(evalFile, 'utf8')) as {
-        categories: string[];
-        chance: number;
-        classifier_heldout_accuracy: number;
-        classifier?: { kind: string; steps: number };
-        guidance?: number;
-        by_guidance?: { guidance: number; overall: number; vs_chance: number }[];
-        sample_threads?: number;
-        generated_accuracy: { overall: number; per_category: Record<string, number>; vs_chance: number };
-        frechet: { generated_vs_heldout: number; train_subset_vs_heldout: number; samples: number; feature_dim: number };
-        sample_ms_64px_25steps_cfg: number;
-      })
-    : null;
+  const ev = readEval(modelDir);
+  const prev = training.previous ? readEval(join(modelDir, '..', training.previous)) : null;
+  const sha256 = createHash('sha256').update(readFileSync(join(modelDir, 'model.safetensors'))).digest('hex');
   const pct = (x: number) => `${(100 * x).toFixed(1)} %`;
   const gpu = training.device.startsWith('cuda');
   const lines = [
@@ -60,7 +88,21 @@ export function writeModelCard(modelDir: string, dataDir: string): void {
     `| training loss (v-prediction MSE${config.diffusion.sigma_data !== undefined && config.diffusion.sigma_data !== 1 ? `, σ_d = ${String(config.diffusion.sigma_data)}` : ''}) | ${training.result.first_loss?.toFixed(4) ?? '?'} at the first step → ${training.result.final_loss?.toFixed(4) ?? '?'} at the last |`,
     `| parameters | ${training.result.trainable?.toLocaleString('en') ?? '?'} (UNet + text encoder) |`,
     `| weights | fp16 safetensors, ${(training.weights.bytes / 2 ** 20).toFixed(1)} MiB, ${training.weights.tensors} tensors |`,
+    `| SHA-256 of model.safetensors (the identity adapters record) | \`${sha256}\` |`,
+    ...(training.recipe ? [`| recipe | ${training.recipe} |`] : []),
     '',
+    ...(ev && prev && training.previous
+      ? [
+          `## Against ${training.previous}`,
+          '',
+          `Both measured by \`npm run eval:base\` on this machine (its \`eval.json\` beside each model).`,
+          '',
+          `| | ${training.previous} | ${training.name} |`,
+          '| --- | --- | --- |',
+          ...Object.entries(headline(ev)).map(([k, v]) => `| ${k} | ${headline(prev)[k] ?? '—'} | ${v} |`),
+          '',
+        ]
+      : []),
     '## Quality (`npm run eval:base`)',
     '',
     ...(ev
@@ -71,12 +113,36 @@ export function writeModelCard(modelDir: string, dataDir: string): void {
           '',
           `| metric | value |`,
           `| --- | --- |`,
-          `| generated samples classified as their prompt's category, overall${ev.guidance !== undefined ? ` (guidance ${String(ev.guidance)})` : ''} | **${pct(ev.generated_accuracy.overall)}** = ${ev.generated_accuracy.vs_chance.toFixed(2)}× chance (target ≥ 3×) |`,
+          `| generated samples classified as their prompt's category, overall${ev.guidance !== undefined ? ` (guidance ${String(ev.guidance)})` : ''} | **${pct(ev.generated_accuracy.overall)}** = ${ev.generated_accuracy.vs_chance.toFixed(2)}× chance (goal ≥ 4×) |`,
           ...(ev.by_guidance ?? []).slice(1).map((g) => `| … overall at guidance ${String(g.guidance)} | ${pct(g.overall)} = ${g.vs_chance.toFixed(2)}× chance |`),
           ...Object.entries(ev.generated_accuracy.per_category).map(([c, a]) => `| … ${c}${ev.guidance !== undefined ? ` (guidance ${String(ev.guidance)})` : ''} | ${pct(a)} |`),
           `| Fréchet distance, generated vs held-out (${ev.frechet.samples} samples, ${ev.frechet.feature_dim}-d classifier features) | ${ev.frechet.generated_vs_heldout.toFixed(2)} |`,
           `| Fréchet distance, real training subset vs held-out (the floor at this sample size) | ${ev.frechet.train_subset_vs_heldout.toFixed(2)} |`,
           `| one 64×64 image, 25 DDIM steps with guidance, this CPU${ev.sample_threads ? `, ${String(ev.sample_threads)} thread (median of 3)` : ''} | ${ev.sample_ms_64px_25steps_cfg.toFixed(0)} ms |`,
+          ...(ev.speckle
+            ? [
+                '',
+                `### Speckle and prompt sensitivity`,
+                '',
+                `Speckle is the mean absolute 4-neighbour Laplacian in [0, 1] units; the training images' is ${ev.speckle.training_images.toFixed(3)} (clipart's edges). Prompt sensitivity: the ${ev.speckle.prompts.length} category prompts, each at seeds ${ev.speckle.seeds.join(', ')}, one image per call (guidance ${String(ev.speckle.guidance)}); RMS distance of the images averaged over 4×4-pixel cells, between prompts at one seed and between seeds at one prompt.`,
+                '',
+                '| sampler | steps | speckle | × training | prompts apart | seeds apart | prompts / seeds |',
+                '| --- | --- | --- | --- | --- | --- | --- |',
+                ...ev.speckle.by_sampler.map((r) => `| ${r.sampler} | ${r.steps} | ${r.speckle.toFixed(3)} | ${r.vs_training.toFixed(2)} | ${r.prompt_distance.toFixed(3)} | ${r.seed_distance.toFixed(3)} | ${r.prompt_vs_seed.toFixed(2)} |`),
+              ]
+            : []),
+          ...(ev.denoiser
+            ? [
+                '',
+                '### Denoiser',
+                '',
+                "Held-out images noised to timestep t and denoised once (their own captions): the share of the input noise's high frequencies (mean |Laplacian| of x̂₀ − x₀ over that of the noise) left in x̂₀. Against a UNet that outputs 0 (the preconditioning's skip term alone).",
+                '',
+                '| t | σ | kept by the model | kept by the skip term alone |',
+                '| --- | --- | --- | --- |',
+                ...ev.denoiser.map((r) => `| ${r.t} | ${r.sigma.toFixed(3)} | ${pct(r.kept)} | ${pct(r.skip_only)} |`),
+              ]
+            : []),
         ]
       : ['Not evaluated yet: run `npm run eval:base -- --write`.']),
     '',

@@ -6,7 +6,7 @@ import { writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { availableParallelism, cpus } from 'node:os';
-import { dirname, join } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { argValue, defaultWorkerBinary } from '../../core/paths';
 import { ImageRejected, processImage } from '../../core/datasets/images';
@@ -134,7 +134,7 @@ async function main(): Promise<void> {
     // --write records the numbers beside the weights, where the model card quotes them.
     if (rest.includes('--write')) {
       const modelDir = dirname(String(result.model));
-      writeFileSync(join(modelDir, 'eval.json'), `${JSON.stringify(result, null, 1)}\n`);
+      writeFileSync(join(modelDir, 'eval.json'), `${JSON.stringify({ ...result, model: relative(appRoot, String(result.model)) }, null, 1)}\n`);
       writeModelCard(modelDir, resolve(argValue(rest, 'data') ?? `.data/clipart-${resolution}`));
     }
     return console.log(JSON.stringify(result));
