@@ -59,12 +59,14 @@ describe('built-in succession', () => {
 });
 
 describe.runIf(runnable)('shipped base model', () => {
-  it('is present, with fp16 weights under 60 MB', () => {
+  it('is present, every built-in with fp16 weights under 60 MB', () => {
     expect(models.map((m) => m.name)).toContain('clipart-64');
-    const weights = readSafetensors(models.find((m) => m.name === 'clipart-64')!.weightsPath);
-    const dtypes = new Set([...weights.tensors.values()].map((t) => t.dtype));
-    expect(dtypes).toEqual(new Set(['F16']));
-    expect([...weights.tensors.values()].reduce((a, t) => a + t.data.byteLength, 0)).toBeLessThan(60 * 2 ** 20);
+    for (const m of models) {
+      const weights = readSafetensors(m.weightsPath);
+      const dtypes = new Set([...weights.tensors.values()].map((t) => t.dtype));
+      expect(dtypes, m.name).toEqual(new Set(['F16']));
+      expect([...weights.tensors.values()].reduce((a, t) => a + t.data.byteLength, 0), m.name).toBeLessThan(60 * 2 ** 20);
+    }
   });
 
   it('loads in the worker and draws a non-constant image, the same one for the same seed', async () => {
@@ -121,5 +123,24 @@ describe.runIf(runnable)('shipped base model', () => {
     expect(g.every(Number.isFinite)).toBe(true);
     expect(g.some((v) => v !== 0)).toBe(true);
     await expect(worker.request('forward', { inputs, out: join(dir.path, 'c.safetensors'), grads: ['no.such.param'] })).rejects.toThrow(/no parameter named 'no.such.param'/);
+  });
+
+  const successor = models.find((m) => m.supersedes !== null && models.some((o) => o.name === m.supersedes));
+  it.runIf(successor)('refuses an adapter trained on the superseded model on its successor, with the identity message', async () => {
+    const next = successor!;
+    const prev = models.find((m) => m.name === next.supersedes)!;
+    const dir = tempDir();
+    const worker = new WorkerSupervisor({ binary: WORKER, threads: 1 });
+    cleanups.push(dir.cleanup, () => worker.close());
+    const data = join(dir.path, 'data.safetensors');
+    writeSafetensors(data, [['images', { dtype: 'U8', shape: [2, 64, 64, 3], data: new Uint8Array(2 * 64 * 64 * 3).fill(200) }]], { captions: JSON.stringify(['grey', 'grey']) });
+    const adapter = join(dir.path, 'a.safetensors');
+    await worker.request('load_model', { path: prev.weightsPath, identity: prev.weightsHash });
+    await worker.request('train', { method: 'shira', data, out: adapter, steps: 1, batch: 1 });
+    await worker.request('apply_mix', { adapters: [{ path: adapter, alpha: 1 }] });
+    await worker.request('load_model', { path: next.weightsPath, identity: next.weightsHash });
+    await expect(worker.request('apply_mix', { adapters: [{ path: adapter, alpha: 1 }] })).rejects.toThrow(
+      new RegExp(`was trained on base model ${prev.weightsHash.slice(0, 12)} but the loaded model is ${next.weightsHash.slice(0, 12)}; load that base model to use it`),
+    );
   });
 });

@@ -55,19 +55,26 @@ export function registerBuiltinModels(db: Db, models: readonly BuiltinModel[]): 
            config_json = excluded.config_json, weights_path = excluded.weights_path, weights_hash = excluded.weights_hash`,
       ).run(m);
     }
-    // New work goes to the newest built-in: a default that a shipped built-in supersedes moves along the
-    // chain (v2 → v3 → …); without a default, the first built-in nothing supersedes. (The default is only
-    // ever set here: there is no user choice to overrule.)
-    const successor = new Map(models.flatMap((m) => (m.supersedes ? [[m.supersedes, m.name] as const] : [])));
     const current = db.prepare('SELECT name FROM base_models WHERE is_default = 1').get() as { name: string } | undefined;
-    let next: string | undefined = current?.name ?? models.find((m) => !successor.has(m.name))?.name ?? models[0]?.name;
-    for (const seen = new Set<string>(); next !== undefined && successor.has(next) && !seen.has(next); ) {
-      seen.add(next);
-      next = successor.get(next);
-    }
+    const next = newestBuiltin(models, current?.name);
     if (next !== undefined && next !== current?.name) {
       db.prepare('UPDATE base_models SET is_default = 0 WHERE is_default = 1').run();
       db.prepare('UPDATE base_models SET is_default = 1 WHERE name = ?').run(next);
     }
   })();
+}
+
+/**
+ * New work goes to the newest built-in: from `from` (the current default; without one, the first built-in that
+ * nothing supersedes) along the "supersedes" chain (v2 → v3 → …) to its end. The default is only ever set from
+ * here: there is no user choice to overrule.
+ */
+export function newestBuiltin(models: readonly BuiltinModel[], from?: string): string | undefined {
+  const successor = new Map(models.flatMap((m) => (m.supersedes ? [[m.supersedes, m.name] as const] : [])));
+  let name: string | undefined = from ?? models.find((m) => !successor.has(m.name))?.name ?? models[0]?.name;
+  for (const seen = new Set<string>(); name !== undefined && successor.has(name) && !seen.has(name); ) {
+    seen.add(name);
+    name = successor.get(name);
+  }
+  return name;
 }

@@ -9,7 +9,7 @@
 import { spawn } from 'node:child_process';
 import { appendFileSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join, relative, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { readSafetensors, writeSafetensors, type TensorData } from '../../core/worker/safetensors';
 import { WorkerSupervisor } from '../../core/worker/supervisor';
@@ -302,8 +302,8 @@ function exportBase(o: TrainBaseOptions & { name: string; configFile: string; fi
   const wall = sessions.filter((s) => s.event === 'session_end').reduce((a, s) => a + Number(s.seconds), 0);
   const last = sessions.filter((s) => s.event === 'session_end').pop()!;
   const summary = { name: o.name, weights, wall_seconds: Math.round(wall), sessions: sessions.filter((s) => s.event === 'session_start').length, result: last.result };
-  const recipe = o.initFrom ? `warm start from ${o.initFrom.replace(/.*\/resources\//, 'resources/')}, then the steps below` : 'from a random init';
-  writeFileSync(join(o.outDir, 'training.json'), JSON.stringify({ ...summary, hardware: hardware(o.device), device: o.device, threads: o.threads, steps: o.steps, batch: o.batch, lr: o.lr, ema: o.ema, caption_tag_dropout: o.tagDropout, category_balance: o.categoryBalance, previous: o.previous, recipe }, null, 1));
+  const initFrom = o.initFrom ? relative(process.cwd(), o.initFrom) : undefined;
+  writeFileSync(join(o.outDir, 'training.json'), JSON.stringify({ ...summary, hardware: hardware(o.device), device: o.device, threads: o.threads, steps: o.steps, batch: o.batch, lr: o.lr, ema: o.ema, caption_tag_dropout: o.tagDropout, category_balance: o.categoryBalance, previous: o.previous, init_from: initFrom }, null, 1));
   return summary;
 }
 

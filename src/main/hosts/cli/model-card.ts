@@ -1,7 +1,7 @@
 // MODEL_CARD.md for a built-in model, from what the run recorded (training.json) and the data
 // manifest — never typed by hand, so the card cannot drift from the weights beside it.
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SAMPLE_PROMPTS } from './base-model';
 
@@ -59,7 +59,8 @@ export function writeModelCard(modelDir: string, dataDir: string): void {
     category_balance?: number;
     /** The built-in this one supersedes (a sibling folder), whose numbers the card puts beside its own. */
     previous?: string;
-    recipe?: string;
+    /** Weights the run started from (a warm start), relative to the app. */
+    init_from?: string;
   };
   const config = JSON.parse(readFileSync(join(modelDir, 'config.json'), 'utf8')) as { unet: Record<string, unknown>; text_encoder: { vocab: string[] } & Record<string, unknown>; diffusion: Record<string, unknown> };
   const manifest = existsSync(join(dataDir, 'manifest.json'))
@@ -71,11 +72,16 @@ export function writeModelCard(modelDir: string, dataDir: string): void {
   const sha256 = createHash('sha256').update(readFileSync(join(modelDir, 'model.safetensors'))).digest('hex');
   const pct = (x: number) => `${(100 * x).toFixed(1)} %`;
   const gpu = training.device.startsWith('cuda');
+  const successor = readdirSync(join(modelDir, '..')).find((d) => {
+    const f = join(modelDir, '..', d, 'config.json');
+    return existsSync(f) && (JSON.parse(readFileSync(f, 'utf8')) as { supersedes?: string }).supersedes === training.name;
+  });
   const lines = [
     `# ${training.name} — Shira Studio's built-in base model`,
     '',
     `A small text-to-image diffusion model (pixel space, ${String(config.unet.sample_size)}×${String(config.unet.sample_size)}) trained by this project on public-domain clipart, so the app works offline out of the box. It is a test bed for style adapters (SHiRA and LoRA), not a general image model: expect clipart-like shapes and colours on white.`,
     '',
+    ...(successor ? [`**Superseded by [${successor}](../${successor}/MODEL_CARD.md)** as the default for new work. It stays installed so that adapters trained on these weights keep working; they are refused on ${successor} (other weights, other identity).`, ''] : []),
     '## Training hardware',
     '',
     `Trained on **${gpu ? 'a CUDA GPU' : 'CPU'}** — ${training.hardware}, ${training.threads} thread(s), device \`${training.device}\`. ${gpu ? '' : 'No GPU was available to the session that trained these weights; a longer GPU run (`npm run train:base -- --device cuda --steps 40000`) will give a better model with the same recipe.'}`,
@@ -89,7 +95,7 @@ export function writeModelCard(modelDir: string, dataDir: string): void {
     `| parameters | ${training.result.trainable?.toLocaleString('en') ?? '?'} (UNet + text encoder) |`,
     `| weights | fp16 safetensors, ${(training.weights.bytes / 2 ** 20).toFixed(1)} MiB, ${training.weights.tensors} tensors |`,
     `| SHA-256 of model.safetensors (the identity adapters record) | \`${sha256}\` |`,
-    ...(training.recipe ? [`| recipe | ${training.recipe} |`] : []),
+    `| start | ${training.init_from ? `warm start from \`${training.init_from}\` (its tensors; token rows by word, new rows fresh), then the steps above` : 'a random init'} |`,
     '',
     ...(ev && prev && training.previous
       ? [
@@ -169,7 +175,7 @@ export function writeModelCard(modelDir: string, dataDir: string): void {
     '## Reproduce',
     '',
     '```sh',
-    `npm run train:base -- --resolution ${String(config.unet.sample_size)} --steps ${training.steps} --batch ${training.batch}${training.caption_tag_dropout !== undefined ? ` --tag-dropout ${String(training.caption_tag_dropout)} --category-balance ${String(training.category_balance ?? 0)}` : ''}   # add --resume after an interruption`,
+    `npm run train:base -- --resolution ${String(config.unet.sample_size)}${training.name !== `clipart-${String(config.unet.sample_size)}` ? ` --name ${training.name}` : ''}${training.previous ? ` --previous ${training.previous}` : ''}${training.init_from ? ` --init-from ${training.init_from}` : ''} --steps ${training.steps} --batch ${training.batch}${training.caption_tag_dropout !== undefined ? ` --tag-dropout ${String(training.caption_tag_dropout)} --category-balance ${String(training.category_balance ?? 0)}` : ''}   # add --resume after an interruption`,
     '```',
     '',
     'Licence: the weights are released under the same terms as this repository; the training data is public domain.',

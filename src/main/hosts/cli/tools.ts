@@ -9,6 +9,7 @@ import { availableParallelism, cpus } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { argValue, defaultWorkerBinary } from '../../core/paths';
+import { findBuiltinModels, newestBuiltin } from '../../core/models/builtin';
 import { ImageRejected, processImage } from '../../core/datasets/images';
 import { captionFor, scanFolder } from '../../core/datasets/scan';
 import { packImages, type PackFit, type PackSource } from '../../core/worker/pack';
@@ -25,6 +26,15 @@ import { writeConceptDoc } from './concept-doc';
 
 /** The app's root (two folders above out/main/): native/, resources/. */
 const appRoot = fileURLToPath(new URL('../../', import.meta.url));
+
+/** The built-in that new work uses (a fresh library's default): the newest along the "supersedes" chain. */
+function defaultModel(): string {
+  const models = findBuiltinModels(join(appRoot, 'resources'));
+  const name = newestBuiltin(models);
+  const model = models.find((m) => m.name === name);
+  if (!model) throw new Error(`no built-in model in ${join(appRoot, 'resources', 'models')}; pass --model`);
+  return model.weightsPath;
+}
 
 const USAGE = 'Usage: tools pack --folder DIR --out FILE.safetensors [--resolution 64] [--fit cover|contain] [--trigger WORD]';
 
@@ -115,7 +125,7 @@ async function main(): Promise<void> {
     const result = await evalBase({
       worker: defaultWorkerBinary(appRoot),
       threads: Number(argValue(rest, 'threads') ?? availableParallelism()),
-      model: resolve(argValue(rest, 'model') ?? join(appRoot, `resources/models/clipart-${resolution}/model.safetensors`)),
+      model: resolve(argValue(rest, 'model') ?? defaultModel()),
       train: resolve(argValue(rest, 'data') ?? `.data/clipart-${resolution}`, 'train.safetensors'),
       heldout: resolve(argValue(rest, 'data') ?? `.data/clipart-${resolution}`, 'heldout.safetensors'),
       perCategory: Number(argValue(rest, 'per-category') ?? 16),
@@ -146,7 +156,7 @@ async function main(): Promise<void> {
     const summary = await runAdapterDemo({
       worker: defaultWorkerBinary(appRoot),
       threads: Number(argValue(rest, 'threads') ?? availableParallelism()),
-      model: resolve(argValue(rest, 'model') ?? join(appRoot, 'resources/models/clipart-64/model.safetensors')),
+      model: resolve(argValue(rest, 'model') ?? defaultModel()),
       styleFolder: folder,
       trigger: STYLES[style].trigger,
       workDir: resolve(argValue(rest, 'work-dir') ?? `.data/demo/${style}`),
@@ -184,7 +194,7 @@ async function main(): Promise<void> {
       ...SMALL_CONFIG,
       worker: defaultWorkerBinary(appRoot),
       threads: Number(argValue(rest, 'threads') ?? availableParallelism()),
-      model: resolve(argValue(rest, 'model') ?? join(appRoot, 'resources/models/clipart-64/model.safetensors')),
+      model: resolve(argValue(rest, 'model') ?? defaultModel()),
       heldout: resolve(argValue(rest, 'heldout') ?? '.data/clipart-64/heldout.safetensors'),
       workDir: resolve(argValue(rest, 'work-dir') ?? '.data/concept'),
       ...(list('styles') ? { styles: list('styles') as StyleName[] } : {}),
@@ -220,7 +230,7 @@ async function main(): Promise<void> {
   if (command === 'bench-ort') {
     return benchOrt({
       worker: defaultWorkerBinary(appRoot),
-      model: resolve(argValue(rest, 'model') ?? join(appRoot, 'resources/models/clipart-64/model.safetensors')),
+      model: resolve(argValue(rest, 'model') ?? defaultModel()),
       threads: Number(argValue(rest, 'threads') ?? process.env.OMP_NUM_THREADS ?? 1),
       reps: Number(argValue(rest, 'reps') ?? 3),
       steps: Number(argValue(rest, 'steps') ?? 20),
@@ -238,7 +248,7 @@ async function main(): Promise<void> {
     });
     const result = await ortExport({
       worker: defaultWorkerBinary(appRoot),
-      model: resolve(argValue(rest, 'model') ?? join(appRoot, 'resources/models/clipart-64/model.safetensors')),
+      model: resolve(argValue(rest, 'model') ?? defaultModel()),
       out: resolve(out),
       adapters,
       log: (line) => console.error(line),
