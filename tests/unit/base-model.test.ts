@@ -86,7 +86,7 @@ describe('built-in model tooling', () => {
     );
     const config = { name: 'next', text_encoder: { vocab: ['b', 'c'], width: w, spare_buckets: 3 } };
     const out = join(dir.path, 'to.safetensors');
-    expect(warmStart(src, config, out)).toEqual({ tensors: 2, copiedWords: 1, newRows: 4 });
+    expect(warmStart(src, config, out)).toEqual({ tensors: 2, copiedRows: 5, newRows: 4 });
     const back = readSafetensors(out);
     expect(JSON.parse(back.metadata.config!)).toEqual(config);
     const t = back.tensors.get('text_encoder.embeddings.token_embedding.weight')!;
@@ -96,7 +96,10 @@ describe('built-in model tooling', () => {
     expect([...got.subarray(4 * w, 5 * w)]).toEqual([5, 5]); // "b" was row 5
     expect([...got.subarray(5 * w)].every((x) => Number.isFinite(x) && !Number.isInteger(x))).toBe(true); // drawn N(0, 1)
     expect([...new Float32Array(back.tensors.get('unet.conv_in.bias')!.data.slice().buffer)]).toEqual([0.5]);
-    expect(() => warmStart(out, config, join(dir.path, 'x.safetensors'))).not.toThrow();
+    // A second phase of the same recipe keeps the whole table, spare rows included.
+    const again = join(dir.path, 'again.safetensors');
+    expect(warmStart(out, config, again)).toEqual({ tensors: 2, copiedRows: 9, newRows: 0 });
+    expect(Buffer.from(readSafetensors(again).tensors.get('text_encoder.embeddings.token_embedding.weight')!.data).equals(Buffer.from(t.data))).toBe(true);
     writeSafetensors(src, [], {});
     expect(() => warmStart(src, config, out)).toThrow(/no vocabulary/);
   });

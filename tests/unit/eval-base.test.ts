@@ -1,6 +1,16 @@
 import { describe, expect, it } from 'vitest';
-import { categoryAccuracy, frechetDistance, meanAbsLaplacian, parseSamplers, promptSensitivity, symmetricEigen } from '../../src/main/hosts/cli/eval-base';
-import type { TensorData } from '../../src/main/core/worker/safetensors';
+import { join } from 'node:path';
+import { afterEach } from 'vitest';
+import { categoryAccuracy, denoiserResidual, frechetDistance, meanAbsLaplacian, parseSamplers, promptSensitivity, symmetricEigen } from '../../src/main/hosts/cli/eval-base';
+import { alphasCumprod, vScales } from '../../src/main/core/ort/sampler';
+import { readSafetensors, writeSafetensors, type TensorData } from '../../src/main/core/worker/safetensors';
+import type { WorkerSupervisor } from '../../src/main/core/worker/supervisor';
+import { tempDir } from './helpers';
+
+const cleanups: (() => void)[] = [];
+afterEach(() => {
+  for (const c of cleanups.splice(0)) c();
+});
 
 /** n images of h×w×3 from pixel(i, y, x, k) in 0..255. */
 function imgs(n: number, h: number, w: number, pixel: (i: number, y: number, x: number, k: number) => number): TensorData {
@@ -95,5 +105,51 @@ describe('eval:base maths', () => {
     ]);
     expect(() => parseSamplers('ddim:25,heun:10')).toThrow(/"heun:10"/);
     expect(() => parseSamplers('ddim')).toThrow(/sampler:steps/);
+  });
+
+  it('measures the share of the noise a denoiser passes into x̂0: the skip term alone keeps c_skip, a perfect one none', async () => {
+    const dir = tempDir();
+    cleanups.push(dir.cleanup);
+    const sigmaData = 0.3;
+    const diffusion = { beta_schedule: 'linear', beta_start: 0.0001, beta_end: 0.02, prediction_type: 'v_prediction', sigma_data: sigmaData, num_train_timesteps: 1000 };
+    const model = join(dir.path, 'model.safetensors');
+    writeSafetensors(model, [], { config: JSON.stringify({ diffusion }) });
+    // Mid-grey images with a soft gradient: x̂0 never reaches the clamp.
+    const x0u8 = imgs(2, 16, 16, (i, y) => 100 + 2 * y + 10 * i);
+    const x0 = (j: number) => x0u8.data[j]! / 127.5 - 1;
+    const ac = alphasCumprod({ numTrainTimesteps: 1000, betaStart: 0.0001, betaEnd: 0.02, betaSchedule: 'linear', predictionType: 'v_prediction', sigmaData });
+    // A fake worker: `forward` answers with v̂ = 0 (the skip term alone) or with the v̂ that gives x̂0 = x0 exactly.
+    const fake = (perfect: boolean) =>
+      ({
+        request: async (_op: string, a: { inputs: string; out: string }) => {
+          const inp = readSafetensors(a.inputs).tensors;
+          const x = new Float32Array(inp.get('x')!.data.slice().buffer);
+          const t = Number(new BigInt64Array(inp.get('t')!.data.slice().buffer)[0]);
+          const vs = vScales(ac[t]!, sigmaData);
+          const [n, c, h, w] = inp.get('x')!.shape as [number, number, number, number];
+          const v = new Float32Array(x.length);
+          if (perfect)
+            for (let i = 0; i < n; i++)
+              for (let k = 0; k < c; k++)
+                for (let y = 0; y < h; y++)
+                  for (let xx = 0; xx < w; xx++) {
+                    const j = ((i * c + k) * h + y) * w + xx;
+                    v[j] = (vs.skip * (x[j]! / vs.in) - x0(((i * h + y) * w + xx) * c + k)) / vs.out;
+                  }
+          writeSafetensors(a.out, [['out', { dtype: 'F32', shape: [n, c, h, w], data: new Uint8Array(v.buffer) }]]);
+          return {};
+        },
+      }) as unknown as WorkerSupervisor;
+    const zero = await denoiserResidual(fake(false), model, x0u8, ['', ''], [41, 161], dir.path);
+    for (const r of zero) {
+      const a = ac[r.t]!;
+      const cSkip = sigmaData ** 2 / (r.sigma ** 2 + sigmaData ** 2);
+      expect(r.sigma).toBeCloseTo(Math.sqrt((1 - a) / a), 9);
+      expect(r.kept).toBeCloseTo(r.skip_only, 12);
+      expect(Math.abs(r.kept - cSkip)).toBeLessThan(0.02);
+    }
+    const perfect = await denoiserResidual(fake(true), model, x0u8, ['', ''], [41, 161], dir.path);
+    for (const r of perfect) expect(Math.abs(r.kept)).toBeLessThan(1e-3);
+    await expect(denoiserResidual(fake(false), model, x0u8, ['', ''], [1000], dir.path)).rejects.toThrow(/outside 0..999/);
   });
 });

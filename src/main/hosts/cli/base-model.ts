@@ -81,10 +81,11 @@ const SPECIAL_TOKENS = 4; // <pad> <unk> <bos> <eos>, before the vocabulary (nat
  * A warm start for `config` from an earlier model of the same architecture (v3 from v2 on a CPU budget:
  * v2's 6000 steps are not thrown away). Every tensor is copied, as fp32, except the token embedding,
  * whose rows follow the words: the special tokens' rows and those of words both vocabularies hold are
- * copied, and the rest (new words, the spare rows) are drawn N(0, 1) as a fresh model's are (seeded).
+ * copied, and the rest (new words, the spare rows) are drawn N(0, 1) as a fresh model's are (seeded); a
+ * model with the same vocabulary and spare rows keeps its whole table (a second phase of one recipe).
  * A changed σ_d only changes what the outputs mean; training re-learns that.
  */
-export function warmStart(from: string, config: Record<string, unknown>, out: string, seed = 0): { tensors: number; copiedWords: number; newRows: number } {
+export function warmStart(from: string, config: Record<string, unknown>, out: string, seed = 0): { tensors: number; copiedRows: number; newRows: number } {
   const src = readSafetensors(from);
   const fromVocab = (JSON.parse(src.metadata.config ?? '{}') as { text_encoder?: { vocab?: string[] } }).text_encoder?.vocab;
   if (!fromVocab) throw new Error(`${from} has no vocabulary in its config`);
@@ -92,7 +93,7 @@ export function warmStart(from: string, config: Record<string, unknown>, out: st
   const rows = SPECIAL_TOKENS + text.vocab.length + text.spare_buckets;
   const fromRow = new Map(fromVocab.map((w, i) => [w, SPECIAL_TOKENS + i]));
   const tensors: [string, TensorData][] = [];
-  let copiedWords = 0;
+  let copiedRows = 0;
   for (const [name, t] of src.tensors) {
     if (t.dtype !== 'F16' && t.dtype !== 'F32') throw new Error(`${from}: tensor ${name} is ${t.dtype}, not F16 or F32`);
     const f32 = t.dtype === 'F16' ? Float32Array.from(new Uint16Array(t.data.slice().buffer), halfToFloat) : new Float32Array(t.data.slice().buffer);
@@ -103,18 +104,20 @@ export function warmStart(from: string, config: Record<string, unknown>, out: st
     const w = text.width;
     if (t.shape[1] !== w) throw new Error(`${from}: token embedding [${t.shape.join(', ')}] is not ${w} wide`);
     const grown = torchRandn(seed, rows * w);
-    const copy = (to: number, row: number) => grown.set(f32.subarray(row * w, (row + 1) * w), to * w);
-    for (let r = 0; r < SPECIAL_TOKENS; r++) copy(r, r);
-    text.vocab.forEach((word, i) => {
-      const row = fromRow.get(word);
-      if (row === undefined) return;
-      copy(SPECIAL_TOKENS + i, row);
-      copiedWords++;
-    });
+    // Source row of each new row, or none (drawn fresh). The same words and bucket count hash every unknown
+    // word to the same spare row, so then the spare rows are kept too.
+    const same = t.shape[0] === rows && JSON.stringify(fromVocab) === JSON.stringify(text.vocab);
+    const source = (r: number) => (same || r < SPECIAL_TOKENS ? r : r < SPECIAL_TOKENS + text.vocab.length ? fromRow.get(text.vocab[r - SPECIAL_TOKENS]!) : undefined);
+    for (let r = 0; r < rows; r++) {
+      const row = source(r);
+      if (row === undefined) continue;
+      grown.set(f32.subarray(row * w, (row + 1) * w), r * w);
+      copiedRows++;
+    }
     tensors.push([name, { dtype: 'F32', shape: [rows, w], data: new Uint8Array(grown.buffer) }]);
   }
   writeSafetensors(out, tensors, { config: JSON.stringify(config), format: 'shira-studio-model', warm_start: from });
-  return { tensors: tensors.length, copiedWords, newRows: rows - SPECIAL_TOKENS - copiedWords };
+  return { tensors: tensors.length, copiedRows, newRows: rows - copiedRows };
 }
 
 /** IEEE 754 binary32 → binary16, round to nearest even (weights are small; no NaN payloads kept). */
@@ -303,7 +306,12 @@ function exportBase(o: TrainBaseOptions & { name: string; configFile: string; fi
   const last = sessions.filter((s) => s.event === 'session_end').pop()!;
   const summary = { name: o.name, weights, wall_seconds: Math.round(wall), sessions: sessions.filter((s) => s.event === 'session_start').length, result: last.result };
   const initFrom = o.initFrom ? relative(process.cwd(), o.initFrom) : undefined;
-  writeFileSync(join(o.outDir, 'training.json'), JSON.stringify({ ...summary, hardware: hardware(o.device), device: o.device, threads: o.threads, steps: o.steps, batch: o.batch, lr: o.lr, ema: o.ema, caption_tag_dropout: o.tagDropout, category_balance: o.categoryBalance, previous: o.previous, init_from: initFrom }, null, 1));
+  // A run that starts from an earlier phase of this model (its run folder's weights) keeps that phase's record
+  // as `before`, so the card can list every phase; re-exporting the same phase does not nest it again.
+  const recordFile = join(o.outDir, 'training.json');
+  const earlier = existsSync(recordFile) ? (JSON.parse(readFileSync(recordFile, 'utf8')) as { name?: string; init_from?: string }) : null;
+  const before = initFrom && earlier?.name === o.name && earlier.init_from !== initFrom ? earlier : undefined;
+  writeFileSync(recordFile, JSON.stringify({ ...summary, hardware: hardware(o.device), device: o.device, threads: o.threads, steps: o.steps, batch: o.batch, lr: o.lr, ema: o.ema, caption_tag_dropout: o.tagDropout, category_balance: o.categoryBalance, previous: o.previous, init_from: initFrom, before }, null, 1));
   return summary;
 }
 

@@ -10,8 +10,8 @@
 //       v2's samples were covered in per-pixel noise no training image has), and prompt sensitivity: how
 //       far apart images of different prompts at one seed are against images of one prompt at different
 //       seeds — both per sampler and step count;
-//   (d) where speckle comes from: the share of the input noise's high frequencies the denoiser's x̂_0
-//       still holds on noised held-out images, per timestep (0 removes it all, 1 removes none).
+//   (d) where speckle comes from: the share of the noise that the denoiser passes into x̂_0 at the finest
+//       scale on noised held-out images, per timestep (0 removes it all, 1 removes none).
 // Everything is seeded; the same weights give the same numbers on the same machine.
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -37,15 +37,16 @@ export function loadPack(file: string): Pack {
   return { images: t.data, n: t.shape[0]!, size: t.shape[1]!, categories: list('categories'), captions: list('captions') };
 }
 
-/** Mean |4x − Σ 4 neighbours| over interior pixels and every channel of n images, pixel (i, y, x, k) by `px`. */
-function meanLaplacian(n: number, h: number, w: number, c: number, px: (i: number, y: number, x: number, k: number) => number): number {
+/** The 4-neighbour Laplacian 4x − Σ neighbours of n images at every interior pixel and channel, pixel (i, y, x, k) by `px`. */
+function laplacian(n: number, h: number, w: number, c: number, px: (i: number, y: number, x: number, k: number) => number): Float64Array {
   if (h < 3 || w < 3) throw new Error(`the Laplacian needs images of at least 3×3, got ${h}×${w}`);
-  let sum = 0;
+  const out = new Float64Array(n * (h - 2) * (w - 2) * c);
+  let j = 0;
   for (let i = 0; i < n; i++)
     for (let y = 1; y < h - 1; y++)
       for (let x = 1; x < w - 1; x++)
-        for (let k = 0; k < c; k++) sum += Math.abs(4 * px(i, y, x, k) - px(i, y - 1, x, k) - px(i, y + 1, x, k) - px(i, y, x - 1, k) - px(i, y, x + 1, k));
-  return sum / (n * (h - 2) * (w - 2) * c);
+        for (let k = 0; k < c; k++) out[j++] = 4 * px(i, y, x, k) - px(i, y - 1, x, k) - px(i, y + 1, x, k) - px(i, y, x - 1, k) - px(i, y, x + 1, k);
+  return out;
 }
 
 /**
@@ -55,7 +56,8 @@ function meanLaplacian(n: number, h: number, w: number, c: number, px: (i: numbe
  */
 export function meanAbsLaplacian(t: TensorData): number {
   const [n, h, w, c] = t.shape as [number, number, number, number];
-  return meanLaplacian(n, h, w, c, (i, y, x, k) => t.data[((i * h + y) * w + x) * c + k]!) / 255;
+  const lap = laplacian(n, h, w, c, (i, y, x, k) => t.data[((i * h + y) * w + x) * c + k]!);
+  return lap.reduce((a, v) => a + Math.abs(v), 0) / (255 * lap.length);
 }
 
 /**
@@ -250,10 +252,12 @@ async function sampleSpeed(o: EvalOptions): Promise<{ sample_ms_64px_25steps_cfg
 /**
  * (d) Where the speckle comes from. Held-out images x_0 are noised to x_t = √ᾱ x_0 + √(1−ᾱ) ε and denoised
  * once with their captions: x̂_0 = clamp(skip·x_t − out·v̂) (or (x_t − √(1−ᾱ) ε̂)/√ᾱ for ε-prediction).
- * `kept` = mean|Lap(x̂_0 − x_0)| / mean|Lap(σε)|, σ = √((1−ᾱ)/ᾱ) the noise of x_t/√ᾱ: the share of the
- * input noise's high frequencies left in the estimate. `skip_only` is the same for a UNet that outputs 0
- * (v-prediction: about c_skip = σ_d²/(σ²+σ_d²)); a denoiser at its level has learned nothing at that
- * frequency, and what it keeps at the last sampler steps is what the image keeps.
+ * `kept` is the share of the noise that passes into the estimate, at the finest scale: the regression slope
+ * of Lap(x̂_0 − x_0) on Lap(σε), σ = √((1−ᾱ)/ᾱ) the noise of x_t/√ᾱ — a projection on the noise drawn, so
+ * detail the estimate lacks (blur, independent of ε) does not count. 1 passes all of it, 0 none.
+ * `skip_only` is the same for a UNet that outputs 0 (v-prediction: about c_skip = σ_d²/(σ²+σ_d²)); a
+ * denoiser near it has learned nothing at that scale, and what it keeps at the last sampler steps is what
+ * the image keeps.
  */
 export async function denoiserResidual(worker: WorkerSupervisor, modelFile: string, x0u8: TensorData, captions: string[], timesteps: readonly number[], work: string): Promise<{ t: number; sigma: number; kept: number; skip_only: number }[]> {
   const raw = readSafetensors(modelFile).metadata.config;
@@ -264,7 +268,8 @@ export async function denoiserResidual(worker: WorkerSupervisor, modelFile: stri
   const size = c * h * w;
   const x0 = new Float32Array(n * size); // [n, C, H, W] in [-1, 1]
   for (let i = 0; i < n; i++) for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) for (let k = 0; k < c; k++) x0[i * size + (k * h + y) * w + x] = x0u8.data[((i * h + y) * w + x) * c + k]! / 127.5 - 1;
-  const lap = (f: (j: number) => number) => meanLaplacian(n, h, w, c, (i, y, x, k) => f(i * size + (k * h + y) * w + x));
+  const lapOf = (v: ArrayLike<number>) => laplacian(n, h, w, c, (i, y, x, k) => v[i * size + (k * h + y) * w + x]!);
+  const dot = (a: Float64Array, b: Float64Array) => a.reduce((s, v, j) => s + v * b[j]!, 0);
   const rows = [];
   for (const t of timesteps) {
     if (!Number.isInteger(t) || t < 0 || t >= d.numTrainTimesteps) throw new Error(`denoiser timestep ${t} is outside 0..${d.numTrainTimesteps - 1}`);
@@ -285,8 +290,9 @@ export async function denoiserResidual(worker: WorkerSupervisor, modelFile: stri
     const v = new Float32Array(o.data.slice().buffer);
     const clamp = (z: number) => Math.min(1, Math.max(-1, z));
     const est = xt.map((z, j) => clamp(vPred ? vs.skip * z - vs.out * v[j]! : (z - Math.sqrt(1 - a) * v[j]!) / Math.sqrt(a)));
-    const noise = lap((j) => sigma * eps[j]!);
-    rows.push({ t, sigma, kept: lap((j) => est[j]! - x0[j]!) / noise, skip_only: vPred ? lap((j) => clamp(vs.skip * xt[j]!) - x0[j]!) / noise : 1 });
+    const noise = lapOf(eps.map((e) => sigma * e));
+    const slope = (estimate: ArrayLike<number>) => dot(lapOf(Float64Array.from(x0, (v, j) => estimate[j]! - v)), noise) / dot(noise, noise);
+    rows.push({ t, sigma, kept: slope(est), skip_only: vPred ? slope(xt.map((z) => clamp(vs.skip * z))) : 1 });
   }
   return rows;
 }
@@ -369,7 +375,7 @@ export async function evalBase(o: EvalOptions): Promise<Record<string, unknown>>
     // Two held-out images of each category, with their own captions.
     const denoiseIds = classes.flatMap((c) => ofClass(held, c).slice(0, 2));
     const denoiser = await denoiserResidual(worker, o.model, images(held, denoiseIds), denoiseIds.map((i) => held.captions[i] ?? ''), o.denoiseTimesteps, work);
-    for (const r of denoiser) o.log(`denoiser at t = ${r.t} (σ ${r.sigma.toFixed(3)}): keeps ${(100 * r.kept).toFixed(0)} % of the noise's high frequencies (a UNet that outputs 0: ${(100 * r.skip_only).toFixed(0)} %)`);
+    for (const r of denoiser) o.log(`denoiser at t = ${r.t} (σ ${r.sigma.toFixed(3)}): passes ${(100 * r.kept).toFixed(0)} % of the noise into x̂0 (a UNet that outputs 0: ${(100 * r.skip_only).toFixed(0)} %)`);
     // The floor: real training images, as many as were generated, spread over the same categories.
     const trainIds = classes.flatMap((c) => ofClass(train, c));
     const nGen = gen.n;

@@ -41,27 +41,37 @@ function headline(ev: EvalFile): Record<string, string> {
   };
 }
 
+/** training.json, as train:base writes it. */
+interface TrainingRecord {
+  name: string;
+  weights: { tensors: number; bytes: number };
+  wall_seconds: number;
+  sessions: number;
+  result: { first_loss?: number; final_loss?: number; trainable?: number; steps?: number; seconds?: number };
+  hardware: string;
+  device: string;
+  threads: number;
+  steps: number;
+  batch: number;
+  lr: number;
+  ema: number;
+  caption_tag_dropout?: number;
+  category_balance?: number;
+  /** The built-in this one supersedes (a sibling folder), whose numbers the card puts beside its own. */
+  previous?: string;
+  /** Weights the run started from (a warm start), relative to the app. */
+  init_from?: string;
+  /** The earlier phase of this model that `init_from` came from. */
+  before?: TrainingRecord;
+}
+
 export function writeModelCard(modelDir: string, dataDir: string): void {
-  const training = JSON.parse(readFileSync(join(modelDir, 'training.json'), 'utf8')) as {
-    name: string;
-    weights: { tensors: number; bytes: number };
-    wall_seconds: number;
-    sessions: number;
-    result: { first_loss?: number; final_loss?: number; trainable?: number; steps?: number; seconds?: number };
-    hardware: string;
-    device: string;
-    threads: number;
-    steps: number;
-    batch: number;
-    lr: number;
-    ema: number;
-    caption_tag_dropout?: number;
-    category_balance?: number;
-    /** The built-in this one supersedes (a sibling folder), whose numbers the card puts beside its own. */
-    previous?: string;
-    /** Weights the run started from (a warm start), relative to the app. */
-    init_from?: string;
-  };
+  const training = JSON.parse(readFileSync(join(modelDir, 'training.json'), 'utf8')) as TrainingRecord;
+  // Oldest phase first: a run warm-started from an earlier phase of this model keeps that phase as `before`.
+  const phases: TrainingRecord[] = [];
+  for (let p: TrainingRecord | undefined = training; p; p = p.before) phases.unshift(p);
+  const wallSeconds = phases.reduce((a, p) => a + p.wall_seconds, 0);
+  const sittings = phases.reduce((a, p) => a + p.sessions, 0);
   const config = JSON.parse(readFileSync(join(modelDir, 'config.json'), 'utf8')) as { unet: Record<string, unknown>; text_encoder: { vocab: string[] } & Record<string, unknown>; diffusion: Record<string, unknown> };
   const manifest = existsSync(join(dataDir, 'manifest.json'))
     ? (JSON.parse(readFileSync(join(dataDir, 'manifest.json'), 'utf8')) as { files: number; unreadable: number; duplicates: number; kept: number; train: { images: number }; heldout: { images: number }; categories: Record<string, number> })
@@ -88,14 +98,14 @@ export function writeModelCard(modelDir: string, dataDir: string): void {
     '',
     '| | |',
     '| --- | --- |',
-    `| steps × batch | ${training.steps} × ${training.batch} |`,
+    `| steps × batch | ${phases.map((p) => `${p.steps} × ${p.batch}`).join(' + ')}${phases.length > 1 ? ' (one cosine schedule per phase)' : ''} |`,
     `| learning rate | ${training.lr} (AdamW, cosine, EMA ${training.ema}, horizontal flips, 10 % caption dropout${training.caption_tag_dropout ? `, ${pct(training.caption_tag_dropout)} caption tag dropout` : ''}${training.category_balance ? `, categories drawn ∝ size^(1−${String(training.category_balance)})` : ''}) |`,
-    `| wall time | ${(training.wall_seconds / 60).toFixed(1)} min over ${training.sessions} sitting(s) |`,
-    `| training loss (v-prediction MSE${config.diffusion.sigma_data !== undefined && config.diffusion.sigma_data !== 1 ? `, σ_d = ${String(config.diffusion.sigma_data)}` : ''}) | ${training.result.first_loss?.toFixed(4) ?? '?'} at the first step → ${training.result.final_loss?.toFixed(4) ?? '?'} at the last |`,
+    `| wall time | ${(wallSeconds / 60).toFixed(1)} min over ${sittings} sitting(s)${phases.length > 1 ? ` (${phases.map((p) => `${(p.wall_seconds / 60).toFixed(1)}`).join(' + ')} min)` : ''} |`,
+    `| training loss (v-prediction MSE${config.diffusion.sigma_data !== undefined && config.diffusion.sigma_data !== 1 ? `, σ_d = ${String(config.diffusion.sigma_data)}` : ''}) | ${phases.map((p) => `${p.result.first_loss?.toFixed(4) ?? '?'} at the first step → ${p.result.final_loss?.toFixed(4) ?? '?'} at the last`).join('; then ')} |`,
     `| parameters | ${training.result.trainable?.toLocaleString('en') ?? '?'} (UNet + text encoder) |`,
     `| weights | fp16 safetensors, ${(training.weights.bytes / 2 ** 20).toFixed(1)} MiB, ${training.weights.tensors} tensors |`,
     `| SHA-256 of model.safetensors (the identity adapters record) | \`${sha256}\` |`,
-    `| start | ${training.init_from ? `warm start from \`${training.init_from}\` (its tensors; token rows by word, new rows fresh), then the steps above` : 'a random init'} |`,
+    `| start | ${phases[0]!.init_from ? `warm start from \`${phases[0]!.init_from}\` (its tensors; token rows by word, new rows fresh)` : 'a random init'}${phases.length > 1 ? '; each later phase from the one before' : ''} |`,
     '',
     ...(ev && prev && training.previous
       ? [
@@ -142,7 +152,7 @@ export function writeModelCard(modelDir: string, dataDir: string): void {
                 '',
                 '### Denoiser',
                 '',
-                "Held-out images noised to timestep t and denoised once (their own captions): the share of the input noise's high frequencies (mean |Laplacian| of x̂₀ − x₀ over that of the noise) left in x̂₀. Against a UNet that outputs 0 (the preconditioning's skip term alone).",
+                "Held-out images noised to timestep t and denoised once (their own captions): the share of the noise that passes into x̂₀ at the finest scale (the regression slope of the Laplacian of x̂₀ − x₀ on that of the noise; missing detail does not count). Against a UNet that outputs 0 (the preconditioning's skip term alone).",
                 '',
                 '| t | σ | kept by the model | kept by the skip term alone |',
                 '| --- | --- | --- | --- |',
@@ -175,7 +185,7 @@ export function writeModelCard(modelDir: string, dataDir: string): void {
     '## Reproduce',
     '',
     '```sh',
-    `npm run train:base -- --resolution ${String(config.unet.sample_size)}${training.name !== `clipart-${String(config.unet.sample_size)}` ? ` --name ${training.name}` : ''}${training.previous ? ` --previous ${training.previous}` : ''}${training.init_from ? ` --init-from ${training.init_from}` : ''} --steps ${training.steps} --batch ${training.batch}${training.caption_tag_dropout !== undefined ? ` --tag-dropout ${String(training.caption_tag_dropout)} --category-balance ${String(training.category_balance ?? 0)}` : ''}   # add --resume after an interruption`,
+    ...phases.map((p, i) => `npm run train:base -- --resolution ${String(config.unet.sample_size)}${p.name !== `clipart-${String(config.unet.sample_size)}` ? ` --name ${p.name}` : ''}${p.previous ? ` --previous ${p.previous}` : ''}${p.init_from ? ` --init-from ${p.init_from}` : ''}${i > 0 ? ` --run-dir .data/runs/${p.name}-phase${i + 1}` : ''} --steps ${p.steps} --batch ${p.batch}${p.caption_tag_dropout !== undefined ? ` --tag-dropout ${String(p.caption_tag_dropout)} --category-balance ${String(p.category_balance ?? 0)}` : ''}${i === 0 ? '   # add --resume after an interruption' : ''}`),
     '```',
     '',
     'Licence: the weights are released under the same terms as this repository; the training data is public domain.',
