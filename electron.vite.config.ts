@@ -4,7 +4,7 @@ import { svelte } from '@sveltejs/vite-plugin-svelte';
 
 // One build, three runtimes (see docs/architecture.md):
 //   out/main      — Node: Electron main, the core's utility-process entry, the studio server CLI,
-//                   headless tools (tools.js: pack a folder for the worker)
+//                   the headless command line (tools.js: pack, and the research tools of tools/)
 //   out/preload   — the sandboxed preload (CommonJS: sandboxed preloads cannot load ES modules)
 //   out/renderer  — the browser bundle shared by Electron and the studio server
 export default defineConfig({
@@ -15,7 +15,7 @@ export default defineConfig({
           index: resolve('src/main/hosts/electron/main.ts'),
           'core-host': resolve('src/main/hosts/electron/core-host.ts'),
           server: resolve('src/main/hosts/server/cli.ts'),
-          tools: resolve('src/main/hosts/cli/tools.ts'),
+          tools: resolve('src/main/hosts/cli/main.ts'),
         },
       },
     },

@@ -1,7 +1,7 @@
 import { defineConfig } from 'vitest/config';
 
-// Two projects: `unit` runs the core and tools against real SQLite in temp dirs;
-// `e2e` drives the built app through the studio server in Debian's chromium.
+// Three projects: `unit` runs the core, hosts and renderer state against real SQLite in temp dirs; `tools` the
+// research and model-building tools (tools/); `e2e` drives the built app through the studio server in Debian's chromium.
 export default defineConfig({
   test: {
     projects: [
@@ -11,6 +11,14 @@ export default defineConfig({
           include: ['tests/unit/**/*.test.ts'],
           environment: 'node',
           testTimeout: 30_000,
+        },
+      },
+      {
+        test: {
+          name: 'tools',
+          include: ['tests/tools/**/*.test.ts'],
+          environment: 'node',
+          testTimeout: 60_000,
         },
       },
       {

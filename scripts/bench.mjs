@@ -29,9 +29,9 @@ for (let i = 1; i < argv.length; i++) {
     process.exit(2);
   }
 }
-const binary = process.env.SHIRA_WORKER_BIN ||
-  [join(root, 'native/build/shira-worker'), join(root, 'native/build/Release/shira-worker.exe'), join(root, 'native/build/shira-worker.exe')]
-    .find((p) => existsSync(p));
+const binary =
+  process.env.SHIRA_WORKER_BIN ||
+  [join(root, 'native/build/shira-worker'), join(root, 'native/build/Release/shira-worker.exe'), join(root, 'native/build/shira-worker.exe')].find((p) => existsSync(p));
 if (!binary) {
   console.error('bench: native/build/shira-worker not found; build it first (tests/native/run.sh or npm start)');
   process.exit(1);

@@ -1,8 +1,10 @@
 #!/usr/bin/env node
 // Brings a fresh machine to the point where `npm start` / `npm test` can run: system packages
 // (apt, when root on Debian/Ubuntu), npm dependencies, the app build, and the native worker build
-// once native/ exists. Dependency-free on purpose: it runs before node_modules exists.
-// Usage: node scripts/setup.mjs --for start|serve|test
+// once native/ exists; for the desktop app (start, dist) also a CUDA worker beside the CPU one where a
+// CUDA libtorch is found, and better-sqlite3 built for Electron's ABI once Electron's binary is here.
+// Dependency-free on purpose: it runs before node_modules exists.
+// Usage: node scripts/setup.mjs --for start|serve|test|dist
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
@@ -40,9 +42,13 @@ const torchFromEnv = Boolean(process.env.Torch_DIR || process.env.LIBTORCH || pr
 const requirements = [
   { why: 'compiling better-sqlite3', ok: () => has('make') && has('g++') && has('python3'), pkgs: ['make', 'g++', 'python3'] },
   { why: 'browser tests', only: ['test'], ok: () => existsSync('/usr/bin/chromium'), pkgs: ['chromium'] },
+  // The packaged worker finds its libtorch through an $ORIGIN-relative RPATH (scripts/stage-native.mjs).
+  { why: 'packaging the native worker', only: process.platform === 'linux' ? ['test', 'dist'] : [], ok: () => has('patchelf'), pkgs: ['patchelf'] },
   // The PyTorch reference of the model (tests/reference) is the worker's test oracle; ~180 MB, ~1 min.
   { why: 'the PyTorch reference checks', only: ['test'], ok: () => existsSync('/usr/lib/python3/dist-packages/torch'), pkgs: ['python3-torch'] },
   { why: 'building the native worker', only: nativeWanted ? undefined : [], ok: () => has('cmake') && has('g++'), pkgs: ['cmake', 'g++'] },
+  // Optional: installed where apt can (~35 MB with its LLVM libraries); elsewhere the format check skips, saying so.
+  { why: 'the native format check', only: ['test'], optional: true, ok: () => has('clang-format'), pkgs: ['clang-format'] },
   {
     why: 'libtorch for the native worker',
     only: nativeWanted && !torchFromEnv ? undefined : [],
@@ -51,11 +57,11 @@ const requirements = [
     hint: "or point Torch_DIR at an existing libtorch, e.g. Torch_DIR=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')/Torch",
   },
 ];
-const missing = requirements.filter((r) => (!r.only || r.only.includes(purpose)) && !r.ok());
+const canApt = process.platform === 'linux' && has('apt-get') && process.getuid?.() === 0;
+const missing = requirements.filter((r) => (!r.only || r.only.includes(purpose)) && !r.ok() && (canApt || !r.optional));
 if (missing.length) {
   const pkgs = [...new Set(missing.flatMap((r) => r.pkgs))];
-  const isRoot = process.getuid?.() === 0;
-  if (process.platform === 'linux' && has('apt-get') && isRoot) {
+  if (canApt) {
     say(`installing system packages for ${missing.map((r) => r.why).join(', ')}: ${pkgs.join(' ')}`);
     const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
     must('apt-get', ['update', '-qq'], { env });
@@ -92,7 +98,7 @@ function newest(path) {
   return Math.max(st.mtimeMs, ...readdirSync(path).map((n) => newest(join(path, n))));
 }
 const buildStamp = join(ROOT, 'out', '.build-stamp');
-const sourcesTime = Math.max(newest(join(ROOT, 'src')), newest(join(ROOT, 'electron.vite.config.ts')), newest(join(ROOT, 'package.json')));
+const sourcesTime = Math.max(newest(join(ROOT, 'src')), newest(join(ROOT, 'tools')), newest(join(ROOT, 'electron.vite.config.ts')), newest(join(ROOT, 'package.json')));
 if (!existsSync(buildStamp) || statSync(buildStamp).mtimeMs < sourcesTime) {
   say('building the app');
   must('npx', ['electron-vite', 'build']);
@@ -107,6 +113,29 @@ if (nativeWanted) {
     must('cmake', ['-S', 'native', '-B', 'native/build', '-DCMAKE_BUILD_TYPE=Release']);
   }
   say('building the native worker');
-  must('cmake', ['--build', 'native/build', '-j', String(Math.max(1, Math.min(2, Number(process.env.SHIRA_BUILD_JOBS) || 2)))]);
+  must('cmake', ['--build', 'native/build', '-j', buildJobs()]);
+  if (purpose === 'start' || purpose === 'dist') {
+    const { buildCudaWorker } = await import('./cuda-worker.mjs');
+    buildCudaWorker({ root: ROOT, jobs: buildJobs(), say, run });
+  }
+}
+
+// 6. better-sqlite3 for Electron's ABI (scripts/electron-native.mjs), once Electron's binary is here:
+// the Node build above cannot load in Electron. Offline, start falls back to the studio server.
+if (purpose === 'start' || purpose === 'dist') {
+  const { ensureElectronSqlite } = await import('./electron-native.mjs');
+  const electronHere = existsSync(join(ROOT, 'node_modules', 'electron', 'path.txt'));
+  if (electronHere || purpose === 'dist') {
+    const r = ensureElectronSqlite();
+    if (r.ok) say(`better-sqlite3 for Electron: ${r.how === 'present' ? 'up to date' : `built (${r.how})`}`);
+    else {
+      say(`skipped better-sqlite3 for Electron: ${r.why}. The studio server works without it; with internet: npm run rebuild:electron`);
+      if (purpose === 'dist') process.exit(1);
+    }
+  }
 }
 say('ready');
+
+function buildJobs() {
+  return String(Math.max(1, Math.min(2, Number(process.env.SHIRA_BUILD_JOBS) || 2)));
+}

@@ -5,6 +5,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { electronSqlitePath, electronTarget, ensureElectronSqlite } from './electron-native.mjs';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const args = process.argv.slice(2);
@@ -21,9 +22,16 @@ function electronBinary() {
   const r = spawnSync(process.execPath, [join(electronDir, 'install.js')], { cwd: electronDir, stdio: 'ignore', timeout: 90_000 });
   if (r.status === 0 && existsSync(pathFile)) {
     const bin = join(electronDir, 'dist', readFileSync(pathFile, 'utf8').trim());
-    if (existsSync(bin)) return { bin };
+    if (existsSync(bin)) return { bin, downloaded: true };
   }
   return { why: 'the Electron binary is not installed and could not be downloaded (offline, or downloads blocked)' };
+}
+
+/** better-sqlite3 for Electron: set-up built it (or tried) when Electron's binary was already here; after a first download, now. */
+function electronSqlite(downloaded) {
+  if (downloaded) return ensureElectronSqlite();
+  const target = electronTarget(ROOT);
+  return target && existsSync(electronSqlitePath(ROOT, target.abi)) ? { ok: true } : { ok: false, why: 'set-up could not build it' };
 }
 
 function serve(reason) {
@@ -40,8 +48,11 @@ if (args.includes('--server') || process.env.SHIRA_STUDIO_SERVER === '1') {
   serve('no display (neither DISPLAY nor WAYLAND_DISPLAY is set)');
 } else {
   const found = electronBinary();
+  const sqlite = found.bin ? electronSqlite(found.downloaded) : null;
   if (!found.bin) {
     serve(found.why);
+  } else if (!sqlite.ok) {
+    serve(`better-sqlite3 for Electron's ABI could not be built (${sqlite.why}); with internet, run npm run rebuild:electron`);
   } else {
     const startedAt = Date.now();
     const child = spawn(found.bin, [ROOT, ...args], { stdio: 'inherit' });

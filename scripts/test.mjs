@@ -1,10 +1,11 @@
 #!/usr/bin/env node
-// `npm test` after setup: type checks, unit + end-to-end tests (vitest), native tests when
-// native/ exists; then one closing line "tests: N passed, N failed" over everything.
+// `npm test` after setup: type checks, lint and format check (scripts/checks.mjs), unit, tools and end-to-end tests
+// (vitest), native tests when native/ exists; then one closing line "tests: N passed, N failed" over everything.
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { CHECKS, runCheck } from './checks.mjs';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const artifacts = join(ROOT, 'tests', 'artifacts');
@@ -19,20 +20,17 @@ function step(name, cmd, args, env = {}) {
   return r.status ?? 1;
 }
 
-for (const [name, args] of [
-  ['typecheck (tsc: main, preload)', ['tsc', '--noEmit', '-p', 'tsconfig.node.json']],
-  ['typecheck (tsc: preload)', ['tsc', '--noEmit', '-p', 'tsconfig.preload.json']],
-  ['typecheck (svelte-check: renderer)', ['svelte-check', '--tsconfig', './tsconfig.web.json', '--fail-on-warnings']],
-]) {
-  if (step(name, 'npx', args) === 0) passed++;
+// Type checks, lint and the format check: the same list `npm run typecheck` and `npm run lint` run.
+for (const check of [...CHECKS.typecheck, ...CHECKS.lint]) {
+  if (runCheck(check)) passed++;
   else {
     failed++;
-    failures.push(name);
+    failures.push(check[0]);
   }
 }
 
 const report = join(artifacts, 'vitest.json');
-step('vitest (unit, e2e)', 'npx', ['vitest', 'run', '--reporter=default', '--reporter=json', `--outputFile.json=${report}`]);
+step('vitest (unit, tools, e2e)', 'npx', ['vitest', 'run', '--reporter=default', '--reporter=json', `--outputFile.json=${report}`]);
 if (existsSync(report)) {
   const json = JSON.parse(readFileSync(report, 'utf8'));
   passed += json.numPassedTests;
@@ -45,12 +43,15 @@ if (existsSync(report)) {
   failures.push('vitest (no report)');
 }
 
-// Shell runners that end with "<label>: N passed, N failed": the native tests (they build the worker),
-// then the PyTorch reference checks that use it (skipped, not failed, where python3-torch is missing), then the
-// CUDA machine's pipeline rehearsed on CPU (its direct build, run, outputs and refusals).
+// Shell runners that end with "<label>: N passed, N failed": the native sources' format (skipped where
+// clang-format 14 is missing), the native tests (they build the worker), then the PyTorch reference checks that
+// use it (skipped, not failed, where python3-torch is missing), then the CUDA machine's pipeline rehearsed on CPU
+// (its direct build, run, outputs and refusals).
 for (const [label, runner] of [
+  ['format', join(ROOT, 'scripts', 'format-native.sh')],
   ['native', join(ROOT, 'tests', 'native', 'run.sh')],
   ['reference', join(ROOT, 'tests', 'reference', 'run.sh')],
+  ['sd-reference', join(ROOT, 'tests', 'reference', 'sd', 'run.sh')],
   ['gpu-pipeline', join(ROOT, 'tests', 'reference', 'gpu_pipeline.sh')],
 ]) {
   if (!existsSync(runner)) continue;

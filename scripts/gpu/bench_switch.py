@@ -3,7 +3,7 @@ warm and cold, bytes per trained value, blend of N adapters, α change. One JSON
 
     python3 scripts/gpu/bench_switch.py --device cuda --models sd15 --out OUT [--quick]
 
-"sd15" is the SD-1.5 UNet (320/640/1280/1280 channels, 2 layers per block, 860 M parameters; native/src/bench.cpp)
+"sd15" is the SD-1.5 UNet (320/640/1280/1280 channels, 2 layers per block, 860 M parameters; native/src/bench/bench.cpp)
 with the default targets at 2 % density: 192 layers, 5.3 M trained values per adapter.
 """
 

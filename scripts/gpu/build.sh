@@ -29,7 +29,7 @@ BUILD="$(cd "$BUILD" && pwd)"
 
 # What this PyTorch is and where its headers and libraries are, as shell assignments. cpp_extension's include_paths
 # took `cuda: bool` up to 2.x and `device_type: str` after; CUDA headers are needed only for the allocator's peak
-# statistics (bench.cpp), so a libtorch with CUDA but no toolkit headers still builds, without them.
+# statistics (core/memory.cpp), so a libtorch with CUDA but no toolkit headers still builds, without them.
 QUERY="$("$PY" - <<'EOF'
 import shlex, torch
 from torch.utils import cpp_extension as ce
@@ -113,12 +113,16 @@ build_direct() {
   # libtorch's own dependencies (CUDA runtime, cuDNN, …) are found at run time through its RUNPATH; the linker
   # need not resolve them now.
   libs+=(-ltorch -ltorch_cpu -lc10 -lpthread -Wl,--allow-shlib-undefined)
+  # Every source under native/src (one folder per concern), each object named by its path so that two
+  # folders may hold files of the same name; objects of an earlier source layout must not be linked in.
+  rm -rf "$BUILD/obj"
   mkdir -p "$BUILD/obj"
   {
     echo "g++ -std=c++$CXX_STD -O2 ${defs[*]} ${incs[*]}"
     local pids=() src obj rc=0 running=0
-    for src in "$ROOT"/native/src/*.cpp; do
-      obj="$BUILD/obj/$(basename "${src%.cpp}").o"
+    for src in $(cd "$ROOT/native/src" && find . -name '*.cpp' | sort); do
+      obj="$BUILD/obj/$(echo "${src#./}" | tr / _ | sed 's/\.cpp$//').o"
+      src="$ROOT/native/src/${src#./}"
       timeout 300 g++ -std=c++"$CXX_STD" -O2 -g0 -fdiagnostics-color=never "${defs[@]}" "${incs[@]}" -c "$src" -o "$obj" &
       pids+=($!)
       running=$((running + 1))
@@ -132,7 +136,8 @@ build_direct() {
 
 # A second run on a still-warm machine (its ignored build folders survive between calls) reuses a worker built
 # from the same sources, build script and PyTorch; anything changed rebuilds.
-STAMP="$( (cat "$ROOT"/native/src/* "$ROOT/native/CMakeLists.txt" "$0"; echo "$TORCH_VERSION $CXX_STD $MODE") | sha256sum | cut -c1-16)"
+STAMP="$( (cd "$ROOT/native/src" && find . -type f | sort && find . -type f | sort | xargs cat; cat "$ROOT/native/CMakeLists.txt" "$0"
+  echo "$TORCH_VERSION $CXX_STD $MODE") | sha256sum | cut -c1-16)"
 if [ -x "$BUILD/shira-worker" ] && [ "$(cat "$BUILD/stamp" 2>/dev/null)" = "$STAMP" ] && sees_gpu; then
   echo "built $BUILD/shira-worker (reused: same sources, torch $TORCH_VERSION, cuda $TORCH_CUDA, c++$CXX_STD)"
   exit 0

@@ -2,6 +2,7 @@
 // registry before any handler runs) and the result type. Hosts relay messages; they never
 // add methods of their own. Adding a capability = one entry here + one handler + (often) a migration.
 import { v, type Infer, type Schema } from './schema';
+import { ALPHA, CONCEPT, MIX_MAX_ADAPTERS, SAMPLING, SEED, TRAINING } from './ranges';
 
 declare const resultBrand: unique symbol;
 /** Phantom carrier of a method's result type; nothing exists at run time. */
@@ -29,11 +30,70 @@ export interface AppInfo {
 
 export interface HealthReport {
   ok: boolean;
-  /** `PRAGMA integrity_check` rows; exactly ['ok'] when healthy. */
+  /** 'quick' (`PRAGMA quick_check`, every call) or 'full' (`PRAGMA integrity_check`, when asked with `full: true`). */
+  check: 'quick' | 'full';
+  /** The check's rows; exactly ['ok'] when healthy. */
   integrity: string[];
   foreignKeyViolations: number;
   journalMode: string;
   schemaVersion: number;
+  /** How long the checks took; they run on their own connection in a worker thread, not on the core's event loop. */
+  checkMs: number;
+  /** The last full integrity check since the app started, if any. */
+  lastFullCheck: { ok: boolean; ms: number; at: string } | null;
+  /** The native-module self-check (core/runtime/native-check.ts); the core always fills it. */
+  native?: NativeReport;
+}
+
+// ---- Native modules and the engine build (the desktop self-check and GPU selection) ----
+
+export type NativeModuleName = 'better-sqlite3' | 'sharp' | 'onnxruntime-node' | 'engine';
+export type NativeProblem = 'abi-mismatch' | 'missing-library' | 'missing-binary' | 'load-failed';
+
+export interface NativeCheck {
+  module: NativeModuleName;
+  ok: boolean;
+  /** A required module that fails stops the core from starting. */
+  required: boolean;
+  /** The binary checked, where it is a file of ours (the Electron better-sqlite3, the worker). */
+  path?: string | null;
+  problem?: NativeProblem;
+  /** What failed, in plain words. */
+  message?: string;
+  /** The loader's own words. */
+  detail?: string;
+  /** The one command (or, installed, the one action) that fixes it. */
+  fix?: string;
+}
+
+export interface NativeReport {
+  ok: boolean;
+  runtime: 'node' | 'electron';
+  /** NODE_MODULE_VERSION of the runtime that ran the check. */
+  abi: string;
+  checks: NativeCheck[];
+}
+
+export const DEVICE_PREFERENCES = ['auto', 'cpu', 'gpu'] as const;
+export type DevicePreference = (typeof DEVICE_PREFERENCES)[number];
+
+export interface GpuInfo {
+  name: string;
+  driver: string | null;
+  memoryMiB: number | null;
+}
+
+/** Which worker build runs on which device, and why (core/worker/select.ts). */
+export interface EngineSelection {
+  preference: DevicePreference;
+  device: 'cpu' | 'cuda' | null;
+  /** Which builds exist: the CPU worker and the CUDA worker beside it. */
+  builds: { cpu: boolean; cuda: boolean };
+  /** NVIDIA GPUs nvidia-smi lists (empty without one, or without nvidia-smi). */
+  gpus: GpuInfo[];
+  reason: string;
+  /** Set when an NVIDIA GPU is present but cannot be used: what to install. */
+  advice?: string;
 }
 
 export type WorkerState = 'stopped' | 'starting' | 'ready' | 'closed' | 'failed';
@@ -49,6 +109,8 @@ export interface WorkerStatus {
   device?: string;
   torch?: string;
   cuda?: boolean;
+  /** Present where the host chooses between CPU and CUDA builds (the desktop app, the studio server). */
+  selection?: EngineSelection;
 }
 
 export interface BaseModel {
@@ -70,6 +132,8 @@ export interface DatasetSummary {
   /** Σ repeats over images: what one epoch sees, kohya-style. */
   weightedCount: number;
   coverImageId: number | null;
+  /** The artist marked the dataset as pixel art: its images show with nearest-neighbour scaling at any size. */
+  pixelArt: boolean;
   createdAt: string;
   updatedAt: string;
 }
@@ -105,6 +169,8 @@ export interface ImportFileReport {
   status: ImportFileStatus;
   /** Why a file was skipped, in plain words (e.g. "empty file (0 bytes)"). */
   reason?: string;
+  /** What was changed on the way in, for an imported file (e.g. its caption cut to the limit). */
+  note?: string;
   imageId?: number;
 }
 
@@ -115,6 +181,11 @@ export interface ImportReport {
   imported: number;
   skipped: number;
   files: ImportFileReport[];
+  /**
+   * How a new dataset was named (null when appending): a kohya `N_name` folder gives its class words as the name
+   * (the repeat prefix dropped) and as the suggested trigger word, unless the user typed either.
+   */
+  naming: { name: string; triggerWord: string | null; kohyaFolder: string | null } | null;
 }
 
 export type AdapterKind = 'shira' | 'lora';
@@ -134,7 +205,10 @@ export interface AdapterSummary {
   preferredWeight: number;
   tags: string[];
   notes: string;
+  /** The image the artist picked as the cover; until then the first image generated with the adapter. */
   coverGenerationId: number | null;
+  /** What the cards show: that image, else the training run's last preview; null when there is neither. */
+  cover: AdapterCover | null;
   /** Stored bytes (encoded values + indices). */
   sizeBytes: number;
   /** Trained values: SHiRA Σ K, LoRA Σ |A| + |B|. */
@@ -148,6 +222,15 @@ export interface AdapterSummary {
   autoV2: string | null;
   createdAt: string;
   updatedAt: string;
+}
+
+export interface AdapterCover {
+  media: 'generation-thumb' | 'training-sample';
+  id: number;
+  /** Size of one picture (a preview grid's tile), for choosing nearest-neighbour scaling. */
+  width: number;
+  height: number;
+  pixelArt: boolean;
 }
 
 export interface AdapterTensorInfo {
@@ -280,6 +363,11 @@ export interface GenerateRequest {
   baseModelId?: number;
   /** 'auto' (default): whichever engine was faster on this machine; 'ort' takes SHiRA mixes only. */
   engine?: GenerateEngine;
+  /**
+   * A Compare cell: not shown in the Gallery on its own; a grid saved with `grids.save` keeps it. An identical
+   * generation (same model, mix, prompt, seed and settings) is never drawn twice: the stored one comes back.
+   */
+  forGrid?: boolean;
 }
 
 export type GenerateEngine = 'auto' | 'worker' | 'ort';
@@ -309,12 +397,78 @@ export interface Generation {
   durationMs: number | null;
   /** The engine that drew it: 'worker' (libtorch) or 'ort' (onnxruntime-node). */
   engine: 'worker' | 'ort';
+  /** The artist marked it as pixel art: shown with nearest-neighbour scaling at any size. */
+  pixelArt: boolean;
   createdAt: string;
 }
 
 export interface GenerationPage {
   total: number;
   items: Generation[];
+}
+
+/** A row or column of a Compare grid as it was shown. */
+export interface GridAxis {
+  label: string;
+  sub?: string;
+  /** What the axis varies: an adapter's kind, the base model, an α or a prompt. */
+  kind?: AdapterKind | 'base';
+}
+
+export type GridMode = 'alpha' | 'prompts' | 'combine';
+
+export interface GridSummary {
+  id: number;
+  title: string;
+  mode: GridMode;
+  rows: GridAxis[];
+  columns: GridAxis[];
+  /** Generation ids by row, then column; null where a cell failed, was stopped or its image was deleted. */
+  cells: (number | null)[][];
+  /** The prompts as drawn (trigger words included), one per grid row in the prompts-per-row layouts. */
+  prompts: string[];
+  seed: number;
+  steps: number;
+  guidance: number;
+  negativePrompt: string;
+  createdAt: string;
+}
+
+export interface Grid extends GridSummary {
+  /** Every image the grid holds, once each. */
+  generations: Generation[];
+}
+
+/** The gallery: single images and Compare grids, newest first. */
+export type GalleryEntry = ({ type: 'image' } & Generation) | ({ type: 'grid' } & GridSummary);
+
+export interface GalleryPage {
+  total: number;
+  items: GalleryEntry[];
+}
+
+/** What the built-in model's word tokenizer makes of a text (see `models.checkWords`). */
+export interface WordCheck {
+  model: string;
+  /** False when the model does not tokenize by words (nothing to mark). */
+  applies: boolean;
+  /** Rows shared by every word outside the vocabulary (FNV-1a 64 of the word, modulo this). */
+  spareRows: number;
+  words: WordInfo[];
+  /** With `suggest`: a word outside the vocabulary on a spare row nothing in the library uses (null: every row is taken). */
+  suggestion?: WordInfo | null;
+}
+
+export interface WordInfo {
+  word: string;
+  /** In the vocabulary: a row of its own, with the meaning the model learnt. */
+  known: boolean;
+  /** For unknown words: the spare row it hashes into. */
+  spareRow: number | null;
+  /** Other words on the same spare row, with where the library uses them. */
+  sharesWith: { word: string; where: string }[];
+  /** Names of the adapters and datasets that have this word as their trigger. */
+  triggerOf: string[];
 }
 
 export interface ConceptRequest {
@@ -343,8 +497,17 @@ export interface ConceptReport {
 
 // ---- Input schemas ----
 
+/** Longest caption, typed or read from a sidecar. */
+export const MAX_CAPTION_CHARS = 2000;
+
 const id = v.int({ min: 1 });
-const mixEntries = (min: number) => v.array(v.object({ adapterId: id, alpha: v.number({ min: -4, max: 4 }) }), { min, max: 32 });
+const alpha = v.number({ min: ALPHA.min, max: ALPHA.max });
+const mixEntries = (min: number) => v.array(v.object({ adapterId: id, alpha }), { min, max: MIX_MAX_ADAPTERS });
+const gridAxis = v.object({
+  label: v.string({ min: 1, max: 1000 }),
+  sub: v.optional(v.string({ max: 1000 })),
+  kind: v.optional(v.enum(['shira', 'lora', 'base'] as const)),
+});
 const importSource = v.variant('kind', {
   folder: v.object({ kind: v.literal('folder'), path: v.string({ min: 1, max: 4096 }) }),
   files: v.object({ kind: v.literal('files'), paths: v.array(v.string({ min: 1, max: 4096 }), { min: 1, max: 10_000 }) }),
@@ -352,10 +515,13 @@ const importSource = v.variant('kind', {
 
 export const api = {
   'app.info': method<Schema<Record<string, never>>, AppInfo>(v.empty()),
-  'app.health': method<Schema<Record<string, never>>, HealthReport>(v.empty()),
+  /** Library checks off the event loop: quick_check on every call, the full integrity_check with `full: true`. */
+  'app.health': method<Schema<{ full?: boolean }>, HealthReport>(v.object({ full: v.optional(v.boolean()) })),
   'models.list': method<Schema<Record<string, never>>, BaseModel[]>(v.empty()),
   /** The native engine's state; `start: true` launches it if it is not running. */
   'worker.status': method<Schema<{ start?: boolean }>, WorkerStatus>(v.object({ start: v.optional(v.boolean()) })),
+  /** Engine → Device: auto (CUDA when a GPU is visible), cpu, or gpu; kept in <data>/settings.json. Restarts the idle engine. */
+  'worker.setDevice': method<Schema<{ device: DevicePreference }>, WorkerStatus>(v.object({ device: v.enum(DEVICE_PREFERENCES) })),
   'datasets.list': method<Schema<Record<string, never>>, DatasetSummary[]>(v.empty()),
   'datasets.get': method<Schema<{ id: number }>, Dataset>(v.object({ id })),
   'datasets.import': method<Schema<ImportInput>, ImportReport>(
@@ -367,15 +533,20 @@ export const api = {
       triggerWord: v.optional(v.string({ max: 100, trim: true })),
       /** Client-chosen id so progress events and cancel can name this import. */
       importId: v.optional(v.string({ min: 1, max: 100 })),
+      /** The picked folder's name where the paths lose it (browser uploads): default name, kohya repeats and trigger. */
+      folderName: v.optional(v.string({ min: 1, max: 255, trim: true })),
     }) as Schema<ImportInput>,
   ),
   'datasets.cancelImport': method<Schema<{ importId: string }>, { cancelled: boolean }>(v.object({ importId: v.string({ min: 1, max: 100 }) })),
-  'datasets.update': method<Schema<{ id: number; name?: string; triggerWord?: string | null }>, DatasetSummary>(
-    v.object({ id, name: v.optional(v.string({ min: 1, max: 200, trim: true })), triggerWord: v.optional(v.nullable(v.string({ max: 100, trim: true }))) }),
+  'datasets.update': method<Schema<{ id: number; name?: string; triggerWord?: string | null; pixelArt?: boolean }>, DatasetSummary>(
+    v.object({
+      id,
+      name: v.optional(v.string({ min: 1, max: 200, trim: true })),
+      triggerWord: v.optional(v.nullable(v.string({ max: 100, trim: true }))),
+      pixelArt: v.optional(v.boolean()),
+    }),
   ),
-  'datasets.setCaption': method<Schema<{ imageId: number; caption: string }>, DatasetImage>(
-    v.object({ imageId: id, caption: v.string({ max: 2000 }) }),
-  ),
+  'datasets.setCaption': method<Schema<{ imageId: number; caption: string }>, DatasetImage>(v.object({ imageId: id, caption: v.string({ max: MAX_CAPTION_CHARS }) })),
   'datasets.removeImage': method<Schema<{ imageId: number }>, { removed: boolean }>(v.object({ imageId: id })),
   'datasets.delete': method<Schema<{ id: number }>, { deleted: boolean }>(v.object({ id })),
   'adapters.list': method<Schema<{ query?: string; kind?: AdapterKind; baseModelId?: number; tag?: string; sort?: 'recent' | 'name' | 'size' }>, AdapterSummary[]>(
@@ -395,7 +566,7 @@ export const api = {
       tags: v.optional(v.array(v.string({ min: 1, max: 100, trim: true }), { max: 100 })),
       notes: v.optional(v.string({ max: 20_000 })),
       triggerWords: v.optional(v.array(v.string({ min: 1, max: 100, trim: true }), { max: 50 })),
-      preferredWeight: v.optional(v.number({ min: -4, max: 4 })),
+      preferredWeight: v.optional(alpha),
       coverGenerationId: v.optional(v.nullable(id)),
     }),
   ),
@@ -410,9 +581,7 @@ export const api = {
     v.object({ path: v.string({ min: 1, max: 4096 }), name: v.optional(v.string({ min: 1, max: 200, trim: true })), baseModelId: v.optional(id) }),
   ),
   /** Fuses W0 + Σ αᵢ·Sᵢ into the worker's base model; an empty list restores W0. */
-  'mix.apply': method<Schema<{ entries?: MixEntry[]; mixId?: number }>, MixResult>(
-    v.object({ entries: v.optional(mixEntries(0)), mixId: v.optional(id) }),
-  ),
+  'mix.apply': method<Schema<{ entries?: MixEntry[]; mixId?: number }>, MixResult>(v.object({ entries: v.optional(mixEntries(0)), mixId: v.optional(id) })),
   'mix.current': method<Schema<Record<string, never>>, { baseModelId: number | null; entries: MixEntry[] }>(v.empty()),
   'mixes.list': method<Schema<Record<string, never>>, SavedMix[]>(v.empty()),
   'mixes.save': method<Schema<{ id?: number; name: string; entries: MixEntry[] }>, SavedMix>(
@@ -430,40 +599,39 @@ export const api = {
       name: v.optional(v.string({ min: 1, max: 200, trim: true })),
       method: v.enum(['shira', 'lora'] as const),
       mask: v.optional(v.enum(['struct', 'rand', 'wm', 'grad', 'snip'] as const)),
-      density: v.optional(v.number({ min: 0.0001, max: 0.5 })),
-      rank: v.optional(v.int({ min: 1, max: 256 })),
-      matchDensity: v.optional(v.number({ min: 0.0001, max: 0.5 })),
-      steps: v.optional(v.int({ min: 1, max: 200_000 })),
-      lr: v.optional(v.number({ min: 1e-7, max: 1 })),
-      batch: v.optional(v.int({ min: 1, max: 64 })),
-      seed: v.optional(v.int({ min: 0, max: 2 ** 31 - 1 })),
-      checkpointEvery: v.optional(v.int({ min: 1, max: 100_000 })),
+      density: v.optional(v.number(TRAINING.density)),
+      rank: v.optional(v.int(TRAINING.rank)),
+      matchDensity: v.optional(v.number(TRAINING.density)),
+      steps: v.optional(v.int(TRAINING.steps)),
+      lr: v.optional(v.number(TRAINING.lr)),
+      batch: v.optional(v.int(TRAINING.batch)),
+      seed: v.optional(v.int(TRAINING.seed)),
+      checkpointEvery: v.optional(v.int(TRAINING.checkpointEvery)),
       valuesDtype: v.optional(v.enum(['f16', 'f32'] as const)),
-      samplePrompts: v.optional(v.array(v.string({ min: 1, max: 300 }), { max: 8 })),
-      sampleEvery: v.optional(v.int({ min: 1, max: 100_000 })),
-      tagDropout: v.optional(v.number({ min: 0, max: 0.9 })),
+      samplePrompts: v.optional(v.array(v.string({ min: 1, max: 300 }), { max: TRAINING.maxPreviewPrompts })),
+      sampleEvery: v.optional(v.int(TRAINING.sampleEvery)),
+      tagDropout: v.optional(v.number(TRAINING.tagDropout)),
       flip: v.optional(v.boolean()),
     }) as Schema<TrainingRequest>,
   ),
-  'training.list': method<Schema<{ status?: JobStatus }>, TrainingJob[]>(
-    v.object({ status: v.optional(v.enum(['queued', 'running', 'completed', 'failed', 'cancelled'] as const)) }),
-  ),
+  'training.list': method<Schema<{ status?: JobStatus }>, TrainingJob[]>(v.object({ status: v.optional(v.enum(['queued', 'running', 'completed', 'failed', 'cancelled'] as const)) })),
   'training.get': method<Schema<{ id: number }>, TrainingJob>(v.object({ id })),
   'training.cancel': method<Schema<{ id: number }>, TrainingJob>(v.object({ id })),
   /** Preview grids so far (ids for `/media/training-sample/<id>`), oldest first. */
   'training.samples': method<Schema<{ id: number }>, { id: number; step: number }[]>(v.object({ id })),
-  'generate': method<Schema<GenerateRequest>, Generation[]>(
+  generate: method<Schema<GenerateRequest>, Generation[]>(
     v.object({
       prompt: v.string({ max: 1000 }),
       negativePrompt: v.optional(v.string({ max: 1000 })),
-      seed: v.optional(v.int({ min: 0, max: 2 ** 31 - 1 })),
-      steps: v.optional(v.int({ min: 1, max: 200 })),
-      guidance: v.optional(v.number({ min: 0, max: 30 })),
+      seed: v.optional(v.int(SEED)),
+      steps: v.optional(v.int(SAMPLING.steps)),
+      guidance: v.optional(v.number(SAMPLING.guidance)),
       sampler: v.optional(v.enum(['ddim', 'euler'] as const)),
-      batch: v.optional(v.int({ min: 1, max: 16 })),
+      batch: v.optional(v.int(SAMPLING.batch)),
       mix: v.optional(mixEntries(0)),
       baseModelId: v.optional(id),
       engine: v.optional(v.enum(['auto', 'worker', 'ort'] as const)),
+      forGrid: v.optional(v.boolean()),
     }) as Schema<GenerateRequest>,
   ),
   /** The faster engine on this machine for the default base model (measured once; `remeasure` again). */
@@ -477,15 +645,55 @@ export const api = {
   /** Trains a style judge on the adapters' own images and measures single vs fused (a minute or two on CPU). */
   'concept.evaluate': method<Schema<ConceptRequest>, ConceptReport>(
     v.object({
-      adapterIds: v.array(id, { min: 1, max: 4 }),
-      alphas: v.optional(v.array(v.number({ min: 0.05, max: 2 }), { min: 1, max: 4 })),
-      steps: v.optional(v.int({ min: 1, max: 100 })),
-      guidance: v.optional(v.number({ min: 0, max: 30 })),
+      adapterIds: v.array(id, { min: 1, max: CONCEPT.maxAdapters }),
+      alphas: v.optional(v.array(v.number(CONCEPT.alpha), { min: 1, max: CONCEPT.alpha.count })),
+      steps: v.optional(v.int(CONCEPT.steps)),
+      guidance: v.optional(v.number(CONCEPT.guidance)),
     }) as Schema<ConceptRequest>,
   ),
   /** The newest stored report for exactly this set of adapters, or null. */
-  'concept.latest': method<Schema<{ adapterIds: number[] }>, ConceptReport | null>(v.object({ adapterIds: v.array(id, { min: 1, max: 4 }) })),
+  'concept.latest': method<Schema<{ adapterIds: number[] }>, ConceptReport | null>(v.object({ adapterIds: v.array(id, { min: 1, max: CONCEPT.maxAdapters }) })),
+
+  // ---- A first real project (issue 24): word checks, bulk captions, run history, gallery grids, pixel art ----
+  /**
+   * How the base model's word tokenizer reads `text`: words it does not know, and words that share a hashed spare
+   * row with a trigger word or a caption word of the library. `suggest`: also a free word for a trigger.
+   */
+  'models.checkWords': method<Schema<{ text: string; baseModelId?: number; suggest?: boolean }>, WordCheck>(
+    v.object({ text: v.string({ max: 2000 }), baseModelId: v.optional(id), suggest: v.optional(v.boolean()) }),
+  ),
+  /** Many captions of one dataset at once, in one transaction (the caption editor's bulk edits). */
+  'datasets.setCaptions': method<Schema<{ datasetId: number; captions: { imageId: number; caption: string }[] }>, Dataset>(
+    v.object({ datasetId: id, captions: v.array(v.object({ imageId: id, caption: v.string({ max: 2000 }) }), { min: 1, max: 10_000 }) }),
+  ),
+  /** A run's loss curve so far (at most ~2000 points, always the last), for a chart opened mid-run. */
+  'training.loss': method<Schema<{ id: number }>, { step: number; loss: number }[]>(v.object({ id })),
+  /** Images and Compare grids, newest first (`favourite`: favourite images only; `adapterId`: made with it). */
+  'gallery.list': method<Schema<{ offset?: number; limit?: number; favourite?: boolean; adapterId?: number }>, GalleryPage>(
+    v.object({ offset: v.optional(v.int({ min: 0 })), limit: v.optional(v.int({ min: 1, max: 500 })), favourite: v.optional(v.boolean()), adapterId: v.optional(id) }),
+  ),
+  'generations.setPixelArt': method<Schema<{ id: number; pixelArt: boolean }>, Generation>(v.object({ id, pixelArt: v.boolean() })),
+  /** Keeps a Compare grid as one gallery entry; its cells are generations made with `forGrid`. */
+  'grids.save': method<Schema<GridInput>, GridSummary>(
+    v.object({
+      title: v.string({ min: 1, max: 300, trim: true }),
+      mode: v.enum(['alpha', 'prompts', 'combine'] as const),
+      rows: v.array(gridAxis, { min: 1, max: 64 }),
+      columns: v.array(gridAxis, { min: 1, max: 64 }),
+      cells: v.array(v.array(v.nullable(id), { min: 1, max: 64 }), { min: 1, max: 64 }),
+      prompts: v.array(v.string({ max: 1000 }), { min: 1, max: 64 }),
+      seed: v.int(SEED),
+      steps: v.int(SAMPLING.steps),
+      guidance: v.number(SAMPLING.guidance),
+      negativePrompt: v.string({ max: 1000 }),
+    }) as Schema<GridInput>,
+  ),
+  'grids.get': method<Schema<{ id: number }>, Grid>(v.object({ id })),
+  /** Removes the grid entry; images that nothing else holds (gallery, favourite, cover, another grid) go at the next start. */
+  'grids.delete': method<Schema<{ id: number }>, { deleted: boolean }>(v.object({ id })),
 } as const;
+
+export type GridInput = Omit<GridSummary, 'id' | 'createdAt'>;
 
 export interface ImportInput {
   source: { kind: 'folder'; path: string } | { kind: 'files'; paths: string[] };
@@ -493,6 +701,7 @@ export interface ImportInput {
   name?: string;
   triggerWord?: string;
   importId?: string;
+  folderName?: string;
 }
 
 export type Api = typeof api;
@@ -520,3 +729,9 @@ export type CoreEventType = CoreEvent['type'];
 /** thumb/image: dataset images; generation/generation-thumb: gallery images (PNG with recipe / WebP); training-sample: preview grids. */
 export type MediaKind = 'thumb' | 'image' | 'generation' | 'generation-thumb' | 'training-sample';
 export const MEDIA_KINDS: readonly MediaKind[] = ['thumb', 'image', 'generation', 'generation-thumb', 'training-sample'];
+
+/**
+ * Images no larger than this (long side, px) are pixel art or a small model's output: thumbnails and viewers scale
+ * them with nearest-neighbour, never smoothing. Larger ones do too when the artist marks them.
+ */
+export const PIXEL_ART_MAX_SIDE = 128;

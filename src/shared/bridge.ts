@@ -30,6 +30,8 @@ export const SERVER_PATHS = {
   media: '/media/', // + `${kind}/${id}`
   /** POST raw file bytes to `/upload/<uploadId>?path=<relative path>`; replies { folder }. */
   upload: '/upload/',
+  /** GET `/download/adapter/<id>.safetensors` or `.shira.json`: an adapter package as a browser download. */
+  download: '/download/',
   /** POST JSON { method, input } with `Authorization: Bearer <token>`, for scripts. */
   call: '/api/call',
 } as const;

@@ -31,12 +31,7 @@ export const unsupported = (message: string, details?: unknown) => new ExpectedE
 export const cancelled = (message: string, details?: unknown) => new ExpectedError('cancelled', message, details);
 
 export function isApiError(value: unknown): value is ApiError {
-  return (
-    typeof value === 'object' &&
-    value !== null &&
-    typeof (value as ApiError).type === 'string' &&
-    typeof (value as ApiError).message === 'string'
-  );
+  return typeof value === 'object' && value !== null && typeof (value as ApiError).type === 'string' && typeof (value as ApiError).message === 'string';
 }
 
 /** Client-side view of a failed call: keeps the tag so UI code can branch on `type`. */

@@ -9,9 +9,7 @@ export interface CallMessage {
   input?: unknown;
 }
 
-export type ResultMessage =
-  | { kind: 'result'; id: number; ok: true; value: unknown }
-  | { kind: 'result'; id: number; ok: false; error: ApiError };
+export type ResultMessage = { kind: 'result'; id: number; ok: true; value: unknown } | { kind: 'result'; id: number; ok: false; error: ApiError };
 
 export interface EventMessage {
   kind: 'event';

@@ -10,7 +10,7 @@ import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, beforeEach } from 'vitest';
 
 const ROOT = resolve(import.meta.dirname, '../..');
-const SERVER_SCRIPT = join(ROOT, 'out/main/server.js');
+export const SERVER_SCRIPT = join(ROOT, 'out/main/server.js');
 const CHROMIUM = process.env.SHIRA_E2E_CHROMIUM ?? '/usr/bin/chromium';
 const URL_PATTERN = /http:\/\/127\.0\.0\.1:\d+\/\?token=[A-Za-z0-9_-]+/;
 const START_TIMEOUT_MS = 30_000;
@@ -30,7 +30,7 @@ export interface Studio {
   close(): Promise<void>;
 }
 
-function waitForUrl(server: ChildProcess, output: () => string): Promise<string> {
+export function waitForUrl(server: ChildProcess, output: () => string): Promise<string> {
   return new Promise((resolveUrl, reject) => {
     const timer = setTimeout(() => fail(new Error(`server printed no URL within ${START_TIMEOUT_MS} ms`)), START_TIMEOUT_MS);
     const onData = () => {
@@ -55,7 +55,7 @@ function waitForUrl(server: ChildProcess, output: () => string): Promise<string>
   });
 }
 
-async function stopServer(server: ChildProcess): Promise<void> {
+export async function stopServer(server: ChildProcess): Promise<void> {
   if (server.exitCode !== null || server.signalCode !== null) return;
   const exited = new Promise<void>((r) => server.once('exit', () => r()));
   server.kill('SIGTERM');
@@ -97,16 +97,7 @@ export async function startStudio(): Promise<Studio> {
       executablePath: CHROMIUM,
       headless: true,
       viewport: { width: 1280, height: 720 },
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
     });
     // Everything here is local and small: a step that takes longer than this is a failure, and
     // failing sooner leaves room in the test's own timeout for the teardown and the report.

@@ -14,8 +14,7 @@ const CAT_CAPTION = 'a tabby cat asleep on a windowsill, inkwash style';
 /** Three decodable images (two PNG, one JPEG), a corrupt PNG, an empty JPEG and one caption sidecar. */
 async function makeImageFolder(): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'shira-e2e-images-'));
-  const solid = (width: number, height: number, r: number, g: number, b: number) =>
-    sharp({ create: { width, height, channels: 3, background: { r, g, b } } });
+  const solid = (width: number, height: number, r: number, g: number, b: number) => sharp({ create: { width, height, channels: 3, background: { r, g, b } } });
   await solid(96, 64, 200, 120, 60).png().toFile(join(dir, 'cat.png'));
   await solid(64, 96, 60, 130, 200).jpeg({ quality: 90 }).toFile(join(dir, 'dog.jpg'));
   await solid(80, 80, 90, 180, 110).png().toFile(join(dir, 'bird.png'));

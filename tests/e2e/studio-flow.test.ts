@@ -1,13 +1,17 @@
 // The whole artist flow on the built-in model, through the studio server in chromium: import a
-// kohya folder, train a SHiRA and a parameter-matched LoRA for a few steps (progress events seen),
-// find them in the library (by keyboard), export/delete/import one, mix with an α, generate, find
-// the image and its recipe in the gallery (and inside the PNG), and make a compare grid.
+// kohya folder (its name and trigger word come from the folder), train a SHiRA and a parameter-matched LoRA for a
+// few steps with the previews that are on by default (progress events seen), find them in the library (by
+// keyboard), export/delete/import one, mix with an α, generate with a typed seed, find the image and its recipe in
+// the gallery (and inside the PNG), and make compare grids (trigger words added; kept as one entry each; identical
+// cells drawn once).
 // Screenshots of every view go to tests/artifacts/ (and, with SHIRA_E2E_SCREENSHOTS=docs, to docs/screenshots/).
 // Needs `npx electron-vite build` and native/build/shira-worker.
-import { copyFile, mkdir, mkdtemp, readdir, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import Database from 'better-sqlite3';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import type { Locator, Page } from 'playwright-core';
+import type { Download, Locator, Page } from 'playwright-core';
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 import { ARTIFACTS, useFolder, useStudio } from './harness';
@@ -16,6 +20,8 @@ const ROOT = resolve(import.meta.dirname, '../..');
 const DOCS_SCREENSHOTS = join(ROOT, 'docs/screenshots');
 const TRIGGER = 'neonfx';
 const PROMPT = `${TRIGGER}, a glowing ring`;
+/** Compare is given the prompt without the trigger word: it adds the adapters' trigger words itself, as Mix does. */
+const COMPARE_PROMPT = 'a glowing ring';
 /**
  * Screenshots for the README come from a longer run (`SHIRA_E2E_SCREENSHOTS=docs`): enough steps for
  * the adapters to visibly change the pictures. The everyday run keeps step counts tiny.
@@ -46,7 +52,9 @@ async function makeKohyaFolder(): Promise<string> {
           ? `<rect x="${12 + i}" y="14" width="36" height="${30 - i}" fill="none" stroke="${colour}" stroke-width="4"/>`
           : `<path d="M10 50 L32 ${10 + i} L54 50 Z" fill="none" stroke="${colour}" stroke-width="4"/>`;
     const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><rect width="64" height="64" fill="#05010a"/>${shape}</svg>`;
-    await sharp(Buffer.from(svg)).png().toFile(join(folder, `shape-${i}.png`));
+    await sharp(Buffer.from(svg))
+      .png()
+      .toFile(join(folder, `shape-${i}.png`));
     if (i % 2 === 0) await writeFile(join(folder, `shape-${i}.txt`), `${TRIGGER}, a glowing ${['ring', 'box', 'triangle'][i % 3]}\n`);
   }
   return dir;
@@ -106,6 +114,33 @@ async function shoot(page: Page, name: string, { top = true } = {}): Promise<voi
   await page.screenshot({ path: join(ARTIFACTS, `${name}.png`) });
 }
 
+/** The library file of the studio under test, opened beside the server (WAL: both may use it at once). */
+function library(dataDir: string) {
+  return new Database(join(dataDir, 'library.sqlite'));
+}
+
+/**
+ * The window itself never scrolls: the view scrolls inside its own area, so no band opens under the status bar. (An
+ * absolutely positioned element far down a view, such as a visually hidden table caption, used to stretch the page.)
+ */
+async function windowDoesNotScroll(page: Page): Promise<void> {
+  const main = page.getByRole('main');
+  // A shorter window puts more of the view below the fold.
+  await page.setViewportSize({ width: 1280, height: 480 });
+  await main.evaluate((el) => el.scrollTo(0, 0));
+  // Evaluated in the page; typed loosely because this file is checked without the DOM library.
+  const overflow = 'document.scrollingElement.scrollHeight - window.innerHeight';
+  expect(await page.evaluate(overflow)).toBe(0);
+  await main.getByRole('heading', { level: 1 }).hover();
+  for (let i = 0; i < 3; i++) {
+    await page.mouse.wheel(0, 1500);
+    await page.waitForTimeout(200);
+  }
+  await expect.poll(() => main.evaluate((el) => el.scrollTop)).toBeGreaterThan(0);
+  expect(await page.evaluate('document.scrollingElement.scrollTop')).toBe(0);
+  await page.setViewportSize({ width: 1280, height: 720 });
+}
+
 async function view(page: Page, digit: number, title: string): Promise<void> {
   await page.keyboard.press(`Control+Digit${digit}`);
   await page.getByRole('main').getByRole('heading', { level: 1, name: title }).waitFor();
@@ -126,13 +161,17 @@ describe('studio server: the whole artist flow', () => {
     await page.getByRole('button', { name: 'Import a folder…' }).click();
     const dialog = page.getByRole('dialog', { name: 'Import images' });
     await dialog.getByLabel('Folder on this computer').fill(images());
-    await dialog.getByLabel('Trigger word').fill(TRIGGER);
     await dialog.getByRole('button', { name: 'Import', exact: true }).click();
     await dialog.getByText('6 imported, 0 skipped').waitFor();
+    // No name or trigger typed: the kohya folder `4_neonfx` names the dataset and suggests the trigger, and says so.
+    const naming = dialog.getByRole('region', { name: 'Name and trigger word' });
+    await naming.getByText(`Named “${TRIGGER}” after the kohya folder 4_${TRIGGER}`).waitFor();
+    expect(await naming.getByRole('textbox', { name: 'Trigger word' }).inputValue()).toBe(TRIGGER);
     await dialog.getByRole('button', { name: 'Use this dataset' }).click();
     await dialog.waitFor({ state: 'detached' });
 
     const form = page.getByRole('form', { name: 'New training run' });
+    await form.getByText(`trigger ${TRIGGER}`).waitFor();
     const trainImages = form.getByRole('list', { name: /^Images in / });
     await expect.poll(() => trainImages.getByRole('listitem').count()).toBe(6);
     // kohya folder captions and sidecars were both recognised, and captions can be edited here.
@@ -148,7 +187,10 @@ describe('studio server: the whole artist flow', () => {
     await form.getByLabel('Steps', { exact: true }).fill(String(TRAIN_STEPS));
     await form.getByLabel('Batch', { exact: true }).fill('2');
     await form.getByLabel('Learning rate', { exact: true }).fill(LEARNING_RATE);
-    await form.getByLabel(/^Sample prompts/).fill(`${TRIGGER}, a ring\n${TRIGGER}, a box`);
+    // Previews are on without asking, their prompts made from the trigger word and the dataset's captions.
+    expect(await form.getByRole('checkbox', { name: 'Draw previews while training' }).isChecked()).toBe(true);
+    const previewPrompts = [TRIGGER, `${TRIGGER}, a glowing ring`, `${TRIGGER}, a glowing triangle`, `${TRIGGER}, a glowing box`];
+    expect((await form.getByLabel(/^Preview prompts/).inputValue()).split('\n')).toEqual(previewPrompts);
     await form.getByLabel('Preview every').fill(String(SAMPLE_EVERY));
     await form.getByRole('spinbutton', { name: 'Tag dropout (%)' }).fill('20');
     await form.getByRole('checkbox', { name: 'Flip left–right' }).check();
@@ -160,7 +202,10 @@ describe('studio server: the whole artist flow', () => {
     const bar = runs.getByRole('progressbar', { name: 'Training progress' });
     await expect.poll(async () => Number((await bar.getAttribute('aria-valuenow')) ?? 0), { timeout: TRAIN_TIMEOUT_MS }).toBeGreaterThan(0);
     await runs.getByRole('img', { name: /^Loss curve/ }).waitFor({ timeout: TRAIN_TIMEOUT_MS });
-    await runs.getByRole('img', { name: /^Preview at step/ }).waitFor({ timeout: TRAIN_TIMEOUT_MS });
+    // Each preview picture is labelled with its prompt and the step it was drawn at.
+    await runs.getByRole('img', { name: `Preview at step ${SAMPLE_EVERY}: ${previewPrompts[1]}` }).waitFor({ timeout: TRAIN_TIMEOUT_MS });
+    await runs.getByText(`Step ${SAMPLE_EVERY} of ${TRAIN_STEPS}`).first().waitFor();
+    for (const prompt of previewPrompts) await runs.getByText(prompt, { exact: true }).first().waitFor();
     await shoot(page, 'train');
 
     // Both runs finish and land in the library.
@@ -170,14 +215,22 @@ describe('studio server: the whole artist flow', () => {
     // The run panel shows a preview grid and where the finished adapter went.
     await page.getByRole('button', { name: /^Neon · SHiRA/ }).click();
     await runs.getByText('is in the Library').waitFor();
-    await expect.poll(() => hasLoaded(runs.getByRole('img', { name: /^Preview at step/ }))).toBe(true);
+    const lastPreview = runs.getByRole('img', { name: `Preview at step ${TRAIN_STEPS}: ${previewPrompts[0]}`, exact: true });
+    await expect.poll(() => hasLoaded(lastPreview)).toBe(true);
     await shoot(page, 'train-done');
+    // A new page (or window) opened on Train shows the run's loss history, not an empty chart.
+    await page.reload();
+    await view(page, 3, 'Train');
+    await page.getByRole('button', { name: /^Neon · SHiRA/ }).click();
+    await runs.getByRole('img', { name: new RegExp(`^Loss curve over ${TRAIN_STEPS} steps`) }).waitFor();
 
     // ---- Library: keyboard navigation of the grid, details with the loss curve ----
     await view(page, 1, 'Library');
     const grid = page.getByRole('listbox', { name: 'Adapters' });
     const cards = grid.getByRole('option');
     await expect.poll(() => cards.count()).toBe(2);
+    // Before any image is made with them, both cards show their run's last preview, not "no cover".
+    await expect.poll(() => cards.locator('img').count()).toBe(2);
     const first = cards.nth(0);
     const second = cards.nth(1);
     expect(await first.getAttribute('tabindex')).toBe('0');
@@ -223,22 +276,58 @@ describe('studio server: the whole artist flow', () => {
     // (The docs run keeps the trained LoRA instead: an imported one has no training images to measure.)
     if (!DOCS) {
       await first.click();
+      // The studio server hands the package to the browser as two downloads; it writes nothing itself.
+      const downloads: Download[] = [];
+      const bothDownloaded = new Promise<void>((resolveDownloads) => {
+        const onDownload = (download: Download) => {
+          downloads.push(download);
+          if (downloads.length < 2) return;
+          page.off('download', onDownload);
+          resolveDownloads();
+        };
+        page.on('download', onDownload);
+      });
       await panel.getByRole('button', { name: 'Export' }).click();
       await page.getByText(`Exported “${loraName}”`).waitFor();
+      await bothDownloaded;
+      const downloadDir = await mkdtemp(join(tmpdir(), 'shira-e2e-downloads-'));
+      const exported = await Promise.all(
+        downloads.map(async (download) => {
+          const file = join(downloadDir, download.suggestedFilename());
+          await download.saveAs(file);
+          return file;
+        }),
+      );
+      expect(exported.map((f) => f.replace(/^.*\./, '')).sort()).toEqual(['json', 'safetensors']);
+      expect(existsSync(join(studio().dataDir, 'exports'))).toBe(false);
       await first.focus();
       await page.keyboard.press('Delete');
       const confirm = page.getByRole('alertdialog', { name: `Delete “${loraName}”?` });
       await confirm.getByRole('button', { name: 'Delete adapter' }).click();
       await expect.poll(() => cards.count()).toBe(1);
-      const exportsDir = join(studio().dataDir, 'exports');
-      const exported = (await readdir(exportsDir)).map((f) => join(exportsDir, f));
-      expect(exported.some((f) => f.endsWith('.safetensors'))).toBe(true);
       await page.locator('input[type="file"][accept=".safetensors,.json"]').setInputFiles(exported);
       await page.getByText(/^Imported “/).waitFor({ timeout: 30_000 });
       await expect.poll(() => cards.count()).toBe(2);
+      await rm(downloadDir, { recursive: true, force: true });
     }
 
-    // ---- Mix & generate: the SHiRA at α 0.8, seed locked ----
+    // ---- Datasets: the caption editor across the whole dataset, previewed before it is applied ----
+    await view(page, 2, 'Datasets');
+    await page.getByRole('main').getByRole('button', { name: TRIGGER, exact: true }).click();
+    const captions = page.getByRole('region', { name: 'Captions' });
+    await captions.getByRole('button', { name: `${TRIGGER} 6` }).waitFor();
+    await captions.getByRole('textbox', { name: 'Tag' }).fill('neon glow');
+    await captions.getByRole('button', { name: 'Add at end' }).click();
+    const changes = page.getByRole('region', { name: 'Caption changes to apply' });
+    await changes.getByText('6 of 6 captions change.').waitFor();
+    await changes.getByRole('button', { name: 'Apply to 6 captions' }).click();
+    await changes.waitFor({ state: 'detached' });
+    expect(await page.getByRole('textbox', { name: `Caption for 4_${TRIGGER}/shape-0.png` }).inputValue()).toBe(`${TRIGGER}, a glowing ring, neon glow`);
+    await captions.getByRole('button', { name: 'neon glow 6' }).waitFor();
+    await shoot(page, 'datasets');
+    await view(page, 1, 'Library');
+
+    // ---- Mix & generate: the SHiRA at α 0.8, seed typed ----
     await cards.filter({ hasText: shiraName }).click();
     await panel.getByRole('button', { name: 'Use in mix' }).click();
     await page.getByRole('main').getByRole('heading', { level: 1, name: 'Mix & Generate' }).waitFor();
@@ -251,9 +340,19 @@ describe('studio server: the whole artist flow', () => {
     // Adding the adapter put its trigger word into the prompt.
     const prompt = page.getByRole('textbox', { name: 'Prompt', exact: true });
     expect(await prompt.inputValue()).toContain(TRIGGER);
+    // A word the built-in model does not know is marked under the prompt.
+    await prompt.fill(`${PROMPT}, a knight`);
+    await page
+      .getByRole('list', { name: 'Word check' })
+      .getByText(/does not know “knight”/)
+      .first()
+      .waitFor();
     await prompt.fill(PROMPT);
+    // A typed seed is used as it is: no lock to find first; "Random each run" is the visible, explicit other choice.
+    const random = page.getByRole('checkbox', { name: 'Random each run' });
+    expect(await random.isChecked()).toBe(true);
     await page.getByLabel('Seed', { exact: true }).fill('42');
-    await page.getByRole('button', { name: 'Lock the seed' }).click();
+    expect(await random.isChecked()).toBe(false);
     await page.getByLabel('Steps', { exact: true }).fill(String(GENERATE_STEPS));
     await page.getByLabel('Batch', { exact: true }).fill('2');
     await page.getByRole('button', { name: 'Generate', exact: true }).click();
@@ -261,7 +360,18 @@ describe('studio server: the whole artist flow', () => {
     await expect.poll(() => results.count(), { timeout: GENERATE_TIMEOUT_MS }).toBe(2);
     for (const img of await results.all()) await expect.poll(() => hasLoaded(img)).toBe(true);
     await page.getByRole('button', { name: 'Generate', exact: true }).waitFor();
+    expect(
+      await page
+        .getByRole('region', { name: 'Results' })
+        .getByText(/^seed \d+/)
+        .allInnerTexts(),
+    ).toEqual([expect.stringMatching(/^seed 42\b/), expect.stringMatching(/^seed 43\b/)]);
     await shoot(page, 'mix');
+    // The same recipe again: the same two images come back, stored once.
+    const firstIds = await results.evaluateAll((imgs) => imgs.map((i) => (i as unknown as { src: string }).src));
+    await page.getByRole('button', { name: 'Generate', exact: true }).click();
+    await page.getByRole('button', { name: 'Generate', exact: true }).waitFor({ timeout: GENERATE_TIMEOUT_MS });
+    expect(await results.evaluateAll((imgs) => imgs.map((i) => (i as unknown as { src: string }).src))).toEqual(firstIds);
 
     // ---- Gallery: the images with their recipe, favourite, cover ----
     await view(page, 5, 'Gallery');
@@ -305,18 +415,25 @@ describe('studio server: the whole artist flow', () => {
     expect(await config.getByRole('checkbox', { name: shiraName }).isChecked()).toBe(true);
     expect(await config.getByRole('checkbox', { name: loraName }).isChecked()).toBe(true);
     await config.getByLabel('α values').fill('0.5, 1');
-    await config.getByLabel('Prompt', { exact: true }).fill(PROMPT);
+    await config.getByLabel('Prompt', { exact: true }).fill(COMPARE_PROMPT);
     await config.getByLabel('Steps', { exact: true }).fill(String(COMPARE_STEPS));
     await config.getByLabel('Seed', { exact: true }).fill('7');
     await config.getByRole('button', { name: 'Make the grid' }).click();
-    const table = page.getByRole('table').first();
+    const table = page.getByRole('table', { name: 'Comparison grid' });
+    // The adapters' trigger word was added to the prompt, as Mix adds it.
+    await page.getByText(`${COMPARE_PROMPT}, ${TRIGGER}`, { exact: true }).waitFor();
     await expect.poll(() => table.getByRole('rowheader').allInnerTexts(), { timeout: GENERATE_TIMEOUT_MS }).toHaveLength(3);
+    // Row headers name each adapter in full with its kind, so the SHiRA and the LoRA rows differ by more than a badge.
+    const rowHeaders = await table.getByRole('rowheader').allInnerTexts();
+    expect(rowHeaders[1]).toContain(shiraName);
+    expect(rowHeaders[1]).toContain('SHiRA');
+    expect(rowHeaders[2]).toContain(loraName);
     const gridImages = table.getByRole('img');
     await expect.poll(() => gridImages.count(), { timeout: GENERATE_TIMEOUT_MS }).toBe(6);
     for (const img of await gridImages.all()) await expect.poll(() => hasLoaded(img)).toBe(true);
     expect(await table.getByRole('columnheader').allInnerTexts()).toEqual(['α 0.5', 'α 1']);
     // No concept-loss numbers are shown until the core has some.
-    expect(await table.getByRole('list').count()).toBe(0);
+    expect(await page.getByRole('definition').count()).toBe(0);
     await config.getByRole('button', { name: 'Make the grid' }).waitFor();
     await shoot(page, 'compare');
 
@@ -328,19 +445,80 @@ describe('studio server: the whole artist flow', () => {
     for (const img of await gridImages.all()) await expect.poll(() => hasLoaded(img)).toBe(true);
     await config.getByRole('button', { name: 'Make the grid' }).waitFor();
     if (MEASURE_CONCEPT) {
-      // A real concept-loss measurement (minutes on a CPU): its numbers appear under the images.
+      // A real concept-loss measurement (minutes on a CPU): each adapter's numbers appear once beside the grid.
       await page.getByRole('button', { name: 'Measure concept loss' }).click();
-      const numbers = page.getByRole('table').filter({ hasText: 'On base' });
+      const numbers = page.getByRole('table', { name: /^Style scores/ });
       const failed = page.getByRole('alert').filter({ hasText: /^Couldn't measure/ });
       await numbers.or(failed).waitFor({ timeout: 900_000 });
       if (await failed.isVisible()) throw new Error(await failed.innerText());
-      await expect.poll(() => table.getByRole('list', { name: 'Concept-loss numbers' }).count()).toBeGreaterThan(0);
+      await expect.poll(() => table.getByRole('definition').count()).toBeGreaterThan(0);
     }
     await shoot(page, 'compare-combine');
+    if (!MEASURE_CONCEPT) {
+      // A stored report (a fixture written into the library, never shown in a docs screenshot): the numbers sit once
+      // under each column as small tables, a retention over 100 % says what it means, and the window never scrolls.
+      const db = library(studio().dataDir);
+      const idOf = (name: string) => (db.prepare('SELECT id FROM adapters WHERE name = ?').get(name) as { id: number }).id;
+      const [shiraId, loraId] = [idOf(shiraName), idOf(loraName)];
+      const [a, b] = [shiraId, loraId].sort((x, y) => x - y);
+      const report = {
+        adapterIds: [a, b],
+        alphas: [1],
+        judge: { classes: ['base', shiraName, loraName], heldoutAccuracy: 0.73, heldoutAccuracyPerClass: [0.7, 0.8, 0.7] },
+        single: [
+          { adapterId: shiraId, name: shiraName, score: 0.87, baseScore: 0, drift: 0.5 },
+          { adapterId: loraId, name: loraName, score: 0.36, baseScore: 0.12, drift: 0.67 },
+        ],
+        fused: [
+          { alpha: 1, adapterId: shiraId, score: 0.53, dropPoints: 34, retention: 0.61 },
+          { alpha: 1, adapterId: loraId, score: 0.47, dropPoints: -11, retention: 1.3 },
+        ],
+        overlaps: [],
+        seconds: 1,
+      };
+      db.prepare('INSERT INTO concept_results (adapter_ids, result_json) VALUES (?, ?)').run(JSON.stringify([a, b]), JSON.stringify(report));
+      db.close();
+      await view(page, 1, 'Library');
+      await view(page, 6, 'Compare');
+      const fusedNumbers = table.getByRole('definition');
+      await expect.poll(() => fusedNumbers.count()).toBe(2 + 3 + 3 + 4);
+      await table.getByText('Concept loss').waitFor();
+      expect(await table.getByRole('rowheader').allInnerTexts()).toHaveLength(2);
+      await page
+        .getByText(/Above 100 %: fusing raised the judge’s score/)
+        .first()
+        .waitFor();
+      await windowDoesNotScroll(page);
+    }
 
-    // Gallery now holds every generation: 2 from Mix, 5 + 4 from the grids.
+    // Gallery: the two Mix images (asked for twice, stored once) and each Compare grid as one entry.
     await view(page, 5, 'Gallery');
-    await expect.poll(() => page.getByRole('main').locator('header p').innerText()).toMatch(/^11 images/);
+    await expect.poll(() => page.getByRole('main').locator('header p').innerText()).toMatch(/^4 entries/);
+    for (const img of await page.getByRole('listbox', { name: 'Generated images' }).locator('img').all()) await expect.poll(() => hasLoaded(img)).toBe(true);
+    await shoot(page, 'gallery');
+    // Identical cells were drawn once: the combine grid's base and single-adapter cells are the α sweep's α 1 cells.
+    const db = library(studio().dataDir);
+    expect(db.prepare('SELECT count(*) AS n FROM generations').get()).toEqual({ n: 2 + 5 + 1 });
+    db.close();
+    // A grid entry opens to its cells, each of which opens large with its recipe.
+    await page.getByRole('option', { name: /^Compare grid: Combine/ }).click();
+    const gridDialog = page.getByRole('dialog', { name: /^Compare grid · Combine/ });
+    const cellButtons = gridDialog.getByRole('table', { name: 'Cells of the grid' }).getByRole('button');
+    await expect.poll(() => cellButtons.count()).toBe(4);
+    await cellButtons.last().click();
+    const cellDialog = page.getByRole('dialog', { name: /^Cell \d of 4 · Combine/ });
+    await expect
+      .poll(() =>
+        cellDialog
+          .getByRole('definition')
+          .allInnerTexts()
+          .then((t) => t.join('\n')),
+      )
+      .toContain(`${COMPARE_PROMPT}, ${TRIGGER}`);
+    await cellDialog.getByRole('button', { name: 'Back to the grid' }).click();
+    await gridDialog.waitFor();
+    await page.getByRole('dialog').press('Escape');
+    await gridDialog.waitFor({ state: 'detached' });
 
     // The library again, now that an image is the SHiRA's cover.
     await view(page, 1, 'Library');
@@ -351,6 +529,9 @@ describe('studio server: the whole artist flow', () => {
     const shiraCard = cards.filter({ hasText: shiraName });
     await expect.poll(() => shiraCard.locator('img').count()).toBe(1);
     await expect.poll(() => hasLoaded(shiraCard.locator('img'))).toBe(true);
+    // The LoRA was never given a cover: the first image made with it (a kept grid's cell) is its cover.
+    const loraCover = cards.filter({ hasText: loraName }).locator('img');
+    await expect.poll(async () => (await loraCover.getAttribute('src')) ?? '').toMatch(/generation-thumb/);
     await shoot(page, 'library');
     await shiraCard.click();
     await panel.getByRole('img', { name: /^Loss curve/ }).waitFor();
@@ -360,7 +541,7 @@ describe('studio server: the whole artist flow', () => {
 
     if (DOCS) {
       await mkdir(DOCS_SCREENSHOTS, { recursive: true });
-      for (const name of ['library', 'library-detail', 'train', 'mix', 'gallery', 'gallery-image', 'compare', 'compare-combine']) {
+      for (const name of ['library', 'library-detail', 'datasets', 'train', 'mix', 'gallery', 'gallery-image', 'compare', 'compare-combine']) {
         await copyFile(join(ARTIFACTS, `${name}.png`), join(DOCS_SCREENSHOTS, `${name}.png`));
       }
     }

@@ -1,16 +1,8 @@
 import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import {
-  autoV2,
-  baseWeightShapes,
-  contentHash,
-  fileSha256,
-  readAdapterFile,
-  writeAdapterFile,
-  type AdapterContent,
-} from '../../src/main/core/adapters/format';
-import { readSafetensors, writeSafetensors } from '../../src/main/core/worker/safetensors';
+import { autoV2, baseWeightShapes, contentHash, fileSha256, readAdapterFile, writeAdapterFile, type AdapterContent } from '../../src/main/core/adapters/format';
+import { readSafetensors, writeSafetensors } from '../../src/main/core/io/safetensors';
 import { makeCore, tempDir } from './helpers';
 
 const RESOURCES = resolve('resources');
@@ -41,6 +33,12 @@ function bytes(n: number, seed: number): Uint8Array {
   return out;
 }
 
+/** Random f16 values that are all finite: bit 6 of each high byte cleared keeps the exponent below all-ones. */
+function finiteF16(b: Uint8Array): Uint8Array {
+  for (let i = 1; i < b.length; i += 2) b[i]! &= 0xbf;
+  return b;
+}
+
 /** A SHiRA adapter in the v2 container; the index blob is opaque here (the worker decodes it). */
 function shiraContent(seed = 1, index: 'rice' | 'struct' = 'rice'): AdapterContent {
   return {
@@ -53,7 +51,7 @@ function shiraContent(seed = 1, index: 'rice' | 'struct' = 'rice'): AdapterConte
       maskKind: index === 'struct' ? 'struct' : 'wm',
       encoding: `f16+${index}`,
       meta: { k: 40, checksum: (seed * 7919 + i).toString(16).padStart(16, '0'), ...(index === 'rice' ? { rice_k: 5 } : {}) },
-      values: bytes(80, seed * 31 + i),
+      values: finiteF16(bytes(80, seed * 31 + i)),
       index: index === 'rice' ? bytes(33, seed * 17 + i) : null,
     })),
   };
@@ -70,8 +68,8 @@ function loraContent(seed = 2): AdapterContent {
       maskKind: null,
       encoding: 'lora-f16',
       meta: { a_shape: [2, l.shape[1]!], b_shape: [l.shape[0]!, 2], alpha: 2 },
-      values: bytes(2 * l.shape[1]! * 2, seed + i),
-      index: bytes(l.shape[0]! * 2 * 2, seed + 10 + i),
+      values: finiteF16(bytes(2 * l.shape[1]! * 2, seed + i)),
+      index: finiteF16(bytes(l.shape[0]! * 2 * 2, seed + 10 + i)),
     })),
   };
 }

@@ -6,7 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { rmSync } from 'node:fs';
 import { Core } from '../../src/main/core/core';
 import { findBuiltinModels } from '../../src/main/core/models/builtin';
-import { readSafetensors, writeSafetensors } from '../../src/main/core/worker/safetensors';
+import { readSafetensors, writeSafetensors } from '../../src/main/core/io/safetensors';
 import { WorkerSupervisor } from '../../src/main/core/worker/supervisor';
 import { makeCore, tempDir, writeTree } from './helpers';
 
@@ -65,7 +65,10 @@ describe.runIf(runnable)('shipped base model', () => {
       const weights = readSafetensors(m.weightsPath);
       const dtypes = new Set([...weights.tensors.values()].map((t) => t.dtype));
       expect(dtypes, m.name).toEqual(new Set(['F16']));
-      expect([...weights.tensors.values()].reduce((a, t) => a + t.data.byteLength, 0), m.name).toBeLessThan(60 * 2 ** 20);
+      expect(
+        [...weights.tensors.values()].reduce((a, t) => a + t.data.byteLength, 0),
+        m.name,
+      ).toBeLessThan(60 * 2 ** 20);
     }
   });
 

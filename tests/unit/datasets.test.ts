@@ -64,7 +64,9 @@ describe('dataset import', () => {
       .jpeg()
       .withMetadata({ orientation: 6 })
       .toBuffer();
-    const transparent = await sharp({ create: { width: 600, height: 300, channels: 4, background: { r: 0, g: 0, b: 0, alpha: 0 } } }).png().toBuffer();
+    const transparent = await sharp({ create: { width: 600, height: 300, channels: 4, background: { r: 0, g: 0, b: 0, alpha: 0 } } })
+      .png()
+      .toBuffer();
     writeTree(folder, { 'rotated.jpg': rotated, 'clear.png': transparent });
     const report = await call('datasets.import', { source: { kind: 'folder', path: folder } });
     const dataset = await call('datasets.get', { id: report.datasetId! });

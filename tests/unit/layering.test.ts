@@ -6,10 +6,16 @@ import { describe, expect, it } from 'vitest';
 
 const ROOT = resolve(__dirname, '../..');
 const SRC = join(ROOT, 'src');
+const TOOLS = join(ROOT, 'tools');
 
 /** Is `file` inside src/<folder>/ ? */
 function under(file: string, folder: string): boolean {
   return relative(SRC, file).startsWith(folder + sep);
+}
+
+/** Is `file` one of the research tools (top-level tools/)? */
+function inTools(file: string): boolean {
+  return relative(TOOLS, file).split(sep)[0] !== '..';
 }
 
 function files(dir: string): string[] {
@@ -47,7 +53,10 @@ function closure(entries: string[]): Map<string, string[]> {
     const file = stack.pop()!;
     if (seen.has(file)) continue;
     const specs = importsOf(file);
-    seen.set(file, specs.filter((s) => !s.startsWith('.')));
+    seen.set(
+      file,
+      specs.filter((s) => !s.startsWith('.')),
+    );
     for (const s of specs) {
       const local = resolveLocal(file, s);
       if (local) stack.push(local);
@@ -70,13 +79,23 @@ describe('layering', () => {
     const core = files(join(SRC, 'main/core'));
     expect(core.length).toBeGreaterThan(5);
     expect(violations(core, (s) => s === 'electron' || s.startsWith('electron/'))).toEqual([]);
-    // ...nor any host code.
+    // ...nor any host code, nor the research tools.
     expect(violations(core, (_s, f) => under(f, join('main', 'hosts')))).toEqual([]);
+    expect(violations(core, (_s, f) => inTools(f))).toEqual([]);
   });
 
-  it('the studio server and CLI hosts never import electron', () => {
-    const plainNode = [...files(join(SRC, 'main/hosts/server')), ...files(join(SRC, 'main/hosts/cli'))];
+  it('the studio server, the command line and the research tools never import electron', () => {
+    const plainNode = [...files(join(SRC, 'main/hosts/server')), ...files(join(SRC, 'main/hosts/cli')), ...files(TOOLS)];
+    expect(files(TOOLS).length).toBeGreaterThan(5);
     expect(violations(plainNode, (s) => s === 'electron' || s.startsWith('electron/'))).toEqual([]);
+  });
+
+  it('the research tools use the core but no host; only the command line reaches them', () => {
+    expect(violations(files(TOOLS), (_s, f) => under(f, join('main', 'hosts')))).toEqual([]);
+    const appHosts = [...files(join(SRC, 'main/hosts/server')), ...files(join(SRC, 'main/hosts/electron'))];
+    expect(violations(appHosts, (_s, f) => inTools(f))).toEqual([]);
+    // The command line does reach them (the check sees through the entry).
+    expect(violations(files(join(SRC, 'main/hosts/cli')), (_s, f) => inTools(f))).not.toEqual([]);
   });
 
   it('shared code is runtime-neutral: no Node built-ins, no packages', () => {

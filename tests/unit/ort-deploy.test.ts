@@ -10,8 +10,8 @@ import { OrtEngine } from '../../src/main/core/ort/engine';
 import { loadModelFile } from '../../src/main/core/ort/model';
 import { readPatch } from '../../src/main/core/ort/patch';
 import { readDeploymentWeights, writeDeployment } from '../../src/main/core/ort/service';
-import { readSafetensors } from '../../src/main/core/worker/safetensors';
-import { syntheticPatch } from '../../src/main/hosts/cli/bench-ort';
+import { readSafetensors } from '../../src/main/core/io/safetensors';
+import { syntheticPatch } from '../../tools/bench-ort';
 import { tempDir } from './helpers';
 
 const ROOT = resolve(__dirname, '../..');

@@ -10,7 +10,7 @@ import { decodeModel, OPSET } from '../../src/main/core/ort/onnx-graph';
 import { DEFAULT_TARGETS, layerMatches, loadModelFile, WordTokenizer } from '../../src/main/core/ort/model';
 import { blendDeltas, patchFromPeft, readPatch, writePatch, type SparsePatch } from '../../src/main/core/ort/patch';
 import { sample, torchRandn } from '../../src/main/core/ort/sampler';
-import { readSafetensors, writeSafetensors } from '../../src/main/core/worker/safetensors';
+import { readSafetensors, writeSafetensors } from '../../src/main/core/io/safetensors';
 import { WorkerSupervisor } from '../../src/main/core/worker/supervisor';
 import { tempDir } from './helpers';
 
@@ -30,7 +30,7 @@ const f32 = (bytes: Uint8Array) => new Float32Array(bytes.slice().buffer);
 /** A deterministic SHiRA adapter on every UNet target: ~2 % of entries per layer, values ~±0.05. */
 function randomAdapter(weights: Map<string, { shape: number[] }>, seed: number, every: number) {
   let s = seed >>> 0;
-  const rnd = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+  const rnd = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
   const layers = new Map<string, { rows: Int32Array; cols: Int32Array; values: Float32Array; n: number }>();
   for (const [name, w] of weights) {
     const module = name.replace(/\.weight$/, '');
@@ -93,7 +93,10 @@ describe('ONNX export and patches (no worker)', () => {
     const one = blendDeltas([{ patch: a, alpha: 0.7 }]).get('w')!;
     expect([...one.indices]).toEqual([1, 3, 6]);
     expect([...one.add]).toEqual([0.1, 0.2, 0.3].map((v) => Math.fround(Math.fround(v) * Math.fround(0.7))));
-    const two = blendDeltas([{ patch: a, alpha: 1 }, { patch: b, alpha: 0.5 }]).get('w')!;
+    const two = blendDeltas([
+      { patch: a, alpha: 1 },
+      { patch: b, alpha: 0.5 },
+    ]).get('w')!;
     expect([...two.indices]).toEqual([0, 1, 3, 6]);
     expect([...two.add]).toEqual([0.5, Math.fround(0.1), Math.fround(Math.fround(0.2) + Math.fround(-0.5)), Math.fround(0.3)]);
     const dir = tempDir();
@@ -138,7 +141,7 @@ describe.runIf(runnable)('ORT engine vs the native worker (clipart-64)', () => {
   let engine: OrtEngine;
   let worker: WorkerSupervisor;
   let dir: { path: string; cleanup: () => void };
-  let patches: SparsePatch[] = [];
+  const patches: SparsePatch[] = [];
   const prompts = ['bird, birds, animals', ''];
   const x = new Float32Array(2 * 3 * 64 * 64).map((_, i) => Math.sin(i * 0.37));
   const t = [10, 700];
@@ -150,7 +153,10 @@ describe.runIf(runnable)('ORT engine vs the native worker (clipart-64)', () => {
     engine = await OrtEngine.open(MODEL, { threads: 1 });
     // Two overlapping adapters, through the worker's own PEFT export (explicit int32 rows/cols + fp32 values).
     const { weights } = loadModelFile(MODEL);
-    for (const [i, every] of [[1, 50], [2, 35]] as const) {
+    for (const [i, every] of [
+      [1, 50],
+      [2, 35],
+    ] as const) {
       const v1 = join(dir.path, `a${i}.safetensors`);
       writeV1(v1, randomAdapter(weights, i, every));
       const peft = join(dir.path, `peft${i}`);
@@ -194,15 +200,25 @@ describe.runIf(runnable)('ORT engine vs the native worker (clipart-64)', () => {
   });
 
   it('matches the worker with a two-adapter SHiRA mix applied in place, and restores W0 exactly', async () => {
-    const mix = [{ patch: patches[0]!, alpha: 0.8 }, { patch: patches[1]!, alpha: -0.5 }];
+    const mix = [
+      { patch: patches[0]!, alpha: 0.8 },
+      { patch: patches[1]!, alpha: -0.5 },
+    ];
     const base = await workerForward(x, t, prompts, 'base2');
-    await worker.request('apply_mix', { adapters: [{ path: join(dir.path, 'a1.safetensors'), alpha: 0.8 }, { path: join(dir.path, 'a2.safetensors'), alpha: -0.5 }] });
+    await worker.request('apply_mix', {
+      adapters: [
+        { path: join(dir.path, 'a1.safetensors'), alpha: 0.8 },
+        { path: join(dir.path, 'a2.safetensors'), alpha: -0.5 },
+      ],
+    });
     const ref = await workerForward(x, t, prompts, 'mix');
     const timing = await engine.applyMix(mix);
     const { out } = await engine.predict(x, t, await engine.encode(prompts));
     const d = maxDiff(out, ref.out);
     const effect = maxDiff(ref.out, base.out);
-    console.log(`ORT vs worker, mix of 2 (${timing.values} values in ${timing.tensors} tensors, switch ${timing.ms.toFixed(1)} ms): UNet maxdiff ${d.toExponential(2)}; the mix moves the output by ${effect.toFixed(3)}`);
+    console.log(
+      `ORT vs worker, mix of 2 (${timing.values} values in ${timing.tensors} tensors, switch ${timing.ms.toFixed(1)} ms): UNet maxdiff ${d.toExponential(2)}; the mix moves the output by ${effect.toFixed(3)}`,
+    );
     expect(effect).toBeGreaterThan(1e-2);
     expect(d).toBeLessThan(1e-4);
 

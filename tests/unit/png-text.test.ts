@@ -5,7 +5,9 @@ import { addPngText, readPngText } from '../../src/main/core/generate/png-text';
 
 describe('recipe inside the PNG', () => {
   it('adds tEXt chunks that image tools read back, and keeps the image decodable', async () => {
-    const png = await sharp({ create: { width: 8, height: 8, channels: 3, background: { r: 10, g: 200, b: 30 } } }).png().toBuffer();
+    const png = await sharp({ create: { width: 8, height: 8, channels: 3, background: { r: 10, g: 200, b: 30 } } })
+      .png()
+      .toBuffer();
     const params = a1111Parameters({
       model: { name: 'clipart-64', weightsHash: 'abcdef0123456789'.repeat(4) },
       mix: [{ adapterId: 3, alpha: 0.8, name: 'Ink', autoV2: '0123456789' }],

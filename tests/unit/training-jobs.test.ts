@@ -118,6 +118,11 @@ describe.runIf(runnable)('training jobs and mixing (real worker)', () => {
     });
     expect(lora.method).not.toHaveProperty('caption_tag_dropout');
     expect(lora.method).toMatchObject({ flip: false });
+    // Until an image is made with it, an adapter's card shows its run's last preview (the LoRA drew none).
+    expect(shira.cover).toEqual({ media: 'training-sample', id: samples[1]!.id, width: 64, height: 64, pixelArt: false });
+    expect(lora.cover).toBeNull();
+    // The run's curve is there for a chart opened at any time, ending at the last step.
+    expect((await call('training.loss', { id: shiraJob.id })).at(-1)).toMatchObject({ step: 6 });
     // Rand indices are regenerated from the seed: only fp16 values are stored.
     expect(shira.tensors.every((t) => t.encoding === 'f16+rand')).toBe(true);
     expect(shira.bytesPerValue).toBe(2);
@@ -129,15 +134,30 @@ describe.runIf(runnable)('training jobs and mixing (real worker)', () => {
     expect(first).toMatchObject({ cacheMisses: 1, cacheHits: 0, entries: [{ adapterId: shira.id, alpha: 1 }] });
     expect(first.switchMs).toBeGreaterThanOrEqual(0);
     expect(first.layersReblended).toBe(shira.tensors.length);
-    const both = await call('mix.apply', { entries: [{ adapterId: shira.id, alpha: 1 }, { adapterId: lora.id, alpha: 0.5 }] });
+    const both = await call('mix.apply', {
+      entries: [
+        { adapterId: shira.id, alpha: 1 },
+        { adapterId: lora.id, alpha: 0.5 },
+      ],
+    });
     expect(both).toMatchObject({ cacheHits: 1, cacheMisses: 1 });
     // Changing one α re-blends only that adapter's layers.
-    const alpha = await call('mix.apply', { entries: [{ adapterId: shira.id, alpha: 1 }, { adapterId: lora.id, alpha: 0.25 }] });
+    const alpha = await call('mix.apply', {
+      entries: [
+        { adapterId: shira.id, alpha: 1 },
+        { adapterId: lora.id, alpha: 0.25 },
+      ],
+    });
     expect(alpha.cacheHits).toBe(2);
     const loraOnly = new Set(lora.tensors.map((t) => t.name).filter((n) => !shira.tensors.some((s) => s.name === n)));
     expect(alpha.layersReblended).toBe(lora.tensors.length);
     expect(alpha.layersUnchanged).toBeGreaterThanOrEqual(shira.tensors.length - (lora.tensors.length - loraOnly.size));
-    expect(await call('mix.current', {})).toMatchObject({ entries: [{ adapterId: shira.id, alpha: 1 }, { adapterId: lora.id, alpha: 0.25 }] });
+    expect(await call('mix.current', {})).toMatchObject({
+      entries: [
+        { adapterId: shira.id, alpha: 1 },
+        { adapterId: lora.id, alpha: 0.25 },
+      ],
+    });
 
     // Generate through the fused mix: one seed per image, the recipe stored and inside the PNG.
     const images = await call('generate', { prompt: 'neonfx, bird', seed: 11, steps: 3, guidance: 3, batch: 2 });
@@ -147,13 +167,28 @@ describe.runIf(runnable)('training jobs and mixing (real worker)', () => {
     expect(png.mime).toBe('image/png');
     const text = readPngText(png.bytes);
     expect(text.parameters).toMatch(new RegExp(`^neonfx, bird <lora:${shira.name}:1> <lora:${lora.name}:0.25>\nSteps: 3, Sampler: DDIM, CFG scale: 3, Seed: 11, Size: 64x64`));
-    expect(JSON.parse(text['shira-studio']!)).toMatchObject({ seed: 11, mix: [{ adapterId: shira.id, alpha: 1, autoV2: shira.autoV2 }, { adapterId: lora.id, alpha: 0.25 }] });
+    expect(JSON.parse(text['shira-studio']!)).toMatchObject({
+      seed: 11,
+      mix: [
+        { adapterId: shira.id, alpha: 1, autoV2: shira.autoV2 },
+        { adapterId: lora.id, alpha: 0.25 },
+      ],
+    });
     expect(core.media('generation-thumb', images[0]!.id)!.mime).toBe('image/webp');
-    // Same recipe, same seed → the same pixels.
-    const again = await call('generate', { prompt: 'neonfx, bird', seed: 11, steps: 3, guidance: 3 });
+    // The first image made with an adapter becomes its cover.
+    for (const a of [shira, lora]) expect((await call('adapters.get', { id: a.id })).cover).toMatchObject({ media: 'generation-thumb', id: images[0]!.id, width: 64 });
+    // Same recipe, same seed → the same pixels, so the image is stored once and comes back again.
     const pixels = async (id: number) => (await sharp(core.media('generation', id)!.bytes).raw().toBuffer()).toString('hex');
-    expect(await pixels(again[0]!.id)).toBe(await pixels(images[0]!.id));
-    expect((await call('generations.list', { adapterId: lora.id })).total).toBe(3);
+    const drawn = await pixels(images[0]!.id);
+    const again = await call('generate', { prompt: 'neonfx, bird', seed: 11, steps: 3, guidance: 3 });
+    expect(again[0]!.id).toBe(images[0]!.id);
+    expect((await call('generations.list', { adapterId: lora.id })).total).toBe(2);
+    // Drawn afresh once the stored copy is gone: the same pixels (what makes reusing it honest).
+    await call('generations.delete', { id: images[0]!.id });
+    const redrawn = await call('generate', { prompt: 'neonfx, bird', seed: 11, steps: 3, guidance: 3 });
+    expect(redrawn[0]!.id).not.toBe(images[0]!.id);
+    expect(await pixels(redrawn[0]!.id)).toBe(drawn);
+    expect((await call('generations.list', { adapterId: lora.id })).total).toBe(2);
     // The ONNX engine draws the same picture for a SHiRA mix (within one 8-bit level), off the worker's lane.
     const shiraMix = [{ adapterId: shira.id, alpha: 0.9 }];
     const [byWorker] = await call('generate', { prompt: 'neonfx, car', seed: 5, steps: 4, mix: shiraMix, engine: 'worker' });
@@ -164,7 +199,10 @@ describe.runIf(runnable)('training jobs and mixing (real worker)', () => {
     for (let i = 0; i < pw.length; i++) maxLevels = Math.max(maxLevels, Math.abs(pw[i]! - po[i]!));
     console.log(`worker vs ONNX engine, same seed and mix: max diff ${maxLevels} levels`);
     expect(maxLevels).toBeLessThanOrEqual(1);
-    await expect(call('generate', { prompt: 'x', steps: 2, mix: [{ adapterId: lora.id, alpha: 1 }], engine: 'ort' })).rejects.toMatchObject({ type: 'bad_input', message: expect.stringMatching(/SHiRA adapters only/) });
+    await expect(call('generate', { prompt: 'x', steps: 2, mix: [{ adapterId: lora.id, alpha: 1 }], engine: 'ort' })).rejects.toMatchObject({
+      type: 'bad_input',
+      message: expect.stringMatching(/SHiRA adapters only/),
+    });
     // The mix the worker holds is the last one it applied (the ORT call left it alone).
     await call('mix.apply', { entries: alpha.entries });
     await call('generations.setFavourite', { id: images[1]!.id, favourite: true });
@@ -187,12 +225,28 @@ describe.runIf(runnable)('training jobs and mixing (real worker)', () => {
     expect(report.overlaps[0]!.awor).toBeLessThanOrEqual(1);
     expect(phases).toContain('judge');
     expect(await call('concept.latest', { adapterIds: [shira.id, lora.id] })).toEqual(report);
-    expect((await call('mix.current', {})).entries).toEqual([{ adapterId: shira.id, alpha: 1 }, { adapterId: lora.id, alpha: 0.25 }]);
+    expect((await call('mix.current', {})).entries).toEqual([
+      { adapterId: shira.id, alpha: 1 },
+      { adapterId: lora.id, alpha: 0.25 },
+    ]);
 
-    const saved = await call('mixes.save', { name: 'neon pair', entries: [{ adapterId: shira.id, alpha: 0.7 }, { adapterId: lora.id, alpha: 0.3 }] });
+    const saved = await call('mixes.save', {
+      name: 'neon pair',
+      entries: [
+        { adapterId: shira.id, alpha: 0.7 },
+        { adapterId: lora.id, alpha: 0.3 },
+      ],
+    });
     expect((await call('mix.apply', { mixId: saved.id })).entries).toEqual(saved.entries);
     expect((await call('mix.apply', { entries: [] })).entries).toEqual([]);
-    await expect(call('mix.apply', { entries: [{ adapterId: shira.id, alpha: 1 }, { adapterId: shira.id, alpha: 2 }] })).rejects.toMatchObject({ type: 'bad_input' });
+    await expect(
+      call('mix.apply', {
+        entries: [
+          { adapterId: shira.id, alpha: 1 },
+          { adapterId: shira.id, alpha: 2 },
+        ],
+      }),
+    ).rejects.toMatchObject({ type: 'bad_input' });
 
     // The base's identity is checked: weights that changed under an adapter are refused.
     core.db.prepare('UPDATE base_models SET weights_hash = ? WHERE id = ?').run('0'.repeat(64), shira.baseModelId);

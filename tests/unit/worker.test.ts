@@ -3,8 +3,9 @@ import { join, resolve } from 'node:path';
 import sharp from 'sharp';
 import { afterEach, describe, expect, it } from 'vitest';
 import { packImages, withTrigger } from '../../src/main/core/worker/pack';
-import { readSafetensors, writeSafetensors } from '../../src/main/core/worker/safetensors';
-import { WorkerError, WorkerSupervisor, type WorkerEvent } from '../../src/main/core/worker/supervisor';
+import { readSafetensors, writeSafetensors } from '../../src/main/core/io/safetensors';
+import type { WorkerEvent } from '../../src/main/core/worker/protocol';
+import { WorkerError, WorkerExitError, WorkerSupervisor } from '../../src/main/core/worker/supervisor';
 import { makeCore, tempDir } from './helpers';
 
 const FAKE = resolve(__dirname, '../fixtures/fake-worker.mjs');
@@ -13,10 +14,19 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
+/** The ops tests/fixtures/fake-worker.mjs serves. */
+type FakeOps = {
+  echo: { args: Record<string, unknown>; reply: Record<string, unknown> };
+  steps: { args: { n: number }; reply: { done: number }; event: { event: 'progress'; step: number; total: number } };
+  fail: { args: Record<string, never>; reply: never };
+  crash: { args: Record<string, never>; reply: never };
+  hang: { args: Record<string, never>; reply: never };
+};
+
 function supervisor(extra: Partial<ConstructorParameters<typeof WorkerSupervisor>[0]> = {}) {
   const dir = tempDir('shira-worker-');
   const logFile = join(dir.path, 'worker.log');
-  const w = new WorkerSupervisor({ binary: process.execPath, args: [FAKE], logFile, threads: 2, ...extra });
+  const w = new WorkerSupervisor<FakeOps>({ binary: process.execPath, args: [FAKE], logFile, threads: 2, ...extra });
   cleanups.push(dir.cleanup, () => w.close());
   return { w, logFile };
 }
@@ -42,15 +52,16 @@ describe('worker supervisor', () => {
   it('routes replies and progress events by request id, concurrently', async () => {
     const { w } = supervisor();
     const events: WorkerEvent[] = [];
-    const [a, b] = await Promise.all([w.request('steps', { n: 3 }, (e) => events.push(e)), w.request('echo', { x: 1 })]);
+    const [a, b] = await Promise.all([w.request('steps', { n: 3 }, (e) => events.push(e)), w.request('echo', { x: 1, progressEvery: 2 })]);
     expect(a).toEqual({ done: 3 });
-    expect(b).toEqual({ x: 1 });
+    // The worker sees its own argument names.
+    expect(b).toEqual({ x: 1, progress_every: 2 });
     expect(events.map((e) => e.step)).toEqual([1, 2, 3]);
   });
 
   it('turns error replies into tagged WorkerErrors', async () => {
     const { w } = supervisor();
-    const error = await w.request('fail').catch((e: unknown) => e);
+    const error = await w.request('fail', {}).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(WorkerError);
     expect((error as WorkerError).error).toEqual({ type: 'bad_input', message: 'fail was asked for', details: undefined });
   });
@@ -59,17 +70,20 @@ describe('worker supervisor', () => {
     const { w } = supervisor();
     await w.start();
     const firstPid = w.pid;
-    const crashed = await w.request('crash').catch((e: unknown) => e);
-    expect((crashed as WorkerError).error.message).toMatch(/stopped \(code 3\)/);
+    const crashed = await w.request('crash', {}).catch((e: unknown) => e);
+    // A death is its own error type (the training queue resumes on it), still an internal WorkerError.
+    expect(crashed).toBeInstanceOf(WorkerExitError);
+    expect((crashed as WorkerExitError).why).toBe('code 3');
+    expect((crashed as WorkerError).error).toMatchObject({ type: 'internal', message: expect.stringMatching(/stopped \(code 3\)/) });
     await until(() => w.state === 'ready' && w.pid !== firstPid);
     expect(await w.request('echo', { again: true })).toEqual({ again: true });
   });
 
   it('gives up after too many crashes in a row', async () => {
     const { w } = supervisor({ maxRestarts: 1 });
-    await w.request('crash').catch(() => {});
+    await w.request('crash', {}).catch(() => {});
     await until(() => w.state === 'ready');
-    await w.request('crash').catch(() => {});
+    await w.request('crash', {}).catch(() => {});
     await until(() => w.state === 'failed');
   });
 
@@ -84,7 +98,7 @@ describe('worker supervisor', () => {
     const { w } = supervisor();
     await w.start();
     const pid = w.pid!;
-    const hanging = w.request('hang').catch((e: unknown) => e);
+    const hanging = w.request('hang', {}).catch((e: unknown) => e);
     await w.close();
     expect(((await hanging) as WorkerError).error.type).toBe('cancelled');
     expect(() => process.kill(pid, 0)).toThrow();
@@ -97,7 +111,14 @@ describe('safetensors and packed datasets', () => {
     cleanups.push(dir.cleanup);
     const file = join(dir.path, 'x.safetensors');
     const f32 = new Float32Array([1.5, -2, 3.25, 0]);
-    writeSafetensors(file, [['w', { dtype: 'F32', shape: [2, 2], data: new Uint8Array(f32.buffer) }], ['idx', { dtype: 'I32', shape: [1], data: new Uint8Array(new Int32Array([7]).buffer) }]], { a: 'b' });
+    writeSafetensors(
+      file,
+      [
+        ['w', { dtype: 'F32', shape: [2, 2], data: new Uint8Array(f32.buffer) }],
+        ['idx', { dtype: 'I32', shape: [1], data: new Uint8Array(new Int32Array([7]).buffer) }],
+      ],
+      { a: 'b' },
+    );
     const raw = readFileSync(file);
     expect(Number(raw.readBigUInt64LE()) % 8).toBe(0);
     const back = readSafetensors(file);
@@ -121,8 +142,12 @@ describe('safetensors and packed datasets', () => {
     const dir = tempDir();
     cleanups.push(dir.cleanup);
     const file = join(dir.path, 'packed.safetensors');
-    const wide = await sharp({ create: { width: 40, height: 20, channels: 4, background: { r: 255, g: 0, b: 0, alpha: 1 } } }).png().toBuffer();
-    const clear = await sharp({ create: { width: 16, height: 16, channels: 4, background: { r: 0, g: 0, b: 0, alpha: 0 } } }).png().toBuffer();
+    const wide = await sharp({ create: { width: 40, height: 20, channels: 4, background: { r: 255, g: 0, b: 0, alpha: 1 } } })
+      .png()
+      .toBuffer();
+    const clear = await sharp({ create: { width: 16, height: 16, channels: 4, background: { r: 0, g: 0, b: 0, alpha: 0 } } })
+      .png()
+      .toBuffer();
     const result = await packImages(
       [
         { caption: 'a red bar', repeats: 3, image: wide },

@@ -29,7 +29,11 @@ export function connect(core: Core, client: string, send: (message: ServerMessag
         if (id !== null) safeSend({ kind: 'result', id, ok: false, error: { type: 'bad_input', message: 'Malformed message: expected { kind: "call", id, method, input }.' } });
         return;
       }
-      void core.registry.dispatch(m.method, m.input, { client }).then((outcome) => safeSend({ kind: 'result', id, ...outcome }));
+      // dispatch() never rejects; the catch is the last line of defence for a process that must not die.
+      core.registry
+        .dispatch(m.method, m.input, { client })
+        .then((outcome) => safeSend({ kind: 'result', id, ...outcome }))
+        .catch((error: unknown) => core.log.error(`dispatch to ${client} failed`, error));
     },
     close() {
       open = false;

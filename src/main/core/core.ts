@@ -1,35 +1,40 @@
 // The plain-Node core: one database, one API registry, one event stream. Hosts (Electron's
 // utility process, the studio server, tests) construct it and relay messages; that is all they do.
+// Each domain (app, worker, models, datasets, adapters + mixes, training, generations, concept, engines) owns its
+// classes and exports its API handlers; this file builds the domains and assembles their handlers, nothing more.
 // This folder must never import `electron` (tests/unit/layering.test.ts enforces it).
-import { existsSync, mkdirSync } from 'node:fs';
-import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import type { BaseModel, HostKind, MediaKind, WorkerStatus } from '../../shared/api';
-import { badInput, unsupported } from '../../shared/errors';
-import { checkHealth, openDatabase, schemaVersion, type Db } from './db/database';
+import type { HostKind, MediaKind, NativeCheck } from '../../shared/api';
+import { openDatabase, schemaVersion, type Db } from './db/database';
+import { LibraryChecker } from './db/checker';
+import { removeLeftovers } from './leftovers';
 import { EventBus } from './events';
 import { Logger } from './logger';
+import { exportsDir, uploadsDir } from './paths';
 import { ApiRegistry, type Handlers } from './registry';
+import { appHandlers } from './app/handlers';
+import { Engines, engineHandlers, type EngineOptions } from './worker/engines';
+import { checkContext } from './runtime/native-check';
+import { findBuiltinModels, registerBuiltinModels } from './models/builtin';
+import { modelHandlers } from './models/handlers';
+import { WordChecker } from './models/words';
 import { DatasetImporter } from './datasets/import';
 import { DatasetRepo } from './datasets/repo';
-import { FORMAT_LABELS, MAX_INPUT_PIXELS } from './datasets/images';
-import { MAX_IMPORT_FILES } from './datasets/scan';
-import { APP_NAME } from './paths';
-import { WorkerSupervisor } from './worker/supervisor';
-import { findBuiltinModels, registerBuiltinModels } from './models/builtin';
-import { AdapterLibrary, adapterCacheDir } from './adapters/library';
+import { datasetHandlers } from './datasets/handlers';
+import { AdapterFileCache, adapterCacheDir } from './adapters/cache';
+import { AdapterLibrary } from './adapters/library';
+import { AdapterPackages } from './adapters/packages';
 import { Mixer } from './adapters/mixer';
+import { SavedMixes } from './adapters/mixes';
+import { adapterHandlers, mixHandlers } from './adapters/handlers';
 import { TrainingQueue } from './jobs/training';
+import { trainingHandlers } from './jobs/handlers';
 import { Generations } from './generate/generations';
+import { generationHandlers } from './generate/handlers';
 import { ConceptService } from './concept/service';
+import { conceptHandlers } from './concept/handlers';
 import { OrtService } from './ort/service';
-
-export const APP_VERSION = '0.1.0';
-
-/** Where the studio server stages browser uploads (one sub-folder per upload). */
-export function uploadsDir(dataDir: string): string {
-  return join(dataDir, 'uploads');
-}
+import { ortHandlers } from './ort/handlers';
 
 export interface CoreOptions {
   dataDir: string;
@@ -38,8 +43,14 @@ export interface CoreOptions {
   databaseFile?: string;
   /** Where the shipped base models live (`<resources>/models/<name>/`); registered at start. */
   resourcesDir?: string;
-  /** The native shira-worker; null when none is built. Started on first use, not at start-up. */
-  worker?: { binary: string; args?: string[]; threads?: number } | null;
+  /** The native shira-worker and how its build is chosen (worker/engines.ts); null when none is built. */
+  worker?: EngineOptions['worker'];
+  /** better-sqlite3's binary for this runtime (Electron's own build: runtime/layout.ts); default: the package's. */
+  sqliteBinding?: string | null;
+  /** Installed from an installer: fixes name the installer, not build commands. */
+  packaged?: boolean;
+  /** The host's start-up check of the in-process native modules, reused by `app.health`. */
+  nativeChecks?: NativeCheck[];
 }
 
 export interface Media {
@@ -53,46 +64,61 @@ export class Core {
   readonly log: Logger;
   readonly registry: ApiRegistry;
   readonly dataDir: string;
-  private readonly datasets_: DatasetRepo;
-  private readonly importer_: DatasetImporter;
-  private readonly worker_: WorkerSupervisor | null;
-  /** A second engine process for training, so generating and mixing stay possible meanwhile. */
-  private readonly trainer_: WorkerSupervisor | null;
-  private readonly workerBinary_: string | null;
+  readonly engines: Engines;
   readonly adapters: AdapterLibrary;
+  readonly packages: AdapterPackages;
   readonly mixer: Mixer;
   readonly training: TrainingQueue;
   readonly generations: Generations;
   readonly ort: OrtService;
   readonly concept: ConceptService;
+  private readonly datasets_: DatasetRepo;
+  private readonly checker_: LibraryChecker;
 
   constructor(options: CoreOptions) {
-    this.dataDir = options.dataDir;
-    const dbFile = options.databaseFile ?? join(options.dataDir, 'library.sqlite');
-    this.log = new Logger(options.databaseFile === ':memory:' ? null : join(options.dataDir, 'logs', 'core.log'), this.events);
-    this.db = openDatabase(dbFile);
+    const dataDir = (this.dataDir = options.dataDir);
+    const tmp = join(dataDir, 'tmp');
+    const emit = this.events.emit.bind(this.events);
+    const dbFile = options.databaseFile ?? join(dataDir, 'library.sqlite');
+    this.log = new Logger(options.databaseFile === ':memory:' ? null : join(dataDir, 'logs', 'core.log'), this.events);
+    this.db = openDatabase(dbFile, undefined, options.sqliteBinding ?? null);
+    this.checker_ = new LibraryChecker(this.db, dbFile === ':memory:' ? null : dbFile, (message, error) => this.log.warn(message, error), options.sqliteBinding ?? null);
+    const leftovers = removeLeftovers(
+      { tmp, adapterCache: adapterCacheDir(dataDir), exports: exportsDir(dataDir) },
+      (sha256) => this.db.prepare('SELECT 1 FROM adapters WHERE file_sha256 = ?').get(sha256) !== undefined,
+    );
+    if (leftovers.length) this.log.info(`removed ${leftovers.length} leftover(s) of interrupted work: ${leftovers.join(', ')}`);
     if (options.resourcesDir) registerBuiltinModels(this.db, findBuiltinModels(options.resourcesDir));
+
+    const packaged = options.packaged ?? false;
+    const engines = (this.engines = new Engines(dataDir, { worker: options.worker, packaged }, checkContext(packaged, options.sqliteBinding ?? null), options.nativeChecks ?? null, this.log));
+    const worker = () => engines.worker;
     this.datasets_ = new DatasetRepo(this.db);
-    this.importer_ = new DatasetImporter(this.db, this.datasets_, this.events, join(options.dataDir, 'tmp'), uploadsDir(options.dataDir));
-    this.workerBinary_ = options.worker?.binary ?? null;
-    const engine = (name: string) =>
-      options.worker && existsSync(options.worker.binary)
-        ? new WorkerSupervisor({
-            binary: options.worker.binary,
-            args: options.worker.args,
-            threads: options.worker.threads ?? availableParallelism(),
-            logFile: join(options.dataDir, 'logs', `${name}.log`),
-          })
-        : null;
-    this.worker_ = engine('worker');
-    this.trainer_ = engine('trainer');
-    this.adapters = new AdapterLibrary(this.db, adapterCacheDir(options.dataDir));
-    this.mixer = new Mixer(this.db, this.adapters, () => this.worker_);
-    this.ort = new OrtService({ dataDir: options.dataDir, worker: () => this.worker_, threads: options.worker?.threads ?? availableParallelism() });
-    this.generations = new Generations(this.db, this.mixer, this.adapters, () => this.worker_, this.ort, (fn) => this.serial(fn), join(options.dataDir, 'tmp'));
-    this.concept = new ConceptService(this.db, this.adapters, this.mixer, () => this.worker_, join(options.dataDir, 'tmp'), (e) => this.events.emit(e));
-    this.training = new TrainingQueue(this.db, this.adapters, this.events, this.log, join(options.dataDir, 'jobs'), this.trainer_);
-    this.registry = new ApiRegistry(this.handlers(options.host), (method, error) => this.log.error(`internal error in ${method}`, error));
+    const importer = new DatasetImporter(this.db, this.datasets_, this.events, tmp, uploadsDir(dataDir));
+    const cache = new AdapterFileCache(adapterCacheDir(dataDir));
+    this.adapters = new AdapterLibrary(this.db, cache);
+    this.packages = new AdapterPackages(this.db, this.adapters, cache);
+    this.mixer = new Mixer(this.db, this.adapters, worker);
+    const mixes = new SavedMixes(this.db, this.adapters);
+    this.ort = new OrtService({ dataDir, worker, threads: engines.threads });
+    this.generations = new Generations(this.db, this.mixer, this.adapters, worker, this.ort, (fn) => engines.serial(fn), tmp, emit);
+    this.concept = new ConceptService(this.db, this.adapters, this.mixer, worker, tmp, emit);
+    this.training = new TrainingQueue(this.db, this.adapters, this.events, this.log, join(dataDir, 'jobs'), engines.trainer);
+
+    const adapterDomain = { library: this.adapters, packages: this.packages, mixer: this.mixer, mixes, engines, events: this.events, host: options.host, dataDir };
+    const handlers: Handlers = {
+      ...appHandlers({ host: options.host, dataDir, db: this.db, checker: this.checker_, engines }),
+      ...engineHandlers(engines, () => this.training.list('running').length > 0),
+      ...modelHandlers(this.db, new WordChecker(this.db)),
+      ...datasetHandlers(this.datasets_, importer, this.events),
+      ...adapterHandlers(adapterDomain),
+      ...mixHandlers(adapterDomain),
+      ...trainingHandlers(this.training, engines.trainer !== null),
+      ...generationHandlers(this.generations, this.events),
+      ...conceptHandlers(this.concept, engines),
+      ...ortHandlers(this.ort, this.mixer, engines),
+    };
+    this.registry = new ApiRegistry(handlers, (method, error) => this.log.error(`internal error in ${method}`, error));
     this.log.info(`core started (${options.host}) with library ${dbFile}, schema v${schemaVersion(this.db)}`);
     this.training.start();
   }
@@ -109,202 +135,21 @@ export class Core {
     return { bytes, mime: kind === 'thumb' || kind === 'generation-thumb' ? 'image/webp' : 'image/png' };
   }
 
-  /** The supervised native worker, or null when none is built. */
-  get worker(): WorkerSupervisor | null {
-    return this.worker_;
-  }
-
-  /**
-   * Work on the mixing/generation engine runs one call at a time: the worker answers "busy" to a
-   * model-changing op while it samples, and a slider dragged during a generation must wait, not fail.
-   */
-  private lane_: Promise<unknown> = Promise.resolve();
-  private serial<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.lane_.then(fn, fn);
-    this.lane_ = run.catch(() => {});
-    return run;
+  /** The supervised mixing/generation engine, or null when none is built. */
+  get worker() {
+    return this.engines.worker;
   }
 
   /** The training engine process (tests kill it to check crash recovery). */
-  get trainer(): WorkerSupervisor | null {
-    return this.trainer_;
+  get trainer() {
+    return this.engines.trainer;
   }
 
   async close(): Promise<void> {
+    await this.checker_.close();
     await this.training.close();
     await this.ort.close();
-    await this.trainer_?.close();
-    await this.worker_?.close();
+    await this.engines.close();
     this.db.close();
   }
-
-  private async workerStatus(start: boolean): Promise<WorkerStatus> {
-    const w = this.worker_;
-    if (!w) {
-      return {
-        available: false,
-        state: 'stopped',
-        binary: this.workerBinary_,
-        reason: this.workerBinary_
-          ? `The native engine is not built (${this.workerBinary_} is missing). Run \`npm start\` once to build it.`
-          : 'No native engine is configured for this host.',
-      };
-    }
-    if (start && w.state !== 'ready') {
-      try {
-        await w.start();
-      } catch (error) {
-        this.log.warn('worker failed to start', error);
-      }
-    }
-    const info = w.info ?? {};
-    return {
-      available: true,
-      state: w.state,
-      binary: this.workerBinary_,
-      ...(typeof info.version === 'string' ? { version: info.version } : {}),
-      ...(typeof info.device === 'string' ? { device: info.device } : {}),
-      ...(typeof info.torch === 'string' ? { torch: info.torch } : {}),
-      ...(typeof info.cuda === 'boolean' ? { cuda: info.cuda } : {}),
-      ...(w.state === 'failed' ? { reason: 'The native engine failed to start or kept crashing; see logs/worker.log.' } : {}),
-    };
-  }
-
-  private handlers(host: HostKind): Handlers {
-    const datasets = this.datasets_;
-    return {
-      'app.info': () => ({
-        name: APP_NAME,
-        version: APP_VERSION,
-        host,
-        dataDir: this.dataDir,
-        schemaVersion: schemaVersion(this.db),
-        platform: `${process.platform}-${process.arch}`,
-        limits: { maxInputPixels: MAX_INPUT_PIXELS, maxImportFiles: MAX_IMPORT_FILES, imageFormats: FORMAT_LABELS },
-      }),
-      'app.health': () => checkHealth(this.db),
-      'models.list': () => listModels(this.db),
-      'worker.status': ({ start }) => this.workerStatus(start ?? false),
-      'datasets.list': () => datasets.list(),
-      'datasets.get': ({ id }) => datasets.get(id),
-      'datasets.import': (input) => this.importer_.run(input),
-      'datasets.cancelImport': ({ importId }) => ({ cancelled: this.importer_.cancel(importId) }),
-      'datasets.update': ({ id, ...patch }) => {
-        const result = datasets.update(id, patch);
-        this.events.emit({ type: 'library.changed', what: 'datasets', id });
-        return result;
-      },
-      'datasets.setCaption': ({ imageId, caption }) => datasets.setCaption(imageId, caption),
-      'datasets.removeImage': ({ imageId }) => {
-        const { datasetId } = datasets.image(imageId);
-        const removed = datasets.removeImage(imageId);
-        this.events.emit({ type: 'library.changed', what: 'datasets', id: datasetId });
-        return { removed };
-      },
-      'datasets.delete': ({ id }) => {
-        const deleted = datasets.delete(id);
-        this.events.emit({ type: 'library.changed', what: 'datasets', id });
-        return { deleted };
-      },
-      'adapters.list': (filter) => this.adapters.list(filter),
-      'adapters.get': ({ id }) => this.adapters.detail(id),
-      'adapters.update': ({ id, ...patch }) => {
-        const summary = this.adapters.update(id, patch);
-        this.events.emit({ type: 'library.changed', what: 'adapters', id });
-        return summary;
-      },
-      'adapters.duplicate': ({ id, name }) => {
-        const summary = this.adapters.duplicate(id, name);
-        this.events.emit({ type: 'library.changed', what: 'adapters', id: summary.id });
-        return summary;
-      },
-      'adapters.delete': async ({ id }) => {
-        await this.serial(() => this.mixer.forget(id));
-        const deleted = this.adapters.delete(id);
-        if (deleted) this.events.emit({ type: 'library.changed', what: 'adapters', id });
-        return { deleted };
-      },
-      'adapters.export': ({ id, dir }) => this.adapters.exportPackage(id, dir ?? join(this.dataDir, 'exports')),
-      'adapters.import': async ({ path, name, baseModelId }) => {
-        const w = this.worker_;
-        const tmp = join(this.dataDir, 'tmp');
-        const summary = await this.adapters.importPackage(path, {
-          name,
-          baseModelId,
-          convert: w
-            ? async (src) => {
-                // PEFT files store no layer shapes: the worker takes them from the loaded base model.
-                await this.serial(() => this.mixer.ensureBase(baseModelId));
-                mkdirSync(tmp, { recursive: true });
-                const out = join(tmp, `convert-${process.pid}-${Date.now()}.safetensors`);
-                await w.request('adapter_convert', { path: src, out });
-                return out;
-              }
-            : undefined,
-          // The worker decodes every index and checks its checksum before anything is stored.
-          verify: w ? async (file) => void (await w.request('adapter_inspect', { path: file })) : undefined,
-        });
-        this.events.emit({ type: 'library.changed', what: 'adapters', id: summary.id });
-        return summary;
-      },
-      'mix.apply': async ({ entries, mixId }) => {
-        if ((entries === undefined) === (mixId === undefined)) throw badInput('Give either entries or mixId.');
-        const chosen = entries ?? this.mixer.mixEntries(mixId!);
-        return this.serial(() => this.mixer.apply(chosen));
-      },
-      'mix.current': () => this.mixer.current(),
-      'mixes.list': () => this.mixer.listMixes(),
-      'mixes.save': (input) => {
-        const mix = this.mixer.saveMix(input);
-        this.events.emit({ type: 'library.changed', what: 'mixes', id: mix.id });
-        return mix;
-      },
-      'mixes.delete': ({ id }) => {
-        const deleted = this.mixer.deleteMix(id);
-        if (deleted) this.events.emit({ type: 'library.changed', what: 'mixes', id });
-        return { deleted };
-      },
-      'training.start': (req) => {
-        if (!this.trainer_) throw unsupported('The native engine is not built, so nothing can be trained. Run `npm start` once to build it.');
-        return this.training.enqueue(req);
-      },
-      'training.list': ({ status }) => this.training.list(status),
-      'training.get': ({ id }) => this.training.get(id),
-      'training.cancel': ({ id }) => this.training.cancel(id),
-      'training.samples': ({ id }) => this.training.samples(id),
-      'generate': async (req) => {
-        const images = await this.generations.generate(req);
-        this.events.emit({ type: 'library.changed', what: 'generations' });
-        return images;
-      },
-      'concept.evaluate': (req) => this.serial(() => this.concept.evaluate(req)),
-      'concept.latest': ({ adapterIds }) => this.concept.latest(adapterIds),
-      'engines.choice': async ({ remeasure }) => {
-        const base = this.mixer.resolveBase([]);
-        if (!base.weights_path) throw unsupported(`Base model "${base.name}" has no weights file.`);
-        return this.serial(() => this.ort.chooseEngine(base.weights_path!, remeasure ?? false));
-      },
-      'generations.list': (o) => this.generations.list(o),
-      'generations.get': ({ id }) => this.generations.get(id),
-      'generations.setFavourite': ({ id, favourite }) => this.generations.setFavourite(id, favourite),
-      'generations.delete': ({ id }) => {
-        const deleted = this.generations.delete(id);
-        if (deleted) this.events.emit({ type: 'library.changed', what: 'generations', id });
-        return { deleted };
-      },
-    };
-  }
-}
-
-function listModels(db: Db): BaseModel[] {
-  const rows = db.prepare('SELECT * FROM base_models ORDER BY is_default DESC, name').all() as {
-    id: number;
-    name: string;
-    family: string;
-    resolution: number;
-    weights_hash: string | null;
-    is_default: number;
-    created_at: string;
-  }[];
-  return rows.map((r) => ({ id: r.id, name: r.name, family: r.family, resolution: r.resolution, weightsHash: r.weights_hash, isDefault: r.is_default === 1, createdAt: r.created_at }));
 }

@@ -29,6 +29,16 @@ export function defaultWorkerBinary(appRoot: string, env: NodeJS.ProcessEnv = pr
   return join(appRoot, 'native', 'build', process.platform === 'win32' ? 'shira-worker.exe' : 'shira-worker');
 }
 
+/** Where exports go unless the desktop user picks a folder. */
+export function exportsDir(dataDir: string): string {
+  return join(dataDir, 'exports');
+}
+
+/** Where the studio server stages browser uploads (one sub-folder per upload). */
+export function uploadsDir(dataDir: string): string {
+  return join(dataDir, 'uploads');
+}
+
 /** The app's shipped resources (built-in models, sample data): `<root>/resources`. */
 export function resourcesDir(appRoot: string): string {
   return join(appRoot, 'resources');

@@ -12,6 +12,8 @@ export interface CallContext {
 
 export type Handler<M extends MethodName> = (input: InputOf<M>, ctx: CallContext) => ResultOf<M> | Promise<ResultOf<M>>;
 export type Handlers = { [M in MethodName]: Handler<M> };
+/** One domain's handlers: the methods named `<domain>` or `<domain>.<verb>`. core.ts spreads them into Handlers. */
+export type HandlersOf<D extends string> = { [M in MethodName as M extends D | `${D}.${string}` ? M : never]: Handler<M> };
 
 export interface InternalErrorSink {
   (method: string, error: unknown): void;
@@ -32,9 +34,14 @@ export class ApiRegistry {
     return Object.keys(api) as MethodName[];
   }
 
+  /**
+   * Never throws and never rejects, whatever `method` and `input` are: hosts relay client
+   * messages straight here, and a rejection there would end the process.
+   */
   async dispatch(method: string, input: unknown, ctx: CallContext): Promise<CallOutcome> {
     if (typeof method !== 'string' || !Object.hasOwn(api, method)) {
-      return fail({ type: 'bad_input', message: `Unknown API method ${JSON.stringify(method)}.`, details: { method } });
+      const shownMethod = typeof method === 'string' ? method.slice(0, 100) : typeof method;
+      return fail({ type: 'bad_input', message: `Unknown API method ${JSON.stringify(shownMethod)}.`, details: { method: shownMethod } });
     }
     const name = method as MethodName;
     let parsed: unknown;
@@ -44,7 +51,10 @@ export class ApiRegistry {
       if (error instanceof SchemaError) {
         return fail({ type: 'bad_input', message: `${name}: ${error.message}`, details: { path: error.path, expected: error.expected } });
       }
-      throw error;
+      // Hostile shapes the validator was not written for (a stack overflow on absurd nesting, say)
+      // are still the caller's input, not a bug in the method.
+      if (error instanceof RangeError) return fail({ type: 'bad_input', message: `${name}: the input could not be checked (${errorText(error)}).` });
+      return fail(this.toApiError(name, error));
     }
     try {
       const handler = this.handlers_[name] as (input: unknown, ctx: CallContext) => unknown;
@@ -58,9 +68,21 @@ export class ApiRegistry {
     if (error instanceof ExpectedError) {
       return error.details === undefined ? { type: error.type, message: error.message } : { type: error.type, message: error.message, details: error.details };
     }
-    this.onInternalError_(method, error);
-    const message = error instanceof Error ? error.message : String(error);
-    return { type: 'internal', message: `Something went wrong in ${method}: ${message}. Details are in the log.` };
+    try {
+      this.onInternalError_(method, error);
+    } catch {
+      // A failing log sink must not turn an answer into a crash.
+    }
+    return { type: 'internal', message: `Something went wrong in ${method}: ${errorText(error)}. Details are in the log.` };
+  }
+}
+
+/** A thrown value's message, even when it is not an Error or its toString throws. */
+function errorText(error: unknown): string {
+  try {
+    return error instanceof Error ? error.message : String(error);
+  } catch {
+    return 'an unprintable error';
   }
 }
 

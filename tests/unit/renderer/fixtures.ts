@@ -1,4 +1,4 @@
-import type { AdapterSummary } from '../../../src/shared/api';
+import type { AdapterSummary, Generation } from '../../../src/shared/api';
 
 /** An adapter as `adapters.list` returns it: a 2 % SHiRA-Struct on clipart-64 unless `over` says otherwise. */
 export function adapterSummary(over: Partial<AdapterSummary> & { id: number }): AdapterSummary {
@@ -15,6 +15,7 @@ export function adapterSummary(over: Partial<AdapterSummary> & { id: number }): 
     tags: [],
     notes: '',
     coverGenerationId: null,
+    cover: null,
     sizeBytes: 1000,
     trainable: 500,
     bytesPerValue: 2,
@@ -23,6 +24,30 @@ export function adapterSummary(over: Partial<AdapterSummary> & { id: number }): 
     autoV2: null,
     createdAt: '2026-01-01T00:00:00.000Z',
     updatedAt: '2026-01-01T00:00:00.000Z',
+    ...over,
+  };
+}
+
+/** A generation as the core returns it: 64×64, DDIM 25 steps, guidance 5, no mix, unless `over` says otherwise. */
+export function generation(id: number, over: Partial<Generation> = {}): Generation {
+  return {
+    id,
+    baseModelId: 1,
+    baseModelName: 'clipart-64',
+    prompt: 'a ring',
+    negativePrompt: '',
+    seed: id,
+    sampler: 'ddim',
+    steps: 25,
+    guidance: 5,
+    width: 64,
+    height: 64,
+    mix: [],
+    favourite: false,
+    durationMs: 100,
+    createdAt: '2026-01-01T00:00:00.000Z',
+    engine: 'worker',
+    pixelArt: false,
     ...over,
   };
 }

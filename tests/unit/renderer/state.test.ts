@@ -1,9 +1,24 @@
 // The renderer's state classes against a fake core: what they ask for, in which order, and what
 // they show while answers and events arrive. Compiled with the Svelte plugin (see svelte-modules.ts).
 import { beforeAll, describe, expect, it } from 'vitest';
-import type { AdapterSummary, CoreEvent, Generation, GenerationPage, MixEntry, MixResult, TrainingJob, TrainingRequest } from '../../../src/shared/api';
+import type {
+  AdapterSummary,
+  CoreEvent,
+  Dataset,
+  DatasetImage,
+  GalleryEntry,
+  GalleryPage,
+  Generation,
+  Grid,
+  GridInput,
+  MixEntry,
+  MixResult,
+  TrainingJob,
+  TrainingRequest,
+  WordCheck,
+} from '../../../src/shared/api';
 import { loadRendererModules, settle } from './svelte-modules';
-import { adapterSummary } from './fixtures';
+import { adapterSummary, generation } from './fixtures';
 
 let m: Awaited<ReturnType<typeof loadRendererModules>>;
 
@@ -15,6 +30,10 @@ beforeAll(async () => {
     'src/renderer/src/lib/state/gallery.svelte.ts',
     'src/renderer/src/lib/state/library.svelte.ts',
     'src/renderer/src/lib/state/compare.svelte.ts',
+    'src/renderer/src/lib/state/datasets.svelte.ts',
+    'src/renderer/src/lib/state/importer.svelte.ts',
+    'src/renderer/src/lib/state/words.svelte.ts',
+    'src/renderer/src/lib/state/captions.svelte.ts',
     // The error class must be the bundle's own, or `instanceof` checks inside it fail.
     'src/shared/errors.ts',
   ]);
@@ -41,28 +60,6 @@ function fakeApi(handlers: Record<string, Handler>, files?: unknown) {
 
 const summary = adapterSummary;
 
-function generation(id: number, over: Partial<Generation> = {}): Generation {
-  return {
-    id,
-    baseModelId: 1,
-    baseModelName: 'clipart-64',
-    prompt: 'a ring',
-    negativePrompt: '',
-    seed: id,
-    sampler: 'ddim',
-    steps: 25,
-    guidance: 5,
-    width: 64,
-    height: 64,
-    mix: [],
-    favourite: false,
-    durationMs: 100,
-    createdAt: '2026-01-01T00:00:00.000Z',
-    engine: 'worker',
-    ...over,
-  };
-}
-
 const blend = (over: Partial<MixResult> = {}): MixResult => ({
   baseModelId: 1,
   entries: [],
@@ -77,20 +74,20 @@ const blend = (over: Partial<MixResult> = {}): MixResult => ({
 });
 
 describe('MixState', () => {
-  it('adds an adapter at its preferred weight (clamped to −1…2) and puts its trigger word in the prompt', () => {
+  it('adds an adapter at its preferred weight (any the API accepts; typed ones kept in −4…4) and puts its trigger word in the prompt', () => {
     const mix = new m.MixState(fakeApi({}), new m.Toasts());
     mix.prompt = 'a lighthouse';
     mix.add(summary({ id: 1, preferredWeight: 3, triggerWords: ['neonfx'] }));
     mix.add(summary({ id: 1 }));
     mix.add(summary({ id: 2, preferredWeight: 0.7, triggerWords: ['NEONFX', 'inkfx'] }));
     expect(mix.slots).toEqual([
-      { adapterId: 1, alpha: 2, enabled: true },
+      { adapterId: 1, alpha: 3, enabled: true },
       { adapterId: 2, alpha: 0.7, enabled: true },
     ]);
     expect(mix.prompt).toBe('a lighthouse, neonfx, inkfx');
     mix.toggle(2);
     mix.setAlpha(1, -5);
-    expect(mix.entries).toEqual([{ adapterId: 1, alpha: -1 }]);
+    expect(mix.entries).toEqual([{ adapterId: 1, alpha: -4 }]);
     mix.prune(new Set([2]));
     expect(mix.slots.map((s: { adapterId: number }) => s.adapterId)).toEqual([2]);
   });
@@ -140,6 +137,33 @@ describe('MixState', () => {
     expect(toasts.items[0].title).toBe('Stopped after 1 of 4 images');
     // The no-op re-blend before generating does not replace the time of the real switch.
     expect(mix.lastBlend.switchMs).toBe(3);
+  });
+
+  it('uses a seed the user typed without any lock to click; random each run is a choice the user makes', async () => {
+    const seeds: number[] = [];
+    const api = fakeApi({
+      'mix.apply': () => blend(),
+      generate: (input: { seed: number }) => {
+        seeds.push(input.seed);
+        return [generation(input.seed, { seed: input.seed })];
+      },
+    });
+    const mix = new m.MixState(api, new m.Toasts());
+    mix.batch = 1;
+    expect(mix.seedLocked).toBe(false);
+    mix.typeSeed(42);
+    await mix.generate();
+    await mix.generate();
+    expect(seeds).toEqual([42, 42]);
+    expect(mix.seedLocked).toBe(true);
+    // Not a seed: ignored, the typed one stays.
+    mix.typeSeed(Number.NaN);
+    mix.typeSeed(-3);
+    expect(mix.seed).toBe(42);
+    mix.seedLocked = false;
+    await mix.generate();
+    expect(seeds[2]).not.toBe(42);
+    expect(mix.seed).toBe(seeds[2]);
   });
 
   it('says why in plain words when the core refuses, and can re-run a gallery recipe exactly', async () => {
@@ -220,6 +244,7 @@ describe('TrainingState', () => {
       },
     });
     const training = new m.TrainingState(api, new m.Toasts());
+    training.samplePrompts = 'a ring';
     expect(await training.start()).toEqual([]);
     expect(training.fieldErrors.dataset).toMatch(/Choose a dataset/);
     expect(api.calls).toHaveLength(0);
@@ -232,11 +257,56 @@ describe('TrainingState', () => {
     expect(training.fieldErrors).toEqual({ steps: 'Expected at most 200000.' });
   });
 
+  it('draws previews by default, with prompts made from the dataset’s trigger word and captions, until the artist edits them', async () => {
+    const images = ['neonfx, a ring', 'a box', 'a star'].map((caption, i) => ({ id: i + 1, caption }) as DatasetImage);
+    const datasets: Record<number, Dataset> = {
+      1: { id: 1, name: 'neon', triggerWord: 'neonfx', images, imageCount: 3 } as Dataset,
+      2: { id: 2, name: 'ink', triggerWord: null, images: [{ id: 9, caption: 'a fox' } as DatasetImage], imageCount: 1 } as Dataset,
+    };
+    const api = fakeApi({ 'datasets.get': ({ id }: { id: number }) => datasets[id], 'training.start': (r: TrainingRequest) => job({ id: 1, config: r }) });
+    const training = new m.TrainingState(api, new m.Toasts());
+    expect(training.previews).toBe(true);
+    await training.selectDataset(1);
+    expect(training.samplePromptList).toEqual(['neonfx', 'neonfx, a ring', 'neonfx, a box', 'neonfx, a star']);
+    expect(training.requests()[0]).toMatchObject({ samplePrompts: training.samplePromptList, sampleEvery: 100 });
+    // Another dataset, other prompts; the artist's own prompts survive a refresh of the same dataset.
+    await training.selectDataset(2);
+    expect(training.samplePromptList).toEqual(['a fox']);
+    training.setSamplePrompts('a fox in snow');
+    await training.selectDataset(2);
+    expect(training.samplePromptList).toEqual(['a fox in snow']);
+    training.setSamplePrompts('');
+    await training.start();
+    expect(training.fieldErrors.samplePrompts).toMatch(/at least one preview prompt, or turn previews off/);
+    training.previews = false;
+    expect(training.requests()[0]).not.toHaveProperty('samplePrompts');
+  });
+
+  it('opened mid-run, shows the run’s loss history first and continues it with live points', async () => {
+    let answer: (points: { step: number; loss: number }[]) => void = () => {};
+    const api = fakeApi({
+      'training.list': () => [job({ id: 3, status: 'running', step: 40 })],
+      'training.samples': () => [],
+      'training.loss': () => new Promise((r) => (answer = r)),
+    });
+    const training = new m.TrainingState(api, new m.Toasts());
+    await training.loadJobs();
+    // A live point arrives while the history is on its way; it must not be lost or put first.
+    training.onEvent({ type: 'training.progress', jobId: 3, step: 41, steps: 100, loss: 0.5, itS: 1, etaS: 59 });
+    answer([
+      { step: 1, loss: 0.9 },
+      { step: 20, loss: 0.7 },
+      { step: 40, loss: 0.6 },
+    ]);
+    await settle();
+    expect(training.lossOf(3).map((p: { step: number }) => p.step)).toEqual([1, 20, 40, 41]);
+  });
+
   it('follows progress, previews and status events: fraction, loss curve, samples, and a toast when done', async () => {
     const api = fakeApi({
       'training.list': () => [job({ id: 7, status: 'completed', adapterId: 4, step: 100 })],
       'training.samples': () => [],
-      'adapters.get': () => ({ training: { loss: [{ step: 100, loss: 0.2 }] } }),
+      'training.loss': () => [{ step: 100, loss: 0.2 }],
     });
     const toasts = new m.Toasts();
     const training = new m.TrainingState(api, toasts);
@@ -262,7 +332,7 @@ describe('TrainingState', () => {
     expect(toasts.items.map((t: { title: string }) => t.title)).toEqual(['“job 7” finished']);
     await new Promise((r) => setTimeout(r, 150));
     await settle();
-    expect(api.calls.map((c) => c.method)).toEqual(['training.list', 'training.samples', 'adapters.get']);
+    expect(api.calls.map((c) => c.method)).toEqual(['training.list', 'training.samples', 'training.loss']);
     expect(training.lossOf(7)).toEqual([{ step: 100, loss: 0.2 }]);
     training.onEvent({ type: 'training.changed', jobId: 7, status: 'failed', adapterId: null, error: 'out of memory' });
     expect(toasts.items.at(-1)).toMatchObject({ tone: 'error', message: 'out of memory' });
@@ -270,14 +340,14 @@ describe('TrainingState', () => {
 });
 
 describe('GalleryState', () => {
-  const all = Array.from({ length: 10_000 }, (_, i) => generation(10_000 - i));
+  const all: GalleryEntry[] = Array.from({ length: 10_000 }, (_, i) => ({ type: 'image', ...generation(10_000 - i) }));
   const gallery = () => {
     const api = fakeApi({
-      'generations.list': ({ offset = 0, limit = 100, favourite }: { offset?: number; limit?: number; favourite?: boolean }): GenerationPage => {
-        const items = favourite ? all.filter((g) => g.favourite) : all;
+      'gallery.list': ({ offset = 0, limit = 100, favourite }: { offset?: number; limit?: number; favourite?: boolean }): GalleryPage => {
+        const items = favourite ? all.filter((g) => g.type === 'image' && g.favourite) : all;
         return { total: items.length, items: items.slice(offset, offset + limit) };
       },
-      'generations.setFavourite': ({ id, favourite }: { id: number; favourite: boolean }) => ({ ...all.find((g) => g.id === id)!, favourite }),
+      'generations.setFavourite': ({ id, favourite }: { id: number; favourite: boolean }) => ({ ...generation(id), favourite }),
     });
     return { api, state: new m.GalleryState(api, new m.Toasts()) };
   };
@@ -318,6 +388,56 @@ describe('GalleryState', () => {
     expect(state.openIndex).toBeNull();
     await settle();
     expect(state.total).toBe(0);
+  });
+
+  it('shows a Compare grid as one entry that opens to its cells; arrows step through the cells, back returns to the grid', async () => {
+    const cells = [generation(11, { width: 512, height: 512 }), generation(12), generation(13)];
+    const grid: Grid = {
+      id: 4,
+      title: 'Combine · a ring',
+      mode: 'combine',
+      rows: [{ label: 'a ring' }],
+      columns: [{ label: 'Base model', kind: 'base' }, { label: 'S', kind: 'shira' }, { label: 'All fused' }],
+      cells: [[11, 12, 13]],
+      prompts: ['a ring, neonfx'],
+      seed: 7,
+      steps: 8,
+      guidance: 5,
+      negativePrompt: '',
+      createdAt: '2026-01-02T00:00:00.000Z',
+      generations: cells,
+    };
+    const { generations, ...summary } = grid;
+    const entries: GalleryEntry[] = [
+      { type: 'grid', ...summary },
+      { type: 'image', ...generation(5) },
+    ];
+    const api = fakeApi({
+      'gallery.list': (): GalleryPage => ({ total: 2, items: entries }),
+      'grids.get': () => grid,
+      'generations.setPixelArt': ({ id, pixelArt }: { id: number; pixelArt: boolean }) => ({ ...cells.find((g) => g.id === id)!, pixelArt }),
+    });
+    const state = new m.GalleryState(api, new m.Toasts());
+    await state.load();
+    expect(state.total).toBe(2);
+    expect(state.indexOf(5)).toBe(1);
+    state.open(0);
+    expect(state.openItem).toBeUndefined();
+    await settle();
+    expect(state.grid.generations).toHaveLength(3);
+    state.openCell(12);
+    expect(state.openItem.id).toBe(12);
+    state.step(1);
+    state.step(1);
+    expect(state.openItem.id).toBe(13);
+    state.step(-2);
+    expect(state.openItem.id).toBe(11);
+    await state.setPixelArt(state.openItem, true);
+    expect(state.openItem.pixelArt).toBe(true);
+    state.closeCell();
+    expect(state.openItem).toBeUndefined();
+    expect(state.openIndex).toBe(0);
+    expect(generations).toBe(cells);
   });
 });
 
@@ -368,6 +488,7 @@ describe('CompareState', () => {
     let next = 1;
     const api = fakeApi({
       generate: (input: { seed: number; mix: MixEntry[] }) => [generation(next++, { seed: input.seed, mix: input.mix })],
+      'grids.save': (input: GridInput) => ({ id: 1, createdAt: '', ...input }),
       'concept.latest': ({ adapterIds }: { adapterIds: number[] }) =>
         adapterIds.length === 2
           ? {
@@ -400,12 +521,47 @@ describe('CompareState', () => {
     const layout = compare.layout;
     expect(compare.resultFor(layout.cells[0][1]).status).toBe('done');
     await settle();
-    // Each style on the base, and each adapter alone at α 1, were measured; α 0.5 was not.
-    expect(Object.keys(compare.scores)).toEqual([layout.cells[0][0].key, layout.cells[1][1].key, layout.cells[2][1].key]);
+    // The base row and each adapter's row get their own numbers.
+    expect(Object.keys(compare.numbers.byAxis)).toEqual(['base', 'a1', 'a2']);
     compare.toggleAdapter(2);
     await settle();
     expect(compare.report).toBeNull();
-    expect(compare.scores).toEqual({});
+    expect(compare.numbers.byAxis).toEqual({});
+  });
+
+  it('combine: draws with the trigger words added as Mix adds them, keeps the grid as one gallery entry, or not', async () => {
+    const adapters = new Map([
+      [1, summary({ id: 1, name: 'Neon · SHiRA', triggerWords: ['neonfx'] })],
+      [2, summary({ id: 2, name: 'Ink · LoRA', kind: 'lora', triggerWords: ['inkfx'] })],
+    ]);
+    let next = 1;
+    const saved: GridInput[] = [];
+    const api = fakeApi({
+      generate: (input: { prompt: string; mix: MixEntry[] }) => [generation(next++, { prompt: input.prompt, mix: input.mix })],
+      'grids.save': (input: GridInput) => (saved.push(input), { id: 9, createdAt: '', ...input }),
+      'grids.delete': () => ({ deleted: true }),
+      'concept.latest': () => null,
+    });
+    const compare = new m.CompareState(api, () => adapters);
+    compare.adapterIds = [1, 2];
+    compare.mode = 'combine';
+    compare.promptsText = 'a glowing ring';
+    compare.seed = 7;
+    await compare.run();
+    const drawn = api.calls.filter((c) => c.method === 'generate').map((c) => c.input as { prompt: string; forGrid: boolean });
+    expect(drawn).toHaveLength(4);
+    expect(new Set(drawn.map((d) => d.prompt))).toEqual(new Set(['a glowing ring, neonfx, inkfx']));
+    expect(drawn.every((d) => d.forGrid)).toBe(true);
+    // Kept as one grid entry, the cells by row and column, the headers with each adapter's kind.
+    expect(saved).toHaveLength(1);
+    expect(saved[0]).toMatchObject({ mode: 'combine', cells: [[1, 2, 3, 4]], prompts: ['a glowing ring, neonfx, inkfx'], seed: 7 });
+    expect(saved[0]!.columns.map((c) => c.kind)).toEqual(['base', 'shira', 'lora', undefined]);
+    expect(compare.savedGrid.id).toBe(9);
+    // Not keeping it removes the entry; the next run is not kept at all.
+    await compare.setKeep(false);
+    expect(api.calls.at(-1)).toEqual({ method: 'grids.delete', input: { id: 9 } });
+    await compare.run();
+    expect(saved).toHaveLength(1);
   });
 
   it('refuses to measure adapters that have no training images, in words', () => {
@@ -413,5 +569,110 @@ describe('CompareState', () => {
     const compare = new m.CompareState(fakeApi({ 'concept.latest': () => null }), () => adapters);
     compare.adapterIds = [1];
     expect(compare.measureProblem).toMatch(/“Imported” was imported without its training images/);
+  });
+});
+
+describe('WordCheckState', () => {
+  const knight: WordCheck = {
+    model: 'clipart-64',
+    applies: true,
+    spareRows: 64,
+    words: [{ word: 'knight', known: false, spareRow: 60, sharesWith: [{ word: 'sprite', where: 'trigger of “Pixel”' }], triggerOf: [] }],
+    suggestion: { word: 'knightfx', known: false, spareRow: 7, sharesWith: [], triggerOf: [] },
+  };
+
+  it('asks once typing pauses, marks the colliding word and offers a free trigger word', async () => {
+    const api = fakeApi({ 'models.checkWords': () => knight });
+    const words = new m.WordCheckState(api, () => 'trigger', 5);
+    words.watch('k');
+    words.watch('knight');
+    await new Promise((r) => setTimeout(r, 20));
+    await settle();
+    expect(api.calls).toEqual([{ method: 'models.checkWords', input: { text: 'knight', suggest: true } }]);
+    expect(words.marks.map((x: { word: string; tone: string }) => [x.word, x.tone])).toEqual([['knight', 'warn']]);
+    expect(words.suggestion).toBe('knightfx');
+    // An empty trigger field still offers a word, made from the fallback (the dataset's name).
+    words.watch('', 'knight');
+    expect(words.marks).toEqual([]);
+    expect(words.suggestion).toBe('knightfx');
+    expect(api.calls).toHaveLength(1);
+  });
+
+  it('in a prompt field offers no word and asks without a suggestion', async () => {
+    const api = fakeApi({ 'models.checkWords': () => ({ ...knight, suggestion: undefined }) });
+    const words = new m.WordCheckState(api, () => 'prompt', 1);
+    words.watch('a knight');
+    await new Promise((r) => setTimeout(r, 10));
+    await settle();
+    expect(api.calls[0]!.input).toEqual({ text: 'a knight' });
+    expect(words.marks).toHaveLength(1);
+    expect(words.suggestion).toBeNull();
+  });
+});
+
+describe('CaptionEditorState', () => {
+  it('previews a bulk edit over the whole dataset, then stores only the captions that change, in one call', async () => {
+    const images = ['knight, painted portrait', 'painted portrait, armour', 'squire'].map((caption, i) => ({ id: i + 1, relPath: `${i}.png`, caption, datasetId: 1 }) as DatasetImage);
+    const dataset = { id: 1, name: 'portraits', triggerWord: 'painted portrait', images, imageCount: 3 } as Dataset;
+    const api = fakeApi({
+      'datasets.get': () => dataset,
+      'datasets.setCaptions': ({ captions }: { captions: { imageId: number; caption: string }[] }) => ({
+        ...dataset,
+        images: images.map((i) => ({ ...i, caption: captions.find((c) => c.imageId === i.id)?.caption ?? i.caption })),
+      }),
+    });
+    const datasets = new m.DatasetsState(api, new m.Toasts());
+    await datasets.open(1);
+    const editor = new m.CaptionEditorState(datasets);
+    expect(editor.frequency.map((t: { tag: string; count: number }) => [t.tag, t.count])).toEqual([
+      ['painted portrait', 2],
+      ['armour', 1],
+      ['knight', 1],
+      ['squire', 1],
+    ]);
+    editor.preview({ kind: 'remove', tag: 'knight' }, 'Remove “knight” everywhere');
+    expect(editor.pending.proposals).toEqual([{ imageId: 1, path: '0.png', before: 'knight, painted portrait', after: 'painted portrait' }]);
+    editor.preview({ kind: 'triggerFirst' }, 'Trigger first');
+    expect(editor.pending.proposals.map((p: { after: string }) => p.after)).toEqual(['painted portrait, knight', 'painted portrait, squire']);
+    await editor.apply();
+    expect(api.calls.at(-1)).toEqual({
+      method: 'datasets.setCaptions',
+      input: {
+        datasetId: 1,
+        captions: [
+          { imageId: 1, caption: 'painted portrait, knight' },
+          { imageId: 3, caption: 'painted portrait, squire' },
+        ],
+      },
+    });
+    expect(editor.pending).toBeNull();
+    expect(datasets.detail.images[2].caption).toBe('painted portrait, squire');
+  });
+});
+
+describe('ImporterState', () => {
+  it('sends the picked folder’s name for the core to name the dataset from (kohya-aware), and edits the trigger from the report', async () => {
+    const report = { importId: 'x', datasetId: 3, imported: 2, skipped: 0, files: [], naming: { name: 'painted portrait', triggerWord: 'painted portrait', kohyaFolder: '10_painted portrait' } };
+    const api = fakeApi(
+      {
+        'datasets.import': () => report,
+        'datasets.list': () => [],
+        'datasets.get': () => ({ id: 3, images: [] }),
+        'datasets.update': ({ triggerWord }: { triggerWord: string | null }) => ({ id: 3, triggerWord }),
+      },
+      { sourceFor: async () => ({ kind: 'folder', path: '/data/uploads/u1' }) },
+    );
+    const datasets = new m.DatasetsState(api, new m.Toasts());
+    const importer = new m.ImporterState(api, datasets, new m.Toasts(), () => null);
+    importer.open();
+    importer.staged = [{ file: new File([new Uint8Array(4)], 'a.png'), relativePath: 'a.png' }];
+    importer.suggestedName = '10_painted portrait';
+    await importer.start();
+    expect(api.calls.find((c) => c.method === 'datasets.import')!.input).toMatchObject({ source: { kind: 'folder', path: '/data/uploads/u1' }, folderName: '10_painted portrait' });
+    expect(api.calls.find((c) => c.method === 'datasets.import')!.input).not.toHaveProperty('name');
+    expect(importer.report.naming.triggerWord).toBe('painted portrait');
+    await importer.setTriggerWord(' paintfx ');
+    expect(api.calls.find((c) => c.method === 'datasets.update')!.input).toEqual({ id: 3, triggerWord: 'paintfx' });
+    expect(importer.report.naming.triggerWord).toBe('paintfx');
   });
 });

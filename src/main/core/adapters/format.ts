@@ -4,9 +4,9 @@
 // layer, and writes the canonical file back byte for byte, so the stored SHA-256 (and its AutoV2
 // short form) is the hash of every file the library hands out.
 import { createHash } from 'node:crypto';
-import { closeSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { badInput } from '../../../shared/errors';
-import { readSafetensors, writeSafetensors, type Dtype, type TensorData } from '../worker/safetensors';
+import { readSafetensors, readSafetensorsHeader, writeSafetensors, type Dtype, type TensorData } from '../io/safetensors';
 
 export const ADAPTER_FORMAT = 'shira-studio-adapter';
 export const ADAPTER_FORMAT_VERSION = '2';
@@ -44,41 +44,88 @@ export interface AdapterContent {
 }
 
 const LAYER_NAME = /^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$/;
+/** Tensor names: the layer path plus a part (`.values`, `.lora_A.weight`, kohya's `.alpha`). */
+const TENSOR_NAME = LAYER_NAME;
+const FLOAT_EXPONENT: Partial<Record<Dtype, { size: number; mask: number }>> = {
+  F16: { size: 2, mask: 0x7c00 },
+  BF16: { size: 2, mask: 0x7f80 },
+  F32: { size: 4, mask: 0x7f800000 },
+  F64: { size: 8, mask: 0x7ff00000 },
+};
 const DTYPES: Record<ValuesDtype, Dtype> = { f16: 'F16', f32: 'F32' };
 const BYTES: Record<ValuesDtype, number> = { f16: 2, f32: 4 };
 
 const numel = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
-const isDims = (v: unknown, min: number, max: number): v is number[] =>
-  Array.isArray(v) && v.length >= min && v.length <= max && v.every((d) => Number.isInteger(d) && d > 0 && d < 2 ** 31);
+const isDims = (v: unknown, min: number, max: number): v is number[] => Array.isArray(v) && v.length >= min && v.length <= max && v.every((d) => Number.isInteger(d) && d > 0 && d < 2 ** 31);
 
 /** True for files in this format; false for PEFT-layout files the worker must convert first. */
 export function isNativeAdapterFile(metadata: Record<string, string>): boolean {
   return metadata.format === ADAPTER_FORMAT;
 }
 
-/** Reads and checks one adapter file. Errors are `bad_input` naming the file and what is wrong. */
+/**
+ * Reads and checks one adapter file, ours or a PEFT/kohya one on its way to the worker's converter.
+ * Errors are `bad_input` naming the file and what is wrong, in this order: the container (offsets,
+ * dtypes, shapes: worker/safetensors.ts), tensor names (module paths only: a name is a layer path,
+ * never a file path), values (no NaN or ±Inf: one would poison every fused weight it touches), then
+ * our format's own metadata. Nothing from a file that fails a check is quoted back.
+ */
 export function readAdapterFile(path: string, label = path): AdapterContent {
-  let size: number;
+  let st;
   try {
-    size = statSync(path).size;
+    st = statSync(path);
   } catch {
     throw badInput(`${label}: the file does not exist or cannot be read.`);
   }
-  if (size > MAX_ADAPTER_FILE_BYTES) throw badInput(`${label}: ${(size / 2 ** 30).toFixed(1)} GiB is larger than an adapter can be (limit 2 GiB).`);
+  if (!st.isFile()) throw badInput(`${label}: not a regular file.`);
+  if (st.size > MAX_ADAPTER_FILE_BYTES) throw badInput(`${label}: ${(st.size / 2 ** 30).toFixed(1)} GiB is larger than an adapter can be (limit 2 GiB).`);
   let file;
   try {
     file = readSafetensors(path);
   } catch (error) {
     throw badInput(`${label}: not a readable safetensors file (${(error as Error).message.replace(`${path}: `, '')}).`);
   }
+  checkTensors(file.tensors, label);
   return parseAdapter(file.metadata, file.tensors, label);
+}
+
+/** Names are module paths and float values are finite, for every tensor of an incoming file. */
+export function checkTensors(tensors: ReadonlyMap<string, TensorData>, label: string): void {
+  for (const [index, [name, t]] of [...tensors].entries()) {
+    if (name.length > 300 || !TENSOR_NAME.test(name)) {
+      const bad = /[^A-Za-z0-9_.]/.exec(name)?.[0];
+      const what = bad === undefined ? 'an empty part' : /^[\x21-\x7e]$/.test(bad) ? `"${bad}"` : 'a control, space or non-ASCII character';
+      throw badInput(`${label}: tensor #${index + 1} has a name that is not a dotted module path (it ${name.length > 300 ? 'is over 300 characters' : `contains ${what}`}).`);
+    }
+    const at = firstNonFinite(t);
+    if (at >= 0) throw badInput(`${label}: tensor "${name}" holds NaN or infinite values (the first at element ${at}); the file is damaged or was saved from a diverged training run.`);
+  }
+}
+
+/** Index of the first NaN/±Inf element of a float tensor (exponent bits all ones), else -1. */
+export function firstNonFinite(t: TensorData): number {
+  const bytes = FLOAT_EXPONENT[t.dtype];
+  if (!bytes) return -1;
+  const { size, mask } = bytes;
+  const n = t.data.byteLength / size;
+  // A view when aligned (fresh reads are), a copy otherwise; little-endian like the file.
+  const aligned = t.data.byteOffset % size === 0 ? t.data : t.data.slice();
+  if (size === 2) {
+    const u = new Uint16Array(aligned.buffer, aligned.byteOffset, n);
+    for (let i = 0; i < n; i++) if ((u[i]! & mask) === mask) return i;
+  } else {
+    const u = new Uint32Array(aligned.buffer, aligned.byteOffset, (n * size) / 4);
+    const step = size / 4; // F64: the exponent sits in the high word of each pair
+    for (let i = 0; i < n; i++) if ((u[i * step + step - 1]! & mask) === mask) return i;
+  }
+  return -1;
 }
 
 export function parseAdapter(metadata: Record<string, string>, tensors: Map<string, TensorData>, label: string): AdapterContent {
   const fail = (what: string) => badInput(`${label}: ${what}`);
-  if (metadata.format !== ADAPTER_FORMAT) throw fail(`not a Shira Studio adapter (metadata format is ${JSON.stringify(metadata.format ?? null)}).`);
+  if (metadata.format !== ADAPTER_FORMAT) throw fail(`not a Shira Studio adapter (its metadata has ${metadata.format === undefined ? 'no format' : `another format${shortWord(metadata.format)}`}).`);
   if (metadata.format_version !== ADAPTER_FORMAT_VERSION) {
-    throw fail(`format version ${JSON.stringify(metadata.format_version ?? null)} is not supported (this app reads version ${ADAPTER_FORMAT_VERSION}).`);
+    throw fail(`format version${shortWord(metadata.format_version ?? '')} is not supported (this app reads version ${ADAPTER_FORMAT_VERSION}).`);
   }
   const kind = metadata.kind;
   if (kind !== 'shira' && kind !== 'lora') throw fail(`kind must be "shira" or "lora", got ${JSON.stringify(kind ?? null)}.`);
@@ -109,7 +156,7 @@ export function parseAdapter(metadata: Record<string, string>, tensors: Map<stri
   const rows: TensorRow[] = [];
   for (const name of Object.keys(entries).sort()) {
     const e = entries[name]!;
-    if (name.length > 300 || !LAYER_NAME.test(name)) throw fail(`layer name ${JSON.stringify(name.slice(0, 80))} is not a dotted module path.`);
+    if (name.length > 300 || !LAYER_NAME.test(name)) throw fail('a layer name in its tensors metadata is not a dotted module path.');
     if (typeof e !== 'object' || e === null) throw fail(`entry for layer "${name}" is not an object.`);
     const values = e.values;
     if (values !== 'f16' && values !== 'f32') throw fail(`layer "${name}": values must be "f16" or "f32".`);
@@ -144,6 +191,11 @@ export function parseAdapter(metadata: Record<string, string>, tensors: Map<stri
   if (rows.length === 0) throw fail('it has no adapted layers.');
   for (const key of tensors.keys()) if (!used.has(key)) throw fail(`tensor "${key.slice(0, 120)}" does not belong to any layer entry.`);
   return { kind, baseIdentity, methodJson, tensors: rows };
+}
+
+/** A metadata word worth quoting (` "kohya"`), or nothing: bytes of a file that is not ours are not echoed. */
+function shortWord(value: string): string {
+  return /^[A-Za-z0-9_.-]{1,32}$/.test(value) ? ` "${value}"` : '';
 }
 
 function valuesDtypeOf(row: TensorRow): ValuesDtype {
@@ -256,19 +308,11 @@ export function checkAgainstBase(content: AdapterContent, baseShapes: ReadonlyMa
 
 /** Weight shapes of a base model from its safetensors header (no tensor data is read). */
 export function baseWeightShapes(weightsPath: string): Map<string, number[]> {
-  const fd = openSync(weightsPath, 'r');
-  let header: Record<string, { shape?: number[] }>;
+  let header;
   try {
-    const len = Buffer.alloc(8);
-    readSync(fd, len, 0, 8, 0);
-    const n = Number(len.readBigUInt64LE(0));
-    const buf = Buffer.alloc(n);
-    readSync(fd, buf, 0, n, 8);
-    header = JSON.parse(buf.toString('utf8')) as Record<string, { shape?: number[] }>;
-  } finally {
-    closeSync(fd);
+    header = readSafetensorsHeader(weightsPath);
+  } catch (error) {
+    throw badInput(`The base model's weights file is not readable: ${(error as Error).message}.`);
   }
-  const out = new Map<string, number[]>();
-  for (const [k, v] of Object.entries(header)) if (k !== '__metadata__' && v.shape) out.set(k, v.shape);
-  return out;
+  return new Map([...header.tensors].map(([name, t]) => [name, t.shape]));
 }

@@ -1,22 +1,12 @@
-// The adapter library: SQLite rows are the truth; files exist only as a content-addressed cache
-// (<data>/cache/adapters/<sha256>.safetensors) for the worker and as exported packages.
-// Every change that touches more than one row runs in one transaction.
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { basename, join } from 'node:path';
+// The adapter library: SQLite rows are the truth (one `adapters` row, one `adapter_tensors` row per layer with
+// the encoded blobs as the worker wrote them). Files exist only as the content-addressed cache (cache.ts) and
+// as exported packages (packages.ts). Every change that touches more than one row runs in one transaction.
+import { existsSync } from 'node:fs';
 import type { AdapterDetail, AdapterKind, AdapterSummary, AdapterUpdate } from '../../../shared/api';
-import { badInput, conflict, notFound } from '../../../shared/errors';
+import { notFound } from '../../../shared/errors';
 import type { Db } from '../db/database';
-import {
-  autoV2,
-  baseWeightShapes,
-  checkAgainstBase,
-  contentHash,
-  fileSha256,
-  readAdapterFile,
-  trainableCount,
-  writeAdapterFile,
-  type AdapterContent,
-} from './format';
+import type { AdapterFileCache } from './cache';
+import { autoV2, contentHash, trainableCount, type AdapterContent } from './format';
 
 export interface StoreOptions {
   name: string;
@@ -26,24 +16,6 @@ export interface StoreOptions {
   tags?: string[];
   notes?: string;
   preferredWeight?: number;
-}
-
-/** The JSON half of an exported package (`<name>.shira.json` beside `<name>.safetensors`). */
-export interface PackageSidecar {
-  format: 'shira-studio-package';
-  version: 1;
-  name: string;
-  kind: AdapterKind;
-  method: Record<string, unknown>;
-  triggerWords: string[];
-  tags: string[];
-  notes: string;
-  preferredWeight: number;
-  baseModel: { name: string; weightsHash: string | null };
-  fileSha256: string;
-  autoV2: string;
-  contentHash: string;
-  trainable: number;
 }
 
 interface AdapterRow {
@@ -64,15 +36,25 @@ interface AdapterRow {
   trainable: number;
   tags_json: string;
   size_bytes: number;
+  cover_gen_id: number | null;
+  cover_gen_width: number | null;
+  cover_gen_height: number | null;
+  cover_gen_pixel_art: number | null;
+  cover_sample_id: number | null;
+  base_resolution: number | null;
   created_at: string;
   updated_at: string;
 }
 
+// The cover a card shows: the chosen (or first) image, else the last preview of the run that trained the adapter:
+// a run's first preview is drawn before it has learnt much, its last shows the style the adapter carries.
 const SUMMARY_SQL = `
-  SELECT a.*, b.name AS base_model_name, a.base_identity AS base_weights_hash,
+  SELECT a.*, b.name AS base_model_name, a.base_identity AS base_weights_hash, b.resolution AS base_resolution,
          (SELECT json_group_array(tag) FROM adapter_tags t WHERE t.adapter_id = a.id) AS tags_json,
-         (SELECT coalesce(sum(length(values_blob) + coalesce(length(index_blob), 0)), 0) FROM adapter_tensors x WHERE x.adapter_id = a.id) AS size_bytes
-  FROM adapters a LEFT JOIN base_models b ON b.id = a.base_model_id`;
+         (SELECT coalesce(sum(length(values_blob) + coalesce(length(index_blob), 0)), 0) FROM adapter_tensors x WHERE x.adapter_id = a.id) AS size_bytes,
+         cg.id AS cover_gen_id, cg.width AS cover_gen_width, cg.height AS cover_gen_height, cg.pixel_art AS cover_gen_pixel_art,
+         (SELECT s.id FROM training_runs r JOIN training_samples s ON s.run_id = r.id WHERE r.adapter_id = a.id ORDER BY r.id DESC, s.step DESC LIMIT 1) AS cover_sample_id
+  FROM adapters a LEFT JOIN base_models b ON b.id = a.base_model_id LEFT JOIN generations cg ON cg.id = a.cover_generation_id`;
 
 export type AdapterSort = 'recent' | 'name' | 'size';
 
@@ -87,7 +69,7 @@ export interface ListFilter {
 export class AdapterLibrary {
   constructor(
     private readonly db: Db,
-    private readonly cacheDir: string,
+    private readonly cache: AdapterFileCache,
   ) {}
 
   list(f: ListFilter = {}): AdapterSummary[] {
@@ -116,7 +98,9 @@ export class AdapterLibrary {
 
   detail(id: number): AdapterDetail {
     const summary = this.summary(id);
-    const tensors = this.db.prepare('SELECT name, shape_json, encoding, meta_json, length(values_blob) + coalesce(length(index_blob), 0) AS bytes FROM adapter_tensors WHERE adapter_id = ? ORDER BY name').all(id) as {
+    const tensors = this.db
+      .prepare('SELECT name, shape_json, encoding, meta_json, length(values_blob) + coalesce(length(index_blob), 0) AS bytes FROM adapter_tensors WHERE adapter_id = ? ORDER BY name')
+      .all(id) as {
       name: string;
       shape_json: string;
       encoding: string;
@@ -124,15 +108,8 @@ export class AdapterLibrary {
       bytes: number;
     }[];
     const run = this.db.prepare('SELECT * FROM training_runs WHERE adapter_id = ? ORDER BY id DESC LIMIT 1').get(id) as
-      | { id: number; config_json: string; device: string | null; started_at: string | null; finished_at: string | null; result_json: string | null; steps: number }
-      | undefined;
-    let loss: { step: number; loss: number }[] = [];
-    if (run) {
-      const all = this.db.prepare('SELECT step, loss FROM training_loss WHERE run_id = ? ORDER BY step').all(run.id) as { step: number; loss: number }[];
-      // A loss curve needs a few hundred points, not every step of a long run.
-      const stride = Math.max(1, Math.ceil(all.length / 400));
-      loss = all.filter((_, i) => i % stride === 0 || i === all.length - 1);
-    }
+      { id: number; config_json: string; device: string | null; started_at: string | null; finished_at: string | null; result_json: string | null; steps: number } | undefined;
+    const loss = run ? lossCurve(this.db, run.id, 400) : [];
     return {
       ...summary,
       tensors: tensors.map((t) => {
@@ -163,9 +140,7 @@ export class AdapterLibrary {
 
   /** The adapter's tensors as stored, ready to write as a file. */
   content(id: number): AdapterContent {
-    const a = this.db.prepare('SELECT kind, method_json, base_identity FROM adapters WHERE id = ?').get(id) as
-      | { kind: AdapterKind; method_json: string; base_identity: string | null }
-      | undefined;
+    const a = this.db.prepare('SELECT kind, method_json, base_identity FROM adapters WHERE id = ?').get(id) as { kind: AdapterKind; method_json: string; base_identity: string | null } | undefined;
     if (!a) throw notFound(`Adapter ${id} does not exist.`);
     const rows = this.db.prepare('SELECT name, shape_json, mask_kind, encoding, meta_json, values_blob, index_blob FROM adapter_tensors WHERE adapter_id = ? ORDER BY name').all(id) as {
       name: string;
@@ -200,7 +175,7 @@ export class AdapterLibrary {
     const base = this.db.prepare('SELECT weights_hash FROM base_models WHERE id = ?').get(o.baseModelId) as { weights_hash: string | null } | undefined;
     if (!base) throw notFound(`Base model ${o.baseModelId} does not exist.`);
     const stamped: AdapterContent = { ...content, baseIdentity: base.weights_hash ?? content.baseIdentity };
-    const { sha256 } = this.writeCache(stamped);
+    const { sha256 } = this.cache.write(stamped);
     const hash = contentHash(stamped);
     const trainable = trainableCount(stamped);
     const tx = this.db.transaction(() => {
@@ -210,11 +185,22 @@ export class AdapterLibrary {
             `INSERT INTO adapters (name, kind, method_json, base_model_id, base_identity, dataset_id, trigger_words, preferred_weight, notes, content_hash, file_sha256, trainable)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
           )
-          .run(o.name, stamped.kind, stamped.methodJson, o.baseModelId, stamped.baseIdentity || null, o.datasetId ?? null, JSON.stringify(o.triggerWords ?? []), o.preferredWeight ?? 1, o.notes ?? '', hash, sha256, trainable).lastInsertRowid,
+          .run(
+            o.name,
+            stamped.kind,
+            stamped.methodJson,
+            o.baseModelId,
+            stamped.baseIdentity || null,
+            o.datasetId ?? null,
+            JSON.stringify(o.triggerWords ?? []),
+            o.preferredWeight ?? 1,
+            o.notes ?? '',
+            hash,
+            sha256,
+            trainable,
+          ).lastInsertRowid,
       );
-      const put = this.db.prepare(
-        'INSERT INTO adapter_tensors (adapter_id, name, shape_json, mask_kind, encoding, meta_json, values_blob, index_blob) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
-      );
+      const put = this.db.prepare('INSERT INTO adapter_tensors (adapter_id, name, shape_json, mask_kind, encoding, meta_json, values_blob, index_blob) VALUES (?, ?, ?, ?, ?, ?, ?, ?)');
       for (const t of stamped.tensors) put.run(id, t.name, JSON.stringify(t.shape), t.maskKind, t.encoding, JSON.stringify(t.meta), t.values, t.index);
       this.setTags(id, o.tags ?? []);
       beforeCommit?.(id);
@@ -241,6 +227,15 @@ export class AdapterLibrary {
       this.db.prepare(`UPDATE adapters SET updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?`).run(id);
     })();
     return this.summary(id);
+  }
+
+  /**
+   * Adapters of the mix that have no cover yet take this image: the first picture made with an adapter is its cover
+   * until the artist picks one. Returns the adapters that changed.
+   */
+  adoptCover(generationId: number, mix: readonly { adapterId: number; alpha: number }[]): number[] {
+    const take = this.db.prepare('UPDATE adapters SET cover_generation_id = ? WHERE id = ? AND cover_generation_id IS NULL');
+    return mix.filter((e) => e.alpha !== 0 && take.run(generationId, e.adapterId).changes > 0).map((e) => e.adapterId);
   }
 
   duplicate(id: number, name?: string): AdapterSummary {
@@ -275,7 +270,7 @@ export class AdapterLibrary {
       this.db.prepare('DELETE FROM adapters WHERE id = ?').run(id);
     })();
     if (row.file_sha256 && !this.db.prepare('SELECT 1 FROM adapters WHERE file_sha256 = ?').get(row.file_sha256)) {
-      rmSync(this.cachePath(row.file_sha256), { force: true });
+      this.cache.remove(row.file_sha256);
     }
     return true;
   }
@@ -285,10 +280,10 @@ export class AdapterLibrary {
     const row = this.db.prepare('SELECT file_sha256 FROM adapters WHERE id = ?').get(id) as { file_sha256: string | null } | undefined;
     if (!row) throw notFound(`Adapter ${id} does not exist.`);
     if (row.file_sha256) {
-      const path = this.cachePath(row.file_sha256);
+      const path = this.cache.path(row.file_sha256);
       if (existsSync(path)) return { path, sha256: row.file_sha256, rebuilt: false };
     }
-    const written = this.writeCache(this.content(id));
+    const written = this.cache.write(this.content(id));
     if (row.file_sha256 && written.sha256 !== row.file_sha256) {
       // The rows are the truth; a hash recorded by an older writer is brought up to date.
       this.db.prepare('UPDATE adapters SET file_sha256 = ? WHERE id = ?').run(written.sha256, id);
@@ -299,122 +294,13 @@ export class AdapterLibrary {
   /** Drops a cache file so the next use reads the rows again (cold-switch benchmarks, tests). */
   evictCache(id: number): void {
     const row = this.db.prepare('SELECT file_sha256 FROM adapters WHERE id = ?').get(id) as { file_sha256: string | null } | undefined;
-    if (row?.file_sha256) rmSync(this.cachePath(row.file_sha256), { force: true });
-  }
-
-  /** Writes `<dir>/<slug>.safetensors` and `<dir>/<slug>.shira.json`; never overwrites. */
-  exportPackage(id: number, dir: string): { file: string; sidecar: string; sha256: string; autoV2: string } {
-    const s = this.summary(id);
-    const notes = (this.db.prepare('SELECT notes FROM adapters WHERE id = ?').get(id) as { notes: string }).notes;
-    mkdirSync(dir, { recursive: true });
-    const slug = slugify(s.name) || `adapter-${id}`;
-    let stem = join(dir, slug);
-    for (let n = 2; existsSync(`${stem}.safetensors`) || existsSync(`${stem}.shira.json`); n++) stem = join(dir, `${slug}-${n}`);
-    const file = `${stem}.safetensors`;
-    const sidecar = `${stem}.shira.json`;
-    const content = this.content(id);
-    writeAdapterFile(file, content);
-    const sha256 = fileSha256(file);
-    const meta: PackageSidecar = {
-      format: 'shira-studio-package',
-      version: 1,
-      name: s.name,
-      kind: s.kind,
-      method: s.method,
-      triggerWords: s.triggerWords,
-      tags: s.tags,
-      notes,
-      preferredWeight: s.preferredWeight,
-      baseModel: { name: s.baseModelName ?? '', weightsHash: s.baseWeightsHash },
-      fileSha256: sha256,
-      autoV2: autoV2(sha256),
-      contentHash: contentHash(content),
-      trainable: trainableCount(content),
-    };
-    const tmp = `${sidecar}.tmp-${process.pid}`;
-    writeFileSync(tmp, `${JSON.stringify(meta, null, 2)}\n`);
-    renameSync(tmp, sidecar);
-    return { file, sidecar, sha256, autoV2: autoV2(sha256) };
-  }
-
-  /**
-   * Validates a package (or a bare adapter file) completely before storing anything: container,
-   * every layer against the base model's shapes, the sidecar's hash against the file, then an
-   * optional deep check (`verify`, the worker decoding every index), then one transaction.
-   */
-  async importPackage(
-    path: string,
-    o: { name?: string; baseModelId?: number; convert?: (src: string) => Promise<string>; verify?: (canonicalFile: string) => Promise<void> },
-  ): Promise<AdapterSummary> {
-    const label = basename(path);
-    if (!/\.safetensors$/i.test(path)) throw badInput(`${label}: choose the .safetensors file of the package.`);
-    if (!existsSync(path) || !statSync(path).isFile()) throw badInput(`${label}: the file does not exist.`);
-    const sidecarPath = path.replace(/\.safetensors$/i, '.shira.json');
-    const sidecar = existsSync(sidecarPath) ? readSidecar(sidecarPath) : null;
-    if (sidecar && sidecar.fileSha256 !== fileSha256(path)) {
-      throw badInput(`${label}: the file does not match ${basename(sidecarPath)} (its SHA-256 differs); the package is damaged or mixed up.`);
-    }
-    let content: AdapterContent;
-    try {
-      content = readAdapterFile(path, label);
-    } catch (error) {
-      // Not our format: a PEFT-layout SHiRA or LoRA file is converted by the worker, then checked the same way.
-      if (!o.convert || !/not a Shira Studio adapter/.test((error as Error).message)) throw error;
-      content = readAdapterFile(await o.convert(path), label);
-    }
-    const base = this.pickBase(content, o.baseModelId, label);
-    if (base.weights_path && existsSync(base.weights_path)) checkAgainstBase(content, baseWeightShapes(base.weights_path), label, base.name);
-    const stamped = { ...content, baseIdentity: base.weights_hash ?? content.baseIdentity };
-    const hash = contentHash(stamped);
-    const same = this.db.prepare('SELECT name FROM adapters WHERE content_hash = ? LIMIT 1').get(hash) as { name: string } | undefined;
-    if (same) throw conflict(`${label} is already in the library as "${same.name}".`);
-    if (o.verify) await o.verify(this.writeCache(stamped).path);
-    const id = this.insert(stamped, {
-      name: o.name ?? sidecar?.name ?? label.replace(/\.safetensors$/i, ''),
-      baseModelId: base.id,
-      triggerWords: sidecar?.triggerWords,
-      tags: sidecar?.tags,
-      notes: sidecar?.notes,
-      preferredWeight: sidecar?.preferredWeight,
-    });
-    return this.summary(id);
-  }
-
-  private pickBase(content: AdapterContent, requested: number | undefined, label: string) {
-    type Base = { id: number; name: string; weights_path: string | null; weights_hash: string | null };
-    if (content.baseIdentity) {
-      const b = this.db.prepare('SELECT id, name, weights_path, weights_hash FROM base_models WHERE weights_hash = ?').get(content.baseIdentity) as Base | undefined;
-      if (!b) throw badInput(`${label} was trained on a base model this library does not have (weights ${content.baseIdentity.slice(0, 12)}…); add that model first.`);
-      if (requested !== undefined && requested !== b.id) throw badInput(`${label} was trained on "${b.name}", not on the base model you chose.`);
-      return b;
-    }
-    const b = (
-      requested !== undefined
-        ? this.db.prepare('SELECT id, name, weights_path, weights_hash FROM base_models WHERE id = ?').get(requested)
-        : this.db.prepare('SELECT id, name, weights_path, weights_hash FROM base_models WHERE is_default = 1').get()
-    ) as Base | undefined;
-    if (!b) throw badInput(`${label} does not say which base model it belongs to, and ${requested === undefined ? 'there is no default base model' : `base model ${requested} does not exist`}.`);
-    return b;
+    if (row?.file_sha256) this.cache.remove(row.file_sha256);
   }
 
   private setTags(id: number, tags: readonly string[]): void {
     this.db.prepare('DELETE FROM adapter_tags WHERE adapter_id = ?').run(id);
     const put = this.db.prepare('INSERT INTO adapter_tags (adapter_id, tag) VALUES (?, ?)');
     for (const t of dedupe(tags)) put.run(id, t);
-  }
-
-  private cachePath(sha256: string): string {
-    return join(this.cacheDir, `${sha256}.safetensors`);
-  }
-
-  private writeCache(content: AdapterContent): { path: string; sha256: string } {
-    mkdirSync(this.cacheDir, { recursive: true });
-    const tmp = join(this.cacheDir, `incoming-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2)}.safetensors`);
-    writeAdapterFile(tmp, content);
-    const sha256 = fileSha256(tmp);
-    const path = this.cachePath(sha256);
-    renameSync(tmp, path);
-    return { path, sha256 };
   }
 }
 
@@ -433,6 +319,12 @@ function toSummary(r: AdapterRow): AdapterSummary {
     tags: (JSON.parse(r.tags_json) as string[]).sort(),
     notes: r.notes,
     coverGenerationId: r.cover_generation_id,
+    cover:
+      r.cover_gen_id !== null
+        ? { media: 'generation-thumb', id: r.cover_gen_id, width: r.cover_gen_width!, height: r.cover_gen_height!, pixelArt: r.cover_gen_pixel_art === 1 }
+        : r.cover_sample_id !== null
+          ? { media: 'training-sample', id: r.cover_sample_id, width: r.base_resolution ?? 0, height: r.base_resolution ?? 0, pixelArt: false }
+          : null,
     sizeBytes: r.size_bytes,
     trainable: r.trainable,
     bytesPerValue: r.trainable ? r.size_bytes / r.trainable : null,
@@ -450,42 +342,9 @@ function dedupe(words: readonly string[]): string[] {
   return out;
 }
 
-function slugify(name: string): string {
-  return name
-    .normalize('NFKD')
-    .replace(/[^\w\s-]/g, '')
-    .trim()
-    .replace(/[\s_]+/g, '-')
-    .slice(0, 80);
+/** A run's loss curve thinned to about `maxPoints` (a chart needs hundreds, not every step), always with the last. */
+export function lossCurve(db: Db, runId: number, maxPoints: number): { step: number; loss: number }[] {
+  const all = db.prepare('SELECT step, loss FROM training_loss WHERE run_id = ? ORDER BY step').all(runId) as { step: number; loss: number }[];
+  const stride = Math.max(1, Math.ceil(all.length / maxPoints));
+  return all.filter((_, i) => i % stride === 0 || i === all.length - 1);
 }
-
-function readSidecar(path: string): PackageSidecar {
-  const label = basename(path);
-  let raw: unknown;
-  try {
-    raw = JSON.parse(readFileSync(path, 'utf8'));
-  } catch {
-    throw badInput(`${label} is not valid JSON.`);
-  }
-  const s = raw as Partial<PackageSidecar>;
-  const strings = (v: unknown) => Array.isArray(v) && v.every((x) => typeof x === 'string' && x.length <= 200) && v.length <= 100;
-  if (
-    typeof raw !== 'object' ||
-    raw === null ||
-    s.format !== 'shira-studio-package' ||
-    typeof s.name !== 'string' ||
-    s.name.trim().length === 0 ||
-    s.name.length > 200 ||
-    typeof s.fileSha256 !== 'string' ||
-    !/^[0-9a-f]{64}$/.test(s.fileSha256) ||
-    (s.triggerWords !== undefined && !strings(s.triggerWords)) ||
-    (s.tags !== undefined && !strings(s.tags)) ||
-    (s.notes !== undefined && (typeof s.notes !== 'string' || s.notes.length > 20_000)) ||
-    (s.preferredWeight !== undefined && (typeof s.preferredWeight !== 'number' || !Number.isFinite(s.preferredWeight) || Math.abs(s.preferredWeight) > 4))
-  ) {
-    throw badInput(`${label} is not a Shira Studio package description (format, name, fileSha256, tags, trigger words or weight are missing or wrong).`);
-  }
-  return s as PackageSidecar;
-}
-
-export const adapterCacheDir = (dataDir: string) => join(dataDir, 'cache', 'adapters');

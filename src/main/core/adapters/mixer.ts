@@ -2,20 +2,11 @@
 // The worker keeps decoded adapters in an LRU and re-blends only the layers whose adapters or α
 // changed; this side picks the base, checks every adapter belongs to it, and hands over
 // content-addressed cache files. Nothing here touches a tensor.
-import type { MixEntry, MixResult, SavedMix } from '../../../shared/api';
+import type { MixEntry, MixResult } from '../../../shared/api';
 import { badInput, notFound, unsupported } from '../../../shared/errors';
 import type { Db } from '../db/database';
 import type { WorkerSupervisor } from '../worker/supervisor';
 import type { AdapterLibrary } from './library';
-
-interface ApplyReply {
-  ms: number;
-  load_ms?: number;
-  cache_hits?: number;
-  cache_misses?: number;
-  layers_reblended?: number;
-  layers_unchanged?: number;
-}
 
 export interface BaseRow {
   id: number;
@@ -100,18 +91,18 @@ export class Mixer {
     const checked = this.resolveBase(entries, this.loaded_?.baseModelId);
     const { base } = await this.ensureBase(checked.id);
     const adapters = entries.map((e) => ({ path: this.library.cacheFile(e.adapterId).path, alpha: e.alpha }));
-    const reply = await this.requireWorker().request<ApplyReply>('apply_mix', { adapters });
+    const reply = await this.requireWorker().request('apply_mix', { adapters });
     this.entries_ = entries.map((e) => ({ ...e }));
     return {
       baseModelId: base.id,
       entries: [...this.entries_],
       switchMs: reply.ms,
-      loadMs: reply.load_ms ?? 0,
+      loadMs: reply.load_ms,
       totalMs: performance.now() - t0,
-      cacheHits: reply.cache_hits ?? 0,
-      cacheMisses: reply.cache_misses ?? 0,
-      layersReblended: reply.layers_reblended ?? 0,
-      layersUnchanged: reply.layers_unchanged ?? 0,
+      cacheHits: reply.cache_hits,
+      cacheMisses: reply.cache_misses,
+      layersReblended: reply.layers_reblended,
+      layersUnchanged: reply.layers_unchanged,
     };
   }
 
@@ -121,55 +112,6 @@ export class Mixer {
     const w = this.worker();
     if (w && w.state === 'ready' && this.loaded_?.pid === w.pid) await w.request('clear_mix', {});
     this.entries_ = [];
-  }
-
-  // ---- saved mixes ----
-
-  listMixes(): SavedMix[] {
-    const mixes = this.db.prepare('SELECT * FROM mixes ORDER BY updated_at DESC, id DESC').all() as { id: number; name: string; created_at: string; updated_at: string }[];
-    const entries = this.db.prepare('SELECT adapter_id, alpha FROM mix_entries WHERE mix_id = ? ORDER BY position, adapter_id');
-    return mixes.map((m) => ({
-      id: m.id,
-      name: m.name,
-      entries: (entries.all(m.id) as { adapter_id: number; alpha: number }[]).map((e) => ({ adapterId: e.adapter_id, alpha: e.alpha })),
-      createdAt: m.created_at,
-      updatedAt: m.updated_at,
-    }));
-  }
-
-  mixEntries(id: number): MixEntry[] {
-    const mix = this.listMixes().find((m) => m.id === id);
-    if (!mix) throw notFound(`Mix ${id} does not exist.`);
-    return mix.entries;
-  }
-
-  saveMix(input: { id?: number; name: string; entries: MixEntry[] }): SavedMix {
-    for (const e of input.entries) this.library.summary(e.adapterId);
-    const id = this.db.transaction(() => {
-      let mixId = input.id;
-      const clash = this.db.prepare('SELECT id FROM mixes WHERE name = ?').get(input.name) as { id: number } | undefined;
-      if (clash && clash.id !== mixId) throw badInput(`A mix named "${input.name}" already exists; choose another name.`);
-      if (mixId !== undefined) {
-        const r = this.db.prepare(`UPDATE mixes SET name = ?, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?`).run(input.name, mixId);
-        if (r.changes === 0) throw notFound(`Mix ${mixId} does not exist.`);
-        this.db.prepare('DELETE FROM mix_entries WHERE mix_id = ?').run(mixId);
-      } else {
-        mixId = Number(this.db.prepare('INSERT INTO mixes (name) VALUES (?)').run(input.name).lastInsertRowid);
-      }
-      const put = this.db.prepare('INSERT INTO mix_entries (mix_id, adapter_id, alpha, position) VALUES (?, ?, ?, ?)');
-      const seen = new Set<number>();
-      for (const [position, e] of input.entries.entries()) {
-        if (seen.has(e.adapterId)) throw badInput(`Adapter ${e.adapterId} appears twice in the mix; give it one weight.`);
-        seen.add(e.adapterId);
-        put.run(mixId, e.adapterId, e.alpha, position);
-      }
-      return mixId;
-    })();
-    return this.listMixes().find((m) => m.id === id)!;
-  }
-
-  deleteMix(id: number): boolean {
-    return this.db.prepare('DELETE FROM mixes WHERE id = ?').run(id).changes > 0;
   }
 
   private requireWorker(): WorkerSupervisor {

@@ -1,9 +1,10 @@
-// Measuring styles with the worker's judge (native/src/concept.h): sample → score → style score,
+// Measuring styles with the worker's judge (its judge_train / judge_score ops): sample → score → style score,
 // drift and weight-space overlap. Shared by the `eval:concept` protocol and the app's Compare view.
 // Images travel as safetensors files in `workDir`, never as JSON.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { readSafetensors, writeSafetensors, type TensorData } from '../worker/safetensors';
+import { readSafetensors, writeSafetensors, type TensorData } from '../io/safetensors';
+import type { JudgeTrainReply, OverlapSummary } from '../worker/protocol';
 import type { WorkerSupervisor } from '../worker/supervisor';
 
 /** Content prompts for style scores (a trigger word is prepended) and unrelated prompts for drift. */
@@ -19,22 +20,6 @@ export interface Scored {
   features: Float32Array;
   n: number;
   f: number;
-}
-
-export interface JudgeReport {
-  heldout_accuracy: number;
-  train_accuracy: number;
-  heldout_accuracy_per_class: number[];
-  train_count: number;
-  heldout_count: number;
-  seconds: number;
-}
-
-export interface OverlapSummary {
-  layers: number;
-  awom_mean: number;
-  awom_normalized_mean: number;
-  awor_mean: number;
 }
 
 export const mean = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
@@ -75,15 +60,19 @@ export class ConceptLab {
   }
 
   /** heldoutFraction: the share of each class the judge keeps back to report its own accuracy (0.2). */
-  async trainJudge(classes: string[], perClass: TensorData[], out: string, o: { steps?: number; seed?: number; heldoutFraction?: number } = {}): Promise<JudgeReport> {
+  async trainJudge(classes: string[], perClass: TensorData[], out: string, o: { steps?: number; seed?: number; heldoutFraction?: number } = {}): Promise<JudgeTrainReply> {
     const all = concatImages(perClass);
     const labels = perClass.flatMap((t, c) => Array<bigint>(t.shape[0]!).fill(BigInt(c)));
     const data = this.file('judge-data');
-    writeSafetensors(data, [
-      ['images', all],
-      ['labels', { dtype: 'I64', shape: [labels.length], data: new Uint8Array(BigInt64Array.from(labels).buffer) }],
-    ], { classes: JSON.stringify(classes) });
-    return (await this.worker.request('judge_train', { data, out, steps: o.steps ?? 400, seed: o.seed ?? 0, heldout_fraction: o.heldoutFraction ?? 0.2 })) as JudgeReport;
+    writeSafetensors(
+      data,
+      [
+        ['images', all],
+        ['labels', { dtype: 'I64', shape: [labels.length], data: new Uint8Array(BigInt64Array.from(labels).buffer) }],
+      ],
+      { classes: JSON.stringify(classes) },
+    );
+    return this.worker.request('judge_train', { data, out, steps: o.steps ?? 400, seed: o.seed ?? 0, heldoutFraction: o.heldoutFraction ?? 0.2 });
   }
 
   async score(judge: string, images: TensorData): Promise<Scored> {
@@ -98,7 +87,7 @@ export class ConceptLab {
   }
 
   async overlap(a: string, b: string, alphaA = 1, alphaB = 1): Promise<OverlapSummary> {
-    return ((await this.worker.request('adapter_overlap', { a, b, alpha_a: alphaA, alpha_b: alphaB })) as { summary: OverlapSummary }).summary;
+    return (await this.worker.request('adapter_overlap', { a, b, alphaA, alphaB })).summary;
   }
 }
 

@@ -7,11 +7,12 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import type { ConceptReport, ConceptRequest, CoreEvent } from '../../../shared/api';
 import { badInput, unsupported } from '../../../shared/errors';
+import { CONCEPT } from '../../../shared/ranges';
 import type { Db } from '../db/database';
 import type { AdapterLibrary } from '../adapters/library';
 import type { Mixer } from '../adapters/mixer';
 import type { WorkerSupervisor } from '../worker/supervisor';
-import type { TensorData } from '../worker/safetensors';
+import type { TensorData } from '../io/safetensors';
 import { ConceptLab, CONTENT_PROMPTS, drift, SCORE_SEEDS, styleScore, UNRELATED_PROMPTS } from './lab';
 
 const BASE_SEEDS = [11, 12, 13, 14];
@@ -31,8 +32,7 @@ export class ConceptService {
   latest(adapterIds: number[]): ConceptReport | null {
     const key = JSON.stringify([...new Set(adapterIds)].sort((a, b) => a - b));
     const row = this.db.prepare('SELECT id, result_json, created_at FROM concept_results WHERE adapter_ids = ? ORDER BY id DESC LIMIT 1').get(key) as
-      | { id: number; result_json: string; created_at: string }
-      | undefined;
+      { id: number; result_json: string; created_at: string } | undefined;
     return row ? { ...(JSON.parse(row.result_json) as Omit<ConceptReport, 'id' | 'createdAt'>), id: row.id, createdAt: row.created_at } : null;
   }
 
@@ -46,11 +46,11 @@ export class ConceptService {
       if (a.datasetId === null) throw badInput(`"${a.name}" has no training images in the library (it was imported), so its style cannot be judged.`);
       if (!this.db.prepare('SELECT 1 FROM datasets WHERE id = ?').get(a.datasetId)) throw badInput(`The training images of "${a.name}" were deleted, so its style cannot be judged.`);
     }
-    const alphas = req.alphas ?? [1];
+    const alphas = req.alphas ?? [CONCEPT.alpha.default];
     const t0 = performance.now();
     const previous = this.mixer.current().entries;
     const runDir = join(this.workDir, `concept-${process.pid}-${Date.now()}`);
-    const lab = new ConceptLab(w, runDir, { steps: req.steps ?? 20, guidance: req.guidance ?? 4 });
+    const lab = new ConceptLab(w, runDir, { steps: req.steps ?? CONCEPT.steps.default, guidance: req.guidance ?? CONCEPT.guidance.default });
     const total = 2 + adapters.length * 2 + alphas.length * adapters.length + (adapters.length * (adapters.length - 1)) / 2;
     let done = 0;
     const step = (phase: string) => this.emit({ type: 'concept.progress', phase, done: ++done, total });
@@ -130,9 +130,9 @@ export class ConceptService {
 
   /** A dataset's stored images, centre-cropped to the model's size: U8 [n, size, size, 3]. */
   private async datasetImages(datasetId: number, size: number): Promise<TensorData> {
-    const rows = this.db
-      .prepare('SELECT d.normalized FROM dataset_images i JOIN dataset_image_data d ON d.image_id = i.id WHERE i.dataset_id = ? ORDER BY i.id LIMIT 200')
-      .all(datasetId) as { normalized: Buffer }[];
+    const rows = this.db.prepare('SELECT d.normalized FROM dataset_images i JOIN dataset_image_data d ON d.image_id = i.id WHERE i.dataset_id = ? ORDER BY i.id LIMIT 200').all(datasetId) as {
+      normalized: Buffer;
+    }[];
     if (rows.length < 2) throw badInput('A style needs at least 2 training images to be judged.');
     const parts: Buffer[] = [];
     for (const r of rows) parts.push(await sharp(r.normalized).resize(size, size, { fit: 'cover' }).removeAlpha().raw().toBuffer());

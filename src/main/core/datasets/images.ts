@@ -52,11 +52,7 @@ export async function processImage(input: Buffer): Promise<ProcessedImage> {
       .resize(NORMALIZED_MAX_SIDE, NORMALIZED_MAX_SIDE, { fit: 'inside', withoutEnlargement: true })
       .png({ compressionLevel: 6 })
       .toBuffer({ resolveWithObject: true });
-    const thumb = await base
-      .clone()
-      .resize(THUMB_SIDE, THUMB_SIDE, { fit: 'inside', withoutEnlargement: true })
-      .webp({ quality: 82 })
-      .toBuffer();
+    const thumb = await base.clone().resize(THUMB_SIDE, THUMB_SIDE, { fit: 'inside', withoutEnlargement: true }).webp({ quality: 82 }).toBuffer();
     return { width: info.width, height: info.height, format, normalized, thumb };
   } catch (error) {
     throw new ImageRejected(describeSharpError(error));

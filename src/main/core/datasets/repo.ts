@@ -1,6 +1,6 @@
 // SQL for datasets. Row ↔ API shape mapping lives here and nowhere else.
 import type { Dataset, DatasetImage, DatasetSummary } from '../../../shared/api';
-import { notFound } from '../../../shared/errors';
+import { badInput, notFound } from '../../../shared/errors';
 import type { Db } from '../db/database';
 
 interface DatasetRow {
@@ -11,6 +11,7 @@ interface DatasetRow {
   image_count: number;
   weighted_count: number | null;
   cover_image_id: number | null;
+  pixel_art: number;
   created_at: string;
   updated_at: string;
 }
@@ -46,6 +47,7 @@ function toSummary(r: DatasetRow): DatasetSummary {
     imageCount: r.image_count,
     weightedCount: r.weighted_count ?? 0,
     coverImageId: r.cover_image_id,
+    pixelArt: r.pixel_art === 1,
     createdAt: r.created_at,
     updatedAt: r.updated_at,
   };
@@ -135,11 +137,12 @@ export class DatasetRepo {
     this.db_.prepare(`UPDATE datasets SET updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?`).run(datasetId);
   }
 
-  update(id: number, patch: { name?: string; triggerWord?: string | null }): DatasetSummary {
+  update(id: number, patch: { name?: string; triggerWord?: string | null; pixelArt?: boolean }): DatasetSummary {
     this.summary(id);
     this.db_.transaction(() => {
       if (patch.name !== undefined) this.db_.prepare('UPDATE datasets SET name = ? WHERE id = ?').run(patch.name, id);
       if (patch.triggerWord !== undefined) this.db_.prepare('UPDATE datasets SET trigger_word = ? WHERE id = ?').run(patch.triggerWord || null, id);
+      if (patch.pixelArt !== undefined) this.db_.prepare('UPDATE datasets SET pixel_art = ? WHERE id = ?').run(patch.pixelArt ? 1 : 0, id);
       this.touch(id);
     })();
     return this.summary(id);
@@ -152,6 +155,29 @@ export class DatasetRepo {
       this.touch(img.datasetId);
     })();
     return this.image(imageId);
+  }
+
+  /**
+   * A bulk caption edit in one transaction: every image must belong to the dataset, or nothing changes. Only
+   * captions that really change are written (and marked as the user's).
+   */
+  setCaptions(datasetId: number, captions: readonly { imageId: number; caption: string }[]): Dataset {
+    this.summary(datasetId);
+    const current = new Map((this.db_.prepare('SELECT id, caption FROM dataset_images WHERE dataset_id = ?').all(datasetId) as { id: number; caption: string }[]).map((r) => [r.id, r.caption]));
+    const stray = captions.find((c) => !current.has(c.imageId));
+    if (stray) throw badInput(`Image ${stray.imageId} is not in this dataset (it may have been removed); nothing was changed.`);
+    this.db_.transaction(() => {
+      const put = this.db_.prepare(`UPDATE dataset_images SET caption = ?, caption_source = 'user' WHERE id = ?`);
+      let changed = 0;
+      for (const { imageId, caption } of captions) {
+        const text = caption.trim();
+        if (current.get(imageId) === text) continue;
+        put.run(text, imageId);
+        changed++;
+      }
+      if (changed > 0) this.touch(datasetId);
+    })();
+    return this.get(datasetId);
   }
 
   removeImage(imageId: number): boolean {

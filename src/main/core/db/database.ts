@@ -1,7 +1,6 @@
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
-import type { HealthReport } from '../../../shared/api';
 import { ExpectedError } from '../../../shared/errors';
 import { MIGRATIONS, type Migration } from './migrations';
 
@@ -9,11 +8,12 @@ export type Db = Database.Database;
 
 /**
  * Opens (creating if needed) the library database and brings it to the latest schema.
- * `:memory:` is accepted for tests; it still runs the real migrations.
+ * `:memory:` is accepted for tests; it still runs the real migrations. `nativeBinding`: the
+ * better-sqlite3 binary built for this runtime (Electron's ABI: core/runtime/layout.ts); null = the package's own.
  */
-export function openDatabase(file: string, migrations: readonly Migration[] = MIGRATIONS): Db {
+export function openDatabase(file: string, migrations: readonly Migration[] = MIGRATIONS, nativeBinding: string | null = null): Db {
   if (file !== ':memory:') mkdirSync(dirname(file), { recursive: true });
-  const db = new Database(file);
+  const db = new Database(file, nativeBinding ? { nativeBinding } : undefined);
   try {
     // WAL lets readers (the UI listing the library) proceed while a long import commits.
     db.pragma('journal_mode = WAL');
@@ -36,10 +36,7 @@ export function migrate(db: Db, migrations: readonly Migration[] = MIGRATIONS): 
   const current = schemaVersion(db);
   const latest = migrations.length ? migrations[migrations.length - 1]!.version : 0;
   if (current > latest) {
-    throw new ExpectedError(
-      'unsupported',
-      `This library was written by a newer Shira Studio (schema v${current}; this build knows up to v${latest}). Update the app, or open another data folder.`,
-    );
+    throw new ExpectedError('unsupported', `This library was written by a newer Shira Studio (schema v${current}; this build knows up to v${latest}). Update the app, or open another data folder.`);
   }
   for (const m of migrations) {
     if (m.version <= current) continue;
@@ -51,17 +48,4 @@ export function migrate(db: Db, migrations: readonly Migration[] = MIGRATIONS): 
     })();
   }
   return schemaVersion(db);
-}
-
-export function checkHealth(db: Db): HealthReport {
-  const integrity = (db.pragma('integrity_check') as { integrity_check: string }[]).map((r) => r.integrity_check);
-  const foreignKeyViolations = (db.pragma('foreign_key_check') as unknown[]).length;
-  const journalMode = db.pragma('journal_mode', { simple: true }) as string;
-  return {
-    ok: integrity.length === 1 && integrity[0] === 'ok' && foreignKeyViolations === 0,
-    integrity,
-    foreignKeyViolations,
-    journalMode,
-    schemaVersion: schemaVersion(db),
-  };
 }

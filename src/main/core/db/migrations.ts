@@ -213,6 +213,47 @@ export const MIGRATIONS: readonly Migration[] = [
       ALTER TABLE adapters ADD COLUMN base_identity TEXT;
     `,
   },
+  {
+    version: 3,
+    name: 'gallery: compare grids, one row per identical generation; pixel-art marks; covers from first images',
+    sql: /* sql */ `
+      -- SHA-256 of what fixes a generation's pixels (base weights, each adapter's content and α, prompt,
+      -- negative prompt, seed, sampler, steps, guidance, engine): an identical request reuses the row.
+      -- NULL for rows written before this version (they are never matched).
+      ALTER TABLE generations ADD COLUMN recipe_key TEXT;
+      CREATE INDEX generations_by_recipe ON generations (recipe_key);
+      -- 1: shown in the gallery on its own. 0: drawn as a Compare cell, kept only while a grid names it
+      -- (rows that no grid, cover or favourite holds are removed at the next start).
+      ALTER TABLE generations ADD COLUMN standalone INTEGER NOT NULL DEFAULT 1 CHECK (standalone IN (0, 1));
+      -- The artist marked it as pixel art: shown with nearest-neighbour scaling at any size.
+      ALTER TABLE generations ADD COLUMN pixel_art INTEGER NOT NULL DEFAULT 0 CHECK (pixel_art IN (0, 1));
+      ALTER TABLE datasets ADD COLUMN pixel_art INTEGER NOT NULL DEFAULT 0 CHECK (pixel_art IN (0, 1));
+
+      -- A Compare grid kept as one gallery entry: its axes as shown, its cells by generation.
+      CREATE TABLE generation_grids (
+        id          INTEGER PRIMARY KEY,
+        title       TEXT NOT NULL CHECK (length(title) > 0),
+        -- {mode, rows: [{label, sub, kind}], columns: [...], prompts, seed, steps, guidance, negativePrompt}
+        layout_json TEXT NOT NULL CHECK (json_valid(layout_json)),
+        created_at  TEXT NOT NULL DEFAULT ${now}
+      );
+      CREATE INDEX generation_grids_recent ON generation_grids (created_at DESC);
+      CREATE TABLE generation_grid_cells (
+        grid_id       INTEGER NOT NULL REFERENCES generation_grids (id) ON DELETE CASCADE,
+        row           INTEGER NOT NULL CHECK (row >= 0),
+        col           INTEGER NOT NULL CHECK (col >= 0),
+        generation_id INTEGER NOT NULL REFERENCES generations (id) ON DELETE CASCADE,
+        PRIMARY KEY (grid_id, row, col)
+      ) WITHOUT ROWID;
+      CREATE INDEX generation_grid_cells_by_generation ON generation_grid_cells (generation_id);
+
+      -- Adapters without a cover take the first image made with them (new ones do so as they are drawn).
+      UPDATE adapters SET cover_generation_id = (
+        SELECT min(g.id) FROM generations g, json_each(g.mix_json) j
+        WHERE json_extract(j.value, '$.adapterId') = adapters.id AND json_extract(j.value, '$.alpha') != 0
+      ) WHERE cover_generation_id IS NULL;
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

@@ -2,16 +2,33 @@
 // adapter names and hashes, prompt, seed, sampler, steps, guidance) in its row and inside the PNG
 // itself, as A1111-style "parameters" text plus a JSON chunk, so an exported file re-runs anywhere.
 // Each image of a batch gets its own seed (seed, seed+1, …) so any single image can be re-run alone.
+// Generation is deterministic, so an identical request (same base weights, adapters and α, prompt, seed, settings and
+// engine) is stored once: the row is found by its recipe key and comes back instead of a copy. Compare cells are
+// drawn with `forGrid` and live in the gallery only as part of a kept grid (one entry, expandable to its cells).
+import { createHash } from 'node:crypto';
 import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import type { Generation, GenerateRequest, GenerationPage, MixEntry } from '../../../shared/api';
+import {
+  PIXEL_ART_MAX_SIDE,
+  type CoreEvent,
+  type GalleryEntry,
+  type GalleryPage,
+  type Generation,
+  type GenerateRequest,
+  type GenerationPage,
+  type Grid,
+  type GridInput,
+  type GridSummary,
+  type MixEntry,
+} from '../../../shared/api';
 import { badInput, notFound, unsupported } from '../../../shared/errors';
+import { SAMPLING, SEED } from '../../../shared/ranges';
 import type { Db } from '../db/database';
 import type { Mixer } from '../adapters/mixer';
 import type { AdapterLibrary } from '../adapters/library';
 import type { EngineName, OrtService } from '../ort/service';
-import { readSafetensors } from '../worker/safetensors';
+import { readSafetensors } from '../io/safetensors';
 import type { WorkerSupervisor } from '../worker/supervisor';
 import { addPngText } from './png-text';
 
@@ -31,6 +48,14 @@ interface GenerationRow {
   favourite: number;
   duration_ms: number | null;
   engine: string | null;
+  pixel_art: number;
+  created_at: string;
+}
+
+interface GridRow {
+  id: number;
+  title: string;
+  layout_json: string;
   created_at: string;
 }
 
@@ -72,8 +97,31 @@ export function a1111Parameters(r: Recipe): string {
 
 /** A gallery row without its image blobs, with the base model's name. */
 const ROW_SQL = `SELECT g.id, g.base_model_id, b.name AS base_model_name, g.prompt, g.negative_prompt, g.seed, g.sampler, g.steps, g.guidance,
-         g.width, g.height, g.mix_json, g.favourite, g.duration_ms, g.engine, g.created_at
+         g.width, g.height, g.mix_json, g.favourite, g.duration_ms, g.engine, g.pixel_art, g.created_at
   FROM generations g LEFT JOIN base_models b ON b.id = g.base_model_id`;
+
+/** Made with this adapter (`@adapter` null: any). */
+const WITH_ADAPTER = `(@adapter IS NULL OR EXISTS (SELECT 1 FROM json_each(g.mix_json) j WHERE json_extract(j.value, '$.adapterId') = @adapter))`;
+
+/**
+ * What fixes a generation's pixels, hashed: the identity of an image. Adapters count by content (an id can be reused
+ * after a delete) and in id order (the blend W0 + Σ αᵢ·Sᵢ does not depend on the order they were listed in).
+ */
+export function recipeKey(r: {
+  base: string;
+  mix: readonly { content: string; alpha: number }[];
+  prompt: string;
+  negativePrompt: string;
+  seed: number;
+  sampler: string;
+  steps: number;
+  guidance: number;
+  engine: EngineName;
+}): string {
+  return createHash('sha256')
+    .update(JSON.stringify([r.base, r.mix.map((m) => [m.content, m.alpha]), r.prompt, r.negativePrompt, r.seed, r.sampler, r.steps, r.guidance, r.engine]))
+    .digest('hex');
+}
 
 export class Generations {
   constructor(
@@ -85,7 +133,15 @@ export class Generations {
     /** The core's lane for the mixing worker (mixes and worker sampling must not interleave). */
     private readonly serial: <T>(fn: () => Promise<T>) => Promise<T>,
     private readonly tmpDir: string,
-  ) {}
+    private readonly emit: (event: CoreEvent) => void = () => {},
+  ) {
+    // Compare cells whose grid was not kept (or was deleted) are held by nothing once the app restarts.
+    db.prepare(
+      `DELETE FROM generations WHERE standalone = 0 AND favourite = 0
+         AND NOT EXISTS (SELECT 1 FROM generation_grid_cells c WHERE c.generation_id = generations.id)
+         AND NOT EXISTS (SELECT 1 FROM adapters a WHERE a.cover_generation_id = generations.id)`,
+    ).run();
+  }
 
   /**
    * Which engine draws: 'worker' (libtorch), 'ort' (onnxruntime-node, SHiRA mixes patched in place), or
@@ -140,25 +196,54 @@ export class Generations {
       weights_path: string;
       resolution: number;
     };
+    const adapters = new Map(
+      entries.map((e) => {
+        const a = this.db.prepare('SELECT name, file_sha256, content_hash FROM adapters WHERE id = ?').get(e.adapterId) as { name: string; file_sha256: string | null; content_hash: string | null };
+        return [e.adapterId, a] as const;
+      }),
+    );
     const mix = entries.map((e) => {
-      const a = this.db.prepare('SELECT name, file_sha256 FROM adapters WHERE id = ?').get(e.adapterId) as { name: string; file_sha256: string | null };
+      const a = adapters.get(e.adapterId)!;
       return { ...e, name: a.name, autoV2: a.file_sha256 ? a.file_sha256.slice(0, 10).toUpperCase() : null };
     });
-    const seed0 = req.seed ?? Math.floor(Math.random() * 2 ** 31);
-    const batch = req.batch ?? 1;
-    const steps = req.steps ?? 25;
-    const guidance = req.guidance ?? 5;
-    const sampler = req.sampler ?? 'ddim';
+    const byContent = [...entries].sort((a, b) => a.adapterId - b.adapterId).map((e) => ({ content: adapters.get(e.adapterId)!.content_hash ?? `adapter ${e.adapterId}`, alpha: e.alpha }));
+    const seed0 = req.seed ?? Math.floor(Math.random() * (SEED.max + 1));
+    const batch = req.batch ?? SAMPLING.batch.default;
+    const steps = req.steps ?? SAMPLING.steps.default;
+    const guidance = req.guidance ?? SAMPLING.guidance.default;
+    const sampler = req.sampler ?? SAMPLING.sampler.default;
     mkdirSync(this.tmpDir, { recursive: true });
     const out: Generation[] = [];
+    const standalone = req.forGrid ? 0 : 1;
     for (let i = 0; i < batch; i++) {
       const seed = seed0 + i;
+      const key = recipeKey({
+        base: base.weights_hash ?? `base model ${baseModelId}`,
+        mix: byContent,
+        prompt: req.prompt,
+        negativePrompt: req.negativePrompt ?? '',
+        seed,
+        sampler,
+        steps,
+        guidance,
+        engine,
+      });
+      const same = this.db.prepare('SELECT id, standalone FROM generations WHERE recipe_key = ? ORDER BY id LIMIT 1').get(key) as { id: number; standalone: number } | undefined;
+      if (same) {
+        // Drawn before (maybe as a Compare cell): asked for on its own now, it joins the gallery.
+        if (standalone && !same.standalone) {
+          this.db.prepare('UPDATE generations SET standalone = 1 WHERE id = ?').run(same.id);
+          this.adoptCovers(same.id, entries);
+        }
+        out.push(this.get(same.id));
+        continue;
+      }
       const file = join(this.tmpDir, `generate-${process.pid}-${Date.now()}-${i}.safetensors`);
       const started = performance.now();
       try {
         let images: { dtype: string; shape: number[]; data: Uint8Array } | undefined;
         if (engine === 'worker') {
-          await w!.request('sample', { prompt: req.prompt, negative_prompt: req.negativePrompt ?? '', seed, steps, guidance, sampler, batch: 1, out: file });
+          await w!.request('sample', { prompt: req.prompt, negativePrompt: req.negativePrompt ?? '', seed, steps, guidance, sampler, batch: 1, out: file });
           images = readSafetensors(file).tensors.get('images');
         } else {
           const r = await this.ort!.generate({
@@ -190,16 +275,35 @@ export class Generations {
         };
         const raw = sharp(Buffer.from(images.data), { raw: { width: wd, height: h, channels: c as 3 } });
         const png = addPngText(await raw.clone().png().toBuffer(), { parameters: a1111Parameters(recipe), 'shira-studio': JSON.stringify(recipe) });
-        // Thumbnails are upscaled with nearest-neighbour: the model draws 64×64 pixel art, not a photo.
-        const thumb = await raw.clone().resize(256, 256, { kernel: 'nearest' }).webp({ quality: 85 }).toBuffer();
+        // Small images (the built-in model draws 64×64) are upscaled with nearest-neighbour: pixels, not a blur.
+        const kernel = Math.max(wd, h) <= PIXEL_ART_MAX_SIDE ? 'nearest' : 'lanczos3';
+        const thumb = await raw.clone().resize(256, 256, { kernel, fit: 'inside' }).webp({ quality: 85 }).toBuffer();
         const id = Number(
           this.db
             .prepare(
-              `INSERT INTO generations (base_model_id, prompt, negative_prompt, seed, sampler, steps, guidance, width, height, mix_json, image_png, thumb_webp, duration_ms, engine)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+              `INSERT INTO generations (base_model_id, prompt, negative_prompt, seed, sampler, steps, guidance, width, height, mix_json, image_png, thumb_webp, duration_ms, engine, recipe_key, standalone)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
             )
-            .run(baseModelId, req.prompt, req.negativePrompt ?? '', seed, sampler, steps, guidance, wd, h, JSON.stringify(entries), png, thumb, Math.round(performance.now() - started), engine).lastInsertRowid,
+            .run(
+              baseModelId,
+              req.prompt,
+              req.negativePrompt ?? '',
+              seed,
+              sampler,
+              steps,
+              guidance,
+              wd,
+              h,
+              JSON.stringify(entries),
+              png,
+              thumb,
+              Math.round(performance.now() - started),
+              engine,
+              key,
+              standalone,
+            ).lastInsertRowid,
         );
+        if (standalone) this.adoptCovers(id, entries);
         out.push(this.get(id));
       } finally {
         rmSync(file, { force: true });
@@ -208,8 +312,9 @@ export class Generations {
     return out;
   }
 
+  /** Images kept on their own (Compare cells live in their grids), newest first. */
   list(o: { offset?: number; limit?: number; favourite?: boolean; adapterId?: number }): GenerationPage {
-    const where = `(@fav IS NULL OR g.favourite = @fav) AND (@adapter IS NULL OR EXISTS (SELECT 1 FROM json_each(g.mix_json) j WHERE json_extract(j.value, '$.adapterId') = @adapter))`;
+    const where = `g.standalone = 1 AND (@fav IS NULL OR g.favourite = @fav) AND ${WITH_ADAPTER}`;
     const params = { fav: o.favourite === undefined ? null : o.favourite ? 1 : 0, adapter: o.adapterId ?? null };
     const total = (this.db.prepare(`SELECT count(*) AS n FROM generations g WHERE ${where}`).get(params) as { n: number }).n;
     const rows = this.db
@@ -222,11 +327,7 @@ export class Generations {
   }
 
   get(id: number): Generation {
-    const row = this.db
-      .prepare(
-        `${ROW_SQL} WHERE g.id = ?`,
-      )
-      .get(id) as GenerationRow | undefined;
+    const row = this.db.prepare(`${ROW_SQL} WHERE g.id = ?`).get(id) as GenerationRow | undefined;
     if (!row) throw notFound(`Generation ${id} does not exist.`);
     return toGeneration(row);
   }
@@ -234,6 +335,76 @@ export class Generations {
   setFavourite(id: number, favourite: boolean): Generation {
     if (this.db.prepare('UPDATE generations SET favourite = ? WHERE id = ?').run(favourite ? 1 : 0, id).changes === 0) throw notFound(`Generation ${id} does not exist.`);
     return this.get(id);
+  }
+
+  /**
+   * The gallery: images kept on their own and Compare grids, newest first. With `favourite`, favourite images only
+   * (a favourite Compare cell included); with `adapterId`, images and grids made with that adapter.
+   */
+  gallery(o: { offset?: number; limit?: number; favourite?: boolean; adapterId?: number }): GalleryPage {
+    const params = { adapter: o.adapterId ?? null, limit: o.limit ?? 100, offset: o.offset ?? 0 };
+    const entries = o.favourite
+      ? `SELECT 'image' AS type, g.id, g.created_at FROM generations g WHERE g.favourite = 1 AND ${WITH_ADAPTER}`
+      : `SELECT 'image' AS type, g.id, g.created_at FROM generations g WHERE g.standalone = 1 AND ${WITH_ADAPTER}
+         UNION ALL
+         SELECT 'grid', r.id, r.created_at FROM generation_grids r
+         WHERE @adapter IS NULL OR EXISTS (SELECT 1 FROM generation_grid_cells c JOIN generations g ON g.id = c.generation_id WHERE c.grid_id = r.id AND ${WITH_ADAPTER})`;
+    const total = (this.db.prepare(`SELECT count(*) AS n FROM (${entries})`).get(params) as { n: number }).n;
+    const page = this.db.prepare(`${entries} ORDER BY created_at DESC, id DESC LIMIT @limit OFFSET @offset`).all(params) as { type: 'image' | 'grid'; id: number }[];
+    const items: GalleryEntry[] = page.map((e) => (e.type === 'image' ? { type: 'image', ...this.get(e.id) } : { type: 'grid', ...this.gridSummary(e.id) }));
+    return { total, items };
+  }
+
+  /** Keeps a Compare grid as one gallery entry. Its cells are images already drawn (with `forGrid`). */
+  saveGrid(input: GridInput): GridSummary {
+    const { title, cells, ...layout } = input;
+    if (cells.length !== layout.rows.length || cells.some((row) => row.length !== layout.columns.length)) {
+      throw badInput(`cells must have ${layout.rows.length} rows of ${layout.columns.length} (one per row and column).`);
+    }
+    const ids = [...new Set(cells.flat().filter((c): c is number => c !== null))];
+    if (ids.length === 0) throw badInput('The grid has no images to keep.');
+    const missing = ids.find((id) => !this.db.prepare('SELECT 1 FROM generations WHERE id = ?').get(id));
+    if (missing !== undefined) throw notFound(`Generation ${missing} does not exist, so the grid cannot hold it.`);
+    const id = this.db.transaction(() => {
+      const gridId = Number(this.db.prepare('INSERT INTO generation_grids (title, layout_json) VALUES (?, ?)').run(title, JSON.stringify(layout)).lastInsertRowid);
+      const put = this.db.prepare('INSERT INTO generation_grid_cells (grid_id, row, col, generation_id) VALUES (?, ?, ?, ?)');
+      cells.forEach((row, r) => row.forEach((g, c) => g !== null && put.run(gridId, r, c, g)));
+      // A kept grid is the first picture of an adapter as much as a single image is.
+      for (const g of ids) this.adoptCovers(g, this.get(g).mix);
+      return gridId;
+    })();
+    return this.gridSummary(id);
+  }
+
+  gridSummary(id: number): GridSummary {
+    const row = this.db.prepare('SELECT * FROM generation_grids WHERE id = ?').get(id) as GridRow | undefined;
+    if (!row) throw notFound(`Grid ${id} does not exist.`);
+    const layout = JSON.parse(row.layout_json) as Omit<GridInput, 'title' | 'cells'>;
+    const cells: (number | null)[][] = layout.rows.map(() => layout.columns.map(() => null));
+    for (const c of this.db.prepare('SELECT row, col, generation_id FROM generation_grid_cells WHERE grid_id = ?').all(id) as { row: number; col: number; generation_id: number }[]) {
+      if (cells[c.row]?.[c.col] !== undefined) cells[c.row]![c.col] = c.generation_id;
+    }
+    return { id: row.id, title: row.title, ...layout, cells, createdAt: row.created_at };
+  }
+
+  grid(id: number): Grid {
+    const summary = this.gridSummary(id);
+    const ids = [...new Set(summary.cells.flat().filter((c): c is number => c !== null))];
+    return { ...summary, generations: ids.map((g) => this.get(g)) };
+  }
+
+  deleteGrid(id: number): boolean {
+    return this.db.prepare('DELETE FROM generation_grids WHERE id = ?').run(id).changes > 0;
+  }
+
+  setPixelArt(id: number, pixelArt: boolean): Generation {
+    if (this.db.prepare('UPDATE generations SET pixel_art = ? WHERE id = ?').run(pixelArt ? 1 : 0, id).changes === 0) throw notFound(`Generation ${id} does not exist.`);
+    return this.get(id);
+  }
+
+  private adoptCovers(generationId: number, mix: readonly MixEntry[]): void {
+    const changed = this.library.adoptCover(generationId, mix);
+    for (const adapterId of changed) this.emit({ type: 'library.changed', what: 'adapters', id: adapterId });
   }
 
   delete(id: number): boolean {
@@ -267,6 +438,7 @@ function toGeneration(r: GenerationRow): Generation {
     favourite: r.favourite === 1,
     durationMs: r.duration_ms,
     engine: r.engine === 'ort' ? 'ort' : 'worker',
+    pixelArt: r.pixel_art === 1,
     createdAt: r.created_at,
   };
 }

@@ -1,5 +1,5 @@
 import sharp from 'sharp';
-import { readSafetensors } from '../worker/safetensors';
+import { readSafetensors } from '../io/safetensors';
 
 /**
  * The worker's U8 images [B, H, W, 3] (a safetensors file) as one PNG grid, `cols` wide on white,

@@ -43,7 +43,7 @@ export function addPngText(png: Buffer, entries: Record<string, string>): Buffer
 export function readPngText(png: Buffer): Record<string, string> {
   if (!png.subarray(0, 8).equals(SIGNATURE)) throw new Error('not a PNG');
   const out: Record<string, string> = {};
-  for (let p = 8; p + 12 <= png.length; ) {
+  for (let p = 8; p + 12 <= png.length;) {
     const len = png.readUInt32BE(p);
     const type = png.toString('latin1', p + 4, p + 8);
     const body = png.subarray(p + 4, p + 8 + len);

@@ -10,14 +10,16 @@ import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { CoreEvent, JobStatus, TrainingJob, TrainingRequest } from '../../../shared/api';
 import { badInput, conflict, notFound } from '../../../shared/errors';
+import { TRAINING } from '../../../shared/ranges';
 import type { Db } from '../db/database';
 import type { EventBus } from '../events';
 import type { Logger } from '../logger';
 import { readAdapterFile } from '../adapters/format';
-import type { AdapterLibrary } from '../adapters/library';
+import { lossCurve, type AdapterLibrary } from '../adapters/library';
 import { imagesToGridPng } from '../generate/grid';
 import { packDataset } from '../worker/pack';
-import { WorkerError, type WorkerSupervisor } from '../worker/supervisor';
+import type { ArgsOf, WorkerOps } from '../worker/protocol';
+import { WorkerError, WorkerExitError, type WorkerSupervisor } from '../worker/supervisor';
 
 /** Worker deaths tolerated per job before it is marked failed (each one resumes from the checkpoint). */
 export const MAX_ATTEMPTS = 3;
@@ -41,8 +43,6 @@ interface RunRow {
   started_at: string | null;
   finished_at: string | null;
 }
-
-const DEFAULTS = { steps: 500, batch: 4, seed: 0, checkpointEvery: 50, valuesDtype: 'f16' as const };
 
 export class TrainingQueue {
   private running_: { id: number; cancel: boolean; done: Promise<void> } | null = null;
@@ -69,8 +69,7 @@ export class TrainingQueue {
 
   enqueue(req: TrainingRequest): TrainingJob {
     const dataset = this.db.prepare('SELECT name, (SELECT count(*) FROM dataset_images WHERE dataset_id = datasets.id) AS n FROM datasets WHERE id = ?').get(req.datasetId) as
-      | { name: string; n: number }
-      | undefined;
+      { name: string; n: number } | undefined;
     if (!dataset) throw notFound(`Dataset ${req.datasetId} does not exist.`);
     if (dataset.n === 0) throw badInput(`Dataset "${dataset.name}" has no images to train on.`);
     const base = (
@@ -88,14 +87,14 @@ export class TrainingQueue {
     const config: TrainingRequest = {
       ...req,
       baseModelId: base.id,
-      steps: req.steps ?? DEFAULTS.steps,
-      batch: req.batch ?? DEFAULTS.batch,
-      seed: req.seed ?? DEFAULTS.seed,
-      lr: req.lr ?? (req.method === 'shira' ? 1e-3 : 1e-3),
-      checkpointEvery: req.checkpointEvery ?? DEFAULTS.checkpointEvery,
-      valuesDtype: req.valuesDtype ?? DEFAULTS.valuesDtype,
-      ...(req.method === 'shira' ? { mask: req.mask ?? 'struct', density: req.density ?? 0.02 } : {}),
-      ...(req.method === 'lora' && req.rank === undefined ? { matchDensity: req.matchDensity ?? 0.02 } : {}),
+      steps: req.steps ?? TRAINING.steps.default,
+      batch: req.batch ?? TRAINING.batch.default,
+      seed: req.seed ?? TRAINING.seed.default,
+      lr: req.lr ?? TRAINING.lr.default,
+      checkpointEvery: req.checkpointEvery ?? TRAINING.checkpointEvery.default,
+      valuesDtype: req.valuesDtype ?? 'f16',
+      ...(req.method === 'shira' ? { mask: req.mask ?? 'struct', density: req.density ?? TRAINING.density.default } : {}),
+      ...(req.method === 'lora' && req.rank === undefined ? { matchDensity: req.matchDensity ?? TRAINING.density.default } : {}),
     };
     const name = req.name ?? `${dataset.name} · ${req.method === 'shira' ? `SHiRA ${config.mask}` : `LoRA ${config.rank ? `r${config.rank}` : 'matched'}`}`;
     const id = Number(
@@ -109,9 +108,7 @@ export class TrainingQueue {
   }
 
   list(status?: JobStatus): TrainingJob[] {
-    const rows = this.db
-      .prepare(`SELECT * FROM training_runs WHERE kind IN ('shira', 'lora') AND (@status IS NULL OR status = @status) ORDER BY id DESC`)
-      .all({ status: status ?? null }) as RunRow[];
+    const rows = this.db.prepare(`SELECT * FROM training_runs WHERE kind IN ('shira', 'lora') AND (@status IS NULL OR status = @status) ORDER BY id DESC`).all({ status: status ?? null }) as RunRow[];
     return rows.map(toJob);
   }
 
@@ -119,6 +116,12 @@ export class TrainingQueue {
   samples(id: number): { id: number; step: number }[] {
     this.get(id);
     return this.db.prepare('SELECT id, step FROM training_samples WHERE run_id = ? ORDER BY step').all(id) as { id: number; step: number }[];
+  }
+
+  /** The curve so far, for a chart opened mid-run (live points then continue it). */
+  loss(id: number): { step: number; loss: number }[] {
+    this.get(id);
+    return lossCurve(this.db, id, 2000);
   }
 
   sampleMedia(sampleId: number): Buffer | null {
@@ -192,8 +195,7 @@ export class TrainingQueue {
     const w = this.worker!;
     try {
       const base = this.db.prepare('SELECT name, weights_path, weights_hash, resolution FROM base_models WHERE id = ?').get(row.base_model_id) as
-        | { name: string; weights_path: string | null; weights_hash: string | null; resolution: number }
-        | undefined;
+        { name: string; weights_path: string | null; weights_hash: string | null; resolution: number } | undefined;
       if (!base?.weights_path || !existsSync(base.weights_path)) throw badInput('The base model of this job is gone or has no weights file.');
       if (row.dataset_id === null) throw badInput('The dataset of this job was deleted.');
       mkdirSync(dir, { recursive: true });
@@ -203,7 +205,7 @@ export class TrainingQueue {
       await w.request('load_model', { path: base.weights_path, identity: base.weights_hash ?? '' });
       const resume = existsSync(checkpoint);
       const trigger = (this.db.prepare('SELECT trigger_word FROM datasets WHERE id = ?').get(row.dataset_id) as { trigger_word: string | null } | undefined)?.trigger_word;
-      const args: Record<string, unknown> = {
+      const args: ArgsOf<WorkerOps, 'train'> = {
         method: config.method,
         data,
         out,
@@ -211,15 +213,15 @@ export class TrainingQueue {
         batch: config.batch,
         lr: config.lr,
         seed: config.seed,
-        values_dtype: config.valuesDtype,
+        valuesDtype: config.valuesDtype,
         checkpoint,
-        checkpoint_every: config.checkpointEvery,
-        progress_every: Math.max(1, Math.min(25, Math.floor((config.steps ?? 1) / 50) || 1)),
+        checkpointEvery: config.checkpointEvery,
+        progressEvery: Math.max(1, Math.min(25, Math.floor((config.steps ?? 1) / 50) || 1)),
         ...(config.method === 'shira' ? { mask: config.mask, density: config.density } : {}),
-        ...(config.method === 'lora' ? (config.rank ? { rank: config.rank, alpha: config.rank } : { match_density: config.matchDensity }) : {}),
-        ...(config.samplePrompts?.length ? { sample_prompts: config.samplePrompts, sample_every: config.sampleEvery, sample_dir: join(dir, 'samples') } : {}),
+        ...(config.method === 'lora' ? (config.rank ? { rank: config.rank, alpha: config.rank } : { matchDensity: config.matchDensity }) : {}),
+        ...(config.samplePrompts?.length ? { samplePrompts: config.samplePrompts, sampleEvery: config.sampleEvery, sampleDir: join(dir, 'samples') } : {}),
         // The packed captions hold the trigger (withTrigger prepends it where missing); the tag holding it never drops.
-        ...(config.tagDropout ? { caption_tag_dropout: config.tagDropout, ...(trigger ? { caption_keep_words: [trigger] } : {}) } : {}),
+        ...(config.tagDropout ? { captionTagDropout: config.tagDropout, ...(trigger ? { captionKeepWords: [trigger] } : {}) } : {}),
         ...(config.flip ? { flip: true } : {}),
         ...(resume ? { resume: checkpoint } : {}),
       };
@@ -228,7 +230,8 @@ export class TrainingQueue {
       const t0 = Date.now();
       // Sample grids are converted while training goes on; the job folder is removed only after.
       const pendingSamples: Promise<void>[] = [];
-      const result = await w.request<Record<string, unknown>>('train', args, (e) => {
+      // Events are checked, not trusted: a malformed line must not throw inside the supervisor's reader.
+      const result = await w.request('train', args, (e) => {
         if (e.event === 'progress' && typeof e.step === 'number' && typeof e.loss === 'number') {
           putLoss.run(id, e.step, e.loss, Date.now() - t0);
           this.db.prepare('UPDATE training_runs SET step = ? WHERE id = ?').run(e.step, id);
@@ -236,28 +239,26 @@ export class TrainingQueue {
         } else if (e.event === 'sample' && typeof e.path === 'string') {
           const path = e.path;
           const step = Number(e.step);
-          pendingSamples.push(imagesToGridPng(path, 4)
-            .then((png) => {
-              const { id: sampleId } = this.db
-                .prepare('INSERT INTO training_samples (run_id, step, image_png) VALUES (?, ?, ?) ON CONFLICT (run_id, step) DO UPDATE SET image_png = excluded.image_png RETURNING id')
-                .get(id, step, png) as { id: number };
-              this.events.emit({ type: 'training.sample', jobId: id, step, sampleId });
-            })
-            .catch((error) => this.log.warn(`training job ${id}: could not read samples at step ${step}`, error)));
+          pendingSamples.push(
+            imagesToGridPng(path, 4)
+              .then((png) => {
+                const { id: sampleId } = this.db
+                  .prepare('INSERT INTO training_samples (run_id, step, image_png) VALUES (?, ?, ?) ON CONFLICT (run_id, step) DO UPDATE SET image_png = excluded.image_png RETURNING id')
+                  .get(id, step, png) as { id: number };
+                this.events.emit({ type: 'training.sample', jobId: id, step, sampleId });
+              })
+              .catch((error) => this.log.warn(`training job ${id}: could not read samples at step ${step}`, error)),
+          );
         }
       });
       await Promise.all(pendingSamples);
       // Stored in one transaction with the run's completion (see the header comment).
       const content = readAdapterFile(out, `the adapter of job ${id}`);
-      this.library.insert(
-        content,
-        { name: row.name ?? `job ${id}`, baseModelId: row.base_model_id!, datasetId: row.dataset_id, triggerWords: trigger ? [trigger] : [] },
-        (adapterId) => {
-          this.db
-            .prepare(`UPDATE training_runs SET status = 'completed', adapter_id = ?, step = steps, result_json = ?, error = NULL, finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?`)
-            .run(adapterId, JSON.stringify(result ?? {}), id);
-        },
-      );
+      this.library.insert(content, { name: row.name ?? `job ${id}`, baseModelId: row.base_model_id!, datasetId: row.dataset_id, triggerWords: trigger ? [trigger] : [] }, (adapterId) => {
+        this.db
+          .prepare(`UPDATE training_runs SET status = 'completed', adapter_id = ?, step = steps, result_json = ?, error = NULL, finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?`)
+          .run(adapterId, JSON.stringify(result ?? {}), id);
+      });
       rmSync(dir, { recursive: true, force: true });
       this.events.emit({ type: 'library.changed', what: 'adapters' });
       this.changed(id);
@@ -282,7 +283,7 @@ export class TrainingQueue {
     }
     // A worker that died mid-job (crash, kill, out of memory) is restarted by the supervisor; the job
     // goes back to the queue and resumes from its checkpoint, up to MAX_ATTEMPTS times.
-    const crashed = we?.type === 'internal' && /native worker stopped/.test(message);
+    const crashed = error instanceof WorkerExitError;
     const attempts = (this.db.prepare('SELECT attempts FROM training_runs WHERE id = ?').get(id) as { attempts: number }).attempts + 1;
     if (crashed && attempts < MAX_ATTEMPTS) {
       this.db.prepare(`UPDATE training_runs SET status = 'queued', attempts = ?, error = ? WHERE id = ?`).run(attempts, message, id);

@@ -72,7 +72,7 @@ export function registerBuiltinModels(db: Db, models: readonly BuiltinModel[]): 
 export function newestBuiltin(models: readonly BuiltinModel[], from?: string): string | undefined {
   const successor = new Map(models.flatMap((m) => (m.supersedes ? [[m.supersedes, m.name] as const] : [])));
   let name: string | undefined = from ?? models.find((m) => !successor.has(m.name))?.name ?? models[0]?.name;
-  for (const seen = new Set<string>(); name !== undefined && successor.has(name) && !seen.has(name); ) {
+  for (const seen = new Set<string>(); name !== undefined && successor.has(name) && !seen.has(name);) {
     seen.add(name);
     name = successor.get(name);
   }

@@ -1,7 +1,8 @@
 // The portable inference engine: the base model exported to ONNX, run by onnxruntime-node in a worker_thread, with
 // SHiRA mixes applied in place on the weight inputs (paper §3.2: a fused sparse adapter changes only the weights,
 // never the engine). Same samplers and the same arithmetic for a mix as the native worker (tests/unit/ort.test.ts
-// measures how close).
+// measures how close): applyMix and clear mirror native mix_apply / mix_clear through patch.ts, sample mirrors the
+// worker's `sample` op (sample_images) through sampler.ts, the graphs come from export.ts.
 //
 // Memory: the main thread keeps W0 of the targeted weights (to restore from and to add to); the thread keeps the live
 // copies it feeds. Everything else lives only inside the ORT sessions.
@@ -69,7 +70,10 @@ export class OrtEngine {
     const engine = new OrtEngine(config, exported, thread);
     const threads = options.threads ?? Math.max(1, availableParallelism() - 1);
     try {
-      for (const [graph, g] of [['text_encoder', exported.textEncoder], ['unet', exported.unet]] as const) {
+      for (const [graph, g] of [
+        ['text_encoder', exported.textEncoder],
+        ['unet', exported.unet],
+      ] as const) {
         const live = g.weightInputs.map((w) => {
           const data = weights.get(w.name)!.data;
           engine.base_.set(w.name, { graph, data: Float32Array.from(data) });
@@ -177,15 +181,25 @@ export class OrtEngine {
     const context = new Float32Array(neg.length + cond.length);
     context.set(neg, 0);
     context.set(cond, neg.length);
-    const x0 = await sample(async (x2, t) => (await this.predict(x2, Array.from({ length: 2 * B }, () => t), context)).out, {
-      sampler: req.sampler ?? 'ddim',
-      steps: req.steps,
-      guidance: req.guidance,
-      noise,
-      diffusion: this.config.diffusion,
-      shouldStop: req.shouldStop,
-      onStep: req.onStep,
-    });
+    const x0 = await sample(
+      async (x2, t) =>
+        (
+          await this.predict(
+            x2,
+            Array.from({ length: 2 * B }, () => t),
+            context,
+          )
+        ).out,
+      {
+        sampler: req.sampler ?? 'ddim',
+        steps: req.steps,
+        guidance: req.guidance,
+        noise,
+        diffusion: this.config.diffusion,
+        shouldStop: req.shouldStop,
+        onStep: req.onStep,
+      },
+    );
     return { x0, images: imagesFromModel(x0, shape), shape: [B, u.sampleSize, u.sampleSize, u.outChannels] };
   }
 

@@ -1,4 +1,9 @@
-// ONNX export of the model family (native/src/model.cpp): the word-level text encoder and the UNet as two graphs.
+// ONNX export of the built-in model family: the word-level text encoder and the UNet as two graphs.
+//
+// A copy kept on purpose (ONNX deployment): each graph spells out the native model's forward pass op for op —
+// the text encoder of word_text_encoder_init (model/text_encoder), unet_forward with its timestep_embedding
+// (model/unet), attention (model/attention.h) and the adapted Layer (model/layer). A change to the native model is
+// made here too; tests/unit/ort.test.ts compares the exported graphs' outputs with the worker's `forward` op.
 //
 // SHiRA-targeted weights (layers matching `targets`, by default the worker's kDefaultTargets) are graph INPUTS named
 // by their parameter name ("unet.mid_block.attentions.0.proj_in.weight") in the worker's layout ([out, in] for Linear,
@@ -102,7 +107,12 @@ class ModelGraph {
   /** GroupNorm as InstanceNormalization over [B, G, C/G·H·W] plus the per-channel affine (ONNX's own GroupNormalization-18 is per group). */
   groupNorm(x: string, module: string, groups: number, c: number, h: number, w: number, eps = 1e-5): string {
     const grouped = this.g.op('Reshape', [x, this.g.ints([-1, groups, (c / groups) * h * w])]);
-    const normed = this.g.op('InstanceNormalization', [grouped, this.g.floats(new Float32Array(groups).fill(1), [groups]), this.g.floats(new Float32Array(groups), [groups])], { epsilon: eps }, 'groupnorm');
+    const normed = this.g.op(
+      'InstanceNormalization',
+      [grouped, this.g.floats(new Float32Array(groups).fill(1), [groups]), this.g.floats(new Float32Array(groups), [groups])],
+      { epsilon: eps },
+      'groupnorm',
+    );
     const back = this.g.op('Reshape', [normed, this.g.ints([-1, c, h, w])]);
     return this.g.op('Add', [this.g.op('Mul', [back, this.param(`${module}.weight`, [c, 1, 1])]), this.param(`${module}.bias`, [c, 1, 1])]);
   }
@@ -136,6 +146,7 @@ class ModelGraph {
   }
 }
 
+/** Mirrors the native word text encoder's forward (model/text_encoder). */
 function exportTextEncoder(config: ModelConfig, weights: Map<string, Weight>, targets: readonly string[]): ExportedGraph {
   const t = config.text;
   const m = new ModelGraph('text_encoder', weights, targets);
@@ -163,7 +174,7 @@ function exportTextEncoder(config: ModelConfig, weights: Map<string, Weight>, ta
   return { bytes: g.encode(`shira-studio text encoder of ${config.name}`), weightInputs: m.weightInputs };
 }
 
-/** Sinusoidal frequencies exp(−ln(10⁴)·i/half) rounded as libtorch computes them in fp32 (timestep_embedding). */
+/** Sinusoidal frequencies exp(−ln(10⁴)·i/half) rounded as libtorch computes them in fp32. Mirrors native timestep_embedding. */
 function timestepFreqs(half: number): Float32Array {
   const f = Math.fround;
   const out = new Float32Array(half);
@@ -172,6 +183,7 @@ function timestepFreqs(half: number): Float32Array {
   return out;
 }
 
+/** Mirrors native unet_forward (model/unet). */
 function exportUNet(config: ModelConfig, weights: Map<string, Weight>, targets: readonly string[]): ExportedGraph {
   const u = config.unet;
   const m = new ModelGraph('unet', weights, targets);
@@ -181,7 +193,6 @@ function exportUNet(config: ModelConfig, weights: Map<string, Weight>, targets: 
   const ch = u.blockOutChannels;
   const G = u.normNumGroups;
   const heads = u.attentionHeads;
-  const temb = 4 * ch[0]!;
   const L = config.text.maxLength;
   const D = config.text.width;
   const P = 'unet.';

@@ -1,8 +1,12 @@
 // The model family as the exporter and the ORT sampler see it: config (the JSON in the weights file's
-// __metadata__.config, same defaults and checks as native/src/model.cpp), fp32 weights by parameter name, the word
-// tokenizer, and which layers SHiRA targets. Everything here mirrors native/src/model.{h,cpp}; when that changes,
-// this must change with it (the parity tests in tests/unit/ort.test.ts say when it no longer does).
-import { readSafetensors, type TensorData } from '../worker/safetensors';
+// __metadata__.config), fp32 weights by parameter name, the word tokenizer, and which layers SHiRA targets.
+//
+// A copy kept on purpose (ONNX deployment, the word check). It mirrors the native model: model_config_from_json's
+// defaults and checks (model/config), model_load's file layout (model_io/model_file), kDefaultTargets and
+// layer_matches (model/diffusion_model), WordTokenizer (tokenizers/word_tokenizer, which names this file back) and
+// fnv1a64 (core/hash.h). A change on either side is made on both; tests/unit/ort.test.ts (token ids, forward
+// outputs and images against the worker's) says when they part.
+import { readSafetensors, type TensorData } from '../io/safetensors';
 
 export interface UNetConfig {
   sampleSize: number;
@@ -48,10 +52,10 @@ export interface Weight {
   data: Float32Array;
 }
 
-/** The worker's kDefaultTargets (native/src/model.cpp): the layers SHiRA adapts unless a run names others. */
+/** The layers SHiRA adapts unless a run names others. Mirrors native kDefaultTargets. */
 export const DEFAULT_TARGETS = ['to_q', 'to_k', 'to_v', 'to_out.0', 'ff.net.0.proj', 'ff.net.2', 'proj_in', 'proj_out'] as const;
 
-/** native layer_matches: "re:<regex>" searches the module path; anything else is a dotted suffix or the whole path. */
+/** "re:<regex>" searches the module path; anything else is a dotted suffix or the whole path. Mirrors native layer_matches. */
 export function layerMatches(name: string, patterns: readonly string[]): boolean {
   for (const p of patterns) {
     if (p.startsWith('re:')) {
@@ -59,7 +63,7 @@ export function layerMatches(name: string, patterns: readonly string[]): boolean
       try {
         re = new RegExp(p.slice(3));
       } catch (error) {
-        throw new Error(`bad target pattern '${p}': ${(error as Error).message}`);
+        throw new Error(`bad target pattern '${p}': ${(error as Error).message}`, { cause: error });
       }
       if (re.test(name)) return true;
     } else if (name === p || (name.length > p.length && name.endsWith(p) && name[name.length - p.length - 1] === '.')) {
@@ -77,6 +81,7 @@ function pick<T>(o: Record<string, unknown>, key: string, fallback: T, check: (v
 const isInt = (v: unknown) => Number.isInteger(v);
 const isNum = (v: unknown) => typeof v === 'number' && Number.isFinite(v);
 
+/** The config JSON with the worker's defaults filled in; refuses what the worker refuses. Mirrors native model_config_from_json. */
 export function parseModelConfig(json: unknown): ModelConfig {
   if (!json || typeof json !== 'object') throw new Error('model config: must be a JSON object');
   const j = json as Record<string, unknown>;
@@ -90,7 +95,13 @@ export function parseModelConfig(json: unknown): ModelConfig {
     inChannels: pick(u, 'in_channels', 3, isInt, 'int'),
     outChannels: pick(u, 'out_channels', 3, isInt, 'int'),
     blockOutChannels,
-    attention: pick(u, 'attention', blockOutChannels.map(() => true), (v) => Array.isArray(v) && v.every((x) => typeof x === 'boolean'), 'bool array'),
+    attention: pick(
+      u,
+      'attention',
+      blockOutChannels.map(() => true),
+      (v) => Array.isArray(v) && v.every((x) => typeof x === 'boolean'),
+      'bool array',
+    ),
     layersPerBlock: pick(u, 'layers_per_block', 1, isInt, 'int'),
     attentionHeads: pick(u, 'attention_heads', 4, isInt, 'int'),
     normNumGroups: pick(u, 'norm_num_groups', 8, isInt, 'int'),
@@ -153,7 +164,7 @@ export interface LoadedModel {
   weights: Map<string, Weight>;
 }
 
-/** A shira-studio model file: fp16/fp32 weights named "unet.<path>" / "text_encoder.<path>" and the config JSON. */
+/** A shira-studio model file: fp16/fp32 weights named "unet.<path>" / "text_encoder.<path>" and the config JSON. Mirrors native model_load. */
 export function loadModelFile(path: string): LoadedModel {
   const file = readSafetensors(path);
   const raw = file.metadata.config;
@@ -162,7 +173,7 @@ export function loadModelFile(path: string): LoadedModel {
   try {
     json = JSON.parse(raw);
   } catch (error) {
-    throw new Error(`model '${path}': config is not JSON (${(error as Error).message})`);
+    throw new Error(`model '${path}': config is not JSON (${(error as Error).message})`, { cause: error });
   }
   const config = parseModelConfig(json);
   const weights = new Map<string, Weight>();
@@ -170,7 +181,7 @@ export function loadModelFile(path: string): LoadedModel {
   return { config, weights };
 }
 
-// ---- tokenizer (native WordTokenizer) ----
+// ---- tokenizer: mirrors native WordTokenizer (ids, specials, the spare-bucket hash) ----
 
 const SPECIALS = ['<pad>', '<unk>', '<bos>', '<eos>'];
 const PAD = 0;
@@ -183,6 +194,25 @@ export function fnv1a64(s: string): bigint {
   let h = 14695981039346656037n;
   for (const c of Buffer.from(s, 'utf8')) h = ((h ^ BigInt(c)) * 1099511628211n) & 0xffffffffffffffffn;
   return h;
+}
+
+/**
+ * The words the native tokenizer sees: lower-cased runs of [a-zA-Z0-9'], split on anything else. Byte-wise like the
+ * C++ loop: non-ASCII bytes are separators there (isalnum is false for them in the C locale).
+ */
+export function tokenizerWords(text: string): string[] {
+  const words: string[] = [];
+  let word = '';
+  for (const byte of Buffer.from(text, 'utf8')) {
+    const isAlnum = (byte >= 48 && byte <= 57) || (byte >= 65 && byte <= 90) || (byte >= 97 && byte <= 122);
+    if (isAlnum || byte === 39) word += String.fromCharCode(byte >= 65 && byte <= 90 ? byte + 32 : byte);
+    else if (word) {
+      words.push(word);
+      word = '';
+    }
+  }
+  if (word) words.push(word);
+  return words;
 }
 
 export class WordTokenizer {
@@ -204,24 +234,16 @@ export class WordTokenizer {
     return this.vocab.length + this.spareBuckets;
   }
 
-  /** Lower-case words split on anything but [a-zA-Z0-9'] (C isalnum on bytes), <bos> … <eos> <pad>… to maxLength. */
+  /** A word's id: its vocabulary row, else vocab.size() + FNV-1a64(word) % spare_buckets (or <unk> without spare rows). */
+  idOf(word: string): number {
+    const id = this.ids_.get(word);
+    if (id !== undefined) return id;
+    return this.spareBuckets > 0 ? this.vocab.length + Number(fnv1a64(word) % BigInt(this.spareBuckets)) : UNK;
+  }
+
+  /** <bos> w… <eos> <pad>… to maxLength, over `tokenizerWords(text)`. */
   encode(text: string, maxLength: number): number[] {
-    const out = [BOS];
-    let word = '';
-    const flush = () => {
-      if (!word) return;
-      const id = this.ids_.get(word);
-      if (id !== undefined) out.push(id);
-      else out.push(this.spareBuckets > 0 ? this.vocab.length + Number(fnv1a64(word) % BigInt(this.spareBuckets)) : UNK);
-      word = '';
-    };
-    // Byte-wise like the C++ loop: non-ASCII bytes are separators there (isalnum is false for them in the C locale).
-    for (const byte of Buffer.from(text, 'utf8')) {
-      const isAlnum = (byte >= 48 && byte <= 57) || (byte >= 65 && byte <= 90) || (byte >= 97 && byte <= 122);
-      if (isAlnum || byte === 39) word += String.fromCharCode(byte >= 65 && byte <= 90 ? byte + 32 : byte);
-      else flush();
-    }
-    flush();
+    const out = [BOS, ...tokenizerWords(text).map((w) => this.idOf(w))];
     if (out.length > maxLength - 1) out.length = maxLength - 1;
     out.push(EOS);
     while (out.length < maxLength) out.push(PAD);

@@ -7,12 +7,14 @@
 // for each patched parameter ("unet.…to_q.weight"); __metadata__: format "shira-sparse-patch", format_version "1",
 // tensors (JSON: param -> {shape}), base_identity (the base weights' SHA-256 or ""), plus anything the writer adds.
 //
-// Blending mirrors the worker's mix_apply (native/src/shira.cpp) to the bit: one adapter adds fp32(v·α); several add
-// Σ fp32(v·α) accumulated in fp32 in mix order over the sorted union of their indices; W = fp32(W0 + add). Restoring
-// copies W0 back (never subtracts), so W0 comes back exactly.
+// A copy kept on purpose (ONNX deployment). Blending mirrors the worker's mix_apply (adapter/mix, which names this
+// file back) to the bit: one adapter adds fp32(v·α); several add Σ fp32(v·α) accumulated in fp32 in mix order over
+// the sorted union of their indices; W = fp32(W0 + add). Restoring copies W0 back (never subtracts), like mix_clear,
+// so W0 comes back exactly. patchFromPeft reads the folder the worker's peft_export (model_io/peft_export) writes.
+// tests/unit/ort.test.ts blends the same adapters on both sides and compares the weights.
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { readSafetensors, writeSafetensors, type TensorData } from '../worker/safetensors';
+import { readSafetensors, writeSafetensors, type TensorData } from '../io/safetensors';
 
 export const PATCH_FORMAT = 'shira-sparse-patch';
 
@@ -90,7 +92,10 @@ export function readPatch(path: string): SparsePatch {
  */
 export function patchFromPeft(dir: string, shapeOf: (param: string) => number[] | undefined, metadata: Record<string, string> = {}): SparsePatch {
   const tensors = new Map<string, PatchTensor>();
-  for (const [sub, prefix] of [['', 'unet.'], ['text_encoder', 'text_encoder.']] as const) {
+  for (const [sub, prefix] of [
+    ['', 'unet.'],
+    ['text_encoder', 'text_encoder.'],
+  ] as const) {
     const file = join(dir, sub, 'adapter_model.safetensors');
     if (!existsSync(file)) continue;
     const st = readSafetensors(file);
@@ -128,7 +133,7 @@ export interface MixItem {
   alpha: number;
 }
 
-/** Per tensor: the sorted union of the mix's indices and Σ α·v on it, with the worker's fp32 arithmetic. */
+/** Per tensor: the sorted union of the mix's indices and Σ α·v on it, with the worker's fp32 arithmetic. Mirrors native mix_apply's SHiRA part. */
 export function blendDeltas(mix: readonly MixItem[]): Map<string, { indices: Int32Array; add: Float32Array }> {
   const f = Math.fround;
   const parts = new Map<string, { t: PatchTensor; alpha: number }[]>();

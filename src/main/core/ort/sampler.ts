@@ -1,6 +1,11 @@
-// The worker's samplers (native/src/diffusion.cpp) in TypeScript, over any model function, so the ORT runtime
-// draws the same image as the worker for the same noise, prompt and mix. Scalars are computed in fp64 like the C++;
-// every tensor op rounds to fp32 with the scalar first rounded to fp32, as ATen does for `double * float tensor`.
+// The worker's samplers in TypeScript, over any model function, so the ORT runtime draws the same image as the
+// worker for the same noise, prompt and mix. Scalars are computed in fp64 like the C++; every tensor op rounds to
+// fp32 with the scalar first rounded to fp32, as ATen does for `double * float tensor`.
+//
+// A copy kept on purpose (ONNX deployment). It mirrors the native runtime: noise_schedule_init and v_scales
+// (runtime/schedule), sample_images' timesteps, noise and guidance (runtime/sampler), sample_ddim and sample_euler
+// (one file each beside it), images_from_model (model_io/images.h). A change on either side is made on both;
+// tests/unit/ort.test.ts (the same image from both engines, max difference printed) is the guard.
 //
 // DDIM η = 0 and Euler, "leading" spacing t_i = i·⌊T/steps⌋ + 1, classifier-free guidance out_u + w (out_c − out_u)
 // on one batched call over [x; x] with context [uncond; cond], v-prediction with σ_d, x̂_0 clipped to [−1, 1].
@@ -8,7 +13,7 @@ import type { DiffusionConfig } from './model';
 
 const f = Math.fround;
 
-/** ᾱ_t = Π_{s≤t} (1 − β_s) in fp64 (noise_schedule_init). */
+/** ᾱ_t = Π_{s≤t} (1 − β_s) in fp64. Mirrors native noise_schedule_init. */
 export function alphasCumprod(d: DiffusionConfig): Float64Array {
   const T = d.numTrainTimesteps;
   const lin = (a: number, b: number) => {
@@ -23,7 +28,7 @@ export function alphasCumprod(d: DiffusionConfig): Float64Array {
   return out;
 }
 
-/** v_scales(ᾱ, σ_d): UNet input scale, x̂_0 = skip·x_t − out·v̂ (diffusion.cpp). */
+/** UNet input scale and x̂_0 = skip·x_t − out·v̂ at ᾱ with σ_d. Mirrors native v_scales. */
 export function vScales(a: number, d: number): { in: number; skip: number; out: number } {
   if (d === 1) return { in: 1, skip: Math.sqrt(a), out: Math.sqrt(1 - a) };
   const D = 1 - a + a * d * d;
@@ -46,7 +51,7 @@ export interface SampleOptions {
   onStep?: (done: number, total: number) => void;
 }
 
-/** Runs the sampler and returns the final x_0 estimate in model space ([-1, 1], fp32, [B, C, H, W]). */
+/** Runs the sampler and returns the final x_0 estimate in model space ([-1, 1], fp32, [B, C, H, W]). Mirrors native sample_ddim / sample_euler. */
 export async function sample(model: ModelFn, o: SampleOptions): Promise<Float32Array> {
   const s = alphasCumprod(o.diffusion);
   const T = o.diffusion.numTrainTimesteps;
@@ -83,7 +88,10 @@ export async function sample(model: ModelFn, o: SampleOptions): Promise<Float32A
       const sigmaNext = i > 0 ? sigmaOf(timestep(i - 1)) : 0;
       const cIn = 1 / Math.sqrt(sigma * sigma + sd * sd);
       const fcIn = f(cIn);
-      const out = await guided(x.map((v) => f(v * fcIn)), t);
+      const out = await guided(
+        x.map((v) => f(v * fcIn)),
+        t,
+      );
       const a1 = f(sd * sd * cIn * cIn);
       const a2 = f(sigma * sd * cIn);
       const fs = f(sigma);
@@ -127,7 +135,7 @@ export async function sample(model: ModelFn, o: SampleOptions): Promise<Float32A
   return x;
 }
 
-/** fp32 [B, C, H, W] in [-1, 1] -> uint8 [B, H, W, C] (images_from_model: round half to even, clamp). */
+/** fp32 [B, C, H, W] in [-1, 1] -> uint8 [B, H, W, C]: round half to even, clamp. Mirrors native images_from_model. */
 export function imagesFromModel(x: Float32Array, shape: readonly [number, number, number, number]): Uint8Array {
   const [B, C, H, W] = shape;
   const out = new Uint8Array(B * H * W * C);

@@ -5,7 +5,7 @@
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { WorkerSupervisor } from '../worker/supervisor';
-import { readSafetensors, writeSafetensors } from '../worker/safetensors';
+import { readSafetensors, writeSafetensors } from '../io/safetensors';
 import { OrtEngine } from './engine';
 import { patchFromPeft, readPatch, writePatch, type SparsePatch } from './patch';
 

@@ -129,7 +129,10 @@ export class OrtThread {
    * pass copies you no longer need).
    */
   load(name: string, bytes: Uint8Array, weights: { name: string; shape: number[]; data: Float32Array }[], threads: number): Promise<{ inputNames: string[]; outputNames: string[] }> {
-    return this.call({ op: 'load', name, bytes, weights, threads }, weights.map((w) => w.data.buffer as ArrayBuffer));
+    return this.call(
+      { op: 'load', name, bytes, weights, threads },
+      weights.map((w) => w.data.buffer as ArrayBuffer),
+    );
   }
 
   /** Writes values at flat indices of the named weight inputs, in list order. */

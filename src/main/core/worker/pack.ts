@@ -4,7 +4,7 @@
 import sharp from 'sharp';
 import { badInput } from '../../../shared/errors';
 import type { Db } from '../db/database';
-import { writeSafetensors } from './safetensors';
+import { writeSafetensors } from '../io/safetensors';
 
 export type PackFit = 'cover' | 'contain';
 

@@ -1,15 +1,19 @@
 // Supervises the native shira-worker: spawn, wait for its readiness line, route JSON-line replies
 // and progress events to requests by id, restart after a crash (with backoff), kill on close, and
 // keep its stderr and stray stdout in <data>/logs/worker.log. Tensors never cross here as JSON.
+// What may be asked is the op table in protocol.ts: `request` is typed by it end to end.
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { appendFileSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { createInterface } from 'node:readline';
 import { ExpectedError, type ApiError } from '../../../shared/errors';
+import { wireArgs, type ArgsOf, type EventOf, type OpName, type OpTable, type ReplyOf, type WorkerEvent, type WorkerOps } from './protocol';
 
 export interface WorkerOptions {
   binary: string;
   args?: string[];
+  /** Chooses the binary and its arguments anew at each start (CPU or CUDA build: worker/select.ts). */
+  launch?: () => Promise<{ binary: string; args: string[] }>;
   logFile?: string | null;
   /** OpenMP threads for libtorch; default: all cores but one, at least 1. */
   threads?: number;
@@ -26,14 +30,13 @@ export interface ReadyInfo {
   [key: string]: unknown;
 }
 
-export type WorkerEvent = { event: string; id?: number | string; [key: string]: unknown };
-
 interface Pending {
   resolve: (value: unknown) => void;
   reject: (error: Error) => void;
   onEvent?: (event: WorkerEvent) => void;
 }
 
+/** An error the worker replied with, or one about the request (the worker stopped, was cancelled). */
 export class WorkerError extends Error {
   constructor(readonly error: ApiError) {
     super(error.message);
@@ -41,9 +44,18 @@ export class WorkerError extends Error {
   }
 }
 
+/** The worker process ended (crash, kill, out of memory) while the request was in flight; it is restarted. */
+export class WorkerExitError extends WorkerError {
+  constructor(readonly why: string) {
+    super({ type: 'internal', message: `The native worker stopped (${why}) while working on this request.` });
+    this.name = 'WorkerExitError';
+  }
+}
+
 type State = 'stopped' | 'starting' | 'ready' | 'closed' | 'failed';
 
-export class WorkerSupervisor {
+/** `P`: the ops this worker serves (the native worker's, or a test fake's). */
+export class WorkerSupervisor<P extends OpTable = WorkerOps> {
   private child_: ChildProcessWithoutNullStreams | null = null;
   private state_: State = 'stopped';
   private ready_: Promise<ReadyInfo> | null = null;
@@ -51,8 +63,10 @@ export class WorkerSupervisor {
   private nextId_ = 1;
   private readonly pending_ = new Map<number, Pending>();
   private restarts_: number[] = [];
+  /** Counts start() calls, so a launch chosen for an older one is dropped. */
+  private attempts_ = 0;
   private readonly listeners_ = new Set<(event: WorkerEvent) => void>();
-  private readonly opts_: Required<Omit<WorkerOptions, 'env' | 'logFile'>> & Pick<WorkerOptions, 'env' | 'logFile'>;
+  private readonly opts_: Required<Omit<WorkerOptions, 'env' | 'logFile' | 'launch'>> & Pick<WorkerOptions, 'env' | 'logFile' | 'launch'>;
 
   constructor(options: WorkerOptions) {
     this.opts_ = {
@@ -86,10 +100,29 @@ export class WorkerSupervisor {
     if (this.state_ === 'closed') return Promise.reject(new ExpectedError('unsupported', 'The worker has been shut down.'));
     if (this.ready_ && (this.state_ === 'starting' || this.state_ === 'ready')) return this.ready_;
     this.state_ = 'starting';
-    this.ready_ = new Promise<ReadyInfo>((resolve, reject) => {
+    const attempt = ++this.attempts_;
+    const launch = this.opts_.launch ? this.opts_.launch() : Promise.resolve({ binary: this.opts_.binary, args: this.opts_.args });
+    this.ready_ = launch.then(
+      (chosen) => {
+        // stop() or close() (and perhaps a newer start) while the launch was being chosen.
+        if (attempt !== this.attempts_ || this.state_ !== 'starting') throw new ExpectedError('cancelled', 'The worker was stopped while starting.');
+        return this.spawnChild(chosen.binary, chosen.args);
+      },
+      (error: unknown) => {
+        if (attempt === this.attempts_ && this.state_ === 'starting') this.state_ = 'failed';
+        throw error;
+      },
+    );
+    // A rejected start must not become an unhandled rejection when nobody awaits it.
+    this.ready_.catch(() => {});
+    return this.ready_;
+  }
+
+  private spawnChild(binary: string, args: string[]): Promise<ReadyInfo> {
+    return new Promise<ReadyInfo>((resolve, reject) => {
       let child: ChildProcessWithoutNullStreams;
       try {
-        child = spawn(this.opts_.binary, this.opts_.args, {
+        child = spawn(binary, args, {
           stdio: 'pipe',
           env: { ...process.env, ...this.opts_.env, OMP_NUM_THREADS: String(this.opts_.threads), MKL_NUM_THREADS: String(this.opts_.threads) },
         });
@@ -136,7 +169,7 @@ export class WorkerSupervisor {
         const why = signal ? `signal ${signal}` : `code ${code}`;
         this.log(`worker exited (${why})`);
         const wasStarting = this.state_ === 'starting';
-        for (const p of this.pending_.values()) p.reject(new WorkerError({ type: 'internal', message: `The native worker stopped (${why}) while working on this request.` }));
+        for (const p of this.pending_.values()) p.reject(new WorkerExitError(why));
         this.pending_.clear();
         if (this.state_ === 'closed') return;
         if (wasStarting) {
@@ -148,9 +181,6 @@ export class WorkerSupervisor {
         this.maybeRestart();
       });
     });
-    // A rejected start must not become an unhandled rejection when nobody awaits it.
-    this.ready_.catch(() => {});
-    return this.ready_;
   }
 
   private maybeRestart(): void {
@@ -191,15 +221,18 @@ export class WorkerSupervisor {
     }
   }
 
-  /** Sends one request; resolves with its result, rejects with WorkerError. Starts the worker if needed. */
-  async request<T = unknown>(op: string, args: Record<string, unknown> = {}, onEvent?: (event: WorkerEvent) => void): Promise<T> {
+  /**
+   * Sends one request; resolves with its result, rejects with WorkerError (WorkerExitError when the process died
+   * meanwhile). Starts the worker if needed. `onEvent` receives the op's progress events.
+   */
+  async request<Op extends OpName<P>>(op: Op, args: ArgsOf<P, Op>, onEvent?: (event: EventOf<P, Op>) => void): Promise<ReplyOf<P, Op>> {
     if (this.state_ !== 'ready') await this.start();
     const child = this.child_;
     if (!child) throw new WorkerError({ type: 'internal', message: 'The native worker is not running.' });
     const id = this.nextId_++;
-    return new Promise<T>((resolve, reject) => {
-      this.pending_.set(id, { resolve: resolve as (v: unknown) => void, reject, onEvent });
-      child.stdin.write(`${JSON.stringify({ id, op, args })}\n`);
+    return new Promise<ReplyOf<P, Op>>((resolve, reject) => {
+      this.pending_.set(id, { resolve: resolve as (v: unknown) => void, reject, onEvent: onEvent as ((event: WorkerEvent) => void) | undefined });
+      child.stdin.write(`${JSON.stringify({ id, op, args: wireArgs(args) })}\n`);
     });
   }
 
@@ -210,10 +243,24 @@ export class WorkerSupervisor {
 
   async close(): Promise<void> {
     this.state_ = 'closed';
+    await this.terminate('The app is closing.');
+  }
+
+  /** Ends the process, if any, so that the next request starts afresh (and `launch` chooses again). */
+  async stop(): Promise<void> {
+    if (this.state_ === 'closed') return;
+    this.state_ = 'stopped';
+    this.ready_ = null;
+    this.readyInfo_ = null;
+    this.restarts_ = [];
+    await this.terminate('The engine was restarted (its device changed).');
+  }
+
+  private async terminate(why: string): Promise<void> {
     const child = this.child_;
     this.child_ = null;
     if (!child || child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
-    for (const p of this.pending_.values()) p.reject(new WorkerError({ type: 'cancelled', message: 'The app is closing.' }));
+    for (const p of this.pending_.values()) p.reject(new WorkerError({ type: 'cancelled', message: why }));
     this.pending_.clear();
     await new Promise<void>((resolve) => {
       const kill = setTimeout(() => child.kill('SIGKILL'), 2000);

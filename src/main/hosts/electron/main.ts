@@ -1,28 +1,38 @@
 // Electron main process: windows, the media protocol, the folder picker, and supervision of the
-// core's utility process. It never opens the database itself.
+// core's utility process. It never opens the database itself. When the core cannot start (its
+// self-check failed, or it exits before it is ready) every window shows why and how to fix it, and
+// the core is not restarted into the same failure.
 import { app, BrowserWindow, dialog, ipcMain, MessageChannelMain, protocol, session, shell, utilityProcess, type UtilityProcess } from 'electron';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { argValue, resolveDataDir } from '../../core/paths';
 import { ELECTRON_CSP, isAllowedUrl, MEDIA_SCHEME, secureWebPreferences } from './security';
+import { failurePage, failureUrl, RestartPolicy, type CoreHostMessage, type StartupFailure } from './startup';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
 const rendererUrl = process.env.ELECTRON_RENDERER_URL;
 const rendererFile = join(here, '../renderer/index.html');
 const appUrlPrefix = rendererUrl ?? pathToFileURL(join(here, '../renderer/')).href;
 const dataDir = resolveDataDir(argValue(process.argv, 'data-dir'));
+const appRoot = join(here, '../..');
 
 protocol.registerSchemesAsPrivileged([{ scheme: MEDIA_SCHEME, privileges: { standard: true, secure: true, supportFetchAPI: true } }]);
 
 let coreProcess: UtilityProcess | null = null;
+/** Set once the core cannot start; windows then show the failure page instead of the app. */
+let coreFailure: StartupFailure | null = null;
+const restarts = new RestartPolicy();
 let mediaRequests = 0;
 const pendingMedia = new Map<number, (r: { mime: string | null; bytes: Uint8Array | null }) => void>();
 
 function startCore(): UtilityProcess {
   const child = utilityProcess.fork(join(here, 'core-host.js'), ['--data-dir', dataDir], { serviceName: 'Shira Studio core', stdio: 'inherit' });
-  child.on('message', (m: { type: string; requestId?: number; mime?: string | null; bytes?: Uint8Array | null }) => {
-    if (m.type === 'media' && m.requestId !== undefined) {
-      pendingMedia.get(m.requestId)?.({ mime: m.mime ?? null, bytes: m.bytes ?? null });
+  let ready = false;
+  child.on('message', (m: CoreHostMessage) => {
+    if (m.type === 'ready') ready = true;
+    else if (m.type === 'startup-failed') showFailure(m.failure);
+    else if (m.type === 'media') {
+      pendingMedia.get(m.requestId)?.({ mime: m.mime, bytes: m.bytes });
       pendingMedia.delete(m.requestId);
     }
   });
@@ -31,18 +41,37 @@ function startCore(): UtilityProcess {
     coreProcess = null;
     for (const resolve of pendingMedia.values()) resolve({ mime: null, bytes: null });
     pendingMedia.clear();
-    if (code !== 0 && !quitting) {
-      // Restart and give every window a fresh port; their pending calls fail and they retry.
+    if (quitting || coreFailure) return;
+    if (code === 0) return;
+    if (restarts.shouldRestart(ready)) {
+      // Give every window a fresh port; their pending calls fail and they retry.
       console.error(`Shira Studio core exited with code ${code}; restarting.`);
       coreProcess = startCore();
       for (const win of BrowserWindow.getAllWindows()) connectWindow(win);
+    } else {
+      showFailure(ready ? { exitCode: code, crashes: restarts.recentCrashes } : { exitCode: code });
     }
   });
   return child;
 }
 
+function showFailure(failure: StartupFailure): void {
+  if (coreFailure) return;
+  coreFailure = failure;
+  console.error('Shira Studio core cannot start:', JSON.stringify(failure));
+  for (const win of BrowserWindow.getAllWindows()) loadContent(win);
+}
+
+function loadContent(win: BrowserWindow): void {
+  if (coreFailure) {
+    const html = failurePage(coreFailure, { appRoot, logFile: join(dataDir, 'logs', 'core.log'), packaged: app.isPackaged });
+    void win.loadURL(failureUrl(html));
+  } else if (rendererUrl) void win.loadURL(rendererUrl);
+  else void win.loadFile(rendererFile);
+}
+
 function connectWindow(win: BrowserWindow): void {
-  if (!coreProcess) return;
+  if (!coreProcess || coreFailure) return;
   const { port1, port2 } = new MessageChannelMain();
   coreProcess.postMessage({ type: 'connect' }, [port1]);
   win.webContents.postMessage('shira:core-port', null, [port2]);
@@ -69,14 +98,13 @@ function createWindow(): BrowserWindow {
     if (url.startsWith('https://')) void shell.openExternal(url);
     return { action: 'deny' };
   });
-  if (rendererUrl) void win.loadURL(rendererUrl);
-  else void win.loadFile(rendererFile);
+  loadContent(win);
   return win;
 }
 
 let quitting = false;
 
-app.whenReady().then(() => {
+function start(): void {
   const ses = session.defaultSession;
   ses.setPermissionRequestHandler((_wc, _permission, callback) => callback(false));
   ses.webRequest.onBeforeRequest((details, callback) => callback({ cancel: !isAllowedUrl(details.url, appUrlPrefix) }));
@@ -106,7 +134,16 @@ app.whenReady().then(() => {
   app.on('activate', () => {
     if (BrowserWindow.getAllWindows().length === 0) createWindow();
   });
-});
+}
+
+app
+  .whenReady()
+  .then(start)
+  .catch((error: unknown) => {
+    // Without this a failed start-up left a running app with no window and nothing said.
+    dialog.showErrorBox('Shira Studio could not start', error instanceof Error ? error.message : String(error));
+    app.exit(1);
+  });
 
 app.on('before-quit', () => {
   quitting = true;

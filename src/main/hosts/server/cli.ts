@@ -1,7 +1,8 @@
 // `npm run serve` / `node out/main/server.js [--port N] [--host H] [--data-dir DIR]`
 import { fileURLToPath } from 'node:url';
 import { Core } from '../../core/core';
-import { argValue, defaultWorkerBinary, resolveDataDir, resourcesDir } from '../../core/paths';
+import { argValue, resolveDataDir } from '../../core/paths';
+import { appLayout } from '../../core/runtime/layout';
 import { isLoopback, startStudioServer } from './server';
 
 async function main(): Promise<void> {
@@ -16,7 +17,9 @@ async function main(): Promise<void> {
   const host = argValue(argv, 'host') ?? '127.0.0.1';
   const dataDir = resolveDataDir(argValue(argv, 'data-dir'));
   const appRoot = fileURLToPath(new URL('../../', import.meta.url));
-  const core = new Core({ dataDir, host: 'server', resourcesDir: resourcesDir(appRoot), worker: { binary: defaultWorkerBinary(appRoot) } });
+  // The CPU or CUDA worker build, chosen at the engine's start (core/worker/select.ts).
+  const layout = appLayout(appRoot);
+  const core = new Core({ dataDir, host: 'server', resourcesDir: layout.resourcesDir, worker: { binary: layout.workers.cpu, cuda: layout.workers.cuda } });
   const rendererDir = fileURLToPath(new URL('../renderer/', import.meta.url));
   const server = await startStudioServer({ core, rendererDir, host, port });
   if (!isLoopback(host)) {

@@ -1,6 +1,8 @@
 // What the Compare grid holds, as plain data: rows, columns and, per cell, the exact generation
-// to run. Same prompt and same seed everywhere, so the only thing that differs is the mix.
-import type { ConceptReport, MixEntry } from '../../../shared/api';
+// to run. Same prompt and same seed everywhere, so the only thing that differs is the mix. The prompt carries the
+// trigger words of every adapter compared, added the way Mix adds them, so each style is actually called up.
+import type { AdapterKind, ConceptReport, GridAxis, MixEntry } from '../../../shared/api';
+import { withTriggerWords } from './captions';
 import { formatAlpha } from './format';
 
 export type CompareMode = 'alpha' | 'prompts' | 'combine';
@@ -8,8 +10,8 @@ export type CompareMode = 'alpha' | 'prompts' | 'combine';
 export interface CompareAdapter {
   id: number;
   name: string;
-  /** "SHiRA", "LoRA": shown under the row's name. */
-  badge: string;
+  kind: AdapterKind;
+  triggerWords: readonly string[];
 }
 
 export interface CompareConfig {
@@ -29,13 +31,17 @@ export interface CellSpec {
   mix: MixEntry[];
 }
 
-export interface Axis {
+/** A row or column header: the name in full, what it is (kind badge), and a detail line. */
+export interface Axis extends GridAxis {
   key: string;
-  label: string;
-  sub?: string;
 }
 
 export interface CompareLayout {
+  mode: CompareMode;
+  /** The prompts as drawn, trigger words added; one per prompt in the modes that vary it. */
+  prompts: string[];
+  /** α of every adapter in the prompts and combine modes. */
+  weight: number;
   rows: Axis[];
   columns: Axis[];
   cells: CellSpec[][];
@@ -49,15 +55,19 @@ function spec(prompt: string, mix: MixEntry[]): CellSpec {
   return { key: JSON.stringify([prompt, mix.map((e) => [e.adapterId, e.alpha])]), prompt, mix };
 }
 
-const BASE: Axis = { key: 'base', label: 'Base model', sub: 'no adapter' };
+const BASE: Axis = { key: 'base', label: 'Base model', sub: 'no adapter', kind: 'base' };
 
-function adapterAxis(a: CompareAdapter, weight?: number): Axis {
-  return { key: `a${a.id}`, label: a.name, sub: weight === undefined ? a.badge : `${a.badge} · α ${formatAlpha(weight)}` };
+function adapterAxis(a: CompareAdapter, sub?: string): Axis {
+  return { key: `a${a.id}`, label: a.name, kind: a.kind, ...(sub ? { sub } : {}) };
 }
 
 export function compareLayout(c: CompareConfig): CompareLayout {
-  const empty = (problem: string): CompareLayout => ({ rows: [], columns: [], cells: [], unique: [], problem });
-  const prompts = c.prompts.map((p) => p.trim()).filter(Boolean);
+  const empty = (problem: string): CompareLayout => ({ mode: c.mode, prompts: [], weight: c.weight, rows: [], columns: [], cells: [], unique: [], problem });
+  const triggers = [...new Set(c.adapters.flatMap((a) => a.triggerWords))];
+  const prompts = c.prompts
+    .map((p) => p.trim())
+    .filter(Boolean)
+    .map((p) => withTriggerWords(p, triggers));
   if (prompts.length === 0) return empty('Write a prompt to compare with.');
   let rows: Axis[];
   let columns: Axis[];
@@ -69,32 +79,22 @@ export function compareLayout(c: CompareConfig): CompareLayout {
     const prompt = prompts[0];
     rows = [...(c.includeBase ? [BASE] : []), ...c.adapters.map((a) => adapterAxis(a))];
     columns = c.alphas.map((alpha) => ({ key: `alpha${alpha}`, label: `α ${formatAlpha(alpha)}` }));
-    cells = [
-      ...(c.includeBase ? [c.alphas.map(() => spec(prompt, []))] : []),
-      ...c.adapters.map((a) => c.alphas.map((alpha) => spec(prompt, [{ adapterId: a.id, alpha }]))),
-    ];
+    cells = [...(c.includeBase ? [c.alphas.map(() => spec(prompt, []))] : []), ...c.adapters.map((a) => c.alphas.map((alpha) => spec(prompt, [{ adapterId: a.id, alpha }])))];
   } else if (c.mode === 'prompts') {
     if (c.adapters.length === 0 && !c.includeBase) return empty('Pick at least one adapter.');
-    rows = [...(c.includeBase ? [BASE] : []), ...c.adapters.map((a) => adapterAxis(a, c.weight))];
+    rows = [...(c.includeBase ? [BASE] : []), ...c.adapters.map((a) => adapterAxis(a, `α ${formatAlpha(c.weight)}`))];
     columns = prompts.map((p, i) => ({ key: `p${i}`, label: p }));
-    cells = [
-      ...(c.includeBase ? [prompts.map((p) => spec(p, []))] : []),
-      ...c.adapters.map((a) => prompts.map((p) => spec(p, [{ adapterId: a.id, alpha: c.weight }]))),
-    ];
+    cells = [...(c.includeBase ? [prompts.map((p) => spec(p, []))] : []), ...c.adapters.map((a) => prompts.map((p) => spec(p, [{ adapterId: a.id, alpha: c.weight }])))];
   } else {
     if (c.adapters.length < 2) return empty('Pick two or more adapters to see how they hold up together.');
     const fused: MixEntry[] = c.adapters.map((a) => ({ adapterId: a.id, alpha: c.weight }));
     rows = prompts.map((p, i) => ({ key: `p${i}`, label: p }));
     columns = [
       ...(c.includeBase ? [BASE] : []),
-      ...c.adapters.map((a) => ({ ...adapterAxis(a, c.weight), sub: `alone · α ${formatAlpha(c.weight)}` })),
-      { key: 'fused', label: 'Fused', sub: c.adapters.map((a) => a.name).join(' + ') },
+      ...c.adapters.map((a) => adapterAxis(a, `alone · α ${formatAlpha(c.weight)}`)),
+      { key: 'fused', label: 'All fused', sub: `${c.adapters.length} adapters · α ${formatAlpha(c.weight)}` },
     ];
-    cells = prompts.map((p) => [
-      ...(c.includeBase ? [spec(p, [])] : []),
-      ...c.adapters.map((a) => spec(p, [{ adapterId: a.id, alpha: c.weight }])),
-      spec(p, fused),
-    ]);
+    cells = prompts.map((p) => [...(c.includeBase ? [spec(p, [])] : []), ...c.adapters.map((a) => spec(p, [{ adapterId: a.id, alpha: c.weight }])), spec(p, fused)]);
   }
 
   const seen = new Set<string>();
@@ -106,46 +106,64 @@ export function compareLayout(c: CompareConfig): CompareLayout {
       unique.push(cell);
     }
   }
-  return { rows, columns, cells, unique, problem: null };
+  return { mode: c.mode, prompts: c.mode === 'alpha' ? prompts.slice(0, 1) : prompts, weight: c.weight, rows, columns, cells, unique, problem: null };
 }
 
-/** The numbers a concept-loss report has for one cell, as label/value pairs ready to print. */
-export interface CellScore {
+/** One number of a concept-loss report, ready to print in a two-column table. */
+export interface ConceptLine {
   label: string;
   value: string;
+  /** Said where the number appears, when it is easy to misread. */
+  note?: string;
+}
+
+/** Where the numbers go: beside each row (adapters are rows) or under each column (combine: adapters are columns). */
+export interface ConceptNumbers {
+  along: 'rows' | 'columns';
+  byAxis: Record<string, ConceptLine[]>;
 }
 
 const pct = (x: number) => `${Math.round(x * 100)} %`;
 
+/** Retention over 100 % reads like "more style survived", which it is not. */
+export const RETENTION_NOTE = 'Above 100 %: fusing raised the judge’s score for this style above the adapter alone. That is the mix pushing the judge, not the style surviving better than alone.';
+
+function retentionLine(label: string, f: ConceptReport['fused'][number]): ConceptLine {
+  if (f.retention === null) return { label, value: pct(f.score) };
+  return { label, value: `${pct(f.score)} · kept ${pct(f.retention)}`, ...(f.retention > 1 ? { note: RETENTION_NOTE } : {}) };
+}
+
 /**
- * Places a concept-loss report (issue 7) on the grid: under the base image, each style's score on
- * the base model; under an adapter alone at α 1, its style score; under a fused cell, each style's
- * score in the mix and how much of it survived. Cells the report did not measure get nothing.
+ * Places a concept-loss report (docs/concept-loss.md) on the grid, once per adapter rather than under every cell:
+ * the base model's axis gets each style's score on the base; an adapter's axis its own score alone, drift and (rows
+ * of an α sweep) its score fused at each measured α; the combine grid's fused column each style's score in the mix.
+ * Axes the report did not measure get nothing, so nothing is ever made up.
  */
-export function cellScores(layout: CompareLayout, report: ConceptReport | null): Record<string, CellScore[]> {
-  const out: Record<string, CellScore[]> = {};
-  if (!report) return out;
+export function conceptNumbers(layout: CompareLayout, report: ConceptReport | null): ConceptNumbers {
+  const along = layout.mode === 'combine' ? 'columns' : 'rows';
+  const byAxis: Record<string, ConceptLine[]> = {};
+  if (!report || layout.problem) return { along, byAxis };
   const name = (id: number) => report.single.find((s) => s.adapterId === id)?.name ?? `#${id}`;
-  for (const cell of layout.unique) {
-    const scores: CellScore[] = [];
-    if (cell.mix.length === 0) {
-      for (const s of report.single) scores.push({ label: `${s.name} style`, value: pct(s.baseScore) });
-    } else if (cell.mix.length === 1) {
-      const [entry] = cell.mix;
-      const single = report.single.find((s) => s.adapterId === entry.adapterId);
-      if (single && entry.alpha === 1) scores.push({ label: 'style', value: pct(single.score) }, { label: 'drift', value: single.drift.toFixed(2) });
+  for (const axis of along === 'rows' ? layout.rows : layout.columns) {
+    const lines: ConceptLine[] = [];
+    if (axis.key === 'base') {
+      for (const s of report.single) lines.push({ label: `${s.name} style on base`, value: pct(s.baseScore) });
+    } else if (axis.key === 'fused') {
+      // Under a grid cell: the score and the share kept on lines of their own, so nothing wraps mid-number.
+      for (const f of report.fused.filter((x) => x.alpha === layout.weight)) {
+        lines.push({ label: `${name(f.adapterId)}, fused`, value: pct(f.score) });
+        if (f.retention !== null) lines.push({ label: 'kept of alone', value: pct(f.retention), ...(f.retention > 1 ? { note: RETENTION_NOTE } : {}) });
+      }
     } else {
-      const alphas = new Set(cell.mix.map((e) => e.alpha));
-      const ids = cell.mix.map((e) => e.adapterId).sort((a, b) => a - b);
-      const sameSet = ids.length === report.adapterIds.length && ids.every((id, i) => id === report.adapterIds[i]);
-      if (sameSet && alphas.size === 1) {
-        const alpha = [...alphas][0];
-        for (const f of report.fused.filter((x) => x.alpha === alpha)) {
-          scores.push({ label: `${name(f.adapterId)} kept`, value: f.retention === null ? pct(f.score) : pct(f.retention) });
+      const single = report.single.find((s) => `a${s.adapterId}` === axis.key);
+      if (single) {
+        lines.push({ label: 'Alone, α 1', value: pct(single.score) }, { label: 'On base', value: pct(single.baseScore) }, { label: 'Drift', value: single.drift.toFixed(2) });
+        if (along === 'rows') {
+          for (const f of report.fused.filter((x) => x.adapterId === single.adapterId)) lines.push(retentionLine(`All fused, α ${formatAlpha(f.alpha)}`, f));
         }
       }
     }
-    if (scores.length > 0) out[cell.key] = scores;
+    if (lines.length > 0) byAxis[axis.key] = lines;
   }
-  return out;
+  return { along, byAxis };
 }

@@ -1,5 +1,5 @@
 // Numbers as artists read them: short, with units, never more digits than mean something.
-import type { AdapterSummary } from '../../../shared/api';
+import type { AdapterKind, AdapterSummary } from '../../../shared/api';
 
 const MINUS = '\u2212';
 
@@ -86,16 +86,18 @@ export function progressText(p: ProgressInfo): string {
   return parts.join(' · ');
 }
 
+export const KIND_BADGE: Record<AdapterKind, string> = { shira: 'SHiRA', lora: 'LoRA' };
+
 /** The kind badge and its one-line detail: "SHiRA · struct 2 %", "LoRA · rank 4". */
 export function kindLabel(adapter: Pick<AdapterSummary, 'kind' | 'method'>): { badge: string; detail: string } {
   const m = adapter.method;
   if (adapter.kind === 'shira') {
     const mask = typeof m.mask === 'string' ? m.mask : null;
     const density = typeof m.density === 'number' ? formatPercent(m.density) : null;
-    return { badge: 'SHiRA', detail: [mask, density].filter(Boolean).join(' ') };
+    return { badge: KIND_BADGE.shira, detail: [mask, density].filter(Boolean).join(' ') };
   }
   const rank = typeof m.rank === 'number' ? m.rank : null;
-  return { badge: 'LoRA', detail: rank !== null ? `rank ${rank}` : typeof m.matchDensity === 'number' ? `matched ${formatPercent(m.matchDensity)}` : '' };
+  return { badge: KIND_BADGE.lora, detail: rank !== null ? `rank ${rank}` : typeof m.matchDensity === 'number' ? `matched ${formatPercent(m.matchDensity)}` : '' };
 }
 
 /** "a, b ,, c" → ["a", "b", "c"]: how tags and trigger words are typed. */

@@ -30,6 +30,13 @@ export interface HostFiles {
    * files' own paths; in a browser the bytes have to be uploaded into a server staging folder first.
    */
   sourceFor(files: PickedFile[], onProgress: (done: number, total: number) => void, signal: AbortSignal): Promise<ImportSource>;
+  /**
+   * Where exports go: into a folder the user picks (Electron), or to the browser's downloads — the
+   * studio server never writes files where a page tells it to.
+   */
+  readonly exportsTo: 'folder' | 'download';
+  /** Starts a browser download of a studio-server path (`SERVER_PATHS.download…`); nothing in Electron. */
+  download(path: string): void;
 }
 
 interface Transport {
@@ -72,6 +79,8 @@ class BridgeTransport implements Transport {
         if (paths.length === 0) throw new ApiCallError({ type: 'bad_input', message: 'Those files have no location on disk, so they cannot be imported.' });
         return { kind: 'files', paths };
       },
+      exportsTo: 'folder',
+      download: () => {},
     };
   }
 
@@ -110,6 +119,15 @@ class SocketTransport implements Transport {
     pickFolder: async () => null,
     folderPath: () => null,
     sourceFor: (files, onProgress, signal) => uploadToServer(files, onProgress, signal),
+    exportsTo: 'download',
+    download: (path) => {
+      const link = document.createElement('a');
+      link.href = path;
+      link.download = ''; // the server's Content-Disposition names the file
+      document.body.append(link);
+      link.click();
+      link.remove();
+    },
   };
 
   readonly #url: string;
@@ -210,11 +228,7 @@ class SocketTransport implements Transport {
 }
 
 /** Uploads files one by one into a fresh server staging folder and returns that folder as the source. */
-async function uploadToServer(
-  files: PickedFile[],
-  onProgress: (done: number, total: number) => void,
-  signal: AbortSignal,
-): Promise<ImportSource> {
+async function uploadToServer(files: PickedFile[], onProgress: (done: number, total: number) => void, signal: AbortSignal): Promise<ImportSource> {
   const uploadId = newId();
   let folder: string | null = null;
   onProgress(0, files.length);

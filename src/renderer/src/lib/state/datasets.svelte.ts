@@ -89,7 +89,24 @@ export class DatasetsState {
     await this.#update({ triggerWord: triggerWord.trim() === '' ? null : triggerWord });
   }
 
-  async #update(change: { name?: string; triggerWord?: string | null }): Promise<void> {
+  /** Mark the dataset as pixel art: its images show with nearest-neighbour scaling at any size. */
+  async setPixelArt(pixelArt: boolean): Promise<void> {
+    try {
+      await this.#update({ pixelArt });
+    } catch (error) {
+      this.#toasts.error('mark the dataset as pixel art', error);
+    }
+  }
+
+  /** A bulk caption edit (the caption editor), stored in one transaction. Throws, so the editor keeps its preview. */
+  async setCaptions(captions: { imageId: number; caption: string }[]): Promise<void> {
+    const detail = this.detail;
+    if (!detail || captions.length === 0) return;
+    const dataset = await this.#api.call('datasets.setCaptions', { datasetId: detail.id, captions });
+    if (this.detail?.id === dataset.id) this.detail = dataset;
+  }
+
+  async #update(change: { name?: string; triggerWord?: string | null; pixelArt?: boolean }): Promise<void> {
     const detail = this.detail;
     if (!detail) return;
     const summary = await this.#api.call('datasets.update', { id: detail.id, ...change });

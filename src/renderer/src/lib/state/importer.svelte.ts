@@ -196,11 +196,11 @@ export class ImporterState {
       const input: ImportInput = { source, importId };
       if (this.target) input.datasetId = this.target.id;
       else {
-        // Uploads land in a server staging folder named by a random id, which would make a poor
-        // default name; the core's default (the folder's name) is right only for typed paths.
-        const uploaded = this.staged.length > 0 && this.#api.flavour === 'browser';
-        const name = this.name.trim() || this.suggestedName || (uploaded ? `Uploaded images ${new Date().toLocaleDateString()}` : '');
+        const name = this.name.trim();
         if (name) input.name = name;
+        // Uploads land in a staging folder named by a random id: the picked folder's name goes along, and the core
+        // names the dataset from it (a kohya `10_name` folder: "name", with 10 repeats and "name" as trigger).
+        if (this.suggestedName) input.folderName = this.suggestedName;
       }
       const triggerWord = this.triggerWord.trim();
       if (triggerWord && !this.target) input.triggerWord = triggerWord;
@@ -230,6 +230,15 @@ export class ImporterState {
       this.#abort = null;
       this.cancelling = false;
     }
+  }
+
+  /** The trigger word, edited in the report (a kohya folder's class words are only a suggestion). */
+  async setTriggerWord(word: string): Promise<void> {
+    const report = this.report;
+    if (!report?.naming || report.datasetId === null) return;
+    const summary = await this.#api.call('datasets.update', { id: report.datasetId, triggerWord: word.trim() === '' ? null : word.trim() });
+    this.report = { ...report, naming: { ...report.naming, triggerWord: summary.triggerWord } };
+    void this.#datasets.loadList();
   }
 
   async cancel(): Promise<void> {

@@ -18,12 +18,7 @@ export class InlineEdit {
    * `onFailure` hears about failures that are not the user's input (those stay beside the field);
    * `validate` catches what the user can fix before a round trip, returning the message to show.
    */
-  constructor(
-    source: () => string,
-    save: (value: string) => Promise<void>,
-    onFailure: (error: unknown) => void,
-    validate: (value: string) => string | null = () => null,
-  ) {
+  constructor(source: () => string, save: (value: string) => Promise<void>, onFailure: (error: unknown) => void, validate: (value: string) => string | null = () => null) {
     this.#source = source;
     this.#save = save;
     this.#onFailure = onFailure;

@@ -1,4 +1,5 @@
 import type { AdapterDetail, AdapterSummary, AdapterUpdate } from '../../../../shared/api';
+import { SERVER_PATHS } from '../../../../shared/bridge';
 import { filterAdapters, tagsOf, type KindFilter, type SortKey } from '../adapters';
 import { errorMessage } from '../errors';
 import type { ApiClient, PickedFile } from '../transport';
@@ -170,11 +171,20 @@ export class LibraryState {
     }
   }
 
+  /** Electron: into a folder the user picks. Browser: the package arrives as two downloads. */
   async exportAdapter(adapter: AdapterSummary): Promise<void> {
     if (this.exporting !== null) return;
+    const files = this.#api.files;
+    if (files.exportsTo === 'download') {
+      for (const ext of ['safetensors', 'shira.json']) files.download(`${SERVER_PATHS.download}adapter/${adapter.id}.${ext}`);
+      this.#toasts.show('success', `Exported “${adapter.name}”`, 'Your browser downloads the .safetensors file and its .shira.json description.');
+      return;
+    }
     this.exporting = adapter.id;
     try {
-      const result = await this.#api.call('adapters.export', { id: adapter.id });
+      const dir = await files.pickFolder();
+      if (dir === null) return;
+      const result = await this.#api.call('adapters.export', { id: adapter.id, dir });
       this.#toasts.show('success', `Exported “${adapter.name}”`, `${result.file} (AutoV2 ${result.autoV2})`);
     } catch (error) {
       this.#toasts.error(`export “${adapter.name}”`, error);
@@ -198,8 +208,7 @@ export class LibraryState {
     this.importing = true;
     try {
       const source = await this.#api.files.sourceFor(picked, () => {}, new AbortController().signal);
-      const paths =
-        source.kind === 'folder' ? packages.map((p) => `${source.path}/${p.relativePath}`) : source.paths.filter((path) => PACKAGE.test(path));
+      const paths = source.kind === 'folder' ? packages.map((p) => `${source.path}/${p.relativePath}`) : source.paths.filter((path) => PACKAGE.test(path));
       for (const path of paths) {
         const name = path.split(/[/\\]/).pop() ?? path;
         try {

@@ -2,13 +2,11 @@
 // A batch is generated one image per call (seed, seed+1, … exactly as the core does for a batch),
 // so the view can show each image as it lands and Cancel takes effect before the next one.
 import type { AdapterSummary, GenerateEngine, Generation, MixEntry, MixResult, SamplerName } from '../../../../shared/api';
+import { ALPHA, SAMPLING, SEED } from '../../../../shared/ranges';
+import { withTriggerWords } from '../captions';
 import { errorMessage } from '../errors';
 import type { ApiClient } from '../transport';
 import type { Toasts } from './toasts.svelte';
-
-export const ALPHA_MIN = -1;
-export const ALPHA_MAX = 2;
-export const MAX_SEED = 2 ** 31 - 1;
 
 export interface MixSlot {
   adapterId: number;
@@ -17,21 +15,18 @@ export interface MixSlot {
   enabled: boolean;
 }
 
-export function clampAlpha(alpha: number): number {
-  if (!Number.isFinite(alpha)) return 1;
-  return Math.min(ALPHA_MAX, Math.max(ALPHA_MIN, Math.round(alpha * 100) / 100));
+/**
+ * An α from the slider or the number field: to hundredths (slider steps carry float noise, and α is part of what
+ * identifies a generation) and within the range the API takes. Stored weights (a recipe, an adapter's preferred
+ * weight) are already in range and are used as they are.
+ */
+export function inputAlpha(alpha: number): number {
+  if (!Number.isFinite(alpha)) return ALPHA.default;
+  return Math.min(ALPHA.max, Math.max(ALPHA.min, Math.round(alpha * 100) / 100));
 }
 
 export function randomSeed(): number {
-  return Math.floor(Math.random() * MAX_SEED);
-}
-
-/** Adds the trigger words a prompt lacks, so an added style is actually called up. */
-export function withTriggerWords(prompt: string, words: readonly string[]): string {
-  const missing = words.filter((w) => !prompt.toLowerCase().includes(w.toLowerCase()));
-  if (missing.length === 0) return prompt;
-  const trimmed = prompt.trim();
-  return trimmed ? `${trimmed}, ${missing.join(', ')}` : missing.join(', ');
+  return Math.floor(Math.random() * SEED.max);
 }
 
 export class MixState {
@@ -39,11 +34,14 @@ export class MixState {
   prompt = $state('');
   negativePrompt = $state('');
   seed = $state(randomSeed());
-  /** Locked: every Generate uses `seed`. Unlocked: each Generate rolls a new one and shows it. */
+  /**
+   * Locked: every Generate uses `seed`. Unlocked ("Random each run", shown as such): each Generate rolls a new one
+   * and shows it. A seed the user types or rolls locks it: a typed seed is never thrown away for a random one.
+   */
   seedLocked = $state(false);
-  steps = $state(25);
-  guidance = $state(5);
-  sampler = $state<SamplerName>('ddim');
+  steps = $state<number>(SAMPLING.steps.default);
+  guidance = $state<number>(SAMPLING.guidance.default);
+  sampler = $state<SamplerName>(SAMPLING.sampler.default);
   batch = $state(4);
   /** Auto: whichever engine the core measured faster here; ONNX Runtime patches SHiRA mixes in place. */
   engine = $state<GenerateEngine>('auto');
@@ -69,13 +67,20 @@ export class MixState {
     this.#toasts = toasts;
   }
 
+  /** The seed field: a whole number in range is used from now on (locked); anything else is ignored. */
+  typeSeed(value: number): void {
+    if (!Number.isInteger(value) || value < SEED.min || value > SEED.max) return;
+    this.seed = value;
+    this.seedLocked = true;
+  }
+
   has(adapterId: number): boolean {
     return this.slots.some((s) => s.adapterId === adapterId);
   }
 
   add(adapter: AdapterSummary): void {
     if (this.has(adapter.id)) return;
-    this.slots.push({ adapterId: adapter.id, alpha: clampAlpha(adapter.preferredWeight), enabled: true });
+    this.slots.push({ adapterId: adapter.id, alpha: adapter.preferredWeight, enabled: true });
     this.prompt = withTriggerWords(this.prompt, adapter.triggerWords);
     this.applySoon();
   }
@@ -87,7 +92,7 @@ export class MixState {
 
   setAlpha(adapterId: number, alpha: number): void {
     const slot = this.slots.find((s) => s.adapterId === adapterId);
-    if (slot) slot.alpha = clampAlpha(alpha);
+    if (slot) slot.alpha = inputAlpha(alpha);
   }
 
   toggle(adapterId: number): void {
@@ -133,7 +138,7 @@ export class MixState {
     clearTimeout(this.#applyTimer);
     if (!this.seedLocked) this.seed = randomSeed();
     const entries = this.entries;
-    const batch = Math.max(1, Math.min(16, Math.round(this.batch)));
+    const batch = Math.max(SAMPLING.batch.min, Math.min(SAMPLING.batch.max, Math.round(this.batch)));
     const request = {
       prompt: this.prompt,
       negativePrompt: this.negativePrompt,
@@ -154,7 +159,7 @@ export class MixState {
       if (!(await this.apply())) return [];
       for (let i = 0; i < batch && !this.cancelRequested; i++) {
         // The mix goes with every call: another window may have re-blended the model in between.
-        const [image] = await this.#api.call('generate', { ...request, seed: (seed0 + i) % (MAX_SEED + 1), batch: 1, mix: entries });
+        const [image] = await this.#api.call('generate', { ...request, seed: (seed0 + i) % (SEED.max + 1), batch: 1, mix: entries });
         if (image) made.push(image);
         this.results = [...made];
         this.done = i + 1;
@@ -175,7 +180,7 @@ export class MixState {
 
   /** Puts a gallery image's recipe back in the form, seed locked so it comes out the same. */
   loadRecipe(g: Generation): void {
-    this.slots = g.mix.map((e) => ({ adapterId: e.adapterId, alpha: clampAlpha(e.alpha), enabled: true }));
+    this.slots = g.mix.map((e) => ({ adapterId: e.adapterId, alpha: e.alpha, enabled: true }));
     this.prompt = g.prompt;
     this.negativePrompt = g.negativePrompt;
     this.seed = g.seed;

@@ -12,6 +12,7 @@ import { LibraryState } from './library.svelte';
 import { MixState } from './mix.svelte';
 import { Toasts } from './toasts.svelte';
 import { TrainingState } from './training.svelte';
+import { WelcomeState } from './welcome.svelte';
 
 export type HealthState = { kind: 'unknown' } | { kind: 'ok' } | { kind: 'bad'; message: string };
 
@@ -32,6 +33,7 @@ export class Studio {
   readonly mix: MixState;
   readonly gallery: GalleryState;
   readonly compare: CompareState;
+  readonly welcome: WelcomeState;
 
   view = $state<ViewId>('library');
   info = $state.raw<AppInfo | null>(null);
@@ -55,10 +57,11 @@ export class Studio {
     this.mix = new MixState(api, this.toasts);
     this.gallery = new GalleryState(api, this.toasts);
     this.compare = new CompareState(api, () => this.library.byId);
+    this.welcome = new WelcomeState(api, this.toasts, (status) => (this.engine = status));
   }
 
   get modalOpen(): boolean {
-    return this.importer.isOpen || this.datasets.pendingDelete !== null || this.library.pendingDelete !== null || this.gallery.openIndex !== null;
+    return this.welcome.isOpen || this.importer.isOpen || this.datasets.pendingDelete !== null || this.library.pendingDelete !== null || this.gallery.openIndex !== null;
   }
 
   /** Resolution every adapter of the default model trains and generates at (the model's, not a choice). */
@@ -144,20 +147,24 @@ export class Studio {
     return false;
   }
 
-  async refreshHealth(): Promise<void> {
+  async refreshHealth(): Promise<HealthReport | null> {
     try {
-      this.health = describeHealth(await this.api.call('app.health', {}));
+      const report = await this.api.call('app.health', {});
+      this.health = describeHealth(report);
+      this.welcome.native = report.native ?? null;
+      return report;
     } catch (error) {
       this.health = { kind: 'bad', message: errorMessage(error) };
+      return null;
     }
   }
 
   #loadAll(): void {
-    void this.api.call('app.info', {}).then(
+    const info = this.api.call('app.info', {}).then(
       (info) => (this.info = info),
-      (error) => this.toasts.error('read the app information', error),
+      (error) => void this.toasts.error('read the app information', error),
     );
-    void this.refreshHealth();
+    void Promise.all([info, this.refreshHealth()]).then(([info, health]) => info && this.welcome.maybeOpen(info, health?.native ?? null));
     void this.api.call('worker.status', { start: true }).then(
       (status) => (this.engine = status),
       () => (this.engine = null),

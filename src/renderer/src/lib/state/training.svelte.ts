@@ -3,6 +3,8 @@
 // records, so the view redraws per event without the state class copying long histories around.
 import type { CoreEvent, Dataset, MaskKind, TrainingJob, TrainingRequest } from '../../../../shared/api';
 import { ApiCallError } from '../../../../shared/errors';
+import { TRAINING } from '../../../../shared/ranges';
+import { MAX_PREVIEW_PROMPTS, previewPrompts } from '../captions';
 import type { Point } from '../chart';
 import { errorMessage, fieldErrorMessage, fieldOf } from '../errors';
 import type { ApiClient } from '../transport';
@@ -46,12 +48,15 @@ export class TrainingState {
   method = $state<MethodChoice>('shira');
   mask = $state<MaskKind>('struct');
   /** SHiRA's share of each layer's weights; "both" gives the LoRA the same number of values. */
-  density = $state(0.02);
+  density = $state<number>(TRAINING.density.default);
   rank = $state(4);
-  steps = $state(500);
-  lr = $state(0.001);
-  batch = $state(4);
-  seed = $state(0);
+  steps = $state<number>(TRAINING.steps.default);
+  lr = $state<number>(TRAINING.lr.default);
+  batch = $state<number>(TRAINING.batch.default);
+  seed = $state<number>(TRAINING.seed.default);
+  /** Preview grids while training: on unless the artist turns them off. */
+  previews = $state(true);
+  /** One prompt per line; filled from the chosen dataset (trigger word, a few captions) until the artist edits it. */
   samplePrompts = $state('');
   sampleEvery = $state(100);
   /** Caption tag dropout, 0–0.9 (the trigger's tag always stays). */
@@ -79,9 +84,7 @@ export class TrainingState {
   );
   readonly runningJob = $derived(this.jobs.find((j) => j.status === 'running') ?? null);
   readonly activeCount = $derived(this.jobs.filter((j) => j.status === 'running' || j.status === 'queued').length);
-  readonly shownJob = $derived(
-    (this.shownJobId !== null ? this.jobs.find((j) => j.id === this.shownJobId) : undefined) ?? this.runningJob ?? this.jobs[0] ?? null,
-  );
+  readonly shownJob = $derived((this.shownJobId !== null ? this.jobs.find((j) => j.id === this.shownJobId) : undefined) ?? this.runningJob ?? this.jobs[0] ?? null);
 
   readonly #api: ApiClient;
   readonly #toasts: Toasts;
@@ -91,6 +94,8 @@ export class TrainingState {
   #datasetRequest = 0;
   #refreshTimer: ReturnType<typeof setTimeout> | undefined;
   #datasetTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The preview prompts were typed by the artist for the dataset shown: a refresh must not replace them. */
+  #promptsEdited = false;
   /** Jobs whose history (samples, finished curve) was fetched already. */
   readonly #hydrated = new Set<number>();
 
@@ -132,20 +137,23 @@ export class TrainingState {
     if (job) void this.#hydrate(job);
   }
 
-  /** Samples so far, and for a finished job its whole loss curve from the library. */
+  /**
+   * Samples and the loss curve so far, from the library: a chart opened mid-run (a new window, a reload) starts
+   * with the run's history and live points continue it. A finished job is read once more for its final curve.
+   */
   async #hydrate(job: TrainingJob): Promise<void> {
     const complete = job.status === 'completed' && job.adapterId !== null;
     if (this.#hydrated.has(job.id) && !complete) return;
     this.#hydrated.add(job.id);
     try {
-      const samples = await this.#api.call('training.samples', { id: job.id });
+      const [samples, history] = await Promise.all([this.#api.call('training.samples', { id: job.id }), this.#api.call('training.loss', { id: job.id })]);
       this.samples = { ...this.samples, [job.id]: samples };
-      if (complete && job.adapterId !== null) {
-        const detail = await this.#api.call('adapters.get', { id: job.adapterId });
-        if (detail.training?.loss.length) {
-          this.#losses.set(job.id, [...detail.training.loss]);
-          this.#lossVersion++;
-        }
+      // Points that arrived while the history was on its way come after it.
+      const last = history.at(-1)?.step ?? -1;
+      const live = (this.#losses.get(job.id) ?? []).filter((p) => p.step > last);
+      if (history.length > 0 || live.length > 0) {
+        this.#losses.set(job.id, [...history, ...live]);
+        this.#lossVersion++;
       }
     } catch {
       // History is a nicety: the live view works without it, and the next event fills it in.
@@ -165,8 +173,10 @@ export class TrainingState {
     try {
       const dataset = await this.#api.call('datasets.get', { id });
       if (request !== this.#datasetRequest) return;
+      if (this.dataset?.id !== dataset.id) this.#promptsEdited = false;
       this.dataset = dataset;
       this.datasetError = null;
+      if (!this.#promptsEdited) this.samplePrompts = previewPrompts(dataset).join('\n');
     } catch (error) {
       if (request !== this.#datasetRequest) return;
       // Deleted in the Datasets view meanwhile: nothing to train on, and nothing to complain about.
@@ -185,6 +195,12 @@ export class TrainingState {
     }, REFRESH_COALESCE_MS);
   }
 
+  /** The preview prompts as the artist types them; from then on they are the artist's, not the dataset's. */
+  setSamplePrompts(text: string): void {
+    this.samplePrompts = text;
+    this.#promptsEdited = true;
+  }
+
   async setCaption(imageId: number, caption: string): Promise<void> {
     const image = await this.#api.call('datasets.setCaption', { imageId, caption });
     const dataset = this.dataset;
@@ -199,7 +215,7 @@ export class TrainingState {
     if (this.tagDropout > 0) common.tagDropout = this.tagDropout;
     if (this.flip) common.flip = true;
     const prompts = this.samplePromptList;
-    if (prompts.length > 0) {
+    if (this.previews && prompts.length > 0) {
       common.samplePrompts = prompts;
       common.sampleEvery = this.sampleEvery;
     }
@@ -209,22 +225,34 @@ export class TrainingState {
     if (this.method === 'lora') return [{ ...common, method: 'lora', rank: this.rank, ...(name ? { name } : {}) }];
     // Parameter-matched: the LoRA gets the rank whose size equals SHiRA's at this density.
     const lora: TrainingRequest = { ...common, method: 'lora', matchDensity: this.density };
-    return name ? [{ ...shira, name: `${name} · SHiRA` }, { ...lora, name: `${name} · LoRA` }] : [shira, lora];
+    return name
+      ? [
+          { ...shira, name: `${name} · SHiRA` },
+          { ...lora, name: `${name} · LoRA` },
+        ]
+      : [shira, lora];
   }
 
   #validate(): boolean {
     const errors: Partial<Record<TrainField, string>> = {};
     if (this.datasetId === null) errors.dataset = 'Choose a dataset to train on, or import a folder of images.';
     else if (this.dataset && this.dataset.imageCount === 0) errors.dataset = 'This dataset has no images. Add some in Datasets first.';
-    if (!Number.isInteger(this.steps) || this.steps < 1) errors.steps = 'Steps must be a whole number, 1 or more.';
-    if (!(this.lr > 0 && this.lr <= 1)) errors.lr = 'Learning rate must be above 0 and at most 1 (try 0.001).';
-    if (!Number.isInteger(this.batch) || this.batch < 1 || this.batch > 64) errors.batch = 'Batch must be a whole number from 1 to 64.';
-    if (!Number.isInteger(this.seed) || this.seed < 0) errors.seed = 'Seed must be a whole number, 0 or more.';
-    if (this.method !== 'lora' && !(this.density >= 0.0001 && this.density <= 0.5)) errors.density = 'Density must be between 0.01 % and 50 %.';
-    if (this.method === 'lora' && (!Number.isInteger(this.rank) || this.rank < 1 || this.rank > 256)) errors.rank = 'Rank must be a whole number from 1 to 256.';
-    if (!(this.tagDropout >= 0 && this.tagDropout <= 0.9)) errors.tagDropout = 'Tag dropout must be from 0 % to 90 %.';
-    if (this.samplePromptList.length > 8) errors.samplePrompts = 'Up to 8 sample prompts, one per line.';
-    if (this.samplePromptList.length > 0 && (!Number.isInteger(this.sampleEvery) || this.sampleEvery < 1)) errors.sampleEvery = 'Preview every 1 or more steps.';
+    const T = TRAINING;
+    const whole = (x: number, r: { min: number; max: number }) => Number.isInteger(x) && x >= r.min && x <= r.max;
+    const pct = (x: number) => `${+(x * 100).toFixed(2)} %`;
+    if (!whole(this.steps, T.steps)) errors.steps = `Steps must be a whole number from ${T.steps.min} to ${T.steps.max.toLocaleString('en')}.`;
+    if (!(this.lr >= T.lr.min && this.lr <= T.lr.max)) errors.lr = `Learning rate must be from ${T.lr.min} to ${T.lr.max} (try ${T.lr.default}).`;
+    if (!whole(this.batch, T.batch)) errors.batch = `Batch must be a whole number from ${T.batch.min} to ${T.batch.max}.`;
+    if (!whole(this.seed, T.seed)) errors.seed = `Seed must be a whole number from ${T.seed.min} to ${T.seed.max}.`;
+    if (this.method !== 'lora' && !(this.density >= T.density.min && this.density <= T.density.max)) errors.density = `Density must be between ${pct(T.density.min)} and ${pct(T.density.max)}.`;
+    if (this.method === 'lora' && !whole(this.rank, T.rank)) errors.rank = `Rank must be a whole number from ${T.rank.min} to ${T.rank.max}.`;
+    if (!(this.tagDropout >= T.tagDropout.min && this.tagDropout <= T.tagDropout.max)) errors.tagDropout = `Tag dropout must be from ${pct(T.tagDropout.min)} to ${pct(T.tagDropout.max)}.`;
+    if (this.previews) {
+      if (this.samplePromptList.length === 0) errors.samplePrompts = 'Write at least one preview prompt, or turn previews off.';
+      else if (this.samplePromptList.length > T.maxPreviewPrompts)
+        errors.samplePrompts = `Up to ${T.maxPreviewPrompts} preview prompts, one per line (${MAX_PREVIEW_PROMPTS} fit one row of the preview).`;
+      if (!whole(this.sampleEvery, T.sampleEvery)) errors.sampleEvery = `Preview every ${T.sampleEvery.min} to ${T.sampleEvery.max.toLocaleString('en')} steps.`;
+    }
     this.fieldErrors = errors;
     return Object.keys(errors).length === 0;
   }
@@ -275,7 +303,11 @@ export class TrainingState {
         let points = this.#losses.get(jobId);
         if (!points) this.#losses.set(jobId, (points = []));
         if (points.length === 0 || points[points.length - 1].step < step) points.push({ step, loss });
-        if (points.length > MAX_LIVE_POINTS) this.#losses.set(jobId, points.filter((_, i) => i % 2 === 1 || i === points.length - 1));
+        if (points.length > MAX_LIVE_POINTS)
+          this.#losses.set(
+            jobId,
+            points.filter((_, i) => i % 2 === 1 || i === points.length - 1),
+          );
         this.#lossVersion++;
         this.jobs = this.jobs.map((j) => (j.id === jobId ? { ...j, step, steps, status: 'running' } : j));
         break;
