@@ -12,6 +12,7 @@ import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { ConceptLab, CONTENT_PROMPTS, drift, mean, std, styleScore, UNRELATED_PROMPTS, type Scored } from '../src/main/core/concept/lab';
 import { readSafetensors } from '../src/main/core/io/safetensors';
+import { fileSha256 } from '../src/main/core/adapters/format';
 import { WorkerSupervisor } from '../src/main/core/worker/supervisor';
 import { buildStyleSet, STYLES, type StyleName } from './styles';
 
@@ -119,9 +120,11 @@ export async function runConceptEval(o: ConceptOptions): Promise<Record<string, 
     const baseUnrelated = await score(UNRELATED, 'base-unrelated');
 
     // 3. adapters
-    // The recipe is in the name: a work folder reused with other steps, batch or lr must not hand back adapters
-    // trained another way (they are reused only when everything that made them matches).
-    const adapterFile = (m: ConceptMethod, style: string, seed: number) => join(o.workDir, `${m}-${style}-s${seed}-${o.steps}x${o.batch}-lr${o.lr}.safetensors`);
+    // The recipe and the base model's hash are in the name: a work folder reused with another base model, steps,
+    // batch or lr must not hand back adapters trained another way (they are reused only when everything that made
+    // them matches), so an interrupted run resumes where it stopped.
+    const base = fileSha256(o.model).slice(0, 12);
+    const adapterFile = (m: ConceptMethod, style: string, seed: number) => join(o.workDir, `${m}-${style}-s${seed}-${o.steps}x${o.batch}-lr${o.lr}-${base}.safetensors`);
     for (const seed of o.seeds)
       for (const m of o.methods)
         for (const style of o.styles) {
