@@ -219,6 +219,11 @@ export interface TrainBaseOptions {
   categoryBalance: number;
   threads: number;
   resume: boolean;
+  /**
+   * Export the run folder's final weights without training: for a run whose worker finished on its own after the
+   * tool was stopped (its journal then needs the session's end, which the tool would have written).
+   */
+  exportOnly?: boolean;
   runDir: string;
   outDir: string;
   dataDir: string;
@@ -251,6 +256,11 @@ export async function trainBase(o: TrainBaseOptions): Promise<Record<string, unk
   const samplesDir = join(o.runDir, 'samples');
   mkdirSync(samplesDir, { recursive: true });
   const final = join(o.runDir, 'final.safetensors');
+  const journal = join(o.runDir, 'journal.jsonl');
+  if (o.exportOnly) {
+    if (!existsSync(final) || !existsSync(journal)) throw new Error(`--export-only needs a finished run: ${final} and ${journal}`);
+    return exportBase({ ...o, name, configFile, final, journal });
+  }
   const args = [
     '--device',
     o.device,
@@ -298,7 +308,6 @@ export async function trainBase(o: TrainBaseOptions): Promise<Record<string, unk
     '25',
   ];
   if (o.resume && existsSync(checkpoint)) args.push('--resume', checkpoint);
-  const journal = join(o.runDir, 'journal.jsonl');
   const started = Date.now();
   appendFileSync(
     journal,
@@ -337,18 +346,19 @@ export async function trainBase(o: TrainBaseOptions): Promise<Record<string, unk
 }
 
 function exportBase(o: TrainBaseOptions & { name: string; configFile: string; final: string; journal: string }): Record<string, unknown> {
+  const sessions = readFileSync(o.journal, 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+  const wall = sessions.filter((s) => s.event === 'session_end').reduce((a, s) => a + Number(s.seconds), 0);
+  const last = sessions.filter((s) => s.event === 'session_end').pop();
+  if (!last?.result) throw new Error(`${o.journal}: its last session has no result; finish the run (--resume) first`);
   mkdirSync(o.outDir, { recursive: true });
   const weights = exportFp16(o.final, join(o.outDir, 'model.safetensors'));
   const config = JSON.parse(readFileSync(o.configFile, 'utf8')) as { text_encoder: { vocab: string[] } };
   // "supersedes" makes the app move its default to this model and keep the older one for its adapters (builtin.ts).
   writeFileSync(join(o.outDir, 'config.json'), JSON.stringify({ ...config, ...(o.previous ? { supersedes: o.previous } : {}) }, null, 1));
   writeFileSync(join(o.outDir, 'vocab.txt'), `${config.text_encoder.vocab.join('\n')}\n`);
-  const sessions = readFileSync(o.journal, 'utf8')
-    .trim()
-    .split('\n')
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
-  const wall = sessions.filter((s) => s.event === 'session_end').reduce((a, s) => a + Number(s.seconds), 0);
-  const last = sessions.filter((s) => s.event === 'session_end').pop()!;
   const summary = { name: o.name, weights, wall_seconds: Math.round(wall), sessions: sessions.filter((s) => s.event === 'session_start').length, result: last.result };
   const initFrom = o.initFrom ? relative(process.cwd(), o.initFrom) : undefined;
   // A run that starts from an earlier phase of this model (its run folder's weights) keeps that phase's record

@@ -77,6 +77,7 @@ async function trainBaseCommand(argv: string[], appRoot: string): Promise<void> 
     patchSize: Number(argValue(argv, 'patch') ?? 4),
     threads,
     resume: argv.includes('--resume'),
+    exportOnly: argv.includes('--export-only'),
     runDir: resolve(argValue(argv, 'run-dir') ?? `.data/runs/${name}`),
     outDir,
     dataDir: resolve(argValue(argv, 'data') ?? `.data/clipart-${resolution}`),

@@ -1,7 +1,8 @@
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { afterEach, describe, expect, it } from 'vitest';
-import { baseModelConfig, buildVocab, exportFp16, f32ToF16, imagesToGrid, warmStart } from '../../tools/base-model';
+import { baseModelConfig, buildVocab, exportFp16, f32ToF16, imagesToGrid, trainBase, warmStart } from '../../tools/base-model';
 import { readSafetensors, writeSafetensors } from '../../src/main/core/io/safetensors';
 import { tempDir } from '../unit/helpers';
 
@@ -109,5 +110,59 @@ describe('built-in model tooling', () => {
     expect(Buffer.from(readSafetensors(again).tensors.get('text_encoder.embeddings.token_embedding.weight')!.data).equals(Buffer.from(t.data))).toBe(true);
     writeSafetensors(src, [], {});
     expect(() => warmStart(src, config, out)).toThrow(/no vocabulary/);
+  });
+
+  it('exports a run its worker finished after the tool stopped (--export-only), and refuses one without a result', async () => {
+    const dir = tempDir();
+    cleanups.push(dir.cleanup);
+    const runDir = join(dir.path, 'run');
+    const dataDir = join(dir.path, 'data');
+    const outDir = join(dir.path, 'models', 'next');
+    mkdirSync(runDir);
+    mkdirSync(dataDir);
+    writeFileSync(join(dataDir, 'train.safetensors'), '');
+    writeFileSync(join(runDir, 'config.json'), JSON.stringify({ name: 'next', text_encoder: { vocab: ['a', 'b'] } }));
+    writeSafetensors(join(runDir, 'final.safetensors'), [['w', { dtype: 'F32', shape: [1], data: new Uint8Array(new Float32Array([0.5]).buffer) }]]);
+    const journal = join(runDir, 'journal.jsonl');
+    const lines = (...rows: object[]) => rows.map((r) => `${JSON.stringify(r)}\n`).join('');
+    // The tool stopped mid-run: a start, no end.
+    writeFileSync(journal, lines({ event: 'session_start' }, { event: 'progress', step: 25 }));
+    const options = {
+      worker: '/nonexistent/shira-worker',
+      name: 'next',
+      previous: 'prev',
+      device: 'cpu',
+      resolution: 64,
+      steps: 50,
+      batch: 2,
+      lr: 1e-3,
+      ema: 0.9,
+      patchSize: 4,
+      tagDropout: 0.5,
+      categoryBalance: 0.5,
+      threads: 1,
+      resume: true,
+      exportOnly: true,
+      runDir,
+      outDir,
+      dataDir,
+      log: () => {},
+    };
+    await expect(trainBase(options)).rejects.toThrow(/last session has no result/);
+    expect(existsSync(join(outDir, 'model.safetensors'))).toBe(false);
+    // Its end written by hand from the worker's own result line, and a resumed session that finished.
+    writeFileSync(
+      journal,
+      lines(
+        { event: 'session_start' },
+        { event: 'session_end', seconds: 100, result: null },
+        { event: 'session_start' },
+        { event: 'session_end', seconds: 20.4, result: { steps: 50, final_loss: 1 } },
+      ),
+    );
+    const summary = await trainBase(options);
+    expect(summary).toMatchObject({ name: 'next', wall_seconds: 120, sessions: 2, result: { steps: 50 } });
+    expect(readSafetensors(join(outDir, 'model.safetensors')).tensors.get('w')!.dtype).toBe('F16');
+    expect(JSON.parse(readFileSync(join(outDir, 'config.json'), 'utf8'))).toMatchObject({ supersedes: 'prev' });
   });
 });
