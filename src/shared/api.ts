@@ -118,9 +118,80 @@ export interface BaseModel {
   name: string;
   family: string;
   resolution: number;
+  /** SHA-256 of the weights: the identity adapters are bound to (null while a user checkpoint is being hashed). */
   weightsHash: string | null;
   isDefault: boolean;
   createdAt: string;
+  /** 'builtin': shipped in resources/models; 'user': a Stable Diffusion checkpoint added by path (models.add). */
+  source: ModelSource;
+  /** The family as artists say it: "Built-in clipart", "SD-1.x", "SD-2.x 768 v". */
+  familyLabel: string;
+  /** Generation and training run on it here. False for user checkpoints until the Stable Diffusion loader lands. */
+  runnable: boolean;
+  /** What registration found and records, for user checkpoints; null for built-in models. */
+  checkpoint: CheckpointInfo | null;
+}
+
+// ---- Stable Diffusion checkpoints registered by reference (core/models/checkpoints.ts, docs/models.md) ----
+
+export type ModelSource = 'builtin' | 'user';
+export type CheckpointLayout = 'ldm' | 'diffusers';
+export const PREDICTIONS = ['epsilon', 'v'] as const;
+export type Prediction = (typeof PREDICTIONS)[number];
+/** Where the prediction type came from: the user, the file's metadata or markers, a diffusers scheduler, the family. */
+export type PredictionSource = 'user' | 'metadata' | 'marker' | 'scheduler' | 'family' | 'undetermined';
+/** 'moved': a registered file is no longer at its path; 'changed': its size or modification time differ. */
+export type ModelFileStatus = 'ok' | 'moved' | 'changed';
+
+export interface HashProgress {
+  state: 'pending' | 'running' | 'done' | 'cancelled' | 'failed';
+  /** Bytes hashed so far, of `total` (every file of the model, its separate VAE included). */
+  done: number;
+  total: number;
+  error: string | null;
+}
+
+export interface CheckpointFile {
+  role: 'checkpoint' | 'unet' | 'text_encoder' | 'vae' | 'vae_file';
+  path: string;
+  sizeBytes: number;
+  modifiedAt: string;
+  dtype: string;
+  sha256: string | null;
+  status: ModelFileStatus;
+}
+
+export interface CheckpointInfo {
+  /** The .safetensors file or the diffusers folder, as registered. */
+  path: string;
+  layout: CheckpointLayout;
+  /** In use: the user's choice, else what was detected; null when neither says (an SD-2.x file without metadata). */
+  prediction: Prediction | null;
+  detectedPrediction: Prediction | null;
+  predictionSource: PredictionSource;
+  /** Why, in words ("modelspec.prediction_type = v", "every SD-1.x model predicts ε"). */
+  predictionNote: string;
+  /** Dtype of the UNet weights: 'fp16', 'fp32', 'bf16' (or a mix such as 'fp16+fp32'). */
+  dtype: string;
+  /** ldm files: the number of `model_ema.*` tensors (EMA is used when there are more than 100); null for diffusers. */
+  emaKeys: number | null;
+  /** The weight set the loader will use. */
+  weights: 'ema' | 'model';
+  /** diffusers: the variant files read ('fp16'), else null. */
+  variant: string | null;
+  /** The checkpoint's size (a diffusers folder: its three weight files together); a separate VAE's is in `vae`. */
+  sizeBytes: number;
+  /** A1111/Civitai short hash: the first 10 hex digits of the SHA-256 (for a diffusers folder, of its file list). */
+  autoV2: string | null;
+  hash: HashProgress;
+  /** The worst of its files' states, and what to do about it. */
+  status: ModelFileStatus;
+  statusMessage: string | null;
+  evidence: string[];
+  /** The safetensors `__metadata__` (modelspec.*, ss_*, …); very long values are replaced by a note. */
+  metadata: Record<string, string>;
+  files: CheckpointFile[];
+  vae: CheckpointFile | null;
 }
 
 export interface DatasetSummary {
@@ -518,6 +589,22 @@ export const api = {
   /** Library checks off the event loop: quick_check on every call, the full integrity_check with `full: true`. */
   'app.health': method<Schema<{ full?: boolean }>, HealthReport>(v.object({ full: v.optional(v.boolean()) })),
   'models.list': method<Schema<Record<string, never>>, BaseModel[]>(v.empty()),
+  'models.get': method<Schema<{ id: number }>, BaseModel>(v.object({ id })),
+  /**
+   * Registers a Stable Diffusion checkpoint by reference: a `.safetensors` file (ldm layout) or a diffusers folder,
+   * optionally with a separate VAE file. Only headers are read; the SHA-256 follows in the background
+   * (`models.hash` events). Nothing is copied; the files stay where they are.
+   */
+  'models.add': method<Schema<{ path: string; vaePath?: string; name?: string }>, BaseModel>(
+    v.object({ path: v.string({ min: 1, max: 4096 }), vaePath: v.optional(v.string({ min: 1, max: 4096 })), name: v.optional(v.string({ min: 1, max: 200, trim: true })) }),
+  ),
+  /** Forgets a user checkpoint (its files are left alone); refused for built-in models and models adapters were trained on. */
+  'models.remove': method<Schema<{ id: number }>, { removed: boolean }>(v.object({ id })),
+  /** ε or v for a user checkpoint; null goes back to what was detected. */
+  'models.setPrediction': method<Schema<{ id: number; prediction: Prediction | null }>, BaseModel>(v.object({ id, prediction: v.nullable(v.enum(PREDICTIONS)) })),
+  /** Reads the headers again and re-computes the SHA-256: after a file changed, or to check it. */
+  'models.rehash': method<Schema<{ id: number }>, BaseModel>(v.object({ id })),
+  'models.cancelHash': method<Schema<{ id: number }>, BaseModel>(v.object({ id })),
   /** The native engine's state; `start: true` launches it if it is not running. */
   'worker.status': method<Schema<{ start?: boolean }>, WorkerStatus>(v.object({ start: v.optional(v.boolean()) })),
   /** Engine → Device: auto (CUDA when a GPU is visible), cpu, or gpu; kept in <data>/settings.json. Restarts the idle engine. */
@@ -720,6 +807,8 @@ export type CoreEvent =
   | { type: 'training.sample'; jobId: number; step: number; sampleId: number }
   | { type: 'training.changed'; jobId: number; status: JobStatus; adapterId: number | null; error: string | null }
   | { type: 'concept.progress'; phase: string; done: number; total: number }
+  /** A user checkpoint's SHA-256 in the background: bytes done of total, then its final state. */
+  | { type: 'models.hash'; modelId: number; state: HashProgress['state']; done: number; total: number; error: string | null }
   | { type: 'log'; level: 'info' | 'warn' | 'error'; message: string; time: string };
 
 export type CoreEventType = CoreEvent['type'];

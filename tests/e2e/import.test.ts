@@ -110,11 +110,11 @@ describe('studio server: import a folder', () => {
     expect(pageErrors).toEqual([]);
   });
 
-  it('switches views with Ctrl+1…6', async () => {
+  it('switches views with Ctrl+1…7', async () => {
     const { page, pageErrors } = studio();
     await page.goto(studio().url);
     const main = page.getByRole('main');
-    const expected = ['Library', 'Datasets', 'Train', 'Mix & Generate', 'Gallery', 'Compare'];
+    const expected = ['Library', 'Datasets', 'Train', 'Mix & Generate', 'Gallery', 'Compare', 'Models'];
     for (const [index, title] of expected.entries()) {
       await page.keyboard.press(`Control+Digit${index + 1}`);
       await main.getByRole('heading', { level: 1, name: title }).waitFor();

@@ -7,9 +7,18 @@ std::map<std::string, TestFn>& test_registry() {
     return cases;
 }
 
+std::map<std::string, ToolFn>& tool_registry() {
+    static std::map<std::string, ToolFn> tools;
+    return tools;
+}
+
 int main(int argc, char** argv) {
     // One thread: the machines are shared, and an oversubscribed OpenMP pool is many times slower.
     torch::set_num_threads(1);
+    if (argc > 1) {
+        const auto tool = tool_registry().find(argv[1]);
+        if (tool != tool_registry().end()) return tool->second();
+    }
     const auto& cases = test_registry();
     int         run   = 0;
     for (const auto& [name, fn] : cases) {

@@ -42,6 +42,50 @@ SHIRA_TEST(safetensors) {
     std::printf("  round-trip of F32/F16/BF16/I32/I64/U8 + metadata: bit-identical\n");
 }
 
+// An untrusted file: the spec's tiling rule (no overlap, no hole, nothing after
+// the last tensor) and messages that quote no bytes of the file but a name made
+// printable.
+std::string raw_safetensors(const std::string& header, size_t data_bytes) {
+    std::string prefix(8, '\0');
+    for (int i = 0; i < 8; ++i) prefix[i] = (char)((header.size() >> (8 * i)) & 0xff);
+    return prefix + header + std::string(data_bytes, '\x01');
+}
+
+std::string load_error(const std::string& bytes) {
+    const std::string path = kTmp + "-hostile.safetensors";
+    write_file_atomic(path, bytes);
+    try {
+        safetensors_load(path);
+    } catch (const WorkerError& e) {
+        return e.type == ERROR_TYPE_BAD_INPUT ? std::string(e.what()) : "wrong type: " + std::string(e.what());
+    }
+    return "loaded";
+}
+
+SHIRA_TEST(safetensors_untrusted) {
+    const auto entry = [](const std::string& name, int n, int begin) {
+        return "\"" + name + "\":{\"dtype\":\"F32\",\"shape\":[" + std::to_string(n) + "],\"data_offsets\":[" +
+               std::to_string(begin) + "," + std::to_string(begin + 4 * n) + "]}";
+    };
+    // Well-formed, tensors stored out of header order: loads.
+    EXPECT(load_error(raw_safetensors("{" + entry("b", 2, 8) + "," + entry("a", 2, 0) + "}", 16)) == "loaded");
+    const std::string overlap = load_error(raw_safetensors("{" + entry("a", 2, 0) + "," + entry("b", 2, 4) + "}", 12));
+    EXPECT(overlap.find("overlapping tensors") != std::string::npos);
+    const std::string hole = load_error(raw_safetensors("{" + entry("a", 2, 0) + "," + entry("b", 2, 12) + "}", 20));
+    EXPECT(hole.find("4 bytes no tensor owns") != std::string::npos);
+    const std::string tail = load_error(raw_safetensors("{" + entry("a", 2, 0) + "}", 9));
+    EXPECT(tail.find("1 bytes after its last tensor") != std::string::npos);
+    // A header that is not JSON: its bytes are not echoed.
+    const std::string junk = load_error(raw_safetensors("{\"a\": SECRET-BYTES-HERE", 0));
+    EXPECT(junk.find("not JSON") != std::string::npos && junk.find("SECRET") == std::string::npos);
+    // A control character and a megabyte of name: printable and cut short in the message.
+    const std::string long_name = "x\\u001b[31m" + std::string(1 << 20, 'n');
+    const std::string named     = load_error(raw_safetensors("{\"" + long_name + "\":{\"dtype\":\"Q8\"}}", 0));
+    EXPECT(named.find("malformed entry") != std::string::npos && named.find('\x1b') == std::string::npos &&
+           named.size() < 300);
+    std::printf("  overlap: %s\n  hole: %s\n  junk: %s\n", overlap.c_str(), hole.c_str(), junk.c_str());
+}
+
 // PEFT export: keys "base_model.model.<module>.shira_weight|shira_indices" relative to the UNet, int32 [2, K]
 // (row, col) indices, and an adapter_config.json PEFT can parse.
 SHIRA_TEST(export) {

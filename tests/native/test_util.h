@@ -36,6 +36,20 @@ inline bool register_test(const char* name, TestFn fn) {
     test_registry()[name] = fn;
     return true;
 }
+// A tool is a mode of the test binary that is not a ctest case (an oracle's data pump, a timing):
+// `shira-worker-tests <tool-name>` runs it and exits with its status.
+using ToolFn = int (*)();
+std::map<std::string, ToolFn>& tool_registry();  // test_main.cpp
+
+inline bool register_tool(const char* name, ToolFn fn) {
+    tool_registry()[name] = fn;
+    return true;
+}
+#define SHIRA_TOOL(fn, name)                                                            \
+    int         tool_##fn();                                                            \
+    static bool registered_tool_##fn [[maybe_unused]] = register_tool(name, tool_##fn); \
+    int         tool_##fn()
+
 #define SHIRA_TEST(name)                                                                \
     void        test_##name();                                                          \
     static bool registered_##name [[maybe_unused]] = register_test(#name, test_##name); \

@@ -32,6 +32,7 @@ const OPS = {
   adapter_overlap: true,
   judge_train: true,
   judge_score: true,
+  tokenize: true,
   forward: true,
   bench: true,
   shutdown: true,
@@ -67,6 +68,29 @@ describe('worker protocol', () => {
       w.request('train', { data: 'd.safetensors', out: 'a.safetensors', mask: 'random' }),
     ];
     expect(neverRun).toBeTypeOf('function');
+  });
+
+  it.runIf(existsSync(WORKER))('tokenizes a prompt with the shipped CLIP merges: ids, the A1111 count and emphasis', async () => {
+    const w = new WorkerSupervisor({ binary: WORKER, threads: 1 });
+    cleanups.push(() => w.close());
+    const tokenizer = join(ROOT, 'resources', 'tokenizers', 'clip', 'merges.txt');
+    // "a photo of a cat": 320 1125 539 320 2368 (HF transformers' CLIPTokenizer docs), BOS 49406, EOS 49407 padding.
+    const r = await w.request('tokenize', { prompt: 'a photo of a (cat:1.3)', tokenizer });
+    expect(r.chunks).toBe(1);
+    expect(r.token_count).toBe(5);
+    expect(r.ids[0]!.slice(0, 8)).toEqual([49406, 320, 1125, 539, 320, 2368, 49407, 49407]);
+    expect(r.ids[0]).toHaveLength(77);
+    expect(r.weights[0]![5]).toBeCloseTo(1.3, 6);
+    expect(r.weights[0]![4]).toBe(1);
+    expect(r.tokens[0]).toEqual(['a</w>', 'photo</w>', 'of</w>', 'a</w>', 'cat</w>']);
+    // SD-2's OpenCLIP pads with 0; a long prompt becomes chunks of 75.
+    const long = await w.request('tokenize', { prompt: Array(100).fill('cat').join(' '), tokenizer, pad: 'zero' });
+    expect(long.chunks).toBe(2);
+    expect(long.token_count).toBe(100);
+    expect(long.ids[1]!.slice(25, 28)).toEqual([2368, 49407, 0]);
+    const bad = (await w.request('tokenize', { prompt: 'x', tokenizer, emphasis: 'strong' as 'none' }).catch((e: unknown) => e)) as WorkerError;
+    expect(bad.error.type).toBe('bad_input');
+    expect(bad.error.message).toMatch(/emphasis/);
   });
 
   it.runIf(existsSync(WORKER))('names exactly the ops the worker serves', async () => {

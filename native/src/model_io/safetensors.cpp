@@ -1,8 +1,14 @@
 // safetensors (safetensors.h): bounds-checked header parsing; writes go to a temp name, then rename.
+//
+// A file is untrusted (a user's download, an adapter someone sent): the reader checks what the format promises
+// (the spec, huggingface/safetensors: offsets relative to the byte buffer, every byte of it belonging to exactly
+// one tensor, no holes, no overlap) and its messages never quote the file's bytes beyond a tensor name made
+// printable and cut short.
 #include "model_io/safetensors.h"
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
@@ -31,11 +37,22 @@ const DtypeInfo kDtypes[] = {
     {"I32", torch::kInt32, 4},   {"I64", torch::kInt64, 8},   {"U8", torch::kUInt8, 1},
 };
 
+// A name read from the file, fit for an error message: printable ASCII kept, anything else as '?', at most 80
+// characters (a header can hold megabytes of name).
+std::string printable(const std::string& name) {
+    std::string out;
+    for (unsigned char c : name) {
+        if (out.size() >= 80) return out + "...";
+        out += (c >= 0x20 && c < 0x7f) ? (char)c : '?';
+    }
+    return out;
+}
+
 const DtypeInfo& dtype_from_name(const std::string& name) {
     for (const auto& d : kDtypes) {
         if (name == d.name) return d;
     }
-    throw_bad_input("safetensors: unsupported dtype '" + name + "' (allowed: F32, F16, BF16, I32, I64, U8)");
+    throw_bad_input("safetensors: unsupported dtype '" + printable(name) + "' (allowed: F32, F16, BF16, I32, I64, U8)");
 }
 
 const DtypeInfo& dtype_from_type(torch::ScalarType type) {
@@ -85,19 +102,24 @@ SafeTensors safetensors_load(const std::string& path) {
     json header;
     try {
         header = json::parse(header_text);
-    } catch (const std::exception& e) {
-        throw_bad_input("safetensors: '" + path + "' header is not JSON: " + e.what());
+    } catch (const json::parse_error& e) {
+        // e.what() quotes the bytes it choked on: the position is enough, and echoes nothing.
+        throw_bad_input("safetensors: '" + path + "' header is not JSON (error at byte " + std::to_string(e.byte) +
+                        " of " + std::to_string(header_size) + ")");
     }
     if (!header.is_object()) throw_bad_input("safetensors: header of '" + path + "' is not an object");
 
-    const uint64_t data_begin = 8 + header_size;
-    const uint64_t data_size  = file_size - data_begin;
-    SafeTensors    result;
+    const uint64_t                             data_begin = 8 + header_size;
+    const uint64_t                             data_size  = file_size - data_begin;
+    SafeTensors                                result;
+    std::vector<std::pair<uint64_t, uint64_t>> spans;  // [begin, end) of every tensor, checked for tiling below
     for (const auto& [name, entry] : header.items()) {
         if (name == "__metadata__") {
             if (!entry.is_object()) throw_bad_input("safetensors: __metadata__ must be an object");
             for (const auto& [key, value] : entry.items()) {
-                if (!value.is_string()) throw_bad_input("safetensors: metadata '" + key + "' is not a string");
+                if (!value.is_string()) {
+                    throw_bad_input("safetensors: metadata '" + printable(key) + "' is not a string");
+                }
                 result.metadata[key] = value.get<std::string>();
             }
             continue;
@@ -105,13 +127,13 @@ SafeTensors safetensors_load(const std::string& path) {
         if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") ||
             !entry.contains("data_offsets") || !entry["dtype"].is_string() || !entry["shape"].is_array() ||
             !entry["data_offsets"].is_array() || entry["data_offsets"].size() != 2) {
-            throw_bad_input("safetensors: malformed entry '" + name + "'");
+            throw_bad_input("safetensors: malformed entry '" + printable(name) + "'");
         }
         const DtypeInfo&     dtype = dtype_from_name(entry["dtype"].get<std::string>());
         std::vector<int64_t> shape;
         uint64_t             numel = 1;
         for (const auto& dim : entry["shape"]) {
-            if (!dim.is_number_unsigned()) throw_bad_input("safetensors: bad shape for '" + name + "'");
+            if (!dim.is_number_unsigned()) throw_bad_input("safetensors: bad shape for '" + printable(name) + "'");
             const uint64_t d = dim.get<uint64_t>();
             if (d > (1ull << 40) || (d && numel > (1ull << 40) / d)) throw_bad_input("safetensors: shape too large");
             numel *= d;
@@ -119,18 +141,38 @@ SafeTensors safetensors_load(const std::string& path) {
         }
         const auto& offsets = entry["data_offsets"];
         if (!offsets[0].is_number_unsigned() || !offsets[1].is_number_unsigned()) {
-            throw_bad_input("safetensors: bad data_offsets for '" + name + "'");
+            throw_bad_input("safetensors: bad data_offsets for '" + printable(name) + "'");
         }
         const uint64_t begin = offsets[0].get<uint64_t>(), end = offsets[1].get<uint64_t>();
         if (begin > end || end > data_size || end - begin != numel * dtype.bytes) {
-            throw_bad_input("safetensors: data_offsets of '" + name + "' do not match its shape or the file size");
+            throw_bad_input("safetensors: data_offsets of '" + printable(name) +
+                            "' do not match its shape or the file size");
         }
+        if (end > begin) spans.emplace_back(begin, end);
         torch::Tensor t = torch::empty(shape, torch::TensorOptions().dtype(dtype.type));
         in.seekg((std::streamoff)(data_begin + begin));
         if (numel && !in.read((char*)t.data_ptr(), (std::streamsize)(end - begin))) {
-            throw_bad_input("safetensors: could not read '" + name + "'");
+            throw_bad_input("safetensors: could not read '" + printable(name) + "'");
         }
         result.tensors[name] = t;
+    }
+    // The spec's tiling rule: sorted by offset, each tensor starts where the previous ended and the last ends at
+    // the end of the file. Overlap would let two names alias one buffer (a write through one changes the other);
+    // a hole or a tail hides bytes no tensor accounts for.
+    std::sort(spans.begin(), spans.end());
+    uint64_t at = 0;
+    for (const auto& [begin, end] : spans) {
+        if (begin < at)
+            throw_bad_input("safetensors: '" + path + "' has overlapping tensors (at byte " + std::to_string(begin) +
+                            " of the data)");
+        if (begin > at)
+            throw_bad_input("safetensors: '" + path + "' has " + std::to_string(begin - at) +
+                            " bytes no tensor owns (at byte " + std::to_string(at) + " of the data)");
+        at = end;
+    }
+    if (at != data_size) {
+        throw_bad_input("safetensors: '" + path + "' has " + std::to_string(data_size - at) +
+                        " bytes after its last tensor");
     }
     return result;
 }

@@ -28,6 +28,8 @@ const std::vector<WorkerOp> kOps = {
     {"adapter_convert", op_adapter_convert, false, false, "convert", CLI_SETUP_MODEL_IF_GIVEN,
      "--path A.safetensors --out B.safetensors [--values f16|f32] [--model M | --config C]"},
     {"adapter_overlap", op_adapter_overlap, false, false, nullptr, CLI_SETUP_NONE, nullptr},
+    {"tokenize", op_tokenize, false, true, "tokenize", CLI_SETUP_NONE,
+     "--prompt \"...\" --tokenizer merges.txt|DIR [--pad eos|zero] [--emphasis original|no_norm|ignore|none]"},
     {"judge_train", op_judge_train, true, false, nullptr, CLI_SETUP_NONE, nullptr},
     {"judge_score", op_judge_score, false, false, nullptr, CLI_SETUP_NONE, nullptr},
     {"forward", op_forward, false, false, nullptr, CLI_SETUP_NONE, nullptr},

@@ -16,6 +16,7 @@ import { appHandlers } from './app/handlers';
 import { Engines, engineHandlers, type EngineOptions } from './worker/engines';
 import { checkContext } from './runtime/native-check';
 import { findBuiltinModels, registerBuiltinModels } from './models/builtin';
+import { Checkpoints } from './models/checkpoints';
 import { modelHandlers } from './models/handlers';
 import { WordChecker } from './models/words';
 import { DatasetImporter } from './datasets/import';
@@ -72,6 +73,7 @@ export class Core {
   readonly generations: Generations;
   readonly ort: OrtService;
   readonly concept: ConceptService;
+  readonly checkpoints: Checkpoints;
   private readonly datasets_: DatasetRepo;
   private readonly checker_: LibraryChecker;
 
@@ -103,13 +105,14 @@ export class Core {
     this.ort = new OrtService({ dataDir, worker, threads: engines.threads });
     this.generations = new Generations(this.db, this.mixer, this.adapters, worker, this.ort, (fn) => engines.serial(fn), tmp, emit);
     this.concept = new ConceptService(this.db, this.adapters, this.mixer, worker, tmp, emit);
+    this.checkpoints = new Checkpoints(this.db, emit, this.log);
     this.training = new TrainingQueue(this.db, this.adapters, this.events, this.log, join(dataDir, 'jobs'), engines.trainer);
 
     const adapterDomain = { library: this.adapters, packages: this.packages, mixer: this.mixer, mixes, engines, events: this.events, host: options.host, dataDir };
     const handlers: Handlers = {
       ...appHandlers({ host: options.host, dataDir, db: this.db, checker: this.checker_, engines }),
       ...engineHandlers(engines, () => this.training.list('running').length > 0),
-      ...modelHandlers(this.db, new WordChecker(this.db)),
+      ...modelHandlers(this.checkpoints, new WordChecker(this.db)),
       ...datasetHandlers(this.datasets_, importer, this.events),
       ...adapterHandlers(adapterDomain),
       ...mixHandlers(adapterDomain),
@@ -121,6 +124,7 @@ export class Core {
     this.registry = new ApiRegistry(handlers, (method, error) => this.log.error(`internal error in ${method}`, error));
     this.log.info(`core started (${options.host}) with library ${dbFile}, schema v${schemaVersion(this.db)}`);
     this.training.start();
+    this.checkpoints.start();
   }
 
   /** Images by URL for both hosts (`/media/<kind>/<id>` and `shira-media://<kind>/<id>`). */
@@ -147,6 +151,7 @@ export class Core {
 
   async close(): Promise<void> {
     await this.checker_.close();
+    await this.checkpoints.close();
     await this.training.close();
     await this.ort.close();
     await this.engines.close();

@@ -7,6 +7,7 @@ import { badInput, notFound, unsupported } from '../../../shared/errors';
 import type { Db } from '../db/database';
 import type { WorkerSupervisor } from '../worker/supervisor';
 import type { AdapterLibrary } from './library';
+import { notRunnable } from '../models/checkpoints';
 
 export interface BaseRow {
   id: number;
@@ -41,7 +42,7 @@ export class Mixer {
         : this.db.prepare('SELECT id, name, weights_path, weights_hash FROM base_models WHERE is_default = 1').get()
     ) as BaseRow | undefined;
     if (!base) throw notFound(baseModelId !== undefined ? `Base model ${baseModelId} does not exist.` : 'There is no default base model.');
-    if (!base.weights_path) throw unsupported(`Base model "${base.name}" has no weights file.`);
+    if (!base.weights_path) throw unsupported(notRunnable(base.name));
     const t0 = performance.now();
     if (w.state !== 'ready') await w.start();
     if (!this.loaded_ || this.loaded_.baseModelId !== base.id || this.loaded_.pid !== w.pid) {

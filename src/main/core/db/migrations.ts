@@ -254,6 +254,25 @@ export const MIGRATIONS: readonly Migration[] = [
       ) WHERE cover_generation_id IS NULL;
     `,
   },
+  {
+    version: 4,
+    name: 'Stable Diffusion checkpoints registered by reference',
+    sql: /* sql */ `
+      -- 'builtin': shipped in resources/models, weights_path is the native format the engine loads.
+      -- 'user': a checkpoint the artist added by path (core/models/checkpoints.ts). Its files stay where they are;
+      -- weights_path stays NULL (nothing built for the built-in format opens them) and weights_hash is NULL until
+      -- the background SHA-256 is done.
+      ALTER TABLE base_models ADD COLUMN source TEXT NOT NULL DEFAULT 'builtin' CHECK (source IN ('builtin', 'user'));
+      -- the .safetensors file or diffusers folder as registered
+      ALTER TABLE base_models ADD COLUMN source_path TEXT;
+      -- what the headers said: layout, files (path, size, mtime, dtype, sha256), detected prediction, dtype, EMA,
+      -- metadata, evidence; written whole, in the statement that registers or re-hashes the model
+      ALTER TABLE base_models ADD COLUMN checkpoint_json TEXT CHECK (checkpoint_json IS NULL OR json_valid(checkpoint_json));
+      -- the user's ε/v choice; NULL = what was detected
+      ALTER TABLE base_models ADD COLUMN prediction TEXT CHECK (prediction IS NULL OR prediction IN ('epsilon', 'v'));
+      CREATE UNIQUE INDEX base_models_by_source_path ON base_models (source_path) WHERE source_path IS NOT NULL;
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

@@ -31,6 +31,7 @@ import type { EngineName, OrtService } from '../ort/service';
 import { readSafetensors } from '../io/safetensors';
 import type { WorkerSupervisor } from '../worker/supervisor';
 import { addPngText } from './png-text';
+import { notRunnable } from '../models/checkpoints';
 
 interface GenerationRow {
   id: number;
@@ -164,7 +165,7 @@ export class Generations {
   async generate(req: GenerateRequest): Promise<Generation[]> {
     const entries = req.mix ?? this.mixer.current().entries;
     const checked = this.mixer.resolveBase(entries, req.baseModelId ?? this.mixer.current().baseModelId ?? undefined);
-    if (!checked.weights_path) throw unsupported(`Base model "${checked.name}" has no weights file.`);
+    if (!checked.weights_path) throw unsupported(notRunnable(checked.name));
     const engine = await this.engineFor(req, checked.weights_path, entries);
     if (engine === 'worker') return this.serial(() => this.generateWith('worker', req, checked.id));
     return this.generateWith('ort', req, checked.id);

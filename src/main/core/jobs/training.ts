@@ -9,7 +9,7 @@
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { CoreEvent, JobStatus, TrainingJob, TrainingRequest } from '../../../shared/api';
-import { badInput, conflict, notFound } from '../../../shared/errors';
+import { badInput, conflict, notFound, unsupported } from '../../../shared/errors';
 import { TRAINING } from '../../../shared/ranges';
 import type { Db } from '../db/database';
 import type { EventBus } from '../events';
@@ -20,6 +20,7 @@ import { imagesToGridPng } from '../generate/grid';
 import { packDataset } from '../worker/pack';
 import type { ArgsOf, WorkerOps } from '../worker/protocol';
 import { WorkerError, WorkerExitError, type WorkerSupervisor } from '../worker/supervisor';
+import { notRunnable } from '../models/checkpoints';
 
 /** Worker deaths tolerated per job before it is marked failed (each one resumes from the checkpoint). */
 export const MAX_ATTEMPTS = 3;
@@ -74,10 +75,11 @@ export class TrainingQueue {
     if (dataset.n === 0) throw badInput(`Dataset "${dataset.name}" has no images to train on.`);
     const base = (
       req.baseModelId !== undefined
-        ? this.db.prepare('SELECT id, name FROM base_models WHERE id = ?').get(req.baseModelId)
-        : this.db.prepare('SELECT id, name FROM base_models WHERE is_default = 1').get()
-    ) as { id: number; name: string } | undefined;
+        ? this.db.prepare('SELECT id, name, weights_path FROM base_models WHERE id = ?').get(req.baseModelId)
+        : this.db.prepare('SELECT id, name, weights_path FROM base_models WHERE is_default = 1').get()
+    ) as { id: number; name: string; weights_path: string | null } | undefined;
     if (!base) throw notFound(req.baseModelId !== undefined ? `Base model ${req.baseModelId} does not exist.` : 'There is no default base model to train on.');
+    if (!base.weights_path) throw unsupported(notRunnable(base.name));
     if (req.method === 'lora' && req.mask !== undefined) throw badInput('mask applies to SHiRA; a LoRA takes rank or matchDensity.');
     if (req.method === 'shira' && (req.rank !== undefined || req.matchDensity !== undefined)) throw badInput('rank and matchDensity apply to LoRA; SHiRA takes mask and density.');
     if (req.method === 'lora' && req.rank !== undefined && req.matchDensity !== undefined) throw badInput('Give a LoRA either rank or matchDensity, not both.');

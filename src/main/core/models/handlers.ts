@@ -1,25 +1,18 @@
-// The models.* API methods: the registered base models and the word check against their vocabulary (words.ts).
-import type { BaseModel } from '../../../shared/api';
-import type { Db } from '../db/database';
+// The models.* API methods: the built-in base models and the user's Stable Diffusion checkpoints (checkpoints.ts),
+// and the word check against a model's vocabulary (words.ts).
 import type { HandlersOf } from '../registry';
+import type { Checkpoints } from './checkpoints';
 import type { WordChecker } from './words';
 
-export function modelHandlers(db: Db, words: WordChecker): HandlersOf<'models'> {
+export function modelHandlers(checkpoints: Checkpoints, words: WordChecker): HandlersOf<'models'> {
   return {
-    'models.list': () => listModels(db),
+    'models.list': () => checkpoints.list(),
+    'models.get': ({ id }) => checkpoints.get(id),
+    'models.add': (input) => checkpoints.add(input),
+    'models.remove': ({ id }) => checkpoints.remove(id),
+    'models.setPrediction': ({ id, prediction }) => checkpoints.setPrediction(id, prediction),
+    'models.rehash': ({ id }) => checkpoints.rehash(id),
+    'models.cancelHash': ({ id }) => checkpoints.cancelHash(id),
     'models.checkWords': ({ text, baseModelId, suggest }) => words.check(text, baseModelId, suggest ?? false),
   };
-}
-
-function listModels(db: Db): BaseModel[] {
-  const rows = db.prepare('SELECT * FROM base_models ORDER BY is_default DESC, name').all() as {
-    id: number;
-    name: string;
-    family: string;
-    resolution: number;
-    weights_hash: string | null;
-    is_default: number;
-    created_at: string;
-  }[];
-  return rows.map((r) => ({ id: r.id, name: r.name, family: r.family, resolution: r.resolution, weightsHash: r.weights_hash, isDefault: r.is_default === 1, createdAt: r.created_at }));
 }

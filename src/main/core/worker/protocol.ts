@@ -195,6 +195,14 @@ export type WorkerOps = {
   };
   /** Writes "probs" F32 [N, C] and "features" F32 [N, F] to `out`. */
   judge_score: { args: { judge: string; images: string; out: string }; reply: { out: string; classes: string[]; n: number } };
+  /**
+   * The CLIP tokenizer and A1111's prompt front end (SD checkpoints): `tokenizer` is the shipped merges file or a
+   * diffusers tokenizer/ folder; ids and weights are [chunks][77], tokens each chunk's vocabulary strings.
+   */
+  tokenize: {
+    args: { prompt: string; tokenizer: string; pad?: 'eos' | 'zero'; emphasis?: 'original' | 'no_norm' | 'ignore' | 'none'; comma_backtrack?: number };
+    reply: { chunks: number; token_count: number; ids: number[][]; weights: number[][]; tokens: string[][]; pad: 'eos' | 'zero'; vocab_size: number };
+  };
   /** inputs: "x" F32 [B, C, H, W], "t" I64 [B], optional "probe"; metadata "prompts". Writes "out", "context", "grad.<name>". */
   forward: { args: { inputs: string; out: string; grads?: string[] }; reply: { out: string; shape: number[] } };
   bench: { args: Record<string, string | number | boolean>; reply: Record<string, unknown>; event: { event: 'bench_row'; row: Record<string, unknown> } };

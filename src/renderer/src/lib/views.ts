@@ -1,7 +1,7 @@
-// The sidebar's views, in shortcut order (Ctrl/Cmd+1 … 6).
+// The sidebar's views, in shortcut order (Ctrl/Cmd+1 … 7).
 import type { IconName } from './components/Icon.svelte';
 
-export type ViewId = 'library' | 'datasets' | 'train' | 'mix' | 'gallery' | 'compare';
+export type ViewId = 'library' | 'datasets' | 'train' | 'mix' | 'gallery' | 'compare' | 'models';
 
 export interface ViewInfo {
   id: ViewId;
@@ -16,4 +16,5 @@ export const VIEWS: readonly ViewInfo[] = [
   { id: 'mix', label: 'Mix & Generate', icon: 'mix' },
   { id: 'gallery', label: 'Gallery', icon: 'gallery' },
   { id: 'compare', label: 'Compare', icon: 'compare' },
+  { id: 'models', label: 'Models', icon: 'models' },
 ];

@@ -1,6 +1,6 @@
 // The root of the renderer's state: one instance per window, shared with components via context.
 // It owns the subscriptions to the core and routes events to the parts that care.
-import type { AdapterSummary, AppInfo, BaseModel, CoreEvent, Generation, HealthReport, WorkerStatus } from '../../../../shared/api';
+import type { AdapterSummary, AppInfo, CoreEvent, Generation, HealthReport, WorkerStatus } from '../../../../shared/api';
 import { errorMessage } from '../errors';
 import type { ApiClient, ConnectionStatus } from '../transport';
 import { VIEWS, type ViewId } from '../views';
@@ -10,6 +10,7 @@ import { GalleryState } from './gallery.svelte';
 import { ImporterState } from './importer.svelte';
 import { LibraryState } from './library.svelte';
 import { MixState } from './mix.svelte';
+import { ModelsState } from './models.svelte';
 import { Toasts } from './toasts.svelte';
 import { TrainingState } from './training.svelte';
 import { WelcomeState } from './welcome.svelte';
@@ -34,14 +35,14 @@ export class Studio {
   readonly gallery: GalleryState;
   readonly compare: CompareState;
   readonly welcome: WelcomeState;
+  /** The base models: the built-in one and the artist's Stable Diffusion checkpoints (Models view). */
+  readonly models: ModelsState;
 
   view = $state<ViewId>('library');
   info = $state.raw<AppInfo | null>(null);
   health = $state.raw<HealthState>({ kind: 'unknown' });
   /** The native engine; started in the background so the first generation does not wait for it. */
   engine = $state.raw<WorkerStatus | null>(null);
-  models = $state.raw<BaseModel[]>([]);
-  readonly defaultModel = $derived(this.models.find((m) => m.isDefault) ?? null);
   connection = $state<ConnectionStatus>('connecting');
   /** Failed reconnects in a row: after a few, the banner also suggests re-opening the link. */
   reconnectAttempts = $state(0);
@@ -58,6 +59,11 @@ export class Studio {
     this.gallery = new GalleryState(api, this.toasts);
     this.compare = new CompareState(api, () => this.library.byId);
     this.welcome = new WelcomeState(api, this.toasts, (status) => (this.engine = status));
+    this.models = new ModelsState(api, this.toasts);
+  }
+
+  get defaultModel() {
+    return this.models.defaultModel;
   }
 
   get modalOpen(): boolean {
@@ -128,7 +134,7 @@ export class Studio {
     }
   }
 
-  /** Global shortcuts: Ctrl/Cmd+1…6 switch views, Ctrl/Cmd+I imports, Ctrl/Cmd+Enter runs. Returns whether it was handled. */
+  /** Global shortcuts: Ctrl/Cmd+1…7 switch views, Ctrl/Cmd+I imports, Ctrl/Cmd+Enter runs. Returns whether it was handled. */
   handleShortcut(event: KeyboardEvent): boolean {
     if (!(event.ctrlKey || event.metaKey) || event.altKey || event.shiftKey || this.modalOpen) return false;
     if (event.key === 'Enter') return this.runPrimary();
@@ -169,10 +175,7 @@ export class Studio {
       (status) => (this.engine = status),
       () => (this.engine = null),
     );
-    void this.api.call('models.list', {}).then(
-      (models) => (this.models = models),
-      (error) => this.toasts.error('list the base models', error),
-    );
+    void this.models.load();
     void this.library.load();
     void this.datasets.loadList();
     void this.training.loadJobs();
@@ -187,6 +190,7 @@ export class Studio {
     if (status === 'open' && wasDown) {
       void this.refreshHealth();
       void this.library.load();
+      void this.models.load();
       this.datasets.refreshSoon();
       void this.training.loadJobs();
       this.gallery.refresh();
@@ -206,12 +210,17 @@ export class Studio {
           void this.library.load().then(() => this.mix.prune(new Set(this.library.byId.keys())));
         } else if (event.what === 'generations') {
           this.gallery.refreshSoon();
+        } else if (event.what === 'models') {
+          void this.models.load();
         }
         break;
       case 'training.progress':
       case 'training.sample':
       case 'training.changed':
         this.training.onEvent(event);
+        break;
+      case 'models.hash':
+        this.models.onEvent(event);
         break;
       case 'concept.progress':
         this.compare.onEvent(event);
