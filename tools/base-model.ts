@@ -7,14 +7,16 @@
 //   4. export: fp16 weights, config, vocabulary, a sample grid and MODEL_CARD.md into
 //      resources/models/<name>/, where the app registers it as the default base model
 import { spawn } from 'node:child_process';
-import { appendFileSync, copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join, relative, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { readSafetensors, writeSafetensors, type TensorData } from '../src/main/core/io/safetensors';
 import { WorkerSupervisor } from '../src/main/core/worker/supervisor';
 import { buildClipartDataset } from './clipart';
 import { imagesToGridPng } from '../src/main/core/generate/grid';
+import { halfToFloat } from '../src/main/core/ort/model';
+import { torchRandn } from '../src/main/core/ort/sampler';
 
 export function buildVocab(captions: readonly string[], minCount = 2, max = 8192): string[] {
   const counts = new Map<string, number>();
@@ -28,14 +30,26 @@ export function buildVocab(captions: readonly string[], minCount = 2, max = 8192
 }
 
 /**
- * σ_d of the v-prediction preconditioning (the worker's diffusion.sigma_data; EDM, Karras et al. 2022).
- * Plain v-prediction (σ_d = 1) makes x̂_0 = ᾱ·y − √(1−ᾱ)·v̂ (y = x_t/√ᾱ): its skip term passes far more
- * per-pixel noise than the clipart's pixel-scale detail (variance ≈ 0.09 about a 4×4 mean) can
- * explain, and this small patch-4 UNet never learns to cancel it — the samples kept that noise.
- * σ_d ≈ the detail's standard deviation makes the skip gain σ_d²/(σ²+σ_d²) the per-pixel Wiener gain,
- * so the UNet is left the coarse structure it is good at.
+ * σ_d of the v-prediction preconditioning (the worker's diffusion.sigma_data; EDM, Karras et al. 2022):
+ * x̂_0 = c_skip·y − c_out·v̂ with y = x_t/√ᾱ = x_0 + σε, c_skip = σ_d²/(σ²+σ_d²), c_out = σσ_d/√(σ²+σ_d²).
+ *
+ * Issue 23's speckle came from the skip term. At the sampler's last denoising step (DDIM 25: t = 41,
+ * σ = 0.147) v2's σ_d = 0.3 gives c_skip = 0.81: 81 % of the per-pixel noise goes straight into x̂_0
+ * unless the UNet cancels it, and this patch-4 UNet cannot — its first level has 48 channels for the 48
+ * values of a 4×4 RGB patch, no room to carry the noise of every pixel besides the picture. Measured on
+ * v2 (eval:base's denoiser table): it kept 61–69 % of the noise's high frequencies at t ≤ 41, and its
+ * samples had 2.45× the training images' mean |Laplacian| with every sampler, step count, guidance
+ * (0 to 5), and with or without EMA (an 800-step run without EMA: the same 0.33).
+ * A small σ_d turns the parameterisation into x̂_0-prediction wherever σ ≫ σ_d (c_skip → 0, c_out → σ_d):
+ * the UNet draws the clean picture — low-dimensional, what a patch model can represent (Li & He 2025,
+ * "Back to Basics: Let Denoising Generative Models Denoise") — and no longer has to subtract noise it
+ * cannot see pixel by pixel. σ_d = 0.05: c_skip = 0.10 at t = 41. The price is a target of
+ * ≈ x_0/σ_d at high noise (the loss starts near 300 instead of 8), which Adam absorbs.
  */
-export const BASE_SIGMA_DATA = 0.3;
+export const BASE_SIGMA_DATA = 0.05;
+
+/** Out-of-vocabulary words hash into this many token rows (v2 had 64: user trigger words collided). */
+export const BASE_SPARE_BUCKETS = 4096;
 
 /**
  * The architecture of the built-in model: a 3-level SD-style UNet with cross-attention on the two
@@ -43,7 +57,7 @@ export const BASE_SIGMA_DATA = 0.3;
  * enough to train on a 2-core CPU (the UNet then runs at 16, 8 and 4 cells a side); p = 2 is the
  * better choice on a GPU.
  */
-export function baseModelConfig(name: string, resolution: number, vocab: string[], patchSize = 4, sigmaData = BASE_SIGMA_DATA): Record<string, unknown> {
+export function baseModelConfig(name: string, resolution: number, vocab: string[], patchSize = 4, sigmaData = BASE_SIGMA_DATA, spareBuckets = BASE_SPARE_BUCKETS): Record<string, unknown> {
   return {
     name,
     unet: {
@@ -56,9 +70,54 @@ export function baseModelConfig(name: string, resolution: number, vocab: string[
       norm_num_groups: 16,
       use_linear_projection: true,
     },
-    text_encoder: { vocab, width: 128, layers: 2, heads: 4, max_length: 16, spare_buckets: 64 },
+    text_encoder: { vocab, width: 128, layers: 2, heads: 4, max_length: 16, spare_buckets: spareBuckets },
     diffusion: { beta_schedule: 'linear', beta_start: 0.0001, beta_end: 0.02, prediction_type: 'v_prediction', sigma_data: sigmaData, num_train_timesteps: 1000 },
   };
+}
+
+const SPECIAL_TOKENS = 4; // <pad> <unk> <bos> <eos>, before the vocabulary (native WordTokenizer)
+
+/**
+ * A warm start for `config` from an earlier model of the same architecture (v3 from v2 on a CPU budget:
+ * v2's 6000 steps are not thrown away). Every tensor is copied, as fp32, except the token embedding,
+ * whose rows follow the words: the special tokens' rows and those of words both vocabularies hold are
+ * copied, and the rest (new words, the spare rows) are drawn N(0, 1) as a fresh model's are (seeded); a
+ * model with the same vocabulary and spare rows keeps its whole table (a second phase of one recipe).
+ * A changed σ_d only changes what the outputs mean; training re-learns that.
+ */
+export function warmStart(from: string, config: Record<string, unknown>, out: string, seed = 0): { tensors: number; copiedRows: number; newRows: number } {
+  const src = readSafetensors(from);
+  const fromVocab = (JSON.parse(src.metadata.config ?? '{}') as { text_encoder?: { vocab?: string[] } }).text_encoder?.vocab;
+  if (!fromVocab) throw new Error(`${from} has no vocabulary in its config`);
+  const text = config.text_encoder as { vocab: string[]; width: number; spare_buckets: number };
+  const rows = SPECIAL_TOKENS + text.vocab.length + text.spare_buckets;
+  const fromRow = new Map(fromVocab.map((w, i) => [w, SPECIAL_TOKENS + i]));
+  const tensors: [string, TensorData][] = [];
+  let copiedRows = 0;
+  for (const [name, t] of src.tensors) {
+    if (t.dtype !== 'F16' && t.dtype !== 'F32') throw new Error(`${from}: tensor ${name} is ${t.dtype}, not F16 or F32`);
+    const f32 = t.dtype === 'F16' ? Float32Array.from(new Uint16Array(t.data.slice().buffer), halfToFloat) : new Float32Array(t.data.slice().buffer);
+    if (name !== 'text_encoder.embeddings.token_embedding.weight') {
+      tensors.push([name, { dtype: 'F32', shape: t.shape, data: new Uint8Array(f32.buffer) }]);
+      continue;
+    }
+    const w = text.width;
+    if (t.shape[1] !== w) throw new Error(`${from}: token embedding [${t.shape.join(', ')}] is not ${w} wide`);
+    const grown = torchRandn(seed, rows * w);
+    // Source row of each new row, or none (drawn fresh). The same words and bucket count hash every unknown
+    // word to the same spare row, so then the spare rows are kept too.
+    const same = t.shape[0] === rows && JSON.stringify(fromVocab) === JSON.stringify(text.vocab);
+    const source = (r: number) => (same || r < SPECIAL_TOKENS ? r : r < SPECIAL_TOKENS + text.vocab.length ? fromRow.get(text.vocab[r - SPECIAL_TOKENS]!) : undefined);
+    for (let r = 0; r < rows; r++) {
+      const row = source(r);
+      if (row === undefined) continue;
+      grown.set(f32.subarray(row * w, (row + 1) * w), r * w);
+      copiedRows++;
+    }
+    tensors.push([name, { dtype: 'F32', shape: [rows, w], data: new Uint8Array(grown.buffer) }]);
+  }
+  writeSafetensors(out, tensors, { config: JSON.stringify(config), format: 'shira-studio-model', warm_start: from });
+  return { tensors: tensors.length, copiedRows, newRows: rows - copiedRows };
 }
 
 /** IEEE 754 binary32 → binary16, round to nearest even (weights are small; no NaN payloads kept). */
@@ -135,6 +194,12 @@ export const SAMPLE_PROMPTS = [
 
 export interface TrainBaseOptions {
   worker: string;
+  /** The model's name: its folder under resources/models and the name the app lists. */
+  name: string;
+  /** The built-in this one supersedes (recorded for the model card, which sets their numbers side by side). */
+  previous?: string;
+  /** Weights to start from instead of a random init (warmStart); ignored when resuming. */
+  initFrom?: string;
   device: string;
   resolution: number;
   steps: number;
@@ -154,6 +219,11 @@ export interface TrainBaseOptions {
   categoryBalance: number;
   threads: number;
   resume: boolean;
+  /**
+   * Export the run folder's final weights without training: for a run whose worker finished on its own after the
+   * tool was stopped (its journal then needs the session's end, which the tool would have written).
+   */
+  exportOnly?: boolean;
   runDir: string;
   outDir: string;
   dataDir: string;
@@ -167,7 +237,7 @@ function hardware(device: string): string {
 
 export async function trainBase(o: TrainBaseOptions): Promise<Record<string, unknown>> {
   mkdirSync(o.runDir, { recursive: true });
-  const name = `clipart-${o.resolution}`;
+  const name = o.name;
   const train = join(o.dataDir, 'train.safetensors');
   if (!existsSync(train)) {
     o.log(`building the clipart dataset in ${o.dataDir}`);
@@ -175,24 +245,74 @@ export async function trainBase(o: TrainBaseOptions): Promise<Record<string, unk
   }
   const configFile = join(o.runDir, 'config.json');
   const checkpoint = join(o.runDir, 'checkpoint.safetensors');
+  const init = join(o.runDir, 'init.safetensors');
   if (!o.resume || !existsSync(configFile)) {
     const captions = JSON.parse(readSafetensors(train).metadata.captions ?? '[]') as string[];
-    writeFileSync(configFile, JSON.stringify(baseModelConfig(name, o.resolution, buildVocab(captions), o.patchSize), null, 1));
+    const config = baseModelConfig(name, o.resolution, buildVocab(captions), o.patchSize);
+    writeFileSync(configFile, JSON.stringify(config, null, 1));
+    if (o.initFrom) o.log(`warm start from ${o.initFrom}: ${JSON.stringify(warmStart(o.initFrom, config, init))}`);
   }
+  const warm = o.initFrom !== undefined && existsSync(init);
   const samplesDir = join(o.runDir, 'samples');
   mkdirSync(samplesDir, { recursive: true });
   const final = join(o.runDir, 'final.safetensors');
+  const journal = join(o.runDir, 'journal.jsonl');
+  if (o.exportOnly) {
+    if (!existsSync(final) || !existsSync(journal)) throw new Error(`--export-only needs a finished run: ${final} and ${journal}`);
+    return exportBase({ ...o, name, configFile, final, journal });
+  }
   const args = [
-    '--device', o.device, 'train', '--method', 'full', '--config', configFile, '--data', train, '--out', final,
-    '--steps', String(o.steps), '--batch', String(o.batch), '--lr', String(o.lr), '--ema', String(o.ema), '--flip', 'true',
-    '--caption_dropout', '0.1', '--caption_tag_dropout', String(o.tagDropout), '--category_balance', String(o.categoryBalance), '--schedule', 'cosine', '--seed', '0', '--progress_every', '25',
-    '--checkpoint', checkpoint, '--checkpoint_every', '100',
-    '--sample_every', '500', '--sample_prompts', JSON.stringify(SAMPLE_PROMPTS), '--sample_dir', samplesDir, '--sample_steps', '25',
+    '--device',
+    o.device,
+    'train',
+    '--method',
+    'full',
+    ...(warm ? ['--model', init] : ['--config', configFile]),
+    '--data',
+    train,
+    '--out',
+    final,
+    '--steps',
+    String(o.steps),
+    '--batch',
+    String(o.batch),
+    '--lr',
+    String(o.lr),
+    '--ema',
+    String(o.ema),
+    '--flip',
+    'true',
+    '--caption_dropout',
+    '0.1',
+    '--caption_tag_dropout',
+    String(o.tagDropout),
+    '--category_balance',
+    String(o.categoryBalance),
+    '--schedule',
+    'cosine',
+    '--seed',
+    '0',
+    '--progress_every',
+    '25',
+    '--checkpoint',
+    checkpoint,
+    '--checkpoint_every',
+    '100',
+    '--sample_every',
+    '500',
+    '--sample_prompts',
+    JSON.stringify(SAMPLE_PROMPTS),
+    '--sample_dir',
+    samplesDir,
+    '--sample_steps',
+    '25',
   ];
   if (o.resume && existsSync(checkpoint)) args.push('--resume', checkpoint);
-  const journal = join(o.runDir, 'journal.jsonl');
   const started = Date.now();
-  appendFileSync(journal, `${JSON.stringify({ event: 'session_start', time: new Date(started).toISOString(), resume: o.resume, device: o.device, threads: o.threads, hardware: hardware(o.device) })}\n`);
+  appendFileSync(
+    journal,
+    `${JSON.stringify({ event: 'session_start', time: new Date(started).toISOString(), resume: o.resume, device: o.device, threads: o.threads, hardware: hardware(o.device) })}\n`,
+  );
   o.log(`shira-worker ${args.join(' ')}`);
   const child = spawn(o.worker, args, { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, OMP_NUM_THREADS: String(o.threads) } });
   const stop = () => child.kill('SIGTERM');
@@ -226,16 +346,48 @@ export async function trainBase(o: TrainBaseOptions): Promise<Record<string, unk
 }
 
 function exportBase(o: TrainBaseOptions & { name: string; configFile: string; final: string; journal: string }): Record<string, unknown> {
+  const sessions = readFileSync(o.journal, 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+  const wall = sessions.filter((s) => s.event === 'session_end').reduce((a, s) => a + Number(s.seconds), 0);
+  const last = sessions.filter((s) => s.event === 'session_end').pop();
+  if (!last?.result) throw new Error(`${o.journal}: its last session has no result; finish the run (--resume) first`);
   mkdirSync(o.outDir, { recursive: true });
   const weights = exportFp16(o.final, join(o.outDir, 'model.safetensors'));
-  copyFileSync(o.configFile, join(o.outDir, 'config.json'));
   const config = JSON.parse(readFileSync(o.configFile, 'utf8')) as { text_encoder: { vocab: string[] } };
+  // "supersedes" makes the app move its default to this model and keep the older one for its adapters (builtin.ts).
+  writeFileSync(join(o.outDir, 'config.json'), JSON.stringify({ ...config, ...(o.previous ? { supersedes: o.previous } : {}) }, null, 1));
   writeFileSync(join(o.outDir, 'vocab.txt'), `${config.text_encoder.vocab.join('\n')}\n`);
-  const sessions = readFileSync(o.journal, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
-  const wall = sessions.filter((s) => s.event === 'session_end').reduce((a, s) => a + Number(s.seconds), 0);
-  const last = sessions.filter((s) => s.event === 'session_end').pop()!;
   const summary = { name: o.name, weights, wall_seconds: Math.round(wall), sessions: sessions.filter((s) => s.event === 'session_start').length, result: last.result };
-  writeFileSync(join(o.outDir, 'training.json'), JSON.stringify({ ...summary, hardware: hardware(o.device), device: o.device, threads: o.threads, steps: o.steps, batch: o.batch, lr: o.lr, ema: o.ema, caption_tag_dropout: o.tagDropout, category_balance: o.categoryBalance }, null, 1));
+  const initFrom = o.initFrom ? relative(process.cwd(), o.initFrom) : undefined;
+  // A run that starts from an earlier phase of this model (its run folder's weights) keeps that phase's record
+  // as `before`, so the card can list every phase; re-exporting the same phase does not nest it again.
+  const recordFile = join(o.outDir, 'training.json');
+  const earlier = existsSync(recordFile) ? (JSON.parse(readFileSync(recordFile, 'utf8')) as { name?: string; init_from?: string }) : null;
+  const before = initFrom && earlier?.name === o.name && earlier.init_from !== initFrom ? earlier : undefined;
+  writeFileSync(
+    recordFile,
+    JSON.stringify(
+      {
+        ...summary,
+        hardware: hardware(o.device),
+        device: o.device,
+        threads: o.threads,
+        steps: o.steps,
+        batch: o.batch,
+        lr: o.lr,
+        ema: o.ema,
+        caption_tag_dropout: o.tagDropout,
+        category_balance: o.categoryBalance,
+        previous: o.previous,
+        init_from: initFrom,
+        before,
+      },
+      null,
+      1,
+    ),
+  );
   return summary;
 }
 

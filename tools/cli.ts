@@ -6,14 +6,15 @@
 import { writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { availableParallelism, cpus } from 'node:os';
-import { dirname, join } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 import { argValue, defaultWorkerBinary } from '../src/main/core/paths';
+import { findBuiltinModels, newestBuiltin } from '../src/main/core/models/builtin';
 import { buildClipartDataset, extractAuthors } from './clipart';
 import { sampleGrid, trainBase } from './base-model';
 import { writeModelCard } from './model-card';
 import { buildStyleSet, STYLE_NAMES, STYLES, type StyleName } from './styles';
 import { runAdapterDemo, unpackToFolder } from './adapter-demo';
-import { evalBase } from './eval-base';
+import { evalBase, parseSamplers } from './eval-base';
 import { benchLibrary } from './bench-library';
 import { benchOrt, ortExport } from './bench-ort';
 import { buildStyleBenchmark, CONCEPT_METHODS, conceptMarkdown, runConceptEval, SMALL_CONFIG, type ConceptMethod } from './concept-eval';
@@ -22,6 +23,15 @@ import { ensureClipart, ensureStyleSet } from './data';
 
 export const TOOLS_USAGE = '       tools clipart [--root DIR] [--resolution 64] [--out-dir DIR] [--limit N]\n       tools clipart-authors [--svg DIR] [--out FILE]';
 const log = (line: string) => console.error(line);
+
+/** The built-in that new work uses (a fresh library's default): the newest along the "supersedes" chain. */
+function defaultModel(appRoot: string): string {
+  const models = findBuiltinModels(join(appRoot, 'resources'));
+  const name = newestBuiltin(models);
+  const model = models.find((m) => m.name === name);
+  if (!model) throw new Error(`no built-in model in ${join(appRoot, 'resources', 'models')}; pass --model`);
+  return model.weightsPath;
+}
 
 async function clipart(argv: string[]): Promise<void> {
   const summary = await buildClipartDataset({
@@ -47,10 +57,14 @@ async function trainBaseCommand(argv: string[], appRoot: string): Promise<void> 
   const resolution = Number(argValue(argv, 'resolution') ?? 64);
   const device = argValue(argv, 'device') ?? 'auto';
   const worker = defaultWorkerBinary(appRoot);
-  const outDir = resolve(argValue(argv, 'out') ?? join(appRoot, 'resources', 'models', `clipart-${resolution}`));
+  const name = argValue(argv, 'name') ?? `clipart-${resolution}-v3`;
+  const outDir = resolve(argValue(argv, 'out') ?? join(appRoot, 'resources', 'models', name));
   const threads = Number(argValue(argv, 'threads') ?? availableParallelism());
   const summary = await trainBase({
     worker,
+    name,
+    previous: argValue(argv, 'previous'),
+    initFrom: argValue(argv, 'init-from') ? resolve(argValue(argv, 'init-from')!) : undefined,
     device,
     resolution,
     // CPU default (the shipped weights' recipe): about 52 min with 2 threads on this 2-core VM; use --steps 40000 on a GPU.
@@ -63,7 +77,8 @@ async function trainBaseCommand(argv: string[], appRoot: string): Promise<void> 
     patchSize: Number(argValue(argv, 'patch') ?? 4),
     threads,
     resume: argv.includes('--resume'),
-    runDir: resolve(argValue(argv, 'run-dir') ?? `.data/runs/base-${resolution}`),
+    exportOnly: argv.includes('--export-only'),
+    runDir: resolve(argValue(argv, 'run-dir') ?? `.data/runs/${name}`),
     outDir,
     dataDir: resolve(argValue(argv, 'data') ?? `.data/clipart-${resolution}`),
     log: (line) => console.error(line),
@@ -77,12 +92,12 @@ async function trainBaseCommand(argv: string[], appRoot: string): Promise<void> 
 export async function runTool(command: string | undefined, rest: string[], appRoot: string): Promise<boolean> {
   if (command === 'train-base') return trainBaseCommand(rest, appRoot).then(() => true);
   if (command === 'eval-base') {
-      const resolution = Number(argValue(rest, 'resolution') ?? 64);
+    const resolution = Number(argValue(rest, 'resolution') ?? 64);
     await ensureClipart({ dataDir: resolve(argValue(rest, 'data') ?? `.data/clipart-${resolution}`), resolution, explicit: argValue(rest, 'data') !== undefined, log });
     const result = await evalBase({
       worker: defaultWorkerBinary(appRoot),
       threads: Number(argValue(rest, 'threads') ?? availableParallelism()),
-      model: resolve(argValue(rest, 'model') ?? join(appRoot, `resources/models/clipart-${resolution}/model.safetensors`)),
+      model: resolve(argValue(rest, 'model') ?? defaultModel(appRoot)),
       train: resolve(argValue(rest, 'data') ?? `.data/clipart-${resolution}`, 'train.safetensors'),
       heldout: resolve(argValue(rest, 'data') ?? `.data/clipart-${resolution}`, 'heldout.safetensors'),
       perCategory: Number(argValue(rest, 'per-category') ?? 16),
@@ -93,19 +108,22 @@ export async function runTool(command: string | undefined, rest: string[], appRo
         return n;
       }),
       judgeSteps: Number(argValue(rest, 'judge-steps') ?? 800),
+      samplers: parseSamplers(argValue(rest, 'samplers') ?? 'ddim:10,ddim:25,ddim:50,euler:25'),
+      sweepSeeds: (argValue(rest, 'sweep-seeds') ?? '1,2,3,4').split(',').map(Number),
+      denoiseTimesteps: (argValue(rest, 'denoise-t') ?? '1,21,41,81,161,321').split(',').map(Number),
       log: (line) => console.error(line),
     });
     // --write records the numbers beside the weights, where the model card quotes them.
     if (rest.includes('--write')) {
       const modelDir = dirname(String(result.model));
-      writeFileSync(join(modelDir, 'eval.json'), `${JSON.stringify(result, null, 1)}\n`);
+      writeFileSync(join(modelDir, 'eval.json'), `${JSON.stringify({ ...result, model: relative(appRoot, String(result.model)) }, null, 1)}\n`);
       writeModelCard(modelDir, resolve(argValue(rest, 'data') ?? `.data/clipart-${resolution}`));
     }
     console.log(JSON.stringify(result));
     return true;
   }
   if (command === 'adapter-demo') {
-      const style = (argValue(rest, 'style') ?? 'neon') as StyleName;
+    const style = (argValue(rest, 'style') ?? 'neon') as StyleName;
     if (!STYLE_NAMES.includes(style)) throw new Error(`--style must be one of ${STYLE_NAMES.join(', ')}`);
     const folder = resolve(argValue(rest, 'folder') ?? `.data/styles/${style}-folder`);
     if (!argValue(rest, 'folder')) {
@@ -115,7 +133,7 @@ export async function runTool(command: string | undefined, rest: string[], appRo
     const summary = await runAdapterDemo({
       worker: defaultWorkerBinary(appRoot),
       threads: Number(argValue(rest, 'threads') ?? availableParallelism()),
-      model: resolve(argValue(rest, 'model') ?? join(appRoot, 'resources/models/clipart-64/model.safetensors')),
+      model: resolve(argValue(rest, 'model') ?? defaultModel(appRoot)),
       styleFolder: folder,
       trigger: STYLES[style].trigger,
       workDir: resolve(argValue(rest, 'work-dir') ?? `.data/demo/${style}`),
@@ -123,7 +141,12 @@ export async function runTool(command: string | undefined, rest: string[], appRo
       lr: Number(argValue(rest, 'lr') ?? 1e-3),
       batch: Number(argValue(rest, 'batch') ?? 8),
       seed: 7,
-      prompts: [`${STYLES[style].trigger}, bird, birds, animals`, `${STYLES[style].trigger}, house, buildings`, `${STYLES[style].trigger}, car, transportation`, `${STYLES[style].trigger}, flower, plants`],
+      prompts: [
+        `${STYLES[style].trigger}, bird, birds, animals`,
+        `${STYLES[style].trigger}, house, buildings`,
+        `${STYLES[style].trigger}, car, transportation`,
+        `${STYLES[style].trigger}, flower, plants`,
+      ],
       outPng: resolve(argValue(rest, 'out') ?? `docs/images/adapters-${style}.png`),
       log: (line) => console.error(line),
     });
@@ -146,7 +169,7 @@ export async function runTool(command: string | undefined, rest: string[], appRo
     return true;
   }
   if (command === 'sample-grid') {
-      const dir = resolve(rest[0] ?? join(appRoot, 'resources/models/clipart-64'));
+    const dir = resolve(rest[0] ?? join(appRoot, 'resources/models/clipart-64'));
     await sampleGrid(defaultWorkerBinary(appRoot), dir, join(dir, 'samples.png'));
     return true;
   }
@@ -155,12 +178,16 @@ export async function runTool(command: string | undefined, rest: string[], appRo
     return true;
   }
   if (command === 'styles-data' || command === 'concept-eval') {
-    const list = (key: string) => argValue(rest, key)?.split(',').map((x) => x.trim()).filter(Boolean);
+    const list = (key: string) =>
+      argValue(rest, key)
+        ?.split(',')
+        .map((x) => x.trim())
+        .filter(Boolean);
     const o = {
       ...SMALL_CONFIG,
       worker: defaultWorkerBinary(appRoot),
       threads: Number(argValue(rest, 'threads') ?? availableParallelism()),
-      model: resolve(argValue(rest, 'model') ?? join(appRoot, 'resources/models/clipart-64/model.safetensors')),
+      model: resolve(argValue(rest, 'model') ?? defaultModel(appRoot)),
       heldout: resolve(argValue(rest, 'heldout') ?? '.data/clipart-64/heldout.safetensors'),
       workDir: resolve(argValue(rest, 'work-dir') ?? '.data/concept'),
       ...(list('styles') ? { styles: list('styles') as StyleName[] } : {}),
@@ -202,7 +229,7 @@ export async function runTool(command: string | undefined, rest: string[], appRo
   if (command === 'bench-ort') {
     await benchOrt({
       worker: defaultWorkerBinary(appRoot),
-      model: resolve(argValue(rest, 'model') ?? join(appRoot, 'resources/models/clipart-64/model.safetensors')),
+      model: resolve(argValue(rest, 'model') ?? defaultModel(appRoot)),
       threads: Number(argValue(rest, 'threads') ?? process.env.OMP_NUM_THREADS ?? 1),
       reps: Number(argValue(rest, 'reps') ?? 3),
       steps: Number(argValue(rest, 'steps') ?? 20),
@@ -214,14 +241,16 @@ export async function runTool(command: string | undefined, rest: string[], appRo
   if (command === 'ort-export') {
     const out = argValue(rest, 'out');
     if (!out) throw new Error('Usage: tools ort-export --out DIR [--model FILE] [--adapter NAME=ADAPTER.safetensors]...');
-    const adapters = rest.flatMap((a, i) => (a === '--adapter' && rest[i + 1] ? [rest[i + 1]!] : [])).map((spec) => {
-      const eq = spec.indexOf('=');
-      if (eq < 1) throw new Error(`--adapter wants NAME=FILE, got "${spec}"`);
-      return [spec.slice(0, eq), resolve(spec.slice(eq + 1))] as [string, string];
-    });
+    const adapters = rest
+      .flatMap((a, i) => (a === '--adapter' && rest[i + 1] ? [rest[i + 1]!] : []))
+      .map((spec) => {
+        const eq = spec.indexOf('=');
+        if (eq < 1) throw new Error(`--adapter wants NAME=FILE, got "${spec}"`);
+        return [spec.slice(0, eq), resolve(spec.slice(eq + 1))] as [string, string];
+      });
     const result = await ortExport({
       worker: defaultWorkerBinary(appRoot),
-      model: resolve(argValue(rest, 'model') ?? join(appRoot, 'resources/models/clipart-64/model.safetensors')),
+      model: resolve(argValue(rest, 'model') ?? defaultModel(appRoot)),
       out: resolve(out),
       adapters,
       log: (line) => console.error(line),

@@ -31,7 +31,11 @@ function listPngs(dir: string): string[] {
     .flatMap((e) => (e.isDirectory() ? listPngs(join(dir, e.name)) : e.isFile() && e.name.endsWith('.png') ? [join(dir, e.name)] : []));
 }
 
-const words = (text: string) => text.toLowerCase().split(/[^a-z0-9]+/).filter(Boolean);
+const words = (text: string) =>
+  text
+    .toLowerCase()
+    .split(/[^a-z0-9]+/)
+    .filter(Boolean);
 
 // "time1" → "time": series numbers glued to a word are not part of it.
 const nameTokens = (fileName: string) =>

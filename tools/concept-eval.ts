@@ -12,6 +12,7 @@ import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { ConceptLab, CONTENT_PROMPTS, drift, mean, std, styleScore, UNRELATED_PROMPTS, type Scored } from '../src/main/core/concept/lab';
 import { readSafetensors } from '../src/main/core/io/safetensors';
+import { fileSha256 } from '../src/main/core/adapters/format';
 import { WorkerSupervisor } from '../src/main/core/worker/supervisor';
 import { buildStyleSet, STYLES, type StyleName } from './styles';
 
@@ -111,14 +112,19 @@ export async function runConceptEval(o: ConceptOptions): Promise<Record<string, 
 
     // base images of the score prompts, for drift (same seeds as every adapter's)
     const baseStyle: Record<string, Scored> = {};
-    for (const style of o.styles) baseStyle[style] = await score(CONTENT.map((c) => `${sets[style]!.trigger}, ${c}`), `base-${style}`);
+    for (const style of o.styles)
+      baseStyle[style] = await score(
+        CONTENT.map((c) => `${sets[style]!.trigger}, ${c}`),
+        `base-${style}`,
+      );
     const baseUnrelated = await score(UNRELATED, 'base-unrelated');
 
     // 3. adapters
-    // The recipe is in the name: a work folder reused with other steps, batch or lr must not hand back adapters
-    // trained another way (they are reused only when everything that made them matches).
-    const adapterFile = (m: ConceptMethod, style: string, seed: number) =>
-      join(o.workDir, `${m}-${style}-s${seed}-${o.steps}x${o.batch}-lr${o.lr}.safetensors`);
+    // The recipe and the base model's hash are in the name: a work folder reused with another base model, steps,
+    // batch or lr must not hand back adapters trained another way (they are reused only when everything that made
+    // them matches), so an interrupted run resumes where it stopped.
+    const base = fileSha256(o.model).slice(0, 12);
+    const adapterFile = (m: ConceptMethod, style: string, seed: number) => join(o.workDir, `${m}-${style}-s${seed}-${o.steps}x${o.batch}-lr${o.lr}-${base}.safetensors`);
     for (const seed of o.seeds)
       for (const m of o.methods)
         for (const style of o.styles) {
@@ -148,8 +154,16 @@ export async function runConceptEval(o: ConceptOptions): Promise<Record<string, 
             const [a, b] = [o.styles[i]!, o.styles[j]!];
             const overlap = await lab.overlap(adapterFile(m, a, seed), adapterFile(m, b, seed));
             for (const alpha of o.alphas) {
-              await w.request('apply_mix', { adapters: [{ path: adapterFile(m, a, seed), alpha }, { path: adapterFile(m, b, seed), alpha }] });
-              for (const [style, other] of [[a, b], [b, a]] as const) {
+              await w.request('apply_mix', {
+                adapters: [
+                  { path: adapterFile(m, a, seed), alpha },
+                  { path: adapterFile(m, b, seed), alpha },
+                ],
+              });
+              for (const [style, other] of [
+                [a, b],
+                [b, a],
+              ] as const) {
                 const s = await score(stylePrompts(style), `${m}-${a}+${b}-a${alpha}-s${seed}-${style}`);
                 const fused = styleScore(s, style);
                 const row = {
@@ -191,7 +205,14 @@ export function summarise(rows: Record<string, unknown>[], o: Pick<ConceptOption
   const out: Record<string, unknown>[] = [];
   for (const m of o.methods) {
     const perSeed = (pick: (r: Record<string, unknown>) => boolean, field: string) =>
-      o.seeds.map((seed) => mean(rows.filter((r) => r.method === m && r.seed === seed && pick(r)).map((r) => Number(r[field])).filter((x) => Number.isFinite(x))));
+      o.seeds.map((seed) =>
+        mean(
+          rows
+            .filter((r) => r.method === m && r.seed === seed && pick(r))
+            .map((r) => Number(r[field]))
+            .filter((x) => Number.isFinite(x)),
+        ),
+      );
     const entry: Record<string, unknown> = {
       method: m,
       single_score: agg(perSeed((r) => r.name === 'single', 'score')),
