@@ -447,6 +447,8 @@ SHIRA_TEST(tokenizer_op) {
     EXPECT(r["tokens"][0].size() == 5 && r["tokens"][0][4] == "dog</w>");
     const Json z = run({{"prompt", "a photo of a dog"}, {"tokenizer", SHIRA_CLIP_MERGES}, {"pad", "zero"}});
     EXPECT(z["ids"][0][6] == 49407 && z["ids"][0][7] == 0 && z["pad"] == "zero");
+    const Json bang = run({{"prompt", "wow!"}, {"tokenizer", SHIRA_CLIP_MERGES}, {"pad", "zero"}});
+    EXPECT(bang["tokens"][0].size() == bang["token_count"].get<size_t>() && bang["tokens"][0].back() == "!</w>");
     EXPECT(throws(ERROR_TYPE_BAD_INPUT, "pad", [&] {
         run({{"prompt", "x"}, {"tokenizer", SHIRA_CLIP_MERGES}, {"pad", "one"}});
     }));

@@ -58,7 +58,7 @@ Json op_tokenize(WorkerState&, const Json& args, const EmitFn&) {
         Json row = Json::array();
         for (int64_t i = 1; i < kClipContext - 1; ++i) {
             const int64_t id = *(begin + i);
-            if (id == tok->eos_id() || (pad == CLIP_PAD_ZERO && id == 0)) break;  // padding from here on
+            if (id == tok->eos_id()) break;  // every chunk's EOS comes before its padding (id 0 is "!", a real token)
             row.push_back(tok->token(id));
         }
         tokens.push_back(row);
