@@ -11,6 +11,7 @@
 #include "adapter/masks.h"
 #include "core/errors.h"
 #include "core/indices.h"
+#include "core/quote.h"
 #include "model_io/adapter_file.h"
 
 using json = nlohmann::json;
@@ -143,14 +144,14 @@ Adapter adapter_load_v1(const std::string& path, SafeTensors& st, const Diffusio
             auto              it = st.tensors.find(base + ".lora_B.weight");
             if (it == st.tensors.end() || t.dim() < 2 || it->second.dim() != t.dim() ||
                 it->second.size(1) != t.size(0)) {
-                throw_bad_input("adapter '" + path + "': bad LoRA entry for '" + name + "'");
+                throw_bad_input("adapter '" + path + "': bad LoRA entry for '" + printable(name) + "'");
             }
             double alpha = peft_alpha > 0 ? peft_alpha : (double)t.size(0);
             if (alphas.contains(base) && alphas[base].is_number()) alpha = alphas[base].get<double>();
             a.lora[name]    = {t.to(torch::kFloat32), it->second.to(torch::kFloat32), alpha};
             a.storage[name] = {"", dtype_label(t.scalar_type()), (int64_t)(t.nbytes() + it->second.nbytes()), 0, -1};
         } else if (!ends_with(key, ".shira_indices") && !ends_with(key, ".lora_B.weight")) {
-            throw_bad_input("adapter '" + path + "' has unknown tensor '" + key + "'");
+            throw_bad_input("adapter '" + path + "' has unknown tensor '" + printable(key) + "'");
         }
     }
     if (a.shira.empty() && a.lora.empty()) throw_bad_input("adapter '" + path + "' holds no adapter tensors");

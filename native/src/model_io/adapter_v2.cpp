@@ -11,6 +11,7 @@
 #include "adapter/rice.h"
 #include "core/errors.h"
 #include "core/indices.h"
+#include "core/quote.h"
 #include "model_io/adapter_file.h"
 
 using json = nlohmann::json;
@@ -258,7 +259,8 @@ Adapter adapter_load_v2(const std::string& path, SafeTensors& st) {
     }
     for (const auto& [key, _] : st.tensors) {
         if (!claimed.count(key))
-            throw_bad_input("adapter '" + path + "' has tensor '" + key + "' that no layer in 'tensors' describes");
+            throw_bad_input("adapter '" + path + "' has tensor '" + printable(key) +
+                            "' that no layer in 'tensors' describes");
     }
     return a;
 }

@@ -2,6 +2,7 @@
 #include "model_io/model_file.h"
 
 #include "core/errors.h"
+#include "core/quote.h"
 #include "model_io/safetensors.h"
 
 using json = nlohmann::json;
@@ -31,7 +32,7 @@ std::unique_ptr<DiffusionModel> model_load(const std::string& path, torch::Devic
         p.copy_(src->second.to(p.scalar_type()));
     }
     for (const auto& [name, t] : st.tensors) {
-        if (!params.count(name)) throw_bad_input("model '" + path + "' has unknown tensor '" + name + "'");
+        if (!params.count(name)) throw_bad_input("model '" + path + "' has unknown tensor '" + printable(name) + "'");
     }
     unet_module(*m->unet).to(device);
     m->text->module()->to(device);

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/errors.h"
+#include "core/quote.h"
 
 using json = nlohmann::json;
 
@@ -36,17 +37,6 @@ const DtypeInfo kDtypes[] = {
     {"F32", torch::kFloat32, 4}, {"F16", torch::kFloat16, 2}, {"BF16", torch::kBFloat16, 2},
     {"I32", torch::kInt32, 4},   {"I64", torch::kInt64, 8},   {"U8", torch::kUInt8, 1},
 };
-
-// A name read from the file, fit for an error message: printable ASCII kept, anything else as '?', at most 80
-// characters (a header can hold megabytes of name).
-std::string printable(const std::string& name) {
-    std::string out;
-    for (unsigned char c : name) {
-        if (out.size() >= 80) return out + "...";
-        out += (c >= 0x20 && c < 0x7f) ? (char)c : '?';
-    }
-    return out;
-}
 
 const DtypeInfo& dtype_from_name(const std::string& name) {
     for (const auto& d : kDtypes) {
